@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("weave-broker: not built yet");
+    std::process::exit(1);
+}

@@ -1,0 +1,9 @@
+//! Shared ground of weave-compute: wire protocol, shm channel, config, validation.
+//!
+//! No heavy dependencies and no I/O policy: what to open, log or allow is
+//! decided by the broker and the worker, not here.
+
+pub mod config;
+pub mod proto;
+pub mod shm;
+pub mod validate;

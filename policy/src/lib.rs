@@ -1,0 +1,1 @@
+//! Confinement for weave processes: privilege drop, capabilities, landlock, seccomp.

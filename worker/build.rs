@@ -1,0 +1,21 @@
+//! Makes the worker (and its test binaries) find libtorch through an rpath,
+//! so neither users nor tests need LD_LIBRARY_PATH.
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=WEAVE_TORCH_FLAVOR");
+    println!("cargo:rerun-if-env-changed=WEAVE_LIBDIR");
+    // Packages install libtorch next to the binary; the build tree uses LIBTORCH.
+    if let Ok(dir) = std::env::var("WEAVE_LIBDIR") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+    }
+    if let Ok(libtorch) = std::env::var("LIBTORCH") {
+        let lib = std::path::Path::new(&libtorch).join("lib");
+        let lib = lib.canonicalize().unwrap_or(lib);
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    }
+    if std::env::var("WEAVE_TORCH_FLAVOR").as_deref() == Ok("cuda") {
+        // libtorch_cuda registers the CUDA backend from static constructors;
+        // nothing references it by symbol, so --as-needed would drop it.
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,-lc10_cuda,--as-needed");
+    }
+}

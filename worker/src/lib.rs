@@ -1,0 +1,1 @@
+//! The diffusion engine and the worker channel loop.

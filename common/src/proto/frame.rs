@@ -105,7 +105,10 @@ pub fn decode_response(frame: &[u8], max_body: u32) -> Result<Response, FrameErr
 }
 
 /// Writes one request frame with a single `write_all`, then flushes.
-pub fn write_request<W: Write + ?Sized>(writer: &mut W, request: &Request) -> Result<(), FrameError> {
+pub fn write_request<W: Write + ?Sized>(
+    writer: &mut W,
+    request: &Request,
+) -> Result<(), FrameError> {
     write_all_and_flush(writer, &encode_request(request)?)
 }
 
@@ -134,8 +137,8 @@ pub fn read_response<R: Read + ?Sized>(
 }
 
 fn encode_frame<T: Serialize>(message: &T, max_body: u32) -> Result<Vec<u8>, FrameError> {
-    let mut frame = postcard::to_extend(message, vec![0u8; FRAME_PREFIX_LEN])
-        .map_err(FrameError::Encode)?;
+    let mut frame =
+        postcard::to_extend(message, vec![0u8; FRAME_PREFIX_LEN]).map_err(FrameError::Encode)?;
     let body_len = frame.len() - FRAME_PREFIX_LEN;
     let too_large = || FrameError::TooLarge {
         len: body_len as u64,
@@ -258,6 +261,7 @@ fn decode_body<T: DeserializeOwned>(body: &[u8], known_variants: u32) -> Result<
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::io::Cursor;
 

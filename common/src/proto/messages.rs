@@ -13,26 +13,39 @@ use crate::validate::ParamBounds;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Handshake; answered by `Response::Hello` or `Response::Error`.
-    Hello { version: u16, client_name: String },
+    Hello {
+        version: u16,
+        client_name: String,
+    },
     // Client verbs.
     ListModels,
     Status,
     Generate(GenerateRequest),
     /// Cancel a job the caller owns (admins: any job).
-    Cancel { job_id: u64 },
+    Cancel {
+        job_id: u64,
+    },
     /// The caller's own jobs.
     Jobs,
     // Admin verbs.
-    Load { model_id: String },
+    Load {
+        model_id: String,
+    },
     Unload,
-    Pin { model_id: String },
-    Unpin { model_id: String },
+    Pin {
+        model_id: String,
+    },
+    Unpin {
+        model_id: String,
+    },
     Drain,
     Resume,
     RotateKeys,
     ChannelStats,
     AllJobs,
-    QuarantineClear { model_id: String },
+    QuarantineClear {
+        model_id: String,
+    },
 }
 
 impl Request {
@@ -358,6 +371,7 @@ impl From<ErrorCode> for Response {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

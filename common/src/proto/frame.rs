@@ -65,6 +65,13 @@ pub enum FrameError {
 }
 
 impl FrameError {
+    /// Whether a socket read or write timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO`)
+    /// caused this error. Partial frame data is lost either way.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, FrameError::Io(error)
+            if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+    }
+
     /// What the broker should send before closing the connection, if the
     /// peer can still be told anything. Reasons are fixed strings: they
     /// never echo the bytes received.
@@ -641,6 +648,8 @@ mod tests {
             }
         }
         assert_eq!(FrameError::Closed.to_error_code(), None);
+        assert!(FrameError::Io(io::ErrorKind::WouldBlock.into()).is_timeout());
+        assert!(!FrameError::Closed.is_timeout());
         assert_eq!(
             FrameError::Truncated {
                 expected: 9,

@@ -119,8 +119,8 @@ impl Renderer {
             return;
         }
         println!(
-            "{:<20} {:<6} {:<18} {}",
-            "ID", "KIND", "STATE", "DEFAULTS (steps, cfg, size, scheduler) / BOUNDS"
+            "{:<20} {:<6} {:<18} DEFAULTS (steps, cfg, size, scheduler) / BOUNDS",
+            "ID", "KIND", "STATE"
         );
         for m in models {
             let mut state = vec![if m.loaded { "loaded" } else { "available" }];

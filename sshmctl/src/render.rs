@@ -162,8 +162,8 @@ impl Renderer {
             return;
         }
         println!(
-            "{:<8} {:<8} {:<12} {:<16} {:<10} {}",
-            "JOB", "UID", "TAG", "MODEL", "STATE", "AGE"
+            "{:<8} {:<8} {:<12} {:<16} {:<10} AGE",
+            "JOB", "UID", "TAG", "MODEL", "STATE"
         );
         for j in jobs {
             let state = match (j.state, j.position) {

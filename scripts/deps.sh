@@ -13,6 +13,13 @@ APT_PACKAGES=(
 	unzip      # scripts/libtorch.sh unpacks the wheels
 	passwd     # useradd/groupadd for the real-user tests
 	procps     # ps/pgrep in the cross-process tests
+	# scripts/check-packaging.sh validates the MAC policies offline:
+	apparmor               # apparmor_parser
+	selinux-policy-dev     # the refpolicy devel Makefile
+	selinux-policy-default # the policy weave.pp is linked against
+	semodule-utils         # semodule -n -i (link check)
+	checkpolicy
+	policycoreutils
 )
 
 missing=()

@@ -38,6 +38,7 @@ test: deps libtorch
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --release --bins
 	$(CARGO) test --workspace --release
+	scripts/check-packaging.sh
 
 bench: deps libtorch
 	$(CARGO) bench --workspace

@@ -163,6 +163,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Parsed {
     let mut model_origin: Vec<usize> = (0..models_in_file).collect();
     let mut problems = Vec::new();
     let mut removed: Vec<KeyPath> = Vec::new();
+    let mut stopped_early = false;
     let mut current = text.to_owned();
     for _ in 0..MAX_REPORTED_TYPE_ERRORS {
         let error = match toml::from_str::<ConfigFile>(&current) {
@@ -196,6 +197,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Parsed {
                     location,
                 },
             ));
+            stopped_early = true;
             break;
         };
         let original = to_original(&path, &model_origin);
@@ -214,6 +216,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Parsed {
         }
         removed.push(original);
         if !remove_path(working.as_table_mut(), &path.0) {
+            stopped_early = true;
             break;
         }
         if let [Segment::Key(model), Segment::Index(index)] = path.0.as_slice() {
@@ -222,6 +225,13 @@ pub(super) fn parse(text: &str, file: &Path) -> Parsed {
             }
         }
         current = working.to_string();
+    }
+    if !stopped_early {
+        problems.push(ConfigProblem::InvalidFile {
+            path: file.to_path_buf(),
+            problem: format!("has more than {MAX_REPORTED_TYPE_ERRORS} errors; checking stopped"),
+            fix: "correct the errors above, then check again".into(),
+        });
     }
     Parsed {
         file: None,

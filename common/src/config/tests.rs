@@ -1098,3 +1098,21 @@ fn user_mode_refuses_a_file_owned_by_another_user() {
         ],
     );
 }
+
+#[test]
+fn a_flood_of_errors_is_cut_off_with_a_note() {
+    let keys: String = (0..60).map(|n| format!("bogus{n} = 1\n")).collect();
+    let all = problems(&format!("{MODEL}[limits]\n{keys}"), Mode::User);
+    assert_eq!(all.len(), 51, "{all:#?}");
+    assert_has(&all[0], &[":6:1: unknown key `limits.bogus0`"]);
+    assert_has(&all[50], &["has more than 50 errors; checking stopped"]);
+}
+
+#[test]
+fn inline_tables_are_located_like_sections() {
+    let text = "model = [\n  { id = \"a\", kind = \"sd1\", path = \"/a\" },\n  { id = \"b\", kind = \"sd1\", path = \"/b\", bogus = 1 },\n]\nlimits = { queue_depth = \"x\" }\n";
+    let all = problems(text, Mode::User);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_has(&all[0], &[":3:42: unknown key `model[1].bogus`"]);
+    assert_has(&all[1], &[":5:12: `limits.queue_depth` has the wrong type"]);
+}

@@ -1116,3 +1116,49 @@ fn inline_tables_are_located_like_sections() {
     assert_has(&all[0], &[":3:42: unknown key `model[1].bogus`"]);
     assert_has(&all[1], &[":5:12: `limits.queue_depth` has the wrong type"]);
 }
+
+#[test]
+fn every_key_is_documented_in_config_md() {
+    let doc = include_str!("../../../docs/CONFIG.md");
+    let daemon = DaemonConfig {
+        socket: Some("/s".into()),
+        client_group: Some("c".into()),
+        admin_group: Some("a".into()),
+        user: Some("u".into()),
+    };
+    let model = ModelConfig {
+        id: "m".into(),
+        kind: ModelKind::Sd1,
+        path: "/m".into(),
+        sha256: Some("0".repeat(64)),
+        defaults: ModelDefaults {
+            steps: Some(1),
+            guidance: Some(1.0),
+            width: Some(8),
+            height: Some(8),
+            scheduler: Some(Scheduler::Ddim),
+            negative_prompt: Some(String::new()),
+        },
+    };
+    let sections = [
+        toml::Value::try_from(&daemon).unwrap(),
+        toml::Value::try_from(Limits::default()).unwrap(),
+        toml::Value::try_from(ParamBounds::default()).unwrap(),
+        toml::Value::try_from(AuditConfig::default()).unwrap(),
+        toml::Value::try_from(WorkerConfig::default()).unwrap(),
+        toml::Value::try_from(OutputConfig::default()).unwrap(),
+        toml::Value::try_from(&model).unwrap(),
+        toml::Value::try_from(&model.defaults).unwrap(),
+    ];
+    let mut count = 0;
+    for section in &sections {
+        for key in section.as_table().unwrap().keys() {
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "docs/CONFIG.md lacks `{key}`"
+            );
+            count += 1;
+        }
+    }
+    assert!(count >= 40, "{count}");
+}

@@ -73,6 +73,19 @@ impl fmt::Display for Mode {
     }
 }
 
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "user" => Ok(Mode::User),
+            "system" => Ok(Mode::System),
+            _ => Err(format!(
+                "`{text}` is not a mode: use \"user\" or \"system\""
+            )),
+        }
+    }
+}
+
 /// `[daemon]`: where to listen and, in system mode, who is who.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

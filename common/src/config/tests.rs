@@ -113,6 +113,14 @@ fn a_model_alone_gets_the_documented_defaults() {
 }
 
 #[test]
+fn modes_parse_and_print_as_written() {
+    for mode in [Mode::User, Mode::System] {
+        assert_eq!(mode.to_string().parse::<Mode>(), Ok(mode));
+    }
+    assert!("root".parse::<Mode>().is_err());
+}
+
+#[test]
 fn the_flag_mode_wins_over_the_file() {
     let text = format!("mode = \"system\"\n{MODEL}");
     assert_eq!(parse(&text, Mode::User).unwrap().mode, Mode::User);

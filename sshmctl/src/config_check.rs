@@ -1,11 +1,103 @@
-//! `sshmctl config check`: the daemon's own config checks, offline.
+//! `sshmctl config check`: the daemon's own config checks, run offline, with
+//! every problem reported at once.
 
 use std::path::Path;
 
+use serde_json::json;
+use weave_common::config::{Config, EnvPaths, Mode, DEFAULT_DAEMON_USER};
+
 use crate::render::Renderer;
 
-/// Exit code 0 when the config is usable, 7 when it has problems.
-pub fn run(_path: Option<&Path>, _system: bool, _out: &Renderer) -> u8 {
-    eprintln!("sshmctl: config check is not wired to common::config yet");
-    7
+/// Exit code when the config has problems.
+pub const EXIT_PROBLEMS: u8 = 7;
+
+/// Exit code 0 when the daemon would accept the config, 7 when not.
+pub fn run(path: Option<&Path>, system: bool, out: &Renderer) -> u8 {
+    let mode = if system { Mode::System } else { Mode::User };
+    let path = match path {
+        Some(p) => p.to_owned(),
+        None => match Config::default_path(mode, &EnvPaths::from_process()) {
+            Ok(p) => p,
+            Err(problem) => {
+                report(out, None, &[problem.to_string()]);
+                return EXIT_PROBLEMS;
+            }
+        },
+    };
+    // The same owners the daemon accepts: the user himself in user mode;
+    // root or the daemon account in system mode.
+    let owners = match mode {
+        Mode::User => vec![current_uid()],
+        Mode::System => {
+            let mut owners = vec![0];
+            owners.extend(lookup_uid(DEFAULT_DAEMON_USER));
+            owners
+        }
+    };
+    match Config::check(&path, mode, &owners) {
+        Ok(config) => {
+            if out.is_json() {
+                out.json_line(&json!({
+                    "ok": true, "path": path, "mode": mode.to_string(),
+                    "models": config.models.iter().map(|m| &m.id).collect::<Vec<_>>(),
+                }));
+            } else {
+                println!(
+                    "{}: ok ({} mode, {} model{})",
+                    path.display(),
+                    mode,
+                    config.models.len(),
+                    if config.models.len() == 1 { "" } else { "s" }
+                );
+            }
+            0
+        }
+        Err(errors) => {
+            if out.is_json() {
+                let problems: Vec<String> =
+                    errors.problems.iter().map(ToString::to_string).collect();
+                report(out, Some(&path), &problems);
+            } else {
+                eprintln!("{errors}");
+            }
+            EXIT_PROBLEMS
+        }
+    }
+}
+
+fn report(out: &Renderer, path: Option<&Path>, problems: &[String]) {
+    if out.is_json() {
+        out.json_line(&json!({ "ok": false, "path": path, "problems": problems }));
+    } else {
+        for p in problems {
+            eprintln!("sshmctl: {p}");
+        }
+    }
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// The uid of a system account, from the passwd database.
+fn lookup_uid(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: an all-zero passwd is a valid value for an out-parameter.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: `name` is NUL-terminated,
+    // `buf` is writable for `buf.len()` bytes, `pwd` and `result` are owned
+    // locals; getpwnam_r writes only through them.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
 }

@@ -174,8 +174,14 @@ impl SyscallPolicy {
             arch,
         )
         .map_err(build)?;
+        // The ENOSYS syscalls must pass the allowlist: the kernel takes the
+        // most severe verdict of all filters, and kill/trap outrank errno.
+        let mut allowed = self.allowed.clone();
+        for &nr in &self.enosys {
+            allowed.insert(nr, Vec::new());
+        }
         let allow_filter = SeccompFilter::new(
-            self.allowed.clone(),
+            allowed,
             mode.mismatch_action(),
             SeccompAction::Allow,
             arch,
@@ -288,9 +294,22 @@ pub fn worker_filter(options: WorkerSyscallOptions) -> SyscallPolicy {
     p.allow(libc::SYS_exit_group);
     // why: raise()/abort()/pthread_kill, only towards this process.
     p.allow_when(libc::SYS_tgkill, vec![arg_eq(0, own_pid)]);
-    // why: naming threads (PR_SET_NAME) and reading names; no other prctl.
+    // why: naming threads (PR_SET_NAME) and reading names; reading the
+    // dumpable flag for the SandboxReport. No prctl that changes anything
+    // else.
     p.allow_when(libc::SYS_prctl, vec![arg_eq(0, libc::PR_SET_NAME as u64)]);
     p.allow_when(libc::SYS_prctl, vec![arg_eq(0, libc::PR_GET_NAME as u64)]);
+    p.allow_when(
+        libc::SYS_prctl,
+        vec![arg_eq(0, libc::PR_GET_DUMPABLE as u64)],
+    );
+    // why: the SandboxReport and logging read the process's ids (read-only).
+    p.allow(libc::SYS_getresuid);
+    p.allow(libc::SYS_getresgid);
+    p.allow(libc::SYS_getuid);
+    p.allow(libc::SYS_geteuid);
+    p.allow(libc::SYS_getgid);
+    p.allow(libc::SYS_getegid);
 
     // ---- signals ----
     // why: glibc and Rust install handlers (SIGSEGV stack overflow guard).

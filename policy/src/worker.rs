@@ -56,6 +56,9 @@ pub const SYSTEM_READ_ONLY: &[&str] = &[
     // NUMA and memory size queries.
     "/sys/devices/system/node",
     "/proc/meminfo",
+    // c10 seeds the default CPU generator from /dev/urandom the first time
+    // it is used (randn, manual_seed); read-only, no ioctl.
+    "/dev/urandom",
     // The process's own view: maps/status/stat (allocators, thread naming).
     "/proc/self",
 ];
@@ -110,7 +113,7 @@ pub fn confine_filesystem(
 }
 
 /// Step 3: clears any capability the worker still has (see
-/// [`capabilities::clear_for_current_privileges`]), then installs the
+/// [`capabilities::clear_for_current_privileges`]), makes it not dumpable, then installs the
 /// worker's seccomp allowlist on every thread. `mode` is
 /// [`SeccompMode::Enforce`] in production.
 pub fn lock_syscalls(
@@ -119,6 +122,10 @@ pub fn lock_syscalls(
 ) -> Result<(), WorkerConfineError> {
     capabilities::clear_for_current_privileges()?;
     capabilities::set_no_new_privs()?;
+    // Other processes of the same uid (the broker, in system mode) cannot
+    // ptrace the worker or read its memory through /proc; no core dumps of
+    // model or prompt data.
+    capabilities::set_not_dumpable()?;
     seccomp::worker_filter(options).apply(mode)?;
     Ok(())
 }

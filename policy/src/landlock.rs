@@ -258,6 +258,9 @@ mod tests {
     fn multithreaded_process_is_refused() {
         // The libtest harness has a main thread plus this test's thread.
         let err = restrict_self(&[], false).unwrap_err();
-        assert!(matches!(err, LandlockError::NotSingleThreaded { .. }), "{err}");
+        assert!(
+            matches!(err, LandlockError::NotSingleThreaded { .. }),
+            "{err}"
+        );
     }
 }

@@ -180,13 +180,9 @@ impl SyscallPolicy {
         for &nr in &self.enosys {
             allowed.insert(nr, Vec::new());
         }
-        let allow_filter = SeccompFilter::new(
-            allowed,
-            mode.mismatch_action(),
-            SeccompAction::Allow,
-            arch,
-        )
-        .map_err(build)?;
+        let allow_filter =
+            SeccompFilter::new(allowed, mode.mismatch_action(), SeccompAction::Allow, arch)
+                .map_err(build)?;
         Ok((
             BpfProgram::try_from(errno_filter).map_err(build)?,
             BpfProgram::try_from(allow_filter).map_err(build)?,

@@ -9,6 +9,8 @@
 //! Under `CI=true` a missing prerequisite (root, Landlock ABI 6+, seccomp)
 //! fails the case; elsewhere it is skipped with the reason printed.
 
+#![allow(clippy::unwrap_used)] // test fixtures: a failed setup should panic
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -36,7 +38,10 @@ mod raw {
     pub fn setuid0() -> (i32, i32) {
         // SAFETY: plain integer argument.
         let ret = unsafe { libc::setuid(0) };
-        (ret, std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        (
+            ret,
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        )
     }
 
     pub fn dumpable() -> i32 {
@@ -95,7 +100,10 @@ fn cases() -> Vec<Case> {
         },
         killed("seccomp_kills_socket", |_| {
             lock();
-            attempt(libc::SYS_socket, [libc::AF_INET as _, libc::SOCK_STREAM as _, 0, 0, 0])
+            attempt(
+                libc::SYS_socket,
+                [libc::AF_INET as _, libc::SOCK_STREAM as _, 0, 0, 0],
+            )
         }),
         killed("seccomp_kills_execve", |_| {
             lock();
@@ -213,7 +221,8 @@ fn probe_landlock_view(dir: &Path) -> i32 {
     };
     println!("report: {report:?}");
     let mut failures = 0;
-    let home_file = PathBuf::from(std::env::var("WEAVE_POLICY_PROBE_HOME_FILE").unwrap_or_default());
+    let home_file =
+        PathBuf::from(std::env::var("WEAVE_POLICY_PROBE_HOME_FILE").unwrap_or_default());
     match std::fs::read(model_dir.join("weights.bin")) {
         Ok(bytes) if bytes == b"weights" => println!("ok: model file readable"),
         other => {
@@ -222,8 +231,18 @@ fn probe_landlock_view(dir: &Path) -> i32 {
         }
     }
     let eacces = libc::EACCES;
-    expect_errno("read /etc/passwd", std::fs::read("/etc/passwd"), eacces, &mut failures);
-    expect_errno("read file in $HOME", std::fs::read(&home_file), eacces, &mut failures);
+    expect_errno(
+        "read /etc/passwd",
+        std::fs::read("/etc/passwd"),
+        eacces,
+        &mut failures,
+    );
+    expect_errno(
+        "read file in $HOME",
+        std::fs::read(&home_file),
+        eacces,
+        &mut failures,
+    );
     expect_errno(
         "read file in a non-allowed dir",
         std::fs::read(dir.join("other").join("secret.txt")),
@@ -288,9 +307,11 @@ fn probe_landlock_missing_model(dir: &Path) -> i32 {
         ..WorkerPaths::default()
     };
     match worker::confine_filesystem(&paths, false) {
-        Err(e @ worker::WorkerConfineError::Landlock(
-            weave_policy::landlock::LandlockError::MissingPath { .. },
-        )) => {
+        Err(
+            e @ worker::WorkerConfineError::Landlock(
+                weave_policy::landlock::LandlockError::MissingPath { .. },
+            ),
+        ) => {
             println!("ok: {e}");
             // Nothing was restricted: /etc/passwd is still readable.
             if std::fs::read("/etc/passwd").is_ok() {
@@ -419,8 +440,14 @@ fn check_drop_output(stdout: &str) -> Result<(), String> {
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
             .unwrap_or_default()
     };
-    let uids: Vec<String> = field("Uid:").split_whitespace().map(str::to_owned).collect();
-    let gids: Vec<String> = field("Gid:").split_whitespace().map(str::to_owned).collect();
+    let uids: Vec<String> = field("Uid:")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let gids: Vec<String> = field("Gid:")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
     if uids.len() != 4 || uids.iter().any(|u| u != uid) {
         return Err(format!("Uid line {uids:?}, expected all {uid}"));
     }
@@ -464,7 +491,10 @@ fn missing(need: Need) -> Option<String> {
             let actions = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
                 .unwrap_or_default();
             (mode != 0 || !actions.contains("kill_process")).then(|| {
-                format!("needs seccomp filters (mode {mode}, actions {:?})", actions.trim())
+                format!(
+                    "needs seccomp filters (mode {mode}, actions {:?})",
+                    actions.trim()
+                )
             })
         }
     }
@@ -574,7 +604,12 @@ fn run_case(case: &Case, fixture: &Fixture) -> Outcome {
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let detail = || format!("{}\n--- stdout:\n{stdout}--- stderr:\n{stderr}", describe(output.status));
+    let detail = || {
+        format!(
+            "{}\n--- stdout:\n{stdout}--- stderr:\n{stderr}",
+            describe(output.status)
+        )
+    };
     match case.expect {
         Expect::Signal(sig) if output.status.signal() == Some(sig) => Outcome::Ok,
         Expect::Signal(sig) => Outcome::Failed(format!("expected signal {sig}, got {}", detail())),
@@ -608,9 +643,13 @@ fn main() {
         .iter()
         .filter(|c| {
             filters.is_empty()
-                || filters
-                    .iter()
-                    .any(|f| if exact { c.name == f.as_str() } else { c.name.contains(f.as_str()) })
+                || filters.iter().any(|f| {
+                    if exact {
+                        c.name == f.as_str()
+                    } else {
+                        c.name.contains(f.as_str())
+                    }
+                })
         })
         .collect();
     if args.iter().any(|a| a == "--list") {

@@ -350,12 +350,7 @@ pub fn worker_filter(options: WorkerSyscallOptions) -> SyscallPolicy {
         p.allow(libc::SYS_stat);
         p.allow(libc::SYS_lstat);
         p.allow(libc::SYS_readlink);
-        p.allow(libc::SYS_access);
-        p.allow(libc::SYS_arch_prctl);
     }
-    // why: faccessat from access()-style checks.
-    p.allow(libc::SYS_faccessat);
-    p.allow(libc::SYS_faccessat2);
     if options.gpu {
         // why: the CUDA driver talks to /dev/nvidia* only through ioctls
         // whose request numbers are not a stable, public list; the device
@@ -376,16 +371,9 @@ pub fn worker_filter(options: WorkerSyscallOptions) -> SyscallPolicy {
     p.allow(libc::SYS_clock_nanosleep);
     // why: seeds for random tensors when no seed is given; HashMap keys.
     p.allow(libc::SYS_getrandom);
-    // why: libtorch and allocators read memory size and limits.
+    // why: libtorch and allocators read memory size and the stack limit.
     p.allow(libc::SYS_sysinfo);
     p.allow(libc::SYS_prlimit64);
-    p.allow(libc::SYS_getrusage);
-    // why: CPU feature dispatch and logging read the kernel version.
-    p.allow(libc::SYS_uname);
-    // why: the current CPU for per-CPU caches in allocators and OpenMP.
-    p.allow(libc::SYS_getcpu);
-    // why: membarrier-based fences in some runtimes (no effect outside).
-    p.allow(libc::SYS_membarrier);
     p
 }
 

@@ -49,6 +49,18 @@ mod raw {
         unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) }
     }
 
+    /// `dlopen(path, RTLD_NOW)`: true when the library was mapped.
+    pub fn dlopen(path: &std::path::Path) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: a NUL-terminated path; the probe libraries are glibc's
+        // stub libraries whose constructors do nothing.
+        let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        !handle.is_null()
+    }
+
     pub fn exit_now(code: i32) -> ! {
         // SAFETY: _exit never returns; used in a forked child to avoid
         // running the parent's atexit handlers twice.
@@ -287,6 +299,25 @@ fn probe_landlock_view(dir: &Path) -> i32 {
         eacces,
         &mut failures,
     );
+    // Shared objects in a read-only-granted directory still load (mmap
+    // PROT_EXEC is not a Landlock access); the same file elsewhere does not.
+    let lib_name = std::env::var("WEAVE_POLICY_PROBE_LIB").unwrap_or_default();
+    if lib_name.is_empty() {
+        println!("note: no stub library found to test dlopen");
+    } else {
+        if raw::dlopen(&model_dir.join(&lib_name)) {
+            println!("ok: dlopen from the model dir");
+        } else {
+            println!("FAIL: dlopen from the read-only model dir");
+            failures += 1;
+        }
+        if raw::dlopen(&dir.join("other").join(&lib_name)) {
+            println!("FAIL: dlopen from a non-allowed dir succeeded");
+            failures += 1;
+        } else {
+            println!("ok: dlopen from a non-allowed dir refused");
+        }
+    }
     // Signal scoping: the parent (outside the domain) cannot be signalled.
     // Signal 0 only checks permission.
     // SAFETY: kill with signal 0 sends nothing; getppid cannot fail.
@@ -535,6 +566,24 @@ fn ensure_test_user() -> Result<(), String> {
 struct Fixture {
     dir: PathBuf,
     home_file: PathBuf,
+    /// File name of a glibc stub library copied into model/ and other/.
+    lib_name: Option<String>,
+}
+
+/// A shared library nothing in this process has loaded yet.
+fn find_stub_library() -> Option<PathBuf> {
+    let dirs = [
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib/aarch64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/lib64",
+        "/usr/lib64",
+    ];
+    let names = ["libanl.so.1", "libutil.so.1", "libresolv.so.2"];
+    dirs.iter()
+        .flat_map(|d| names.iter().map(move |n| Path::new(d).join(n)))
+        .find(|p| p.is_file())
 }
 
 impl Fixture {
@@ -548,7 +597,17 @@ impl Fixture {
         std::fs::create_dir_all(&home).unwrap();
         let home_file = home.join(format!(".weave-policy-test-{}", std::process::id()));
         std::fs::write(&home_file, b"home").unwrap();
-        Self { dir, home_file }
+        let lib_name = find_stub_library().map(|lib| {
+            let name = lib.file_name().unwrap().to_string_lossy().into_owned();
+            std::fs::copy(&lib, dir.join("model").join(&name)).unwrap();
+            std::fs::copy(&lib, dir.join("other").join(&name)).unwrap();
+            name
+        });
+        Self {
+            dir,
+            home_file,
+            lib_name,
+        }
     }
 }
 
@@ -597,6 +656,10 @@ fn run_case(case: &Case, fixture: &Fixture) -> Outcome {
         .env(PROBE_ENV, case.name)
         .env(DIR_ENV, &fixture.dir)
         .env("WEAVE_POLICY_PROBE_HOME_FILE", &fixture.home_file)
+        .env(
+            "WEAVE_POLICY_PROBE_LIB",
+            fixture.lib_name.as_deref().unwrap_or_default(),
+        )
         .output();
     let output = match output {
         Ok(o) => o,

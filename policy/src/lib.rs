@@ -15,7 +15,7 @@ pub mod seccomp;
 mod sys;
 pub mod worker;
 
-pub use landlock::{EnforcementStatus, LandlockReport};
+pub use crate::landlock::{EnforcementStatus, LandlockReport};
 pub use process::{ProcessError, ProcessStatus};
 pub use seccomp::{SeccompMode, WorkerSyscallOptions};
 

@@ -162,6 +162,18 @@ fn cases() -> Vec<Case> {
             )
         }),
         Case {
+            name: "seccomp_tsync_covers_threads_started_before_the_filter",
+            needs: &[Need::Seccomp],
+            expect: Expect::Signal(SIGSYS),
+            probe: probe_tsync,
+        },
+        Case {
+            name: "seccomp_trap_mode_reports_and_continues",
+            needs: &[Need::Seccomp],
+            expect: Expect::Success,
+            probe: probe_trap_mode,
+        },
+        Case {
             name: "seccomp_allows_threads_and_clone3_gets_enosys",
             needs: &[Need::Seccomp],
             expect: Expect::Success,
@@ -356,6 +368,44 @@ fn probe_landlock_missing_model(dir: &Path) -> i32 {
             println!("FAIL: expected MissingPath, got {other:?}");
             1
         }
+    }
+}
+
+fn probe_tsync(_: &Path) -> i32 {
+    // A thread that exists before the filter (like libtorch's OpenMP pool)
+    // must be filtered too: it waits, then tries a socket.
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let _ = go_rx.recv();
+        raw::syscall5(
+            libc::SYS_socket,
+            [libc::AF_INET as _, libc::SOCK_STREAM as _, 0, 0, 0],
+        )
+    });
+    lock();
+    let _ = go_tx.send(());
+    let result = worker.join();
+    eprintln!("probe: the pre-existing thread was not killed: {result:?}");
+    4
+}
+
+fn probe_trap_mode(_: &Path) -> i32 {
+    if let Err(e) = worker::lock_syscalls(SeccompMode::Trap, WorkerSyscallOptions::default()) {
+        println!("FAIL: lock_syscalls(Trap): {e}");
+        return 1;
+    }
+    // Not allowed: the SIGSYS reporter prints the number and the call
+    // returns ENOSYS instead of killing the process.
+    let (ret, errno) = raw::syscall5(
+        libc::SYS_socket,
+        [libc::AF_INET as _, libc::SOCK_STREAM as _, 0, 0, 0],
+    );
+    if ret == -1 && errno == libc::ENOSYS {
+        println!("ok: socket returned ENOSYS under the trap mode");
+        0
+    } else {
+        println!("FAIL: socket returned {ret}, errno {errno}");
+        1
     }
 }
 
@@ -680,6 +730,12 @@ fn run_case(case: &Case, fixture: &Fixture) -> Outcome {
             if case.name == "root_drops_to_test_user_with_nothing_left" {
                 if let Err(e) = check_drop_output(&stdout) {
                     return Outcome::Failed(format!("{e}\n{}", detail()));
+                }
+            }
+            if case.name == "seccomp_trap_mode_reports_and_continues" {
+                let line = format!("weave-policy: seccomp blocked syscall {}", libc::SYS_socket);
+                if !stderr.lines().any(|l| l == line) {
+                    return Outcome::Failed(format!("no `{line}` on stderr\n{}", detail()));
                 }
             }
             Outcome::Ok

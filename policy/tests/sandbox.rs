@@ -161,6 +161,26 @@ fn cases() -> Vec<Case> {
                 ],
             )
         }),
+        killed("seccomp_kills_openat_for_writing", |dir| {
+            lock();
+            let path = std::ffi::CString::new(
+                dir.join("model")
+                    .join("weights.bin")
+                    .to_string_lossy()
+                    .as_bytes(),
+            )
+            .unwrap();
+            attempt(
+                libc::SYS_openat,
+                [
+                    libc::AT_FDCWD as _,
+                    path.as_ptr() as _,
+                    libc::O_WRONLY as _,
+                    0,
+                    0,
+                ],
+            )
+        }),
         Case {
             name: "seccomp_tsync_covers_threads_started_before_the_filter",
             needs: &[Need::Seccomp],

@@ -34,13 +34,18 @@ pub struct Doorbell {
 impl Doorbell {
     /// A new non-blocking, close-on-exec eventfd.
     pub fn new() -> Result<Self, DoorbellError> {
-        Ok(Self { fd: sys::eventfd().map_err(DoorbellError::Create)? })
+        Ok(Self {
+            fd: sys::eventfd().map_err(DoorbellError::Create)?,
+        })
     }
 
     /// Adopts an inherited eventfd, checking that it is one.
     pub fn from_fd(fd: OwnedFd) -> Result<Self, DoorbellError> {
-        let path = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
-            .map_err(DoorbellError::Wait)?;
+        let path = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ))
+        .map_err(DoorbellError::Wait)?;
         if path.as_os_str() != "anon_inode:[eventfd]" {
             return Err(DoorbellError::NotEventfd);
         }
@@ -72,7 +77,9 @@ impl Doorbell {
     /// A second handle on the same eventfd (for the other end in tests, or
     /// to keep one while passing the other on).
     pub fn try_clone(&self) -> Result<Self, DoorbellError> {
-        Ok(Self { fd: self.fd.try_clone().map_err(DoorbellError::Create)? })
+        Ok(Self {
+            fd: self.fd.try_clone().map_err(DoorbellError::Create)?,
+        })
     }
 }
 

@@ -46,8 +46,8 @@ pub use doorbell::{Doorbell, DoorbellError};
 pub use key::{ChannelKey, KeyError, KEY_LEN};
 pub use ring::{ChannelError, ChannelStats, Message, Reader, Writer};
 pub use segment::{
-    Direction, RingGeometry, SealedSegment, SegmentError, SegmentId, CONTROL_PAGE_LEN, MAX_SLOT_COUNT, MAX_SLOT_SIZE,
-    MIN_SLOT_SIZE,
+    Direction, RingGeometry, SealedSegment, SegmentError, SegmentId, CONTROL_PAGE_LEN,
+    MAX_SLOT_COUNT, MAX_SLOT_SIZE, MIN_SLOT_SIZE,
 };
 
 /// Makes `fd` appear as descriptor number `target` in a child after `exec`

@@ -118,7 +118,10 @@ fn cipher_for(key: &ChannelKey) -> XChaCha20Poly1305 {
 fn copy_in(payload: &[u8]) -> impl FnOnce(&mut [u8]) -> Result<usize, ChannelError> + '_ {
     move |buf| {
         let max = buf.len();
-        let dst = buf.get_mut(..payload.len()).ok_or(ChannelError::TooLarge { len: payload.len(), max })?;
+        let dst = buf.get_mut(..payload.len()).ok_or(ChannelError::TooLarge {
+            len: payload.len(),
+            max,
+        })?;
         dst.copy_from_slice(payload);
         Ok(payload.len())
     }
@@ -202,12 +205,16 @@ impl Writer {
     fn has_room(&mut self) -> Result<bool, ChannelError> {
         let tail = self.segment.tail().load(Ordering::Acquire);
         if tail > self.next_seq {
-            return Err(ChannelError::PeerViolation { reason: "consumed counter ahead of published" });
+            return Err(ChannelError::PeerViolation {
+                reason: "consumed counter ahead of published",
+            });
         }
         let in_flight = self.next_seq - tail;
         let slots = u64::from(self.segment.geometry().slot_count);
         if in_flight > slots {
-            return Err(ChannelError::PeerViolation { reason: "consumed counter went backwards" });
+            return Err(ChannelError::PeerViolation {
+                reason: "consumed counter went backwards",
+            });
         }
         Ok(in_flight < slots)
     }
@@ -233,21 +240,35 @@ impl Writer {
     }
 
     /// Sends, waiting up to `timeout` for the reader to free a slot.
-    pub fn send(&mut self, kind: u16, payload: &[u8], timeout: Duration) -> Result<u64, ChannelError> {
+    pub fn send(
+        &mut self,
+        kind: u16,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<u64, ChannelError> {
         self.wait_for_room(timeout)?;
         self.try_send(kind, payload)
     }
 
     /// Serializes `value` with postcard directly into the scratch buffer and
     /// sends it, waiting up to `timeout` for room.
-    pub fn send_postcard<T: Serialize>(&mut self, kind: u16, value: &T, timeout: Duration) -> Result<u64, ChannelError> {
+    pub fn send_postcard<T: Serialize>(
+        &mut self,
+        kind: u16,
+        value: &T,
+        timeout: Duration,
+    ) -> Result<u64, ChannelError> {
         self.wait_for_room(timeout)?;
         self.try_send_with(kind, |buf| {
             let max = buf.len();
-            postcard::to_slice(value, buf).map(|used| used.len()).map_err(|e| match e {
-                postcard::Error::SerializeBufferFull => ChannelError::TooLarge { len: max + 1, max },
-                other => ChannelError::Encode(other),
-            })
+            postcard::to_slice(value, buf)
+                .map(|used| used.len())
+                .map_err(|e| match e {
+                    postcard::Error::SerializeBufferFull => {
+                        ChannelError::TooLarge { len: max + 1, max }
+                    }
+                    other => ChannelError::Encode(other),
+                })
         })
     }
 
@@ -301,7 +322,8 @@ impl Writer {
         }
         .encode();
         let (body, rest) = self.scratch.split_at_mut(len);
-        let tag = slot::seal_in_place(&self.cipher, &nonce, &aad, body).ok_or(ChannelError::Seal)?;
+        let tag =
+            slot::seal_in_place(&self.cipher, &nonce, &aad, body).ok_or(ChannelError::Seal)?;
         rest[..TAG_LEN].copy_from_slice(&tag);
         let header = SlotHeader {
             version: published_version(seq, geometry.slot_count),
@@ -316,7 +338,10 @@ impl Writer {
         let index = slot_index(seq, geometry.slot_count);
         let version = self.segment.slot_version(index);
         let slot = self.segment.slot_ptr(index);
-        version.store(published_version(seq, geometry.slot_count) - 1, Ordering::Relaxed);
+        version.store(
+            published_version(seq, geometry.slot_count) - 1,
+            Ordering::Relaxed,
+        );
         // Orders the odd version before the slot writes below.
         fence(Ordering::Release);
         // SAFETY: the slot spans slot_size bytes of our writable mapping; the
@@ -325,9 +350,16 @@ impl Writer {
         // sources are our own arrays of those lengths.
         unsafe {
             sys::copy_to_shared(slot.add(8), header[8..].as_ptr(), SLOT_HEADER_LEN - 8);
-            sys::copy_to_shared(slot.add(SLOT_HEADER_LEN), self.scratch.as_ptr(), len + TAG_LEN);
+            sys::copy_to_shared(
+                slot.add(SLOT_HEADER_LEN),
+                self.scratch.as_ptr(),
+                len + TAG_LEN,
+            );
         }
-        version.store(published_version(seq, geometry.slot_count), Ordering::Release);
+        version.store(
+            published_version(seq, geometry.slot_count),
+            Ordering::Release,
+        );
         self.next_seq = seq + 1;
         self.segment.head().store(self.next_seq, Ordering::Release);
         self.stats.messages += 1;
@@ -341,7 +373,11 @@ impl Writer {
     /// Test hook: publishes without checking for room, so a fast writer laps
     /// a slow reader (what a misbehaving peer could do).
     #[doc(hidden)]
-    pub fn send_ignoring_flow_control_for_test(&mut self, kind: u16, payload: &[u8]) -> Result<u64, ChannelError> {
+    pub fn send_ignoring_flow_control_for_test(
+        &mut self,
+        kind: u16,
+        payload: &[u8],
+    ) -> Result<u64, ChannelError> {
         self.publish(kind, copy_in(payload), true)
     }
 
@@ -421,7 +457,11 @@ impl Reader {
     /// Becomes the one reader of `segment`, expecting the message after the
     /// last one consumed (0 for a new or reset segment). Maps the slots
     /// read-only in this process.
-    pub fn new(segment: SealedSegment, doorbell: Doorbell, key: &ChannelKey) -> Result<Self, ChannelError> {
+    pub fn new(
+        segment: SealedSegment,
+        doorbell: Doorbell,
+        key: &ChannelKey,
+    ) -> Result<Self, ChannelError> {
         segment.protect_slots_read_only()?;
         let next_seq = segment.tail().load(Ordering::Acquire);
         let scratch = vec![0u8; segment.geometry().max_message() + TAG_LEN];
@@ -459,7 +499,11 @@ impl Reader {
     /// Takes the next message if one is published (`Ok(None)` if not).
     pub fn try_recv(&mut self) -> Result<Option<Message<'_>>, ChannelError> {
         match self.take_next() {
-            Ok(Some(a)) => Ok(Some(Message { seq: a.seq, kind: a.kind, payload: &self.scratch[..a.len] })),
+            Ok(Some(a)) => Ok(Some(Message {
+                seq: a.seq,
+                kind: a.kind,
+                payload: &self.scratch[..a.len],
+            })),
             Ok(None) => Ok(None),
             Err(e) => Err(self.count(e)),
         }
@@ -471,7 +515,11 @@ impl Reader {
         loop {
             match self.take_next() {
                 Ok(Some(a)) => {
-                    return Ok(Message { seq: a.seq, kind: a.kind, payload: &self.scratch[..a.len] });
+                    return Ok(Message {
+                        seq: a.seq,
+                        kind: a.kind,
+                        payload: &self.scratch[..a.len],
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => return Err(self.count(e)),
@@ -492,7 +540,10 @@ impl Reader {
     ) -> Result<(u16, T), ChannelError> {
         let message = self.recv_timeout(timeout)?;
         if message.payload.len() > max_len {
-            return Err(ChannelError::DecodeLimit { len: message.payload.len(), max: max_len });
+            return Err(ChannelError::DecodeLimit {
+                len: message.payload.len(),
+                max: max_len,
+            });
         }
         let kind = message.kind;
         let value = postcard::from_bytes(message.payload).map_err(ChannelError::Decode)?;
@@ -503,7 +554,9 @@ impl Reader {
         match e {
             ChannelError::Crc => self.stats.crc_failures += 1,
             ChannelError::Tag => self.stats.tag_failures += 1,
-            ChannelError::Replay { .. } | ChannelError::HeadRollback { .. } => self.stats.replays_rejected += 1,
+            ChannelError::Replay { .. } | ChannelError::HeadRollback { .. } => {
+                self.stats.replays_rejected += 1
+            }
             ChannelError::Torn => self.stats.torn_reads += 1,
             ChannelError::Doorbell(_) | ChannelError::Timeout(_) => {}
             _ => self.stats.other_rejections += 1,
@@ -519,10 +572,15 @@ impl Reader {
             return Ok(None);
         }
         if head < expected {
-            return Err(ChannelError::HeadRollback { expected, got: head });
+            return Err(ChannelError::HeadRollback {
+                expected,
+                got: head,
+            });
         }
         if head - expected > u64::from(geometry.slot_count) {
-            return Err(ChannelError::PeerViolation { reason: "published counter more than a ring ahead" });
+            return Err(ChannelError::PeerViolation {
+                reason: "published counter more than a ring ahead",
+            });
         }
         let index = slot_index(expected, geometry.slot_count);
         let slot = self.segment.slot_ptr(index);
@@ -535,12 +593,23 @@ impl Reader {
         // SAFETY: the header is the first SLOT_HEADER_LEN bytes of a slot in
         // our mapping; the destination is a local array of that size.
         unsafe { sys::copy_from_shared(raw_header.as_mut_ptr(), slot, SLOT_HEADER_LEN) };
-        let claimed_len = u32::from_le_bytes([raw_header[16], raw_header[17], raw_header[18], raw_header[19]]);
+        let claimed_len = u32::from_le_bytes([
+            raw_header[16],
+            raw_header[17],
+            raw_header[18],
+            raw_header[19],
+        ]);
         let body_len = (claimed_len as usize).min(max) + TAG_LEN;
         // SAFETY: body_len <= max_message + TAG_LEN = slot_size -
         // SLOT_HEADER_LEN, so the range stays inside the slot; scratch has
         // exactly max_message + TAG_LEN bytes.
-        unsafe { sys::copy_from_shared(self.scratch.as_mut_ptr(), slot.add(SLOT_HEADER_LEN), body_len) };
+        unsafe {
+            sys::copy_from_shared(
+                self.scratch.as_mut_ptr(),
+                slot.add(SLOT_HEADER_LEN),
+                body_len,
+            )
+        };
         // Orders the copies before the second version read.
         fence(Ordering::Acquire);
         let after = version.load(Ordering::Relaxed);
@@ -552,14 +621,22 @@ impl Reader {
         }
         let header = SlotHeader::decode(&raw_header).map_err(|fault| match fault {
             HeaderFault::Crc => ChannelError::Crc,
-            HeaderFault::Reserved => ChannelError::Malformed { reason: "reserved header bytes set" },
+            HeaderFault::Reserved => ChannelError::Malformed {
+                reason: "reserved header bytes set",
+            },
         })?;
         let len = header.len as usize;
         if len > max {
-            return Err(ChannelError::Bounds { len: u64::from(header.len), max });
+            return Err(ChannelError::Bounds {
+                len: u64::from(header.len),
+                max,
+            });
         }
         if header.generation != self.generation {
-            return Err(ChannelError::Generation { expected: self.generation, got: header.generation });
+            return Err(ChannelError::Generation {
+                expected: self.generation,
+                got: header.generation,
+            });
         }
         let aad = AadFields {
             segment: self.segment.id(),
@@ -573,23 +650,41 @@ impl Reader {
         .encode();
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&self.scratch[len..len + TAG_LEN]);
-        if !slot::open_in_place(&self.cipher, &header.nonce, &aad, &mut self.scratch[..len], &tag) {
+        if !slot::open_in_place(
+            &self.cipher,
+            &header.nonce,
+            &aad,
+            &mut self.scratch[..len],
+            &tag,
+        ) {
             return Err(ChannelError::Tag);
         }
         if header.seq < expected {
-            return Err(ChannelError::Replay { expected, got: header.seq });
+            return Err(ChannelError::Replay {
+                expected,
+                got: header.seq,
+            });
         }
         if header.seq > expected {
-            return Err(ChannelError::Gap { expected, got: header.seq });
+            return Err(ChannelError::Gap {
+                expected,
+                got: header.seq,
+            });
         }
         if header.version != published_version(expected, geometry.slot_count) {
-            return Err(ChannelError::Malformed { reason: "version does not match the sequence number" });
+            return Err(ChannelError::Malformed {
+                reason: "version does not match the sequence number",
+            });
         }
         self.next_seq = expected + 1;
         self.segment.tail().store(self.next_seq, Ordering::Release);
         self.stats.messages += 1;
         self.stats.bytes += len as u64;
-        Ok(Some(Accepted { seq: expected, kind: header.kind, len }))
+        Ok(Some(Accepted {
+            seq: expected,
+            kind: header.kind,
+            len,
+        }))
     }
 
     /// Test hook: skip ahead to `seq` after a `Gap` (the lapping-writer test

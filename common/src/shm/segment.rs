@@ -85,18 +85,26 @@ impl Default for RingGeometry {
     /// 4 slots of 8 MiB: room for a 1024×1024 RGBA image (4 MiB) per message
     /// and a few messages in flight; pages are only allocated when touched.
     fn default() -> Self {
-        Self { slot_count: 4, slot_size: 8 << 20 }
+        Self {
+            slot_count: 4,
+            slot_size: 8 << 20,
+        }
     }
 }
 
 impl RingGeometry {
     /// A geometry whose slots hold messages of `max_message` bytes.
     pub fn for_max_message(slot_count: u32, max_message: usize) -> Result<Self, SegmentError> {
-        let slot = (max_message + SLOT_HEADER_LEN + TAG_LEN).next_multiple_of(64).max(MIN_SLOT_SIZE);
+        let slot = (max_message + SLOT_HEADER_LEN + TAG_LEN)
+            .next_multiple_of(64)
+            .max(MIN_SLOT_SIZE);
         let slot_size = u32::try_from(slot).map_err(|_| SegmentError::Geometry {
             reason: "message too large for a slot",
         })?;
-        let g = Self { slot_count, slot_size };
+        let g = Self {
+            slot_count,
+            slot_size,
+        };
         g.validate()?;
         Ok(g)
     }
@@ -173,16 +181,27 @@ pub struct SealedSegment {
 impl SealedSegment {
     /// Creates `MFD_CLOEXEC|MFD_ALLOW_SEALING` memfd, sizes it for
     /// `geometry`, seals shrink/grow/seal, maps it and writes the control page.
-    pub fn create(id: SegmentId, direction: Direction, geometry: RingGeometry) -> Result<Self, SegmentError> {
+    pub fn create(
+        id: SegmentId,
+        direction: Direction,
+        geometry: RingGeometry,
+    ) -> Result<Self, SegmentError> {
         let len = geometry.segment_len()?;
-        let name = CString::new(format!("weave-shm-{}", id.0)).map_err(|_| SegmentError::Geometry {
-            reason: "segment name",
-        })?;
+        let name =
+            CString::new(format!("weave-shm-{}", id.0)).map_err(|_| SegmentError::Geometry {
+                reason: "segment name",
+            })?;
         let fd = sys::memfd_create_sealable(&name).map_err(SegmentError::Create)?;
         sys::set_len(fd.as_fd(), len).map_err(SegmentError::Seal)?;
         sys::add_seals(fd.as_fd(), sys::REQUIRED_SEALS).map_err(SegmentError::Seal)?;
         let map = sys::SharedMapping::map(fd.as_fd(), len).map_err(SegmentError::Map)?;
-        let seg = Self { fd, map, id, direction, geometry };
+        let seg = Self {
+            fd,
+            map,
+            id,
+            direction,
+            geometry,
+        };
         seg.write_control_page();
         Ok(seg)
     }
@@ -215,10 +234,19 @@ impl SealedSegment {
             return Err(SegmentError::WriteSealed { seals });
         }
         if size != expected as u64 {
-            return Err(SegmentError::WrongSize { expected: expected as u64, actual: size });
+            return Err(SegmentError::WrongSize {
+                expected: expected as u64,
+                actual: size,
+            });
         }
         let map = sys::SharedMapping::map(fd.as_fd(), expected).map_err(SegmentError::Map)?;
-        let seg = Self { fd, map, id, direction, geometry };
+        let seg = Self {
+            fd,
+            map,
+            id,
+            direction,
+            geometry,
+        };
         seg.check_control_page()?;
         Ok(seg)
     }
@@ -252,7 +280,9 @@ impl SealedSegment {
     /// peer maps the segment (worker not started or dead), e.g. before a
     /// respawn with fresh keys.
     pub fn reset_ring(&mut self) -> Result<(), SegmentError> {
-        self.map.protect_from(CONTROL_PAGE_LEN, true).map_err(SegmentError::Map)?;
+        self.map
+            .protect_from(CONTROL_PAGE_LEN, true)
+            .map_err(SegmentError::Map)?;
         self.head().store(0, std::sync::atomic::Ordering::SeqCst);
         self.tail().store(0, std::sync::atomic::Ordering::SeqCst);
         let zero = [0u8; SLOT_HEADER_LEN];
@@ -269,10 +299,13 @@ impl SealedSegment {
         let mut page = [0u8; 64];
         page[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&MAGIC);
         page[OFF_LAYOUT..OFF_LAYOUT + 4].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
-        page[OFF_DIRECTION..OFF_DIRECTION + 4].copy_from_slice(&(self.direction as u32).to_le_bytes());
+        page[OFF_DIRECTION..OFF_DIRECTION + 4]
+            .copy_from_slice(&(self.direction as u32).to_le_bytes());
         page[OFF_SEGMENT_ID..OFF_SEGMENT_ID + 8].copy_from_slice(&self.id.0.to_le_bytes());
-        page[OFF_SLOT_COUNT..OFF_SLOT_COUNT + 4].copy_from_slice(&self.geometry.slot_count.to_le_bytes());
-        page[OFF_SLOT_SIZE..OFF_SLOT_SIZE + 4].copy_from_slice(&self.geometry.slot_size.to_le_bytes());
+        page[OFF_SLOT_COUNT..OFF_SLOT_COUNT + 4]
+            .copy_from_slice(&self.geometry.slot_count.to_le_bytes());
+        page[OFF_SLOT_SIZE..OFF_SLOT_SIZE + 4]
+            .copy_from_slice(&self.geometry.slot_size.to_le_bytes());
         // SAFETY: the first 64 bytes of the control page are inside our
         // mapping; the segment was just created, so no peer maps it yet.
         unsafe { sys::copy_to_shared(self.map.base(), page.as_ptr(), page.len()) };
@@ -283,7 +316,9 @@ impl SealedSegment {
         // SAFETY: 64 bytes at the start of our mapping are readable; the
         // copy is opaque and lands in a local array.
         unsafe { sys::copy_from_shared(page.as_mut_ptr(), self.map.base(), page.len()) };
-        let u32_at = |off: usize| u32::from_le_bytes([page[off], page[off + 1], page[off + 2], page[off + 3]]);
+        let u32_at = |off: usize| {
+            u32::from_le_bytes([page[off], page[off + 1], page[off + 2], page[off + 3]])
+        };
         let mut id = [0u8; 8];
         id.copy_from_slice(&page[OFF_SEGMENT_ID..OFF_SEGMENT_ID + 8]);
         let field = if page[OFF_MAGIC..OFF_MAGIC + 8] != MAGIC {
@@ -338,6 +373,8 @@ impl SealedSegment {
     /// Makes the slot area read-only in this process: the reader never
     /// writes slots, and a stray write must fault rather than corrupt.
     pub(crate) fn protect_slots_read_only(&self) -> Result<(), SegmentError> {
-        self.map.protect_from(CONTROL_PAGE_LEN, false).map_err(SegmentError::Map)
+        self.map
+            .protect_from(CONTROL_PAGE_LEN, false)
+            .map_err(SegmentError::Map)
     }
 }

@@ -127,7 +127,9 @@ pub fn seal_in_place(
     aad: &[u8],
     buf: &mut [u8],
 ) -> Option<[u8; TAG_LEN]> {
-    let tag = cipher.encrypt_in_place_detached(XNonce::from_slice(nonce), aad, buf).ok()?;
+    let tag = cipher
+        .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, buf)
+        .ok()?;
     Some(tag.into())
 }
 
@@ -150,7 +152,14 @@ mod tests {
     use super::*;
 
     fn header() -> SlotHeader {
-        SlotHeader { version: 4, seq: 9, len: 1234, kind: 7, nonce: [3; NONCE_LEN], generation: 2 }
+        SlotHeader {
+            version: 4,
+            seq: 9,
+            len: 1234,
+            kind: 7,
+            nonce: [3; NONCE_LEN],
+            generation: 2,
+        }
     }
 
     #[test]
@@ -191,13 +200,25 @@ mod tests {
         };
         let e = base.encode();
         let variants = [
-            AadFields { segment: SegmentId(2), ..base },
-            AadFields { generation: 2, ..base },
-            AadFields { direction: Direction::WorkerToBroker, ..base },
+            AadFields {
+                segment: SegmentId(2),
+                ..base
+            },
+            AadFields {
+                generation: 2,
+                ..base
+            },
+            AadFields {
+                direction: Direction::WorkerToBroker,
+                ..base
+            },
             AadFields { seq: 2, ..base },
             AadFields { kind: 2, ..base },
             AadFields { len: 2, ..base },
-            AadFields { slot_count: 8, ..base },
+            AadFields {
+                slot_count: 8,
+                ..base
+            },
         ];
         for v in variants {
             assert_ne!(v.encode(), e, "{v:?}");

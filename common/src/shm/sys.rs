@@ -31,7 +31,9 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
 pub fn memfd_create_sealable(name: &CStr) -> io::Result<OwnedFd> {
     // SAFETY: `name` is a valid NUL-terminated string for the duration of the
     // call; the flags are constants the kernel documents.
-    let fd = check(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) })?;
+    let fd = check(unsafe {
+        libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    })?;
     // SAFETY: the kernel just returned this descriptor to us and nothing else
     // owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -106,7 +108,8 @@ impl SharedMapping {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let base = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         Ok(Self { base, len })
     }
 
@@ -121,14 +124,24 @@ impl SharedMapping {
     /// Sets `[offset, len)` read-only (the reader's view of the peer's slots)
     /// or back to read-write in this process. `offset` must be page-aligned.
     pub fn protect_from(&self, offset: usize, writable: bool) -> io::Result<()> {
-        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         if offset >= self.len {
             return Ok(());
         }
         // SAFETY: the range lies inside our own mapping; no Rust reference
         // into it exists (all access is through raw pointers), and callers
         // never write to it while it is read-only.
-        check(unsafe { libc::mprotect(self.base.as_ptr().add(offset).cast(), self.len - offset, prot) })?;
+        check(unsafe {
+            libc::mprotect(
+                self.base.as_ptr().add(offset).cast(),
+                self.len - offset,
+                prot,
+            )
+        })?;
         Ok(())
     }
 }
@@ -195,7 +208,11 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> 
     if millis == 0 && !timeout.is_zero() {
         millis = 1;
     }
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     loop {
         // SAFETY: `pfd` is one valid pollfd and we pass a count of 1.
         let n = unsafe { libc::poll(&mut pfd, 1, millis) };

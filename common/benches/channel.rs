@@ -10,8 +10,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use chacha20poly1305::{AeadInOut, KeyInit, XChaCha20Poly1305, XNonce};
 use weave_common::shm::{
     ChannelKey, Direction, Doorbell, Reader, RingGeometry, SealedSegment, SegmentId, Writer,
 };
@@ -96,10 +95,10 @@ fn main() {
         let mut buf = vec![0x5Au8; size];
         let mut bound_op = || {
             let tag = cipher
-                .encrypt_in_place_detached(&nonce, b"aad", &mut buf)
+                .encrypt_inout_detached(&nonce, b"aad", buf.as_mut_slice().into())
                 .expect("encrypt");
             cipher
-                .decrypt_in_place_detached(&nonce, b"aad", &mut buf, &tag)
+                .decrypt_inout_detached(&nonce, b"aad", buf.as_mut_slice().into(), &tag)
                 .expect("decrypt");
             black_box(&buf);
         };

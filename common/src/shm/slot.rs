@@ -22,8 +22,7 @@
 //! `crypto_aead_xchacha20poly1305_ietf_*` sees as `ad`; ciphertext ‖ tag is
 //! its combined `c`.
 
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use chacha20poly1305::{AeadInOut, Tag, XChaCha20Poly1305, XNonce};
 
 use super::segment::{Direction, SegmentId};
 
@@ -128,7 +127,7 @@ pub fn seal_in_place(
     buf: &mut [u8],
 ) -> Option<[u8; TAG_LEN]> {
     let tag = cipher
-        .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, buf)
+        .encrypt_inout_detached(&XNonce::from(*nonce), aad, buf.into())
         .ok()?;
     Some(tag.into())
 }
@@ -143,7 +142,7 @@ pub fn open_in_place(
     tag: &[u8; TAG_LEN],
 ) -> bool {
     cipher
-        .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, buf, Tag::from_slice(tag))
+        .decrypt_inout_detached(&XNonce::from(*nonce), aad, buf.into(), &Tag::from(*tag))
         .is_ok()
 }
 

@@ -84,6 +84,7 @@ impl Doorbell {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::time::Instant;

@@ -64,6 +64,7 @@ impl std::fmt::Debug for ChannelKey {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -40,6 +40,7 @@ pub mod slot;
 mod sys;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;
 
 pub use doorbell::{Doorbell, DoorbellError};

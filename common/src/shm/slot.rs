@@ -147,6 +147,7 @@ pub fn open_in_place(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

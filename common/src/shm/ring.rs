@@ -127,8 +127,13 @@ fn copy_in(payload: &[u8]) -> impl FnOnce(&mut [u8]) -> Result<usize, ChannelErr
     }
 }
 
+/// The even seqlock value a slot holds once message `seq` is published.
+/// Saturating: 2^63 laps are unreachable, but arithmetic on counters must
+/// never panic.
 fn published_version(seq: u64, slot_count: u32) -> u64 {
-    2 * (seq / u64::from(slot_count) + 1)
+    (seq / u64::from(slot_count))
+        .saturating_add(1)
+        .saturating_mul(2)
 }
 
 fn slot_index(seq: u64, slot_count: u32) -> u32 {
@@ -178,6 +183,17 @@ impl Writer {
     pub fn rotate(&mut self, key: &ChannelKey) {
         self.cipher = cipher_for(key);
         self.generation = key.generation();
+    }
+
+    /// Empties the ring and starts over at sequence 0 under `key`, for a
+    /// respawned peer. Only while no peer maps the segment (the old worker
+    /// is dead); statistics are kept.
+    pub fn reset_for_new_peer(&mut self, key: &ChannelKey) -> Result<(), ChannelError> {
+        self.segment.reset_ring()?;
+        while self.doorbell.wait(Duration::ZERO)? {}
+        self.next_seq = 0;
+        self.rotate(key);
+        Ok(())
     }
 
     pub fn stats(&self) -> ChannelStats {
@@ -360,7 +376,9 @@ impl Writer {
             published_version(seq, geometry.slot_count),
             Ordering::Release,
         );
-        self.next_seq = seq + 1;
+        self.next_seq = seq.checked_add(1).ok_or(ChannelError::PeerViolation {
+            reason: "sequence numbers exhausted",
+        })?;
         self.segment.head().store(self.next_seq, Ordering::Release);
         self.stats.messages += 1;
         self.stats.bytes += len as u64;
@@ -481,6 +499,18 @@ impl Reader {
     pub fn rotate(&mut self, key: &ChannelKey) {
         self.cipher = cipher_for(key);
         self.generation = key.generation();
+    }
+
+    /// Empties the ring and starts over at sequence 0 under `key`, for a
+    /// respawned peer. Only while no peer maps the segment (the old worker
+    /// is dead); statistics are kept.
+    pub fn reset_for_new_peer(&mut self, key: &ChannelKey) -> Result<(), ChannelError> {
+        self.segment.reset_ring()?;
+        self.segment.protect_slots_read_only()?;
+        while self.doorbell.wait(Duration::ZERO)? {}
+        self.next_seq = 0;
+        self.rotate(key);
+        Ok(())
     }
 
     pub fn stats(&self) -> ChannelStats {
@@ -676,7 +706,9 @@ impl Reader {
                 reason: "version does not match the sequence number",
             });
         }
-        self.next_seq = expected + 1;
+        self.next_seq = expected.checked_add(1).ok_or(ChannelError::PeerViolation {
+            reason: "sequence numbers exhausted",
+        })?;
         self.segment.tail().store(self.next_seq, Ordering::Release);
         self.stats.messages += 1;
         self.stats.bytes += len as u64;

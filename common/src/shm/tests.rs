@@ -451,6 +451,68 @@ fn reset_ring_starts_over() {
     assert_eq!(r.try_recv().unwrap().unwrap().payload, b"y");
 }
 
+#[test]
+fn endpoints_reset_for_a_respawned_peer() {
+    // The broker side: it created both segments and keeps them.
+    let g = small_geometry();
+    let key1 = ChannelKey::generate(1).unwrap();
+    let to_worker = SealedSegment::create(SegmentId(1), Direction::BrokerToWorker, g).unwrap();
+    let from_worker = SealedSegment::create(SegmentId(2), Direction::WorkerToBroker, g).unwrap();
+    let (bell_out, bell_in) = (Doorbell::new().unwrap(), Doorbell::new().unwrap());
+    let worker_fds = |s: &SealedSegment| s.fd().try_clone_to_owned().unwrap();
+    let (out_fd, in_fd) = (worker_fds(&to_worker), worker_fds(&from_worker));
+    let (wb_out, wb_in) = (bell_out.try_clone().unwrap(), bell_in.try_clone().unwrap());
+    let mut broker_tx = Writer::new(to_worker, bell_out, &key1);
+    let mut broker_rx = Reader::new(from_worker, bell_in, &key1).unwrap();
+    {
+        // First worker: echoes one message, then dies mid-way (one unread
+        // message left in each direction).
+        let mut rx = Reader::new(
+            SealedSegment::from_fd(out_fd, SegmentId(1), Direction::BrokerToWorker, g).unwrap(),
+            wb_out,
+            &key1,
+        )
+        .unwrap();
+        let mut tx = Writer::new(
+            SealedSegment::from_fd(in_fd, SegmentId(2), Direction::WorkerToBroker, g).unwrap(),
+            wb_in,
+            &key1,
+        );
+        broker_tx.try_send(1, b"job").unwrap();
+        let job = rx.try_recv().unwrap().unwrap().payload.to_vec();
+        tx.try_send(2, &job).unwrap();
+        assert_eq!(broker_rx.try_recv().unwrap().unwrap().payload, b"job");
+        broker_tx.try_send(1, b"lost").unwrap();
+        tx.try_send(2, b"stale").unwrap();
+    }
+    let key2 = key1.rotate().unwrap();
+    broker_tx.reset_for_new_peer(&key2).unwrap();
+    broker_rx.reset_for_new_peer(&key2).unwrap();
+    assert!(
+        broker_rx.try_recv().unwrap().is_none(),
+        "stale message from the dead worker"
+    );
+    let out_fd = broker_tx.segment().fd().try_clone_to_owned().unwrap();
+    let in_fd = broker_rx.segment().fd().try_clone_to_owned().unwrap();
+    let mut rx = Reader::new(
+        SealedSegment::from_fd(out_fd, SegmentId(1), Direction::BrokerToWorker, g).unwrap(),
+        Doorbell::new().unwrap(),
+        &key2,
+    )
+    .unwrap();
+    let mut tx = Writer::new(
+        SealedSegment::from_fd(in_fd, SegmentId(2), Direction::WorkerToBroker, g).unwrap(),
+        Doorbell::new().unwrap(),
+        &key2,
+    );
+    assert!(rx.try_recv().unwrap().is_none());
+    broker_tx.try_send(1, b"again").unwrap();
+    assert_eq!(rx.try_recv().unwrap().unwrap().payload, b"again");
+    tx.try_send(2, b"ok").unwrap();
+    let m = broker_rx.try_recv().unwrap().unwrap();
+    assert_eq!((m.seq, m.payload), (0, &b"ok"[..]));
+}
+
 // ---- cross-process race ----------------------------------------------------
 
 const ROLE_ENV: &str = "WEAVE_SHM_TEST_ROLE";

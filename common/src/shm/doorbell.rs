@@ -19,6 +19,10 @@ pub enum DoorbellError {
     Create(std::io::Error),
     #[error("the received doorbell fd is not an eventfd; pass the eventfd the broker created")]
     NotEventfd,
+    #[error(
+        "could not inspect the received doorbell fd ({0}); adopt inherited fds before sandboxing"
+    )]
+    Inspect(std::io::Error),
     #[error("could not ring the doorbell ({0}); the peer's end may be gone")]
     Ring(std::io::Error),
     #[error("could not wait on the doorbell ({0})")]
@@ -45,7 +49,7 @@ impl Doorbell {
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(&fd)
         ))
-        .map_err(DoorbellError::Wait)?;
+        .map_err(DoorbellError::Inspect)?;
         if path.as_os_str() != "anon_inode:[eventfd]" {
             return Err(DoorbellError::NotEventfd);
         }

@@ -252,7 +252,7 @@ impl Writer {
             self.stats.full += 1;
             return Err(ChannelError::Full);
         }
-        self.publish(kind, fill, true)
+        self.publish(kind, fill)
     }
 
     /// Sends, waiting up to `timeout` for the reader to free a slot.
@@ -315,7 +315,6 @@ impl Writer {
         &mut self,
         kind: u16,
         fill: impl FnOnce(&mut [u8]) -> Result<usize, ChannelError>,
-        ring: bool,
     ) -> Result<u64, ChannelError> {
         let max = self.max_message();
         let len = fill(&mut self.scratch[..max])?;
@@ -382,9 +381,7 @@ impl Writer {
         self.segment.head().store(self.next_seq, Ordering::Release);
         self.stats.messages += 1;
         self.stats.bytes += len as u64;
-        if ring {
-            self.doorbell.ring()?;
-        }
+        self.doorbell.ring()?;
         Ok(seq)
     }
 
@@ -396,7 +393,7 @@ impl Writer {
         kind: u16,
         payload: &[u8],
     ) -> Result<u64, ChannelError> {
-        self.publish(kind, copy_in(payload), true)
+        self.publish(kind, copy_in(payload))
     }
 
     /// Test hook (fault injection): flips bit `bit` of the slot holding

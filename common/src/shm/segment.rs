@@ -263,12 +263,9 @@ impl SealedSegment {
         self.geometry
     }
 
-    pub fn len(&self) -> usize {
+    /// Length of the whole segment in bytes.
+    pub fn byte_len(&self) -> usize {
         self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// The memfd, to pass to the worker (dup it onto a fixed number at exec).

@@ -45,7 +45,7 @@ mod tests;
 
 pub use doorbell::{Doorbell, DoorbellError};
 pub use key::{ChannelKey, KeyError, KEY_LEN};
-pub use ring::{ChannelError, ChannelStats, Message, Reader, Writer};
+pub use ring::{ChannelError, ChannelStats, EndpointInfo, EndpointRole, Message, Reader, Writer};
 pub use segment::{
     Direction, RingGeometry, SealedSegment, SegmentError, SegmentId, CONTROL_PAGE_LEN,
     MAX_SLOT_COUNT, MAX_SLOT_SIZE, MIN_SLOT_SIZE,

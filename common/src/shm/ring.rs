@@ -17,10 +17,12 @@
 //!    of the version;
 //! 3. on the private copy, in order: version unchanged and even (else
 //!    `Torn`), CRC (`Crc`), reserved fields and bounds (`Malformed`,
-//!    `Bounds`), key generation (`Generation`), tag (`Tag`), sequence exactly
-//!    `next` (`Replay` if lower, `Gap` if higher), version consistent with the
+//!    `Bounds`), key generation (`Generation`), tag (`Tag`; verified before
+//!    the private copy is decrypted in place), sequence exactly `next`
+//!    (`Replay` if lower, `Gap` if higher), version consistent with the
 //!    sequence (`Malformed`);
-//! 4. decrypt in place, tail := next + 1, hand out the plaintext.
+//! 4. tail := next + 1, hand out the plaintext (borrowed from the reader's
+//!    private buffer).
 //!
 //! A rejected message is not consumed: the channel is broken and the broker
 //! treats that as a protocol violation (kill and respawn the worker).
@@ -35,7 +37,7 @@ use thiserror::Error;
 
 use super::doorbell::{Doorbell, DoorbellError};
 use super::key::ChannelKey;
-use super::segment::{SealedSegment, SegmentError};
+use super::segment::{Direction, RingGeometry, SealedSegment, SegmentError, SegmentId};
 use super::slot::{self, AadFields, HeaderFault, SlotHeader, NONCE_LEN, SLOT_HEADER_LEN, TAG_LEN};
 use super::sys;
 
@@ -99,6 +101,26 @@ pub struct ChannelStats {
     pub other_rejections: u64,
     /// Times the writer found the ring full.
     pub full: u64,
+}
+
+/// What the admin `segments` command shows for one endpoint (never keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    pub segment: SegmentId,
+    pub direction: Direction,
+    pub role: EndpointRole,
+    pub geometry: RingGeometry,
+    pub key_generation: u64,
+    /// Next sequence number to send (writer) or expected (reader).
+    pub next_seq: u64,
+    pub stats: ChannelStats,
+}
+
+/// Which end of a segment an [`EndpointInfo`] describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointRole {
+    Writer,
+    Reader,
 }
 
 /// A message handed out by the reader; `payload` borrows the reader's
@@ -198,6 +220,19 @@ impl Writer {
 
     pub fn stats(&self) -> ChannelStats {
         self.stats
+    }
+
+    /// Statistics and identity for the admin `segments` command.
+    pub fn info(&self) -> EndpointInfo {
+        EndpointInfo {
+            segment: self.segment.id(),
+            direction: self.segment.direction(),
+            role: EndpointRole::Writer,
+            geometry: self.segment.geometry(),
+            key_generation: self.generation,
+            next_seq: self.next_seq,
+            stats: self.stats,
+        }
     }
 
     pub fn segment(&self) -> &SealedSegment {
@@ -512,6 +547,19 @@ impl Reader {
 
     pub fn stats(&self) -> ChannelStats {
         self.stats
+    }
+
+    /// Statistics and identity for the admin `segments` command.
+    pub fn info(&self) -> EndpointInfo {
+        EndpointInfo {
+            segment: self.segment.id(),
+            direction: self.segment.direction(),
+            role: EndpointRole::Reader,
+            geometry: self.segment.geometry(),
+            key_generation: self.generation,
+            next_seq: self.next_seq,
+            stats: self.stats,
+        }
     }
 
     pub fn segment(&self) -> &SealedSegment {

@@ -45,7 +45,7 @@ fn pair(geometry: RingGeometry) -> (Writer, Reader, ChannelKey) {
 #[test]
 fn messages_round_trip_in_order_up_to_the_slot_capacity() {
     let geometry = RingGeometry::for_max_message(3, 1000).unwrap();
-    let (mut w, mut r, _) = pair(geometry);
+    let (mut w, mut r, key) = pair(geometry);
     let max = w.max_message();
     assert!(max >= 1000);
     for (i, len) in [0usize, 1, 17, max, 500, max].into_iter().enumerate() {
@@ -65,6 +65,18 @@ fn messages_round_trip_in_order_up_to_the_slot_capacity() {
     assert!(r.try_recv().unwrap().is_none());
     assert_eq!(w.stats().messages, 6);
     assert_eq!(r.stats().messages, 6);
+    let info = r.info();
+    assert_eq!(
+        (info.role, info.next_seq, info.key_generation),
+        (EndpointRole::Reader, 6, 1)
+    );
+    assert_eq!(w.info().stats.bytes, r.info().stats.bytes);
+    let shown = format!("{:?} {:?} {:?} {:?}", w.info(), w, r.info(), r);
+    let key_bytes = format!("{:?}", key.expose_secret());
+    assert!(
+        !shown.contains(&key_bytes[1..key_bytes.len() - 1]),
+        "key material in {shown}"
+    );
 }
 
 #[test]

@@ -299,6 +299,68 @@ fn postcard_helpers_round_trip_and_enforce_the_limit() {
     ));
 }
 
+#[test]
+fn garbage_slots_and_counters_never_panic_or_get_accepted() {
+    let g = RingGeometry::for_max_message(4, 200).unwrap();
+    let (w, mut r, _) = pair(g);
+    let slot_size = g.slot_size as usize;
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        state = mix(state);
+        state
+    };
+    let mut seen = std::collections::HashSet::new();
+    for round in 0..20_000u64 {
+        let index = (next() % 4) as u32;
+        let mut bytes: Vec<u8> = (0..slot_size).map(|_| next() as u8).collect();
+        if round % 2 == 0 {
+            // A header with a valid CRC and plausible or hostile fields, so
+            // the checks past the CRC run too.
+            let seq = match next() % 4 {
+                0 => r.next_seq(),
+                1 => next(),
+                _ => r.next_seq() + next() % 8,
+            };
+            let header = SlotHeader {
+                version: if next() % 2 == 0 {
+                    next() & !1
+                } else {
+                    2 * (seq / 4 + 1)
+                },
+                seq,
+                len: match next() % 3 {
+                    0 => next() as u32,
+                    _ => (next() % 200) as u32,
+                },
+                kind: next() as u16,
+                nonce: [next() as u8; 24],
+                generation: if next() % 4 == 0 { next() } else { 1 },
+            };
+            bytes[..SLOT_HEADER_LEN].copy_from_slice(&header.encode());
+        }
+        w.write_slot_bytes_for_test(index, &bytes);
+        let head = match next() % 3 {
+            0 => next(),
+            _ => r.next_seq() + next() % 6,
+        };
+        w.set_head_for_test(head);
+        match r.try_recv() {
+            Ok(None) => assert_eq!(head, r.next_seq()),
+            Ok(Some(m)) => panic!("forged slot accepted: {m:?}"),
+            Err(e) => {
+                seen.insert(std::mem::discriminant(&e));
+            }
+        }
+    }
+    assert_eq!(r.stats().messages, 0);
+    // Torn, Crc, Malformed, Bounds, Generation, Tag, HeadRollback, PeerViolation.
+    assert!(
+        seen.len() >= 7,
+        "only {} kinds of rejection exercised",
+        seen.len()
+    );
+}
+
 // ---- segment refusal -------------------------------------------------------
 
 fn raw_memfd(len: usize, seals: libc::c_int) -> OwnedFd {

@@ -9,7 +9,7 @@ export WEAVE_TORCH_FLAVOR := $(FLAVOR)
 export WEAVE_TEST_PYTHON := $(ROOT)/.cache/venv/bin/python
 CARGO ?= cargo
 
-.PHONY: all build release test deps libtorch demo bench fmt clippy
+.PHONY: all build release test deps libtorch demo bench fmt clippy generated deb rpm
 
 all: build
 
@@ -46,3 +46,28 @@ bench: deps libtorch
 demo: libtorch
 	$(CARGO) build --release --bins
 	scripts/demo.sh
+
+TOOLS := $(ROOT)/.cache/tools/bin
+# Packages carry libtorch in /usr/lib/weave/lib; the worker's rpath names it
+# (next to the build tree's own libtorch folder, which comes first).
+export WEAVE_LIBDIR := /usr/lib/weave/lib
+
+$(TOOLS)/cargo-deb:
+	$(CARGO) install cargo-deb --version 3.8.0 --locked --root $(ROOT)/.cache/tools
+
+$(TOOLS)/cargo-generate-rpm:
+	$(CARGO) install cargo-generate-rpm --locked --root $(ROOT)/.cache/tools
+
+# Man page and completions, generated from sshmctl's clap definitions.
+generated: release
+	mkdir -p target/generated
+	target/release/sshmctl man > target/generated/sshmctl.1
+	target/release/sshmctl completions bash > target/generated/sshmctl.bash
+	target/release/sshmctl completions zsh > target/generated/_sshmctl
+	target/release/sshmctl completions fish > target/generated/sshmctl.fish
+
+deb: generated $(TOOLS)/cargo-deb
+	$(TOOLS)/cargo-deb -p weave-broker --no-build --fast --no-strip -o target/debian/
+
+rpm: generated $(TOOLS)/cargo-generate-rpm
+	$(TOOLS)/cargo-generate-rpm -p broker -o target/rpm/

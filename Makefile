@@ -65,6 +65,10 @@ generated: release
 	target/release/sshmctl completions bash > target/generated/sshmctl.bash
 	target/release/sshmctl completions zsh > target/generated/_sshmctl
 	target/release/sshmctl completions fish > target/generated/sshmctl.fish
+	rm -rf target/generated/selinux && mkdir -p target/generated/selinux
+	cp selinux/weave.te selinux/weave.if selinux/weave.fc target/generated/selinux/
+	$(MAKE) -s -C target/generated/selinux -f /usr/share/selinux/devel/Makefile weave.pp
+	cp target/generated/selinux/weave.pp target/generated/weave.pp
 
 deb: generated $(TOOLS)/cargo-deb
 	$(TOOLS)/cargo-deb -p weave-broker --no-build --fast --no-strip -o target/debian/

@@ -25,6 +25,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::proto::Scheduler;
 
+pub mod channel;
+
 /// Version of the broker ↔ worker protocol. The worker refuses a bootstrap
 /// with any other version (broker and worker binaries must come from the same
 /// build).
@@ -175,7 +177,7 @@ pub enum ToWorker {
 
 impl ToWorker {
     /// Message kind bound into the slot's AAD.
-    pub fn kind(&self) -> u8 {
+    pub fn kind(&self) -> u16 {
         match self {
             ToWorker::Load { .. } => 1,
             ToWorker::Unload => 2,
@@ -236,7 +238,7 @@ pub enum FromWorker {
 
 impl FromWorker {
     /// Message kind bound into the slot's AAD.
-    pub fn kind(&self) -> u8 {
+    pub fn kind(&self) -> u16 {
         match self {
             FromWorker::Ready { .. } => 1,
             FromWorker::Loaded { .. } => 2,
@@ -258,7 +260,7 @@ pub enum WorkerProtoError {
     #[error("worker message has {0} trailing bytes; broker and worker must come from the same build")]
     TrailingBytes(usize),
     #[error("message kind {declared} in the slot does not match the body (kind {actual})")]
-    KindMismatch { declared: u8, actual: u8 },
+    KindMismatch { declared: u16, actual: u16 },
     #[error("message does not encode: {0}")]
     Encode(postcard::Error),
     #[error("bootstrap is {len} bytes, more than the {MAX_BOOTSTRAP_LEN} allowed")]
@@ -289,7 +291,7 @@ pub fn encode_from_worker(msg: &FromWorker) -> Result<Vec<u8>, WorkerProtoError>
 }
 
 /// Decodes a broker → worker body and checks it against the slot's kind.
-pub fn decode_to_worker(kind: u8, body: &[u8]) -> Result<ToWorker, WorkerProtoError> {
+pub fn decode_to_worker(kind: u16, body: &[u8]) -> Result<ToWorker, WorkerProtoError> {
     let msg: ToWorker = decode_exact(body)?;
     if msg.kind() != kind {
         return Err(WorkerProtoError::KindMismatch { declared: kind, actual: msg.kind() });
@@ -298,7 +300,7 @@ pub fn decode_to_worker(kind: u8, body: &[u8]) -> Result<ToWorker, WorkerProtoEr
 }
 
 /// Decodes a worker → broker body and checks it against the slot's kind.
-pub fn decode_from_worker(kind: u8, body: &[u8]) -> Result<FromWorker, WorkerProtoError> {
+pub fn decode_from_worker(kind: u16, body: &[u8]) -> Result<FromWorker, WorkerProtoError> {
     let msg: FromWorker = decode_exact(body)?;
     if msg.kind() != kind {
         return Err(WorkerProtoError::KindMismatch { declared: kind, actual: msg.kind() });

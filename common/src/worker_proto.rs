@@ -120,6 +120,8 @@ pub struct WorkerBootstrap {
     pub allow_degraded_sandbox: bool,
     /// Seccomp traps and logs a denied syscall instead of killing.
     pub seccomp_debug: bool,
+    /// Allow `PROT_EXEC` mappings after initialization (libtorch JIT).
+    pub seccomp_exec_mappings: bool,
     /// Folders holding libtorch/CUDA shared libraries the worker may read.
     pub library_dirs: Vec<PathBuf>,
 }
@@ -204,18 +206,21 @@ pub enum WorkerFailure {
     Unsupported { reason: String },
 }
 
-/// What the sandbox achieved, as reported by the worker in `Ready`.
+/// What the sandbox achieved, as the worker reads it back from the kernel
+/// right before `Ready`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxReport {
-    /// Landlock: `fully enforced`, `partially enforced`, `not enforced`.
+    /// Landlock: `FullyEnforced`, `PartiallyEnforced`, `NotEnforced`.
     pub landlock: String,
     /// Landlock ABI version the kernel offers, 0 when unavailable.
     pub landlock_abi: u32,
-    pub seccomp: bool,
-    /// Seccomp in trap-and-log mode rather than kill.
+    /// `Seccomp:` from /proc/self/status (2 = filter).
+    pub seccomp_mode: u8,
+    /// Seccomp traps or logs instead of killing (tracing only).
     pub seccomp_debug: bool,
     pub no_new_privs: bool,
-    /// Fully enforced in every layer (what `allow_degraded_sandbox = false`
+    pub capabilities_empty: bool,
+    /// Every layer fully enforced (what `allow_degraded_sandbox = false`
     /// demands).
     pub fully_enforced: bool,
 }
@@ -350,6 +355,7 @@ mod tests {
             torch_threads: Some(2),
             allow_degraded_sandbox: false,
             seccomp_debug: false,
+            seccomp_exec_mappings: false,
             library_dirs: vec!["/opt/libtorch/lib".into()],
         }
     }

@@ -22,8 +22,11 @@ use std::time::{Duration, Instant};
 
 use weave_common::worker_proto::channel::{ChannelError, WorkerEndpoint};
 use weave_common::worker_proto::{
-    FromWorker, ModelEntry, SandboxReport, ToWorker, WorkerBootstrap, WorkerFailure, WorkerGenerateParams,
+    FromWorker, ModelEntry, SandboxReport, ToWorker, WorkerBootstrap, WorkerDevice, WorkerFailure,
+    WorkerGenerateParams,
 };
+use weave_policy::worker as worker_policy;
+use weave_policy::{EnforcementStatus, LandlockReport, SeccompMode, WorkerSyscallOptions};
 
 pub use startup::STARTED_BY_BROKER;
 
@@ -93,14 +96,15 @@ fn run_inner() -> Result<(), ServeError> {
     // ===== INITIALIZATION COMPLETE =====
     // Everything below runs under the seccomp allowlist on every thread:
     // nothing a caller influenced has been touched before this line.
-    let seccomp = weave_policy::worker::lock_syscalls(if bootstrap.seccomp_debug {
-        weave_policy::worker::SeccompMode::TrapAndLog
-    } else {
-        weave_policy::worker::SeccompMode::Kill
-    })
+    let mode = if bootstrap.seccomp_debug { SeccompMode::Trap } else { SeccompMode::Enforce };
+    let gpu = matches!(bootstrap.device, WorkerDevice::Cuda(_));
+    worker_policy::lock_syscalls(
+        mode,
+        WorkerSyscallOptions { gpu, exec_mappings: bootstrap.seccomp_exec_mappings },
+    )
     .map_err(|e| ServeError::Sandbox(e.to_string()))?;
 
-    let sandbox = sandbox_report(&landlock, seccomp, bootstrap.seccomp_debug);
+    let sandbox = sandbox_report(landlock, bootstrap.seccomp_debug)?;
     if !sandbox.fully_enforced && !bootstrap.allow_degraded_sandbox {
         return Err(ServeError::Sandbox(format!("sandbox not fully enforced: {sandbox:?}")));
     }
@@ -110,39 +114,37 @@ fn run_inner() -> Result<(), ServeError> {
     Server { channel, models, device: bootstrap.device, loaded: None, backlog: VecDeque::new() }.serve()
 }
 
-fn confine_filesystem(bootstrap: &WorkerBootstrap) -> Result<weave_policy::worker::LandlockOutcome, ServeError> {
-    let model_paths: Vec<_> = bootstrap.models.iter().map(|m| m.path.clone()).collect();
-    weave_policy::worker::confine_filesystem(
-        &weave_policy::worker::WorkerPaths {
-            model_paths,
-            library_dirs: bootstrap.library_dirs.clone(),
-            gpu: matches!(bootstrap.device, weave_common::worker_proto::WorkerDevice::Cuda(_)),
-        },
-        bootstrap.allow_degraded_sandbox,
-    )
-    .map_err(|e| ServeError::Sandbox(e.to_string()))
+fn confine_filesystem(bootstrap: &WorkerBootstrap) -> Result<LandlockReport, ServeError> {
+    let paths = worker_policy::WorkerPaths {
+        models: bootstrap.models.iter().map(|m| m.path.clone()).collect(),
+        libraries: bootstrap.library_dirs.clone(),
+        gpu: matches!(bootstrap.device, WorkerDevice::Cuda(_)),
+        extra_read_only: Vec::new(),
+    };
+    worker_policy::confine_filesystem(&paths, bootstrap.allow_degraded_sandbox)
+        .map_err(|e| ServeError::Sandbox(e.to_string()))
 }
 
-fn sandbox_report(
-    landlock: &weave_policy::worker::LandlockOutcome,
-    seccomp: bool,
-    seccomp_debug: bool,
-) -> SandboxReport {
-    let fully = landlock.fully_enforced() && seccomp && !seccomp_debug && landlock.no_new_privs();
-    SandboxReport {
-        landlock: landlock.status_text(),
-        landlock_abi: landlock.abi(),
-        seccomp,
+/// Reads the sandbox back from the kernel (not from what we asked for).
+fn sandbox_report(landlock: LandlockReport, seccomp_debug: bool) -> Result<SandboxReport, ServeError> {
+    let seen = weave_policy::SandboxReport::current(Some(landlock.clone()))
+        .map_err(|e| ServeError::Sandbox(format!("cannot read the sandbox state back: {e}")))?;
+    let landlock_full = landlock.status == EnforcementStatus::FullyEnforced;
+    Ok(SandboxReport {
+        landlock: format!("{:?}", landlock.status),
+        landlock_abi: landlock.kernel_abi.and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
+        seccomp_mode: seen.seccomp_mode,
         seccomp_debug,
-        no_new_privs: landlock.no_new_privs(),
-        fully_enforced: fully,
-    }
+        no_new_privs: seen.no_new_privs,
+        capabilities_empty: seen.capabilities_empty,
+        fully_enforced: landlock_full && seen.seccomp_mode == 2 && seen.no_new_privs && !seccomp_debug,
+    })
 }
 
 struct Server {
     channel: WorkerEndpoint,
     models: HashMap<String, ModelEntry>,
-    device: weave_common::worker_proto::WorkerDevice,
+    device: WorkerDevice,
     loaded: Option<(String, engine_glue::LoadedModel)>,
     /// Messages that arrived during a generation and are not a `Cancel`.
     backlog: VecDeque<ToWorker>,

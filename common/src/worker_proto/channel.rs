@@ -63,6 +63,8 @@ pub struct EndpointStats {
 pub struct BrokerEndpoint {
     writer: Writer,
     reader: Reader,
+    /// The worker's handle on the worker → broker doorbell (fd 6).
+    to_broker_bell: Doorbell,
     to_worker_key: ChannelKey,
     to_broker_key: ChannelKey,
     geometry_out: SegmentGeometry,
@@ -94,13 +96,14 @@ impl BrokerEndpoint {
         let to_worker_key = ChannelKey::generate(generation)?;
         let to_broker_key = ChannelKey::generate(generation)?;
         let writer = Writer::new(out_seg, Doorbell::new()?, &to_worker_key);
-        let reader = Reader::new(in_seg, Doorbell::new()?, &to_broker_key)?;
-        Ok(Self { writer, reader, to_worker_key, to_broker_key, geometry_out: to_worker, geometry_in: to_broker })
+        let to_broker_bell = Doorbell::new()?;
+        let reader = Reader::new(in_seg, to_broker_bell.try_clone()?, &to_broker_key)?;
+        Ok(Self { writer, reader, to_broker_bell, to_worker_key, to_broker_key, geometry_out: to_worker, geometry_in: to_broker })
     }
 
     /// The four descriptors the worker inherits as fds 3, 4, 5, 6.
     pub fn worker_fds(&self) -> [BorrowedFd<'_>; 4] {
-        [self.writer.segment().fd(), self.reader.segment().fd(), self.writer.doorbell().fd(), self.reader.doorbell().fd()]
+        [self.writer.segment().fd(), self.reader.segment().fd(), self.writer.doorbell().fd(), self.to_broker_bell.fd()]
     }
 
     pub fn to_worker_geometry(&self) -> SegmentGeometry {

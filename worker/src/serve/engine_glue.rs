@@ -36,7 +36,7 @@ pub fn init_torch(bootstrap: &WorkerBootstrap) -> Result<(), String> {
         }
     }
     let probe = tch::Tensor::ones([16, 16], (tch::Kind::Float, device));
-    let sum = (&probe.matmul(&probe)).sum(tch::Kind::Float).double_value(&[]);
+    let sum = probe.matmul(&probe).sum(tch::Kind::Float).double_value(&[]);
     if sum != 16.0 * 16.0 * 16.0 {
         return Err(format!("the device probe computed {sum}, expected 4096"));
     }

@@ -11,6 +11,10 @@
 //!
 //! The worker never opens a socket or writes a file; it logs to stderr only.
 
+#[cfg(feature = "pipeline")]
+mod engine_glue;
+#[cfg(not(feature = "pipeline"))]
+#[path = "engine_pending.rs"]
 mod engine_glue;
 mod startup;
 mod sys;
@@ -28,7 +32,6 @@ use weave_common::worker_proto::{
 use weave_policy::worker as worker_policy;
 use weave_policy::{EnforcementStatus, LandlockReport, SeccompMode, WorkerSyscallOptions};
 
-pub use startup::STARTED_BY_BROKER;
 
 /// Exit status when the process was not started by the broker.
 const EXIT_NOT_STARTED_BY_BROKER: u8 = 2;
@@ -55,7 +58,6 @@ enum ServeError {
 macro_rules! log {
     ($($arg:tt)*) => { eprintln!("weave-worker[{}]: {}", std::process::id(), format_args!($($arg)*)) };
 }
-pub(crate) use log;
 
 /// The whole process. Returns the exit status.
 pub fn run() -> ExitCode {
@@ -119,7 +121,8 @@ fn confine_filesystem(bootstrap: &WorkerBootstrap) -> Result<LandlockReport, Ser
         models: bootstrap.models.iter().map(|m| m.path.clone()).collect(),
         libraries: bootstrap.library_dirs.clone(),
         gpu: matches!(bootstrap.device, WorkerDevice::Cuda(_)),
-        extra_read_only: Vec::new(),
+        // Read by `lock_syscalls` (capability clearing) after Landlock is on.
+        extra_read_only: vec!["/proc/sys/kernel/cap_last_cap".into()],
     };
     worker_policy::confine_filesystem(&paths, bootstrap.allow_degraded_sandbox)
         .map_err(|e| ServeError::Sandbox(e.to_string()))

@@ -106,7 +106,7 @@ fn run_inner() -> Result<(), ServeError> {
     )
     .map_err(|e| ServeError::Sandbox(e.to_string()))?;
 
-    let sandbox = sandbox_report(landlock, bootstrap.seccomp_debug)?;
+    let sandbox = sandbox_report(&landlock, bootstrap.seccomp_debug)?;
     if !sandbox.fully_enforced && !bootstrap.allow_degraded_sandbox {
         return Err(ServeError::Sandbox(format!("sandbox not fully enforced: {sandbox:?}")));
     }
@@ -129,8 +129,9 @@ fn confine_filesystem(bootstrap: &WorkerBootstrap) -> Result<LandlockReport, Ser
 }
 
 /// Reads the sandbox back from the kernel (not from what we asked for).
-fn sandbox_report(landlock: LandlockReport, seccomp_debug: bool) -> Result<SandboxReport, ServeError> {
-    let seen = weave_policy::SandboxReport::current(Some(landlock.clone()))
+fn sandbox_report(landlock: &LandlockReport, seccomp_debug: bool) -> Result<SandboxReport, ServeError> {
+    // /proc/self/status only: getresuid and prctl are outside the allowlist.
+    let seen = weave_policy::ProcessStatus::current()
         .map_err(|e| ServeError::Sandbox(format!("cannot read the sandbox state back: {e}")))?;
     let landlock_full = landlock.status == EnforcementStatus::FullyEnforced;
     Ok(SandboxReport {
@@ -139,7 +140,7 @@ fn sandbox_report(landlock: LandlockReport, seccomp_debug: bool) -> Result<Sandb
         seccomp_mode: seen.seccomp_mode,
         seccomp_debug,
         no_new_privs: seen.no_new_privs,
-        capabilities_empty: seen.capabilities_empty,
+        capabilities_empty: seen.capabilities_empty(),
         fully_enforced: landlock_full && seen.seccomp_mode == 2 && seen.no_new_privs && !seccomp_debug,
     })
 }

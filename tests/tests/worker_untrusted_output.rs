@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use weave_broker::supervisor::{CrashCause, SupervisorConfig, SupervisorError, WorkerRunState, WorkerSupervisor};
+use weave_broker::supervisor::{
+    CrashCause, SupervisorConfig, SupervisorError, WorkerRunState, WorkerSupervisor,
+};
 use weave_common::proto::{ErrorCode, Scheduler};
 use weave_common::worker_proto::channel::WorkerEndpoint;
 use weave_common::worker_proto::{
@@ -27,28 +29,58 @@ const FAKE_NAME: &str = "fake-weave-worker";
 
 fn main() {
     let argv0 = std::env::args_os().next().unwrap_or_default();
-    if Path::new(&argv0).file_name().is_some_and(|n| n == FAKE_NAME) {
+    if Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == FAKE_NAME)
+    {
         fake_worker();
         return;
     }
     let tests: &[(&str, fn())] = &[
-        ("wrong_pixel_count_kills_the_worker", wrong_pixel_count_kills_the_worker),
-        ("wrong_dimensions_kill_the_worker", wrong_dimensions_kill_the_worker),
+        (
+            "wrong_pixel_count_kills_the_worker",
+            wrong_pixel_count_kills_the_worker,
+        ),
+        (
+            "wrong_dimensions_kill_the_worker",
+            wrong_dimensions_kill_the_worker,
+        ),
         ("extra_images_kill_the_worker", extra_images_kill_the_worker),
-        ("progress_for_another_job_is_a_protocol_violation", progress_for_another_job_is_a_protocol_violation),
-        ("a_hung_job_times_out_and_the_worker_is_replaced", a_hung_job_times_out_and_the_worker_is_replaced),
-        ("a_model_that_keeps_crashing_is_quarantined", a_model_that_keeps_crashing_is_quarantined),
-        ("a_worker_that_skips_the_handshake_is_refused", a_worker_that_skips_the_handshake_is_refused),
-        ("a_degraded_sandbox_report_is_refused", a_degraded_sandbox_report_is_refused),
+        (
+            "progress_for_another_job_is_a_protocol_violation",
+            progress_for_another_job_is_a_protocol_violation,
+        ),
+        (
+            "a_hung_job_times_out_and_the_worker_is_replaced",
+            a_hung_job_times_out_and_the_worker_is_replaced,
+        ),
+        (
+            "a_model_that_keeps_crashing_is_quarantined",
+            a_model_that_keeps_crashing_is_quarantined,
+        ),
+        (
+            "a_worker_that_skips_the_handshake_is_refused",
+            a_worker_that_skips_the_handshake_is_refused,
+        ),
+        (
+            "a_degraded_sandbox_report_is_refused",
+            a_degraded_sandbox_report_is_refused,
+        ),
     ];
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let mut failed = 0;
     for (name, test) in tests {
         if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
             continue;
         }
         let outcome = std::panic::catch_unwind(test);
-        println!("test {name} ... {}", if outcome.is_ok() { "ok" } else { "FAILED" });
+        println!(
+            "test {name} ... {}",
+            if outcome.is_ok() { "ok" } else { "FAILED" }
+        );
         if outcome.is_err() {
             failed += 1;
         }
@@ -62,9 +94,11 @@ fn main() {
 // ---------------------------------------------------------------- the fake
 
 fn fake_worker() {
-    // SAFETY: the supervisor's spawn contract places exactly these
-    // descriptors in this process; each is wrapped once.
-    let take = |fd| unsafe { OwnedFd::from_raw_fd(fd) };
+    let take = |fd| {
+        // SAFETY: the supervisor's spawn contract places exactly these
+        // descriptors in this process; each is wrapped once.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    };
     let pipe = std::fs::File::from(take(fds::BOOTSTRAP_PIPE));
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut &pipe, &mut bytes).unwrap();
@@ -96,18 +130,28 @@ fn fake_worker() {
     })
     .unwrap();
     loop {
-        let Some(msg) = ch.recv(Duration::from_secs(1)).unwrap() else { continue };
+        let Some(msg) = ch.recv(Duration::from_secs(1)).unwrap() else {
+            continue;
+        };
         match msg {
             ToWorker::Load { model_id } => {
                 if mode == "crash-on-load" {
                     std::process::abort();
                 }
-                ch.send(&FromWorker::Loaded { model_id, memory_bytes: 1, load_ms: 1 }).unwrap();
+                ch.send(&FromWorker::Loaded {
+                    model_id,
+                    memory_bytes: 1,
+                    load_ms: 1,
+                })
+                .unwrap();
             }
             ToWorker::Unload => ch.send(&FromWorker::Unloaded).unwrap(),
             ToWorker::Generate { job_id, params } => lie(&mut ch, &mode, job_id, &params),
             ToWorker::Cancel { .. } => {}
-            ToWorker::Rekey { to_worker, to_broker } => {
+            ToWorker::Rekey {
+                to_worker,
+                to_broker,
+            } => {
                 ch.rekey(&to_worker, &to_broker).unwrap();
                 ch.send(&FromWorker::RekeyAck).unwrap();
             }
@@ -118,19 +162,39 @@ fn fake_worker() {
 
 fn lie(ch: &mut WorkerEndpoint, mode: &str, job_id: u64, p: &WorkerGenerateParams) {
     let len = (p.width * p.height * 3) as usize;
-    let image = |index, width, height, rgb| FromWorker::Image { job_id, index, width, height, rgb };
+    let image = |index, width, height, rgb| FromWorker::Image {
+        job_id,
+        index,
+        width,
+        height,
+        rgb,
+    };
     match mode {
         "wrong-pixels" => {
-            ch.send(&FromWorker::Progress { job_id, step: 1, total: p.steps }).unwrap();
-            ch.send(&image(0, p.width, p.height, vec![0; len - 1])).unwrap();
+            ch.send(&FromWorker::Progress {
+                job_id,
+                step: 1,
+                total: p.steps,
+            })
+            .unwrap();
+            ch.send(&image(0, p.width, p.height, vec![0; len - 1]))
+                .unwrap();
         }
-        "wrong-dims" => ch.send(&image(0, p.width + 1, p.height, vec![0; len])).unwrap(),
+        "wrong-dims" => ch
+            .send(&image(0, p.width + 1, p.height, vec![0; len]))
+            .unwrap(),
         "extra-images" => {
             for i in 0..=p.batch {
                 ch.send(&image(i, p.width, p.height, vec![0; len])).unwrap();
             }
         }
-        "other-job" => ch.send(&FromWorker::Progress { job_id: job_id + 1, step: 1, total: p.steps }).unwrap(),
+        "other-job" => ch
+            .send(&FromWorker::Progress {
+                job_id: job_id + 1,
+                step: 1,
+                total: p.steps,
+            })
+            .unwrap(),
         "hang" => std::thread::sleep(Duration::from_secs(60)),
         _ => {}
     }
@@ -151,7 +215,11 @@ fn fake_exe() -> PathBuf {
 }
 
 fn supervisor(mode: &str) -> WorkerSupervisor {
-    let models = vec![ModelEntry { id: "m".into(), kind: mode.into(), path: "/nonexistent".into() }];
+    let models = vec![ModelEntry {
+        id: "m".into(),
+        kind: mode.into(),
+        path: "/nonexistent".into(),
+    }];
     let mut c = SupervisorConfig::new(fake_exe(), models);
     c.backoff_initial = Duration::from_millis(5);
     c.handshake_timeout = Duration::from_secs(5);
@@ -176,8 +244,17 @@ fn params() -> WorkerGenerateParams {
     }
 }
 
-fn run(sup: &mut WorkerSupervisor, deadline: Duration) -> Result<Vec<weave_broker::supervisor::Image>, SupervisorError> {
-    sup.run_job(5, &params(), Instant::now() + deadline, &AtomicBool::new(false), &mut |_| {})
+fn run(
+    sup: &mut WorkerSupervisor,
+    deadline: Duration,
+) -> Result<Vec<weave_broker::supervisor::Image>, SupervisorError> {
+    sup.run_job(
+        5,
+        &params(),
+        Instant::now() + deadline,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
 }
 
 fn assert_killed_for_bad_output(mode: &str, bad_output: bool) {
@@ -192,7 +269,10 @@ fn assert_killed_for_bad_output(mode: &str, bad_output: bool) {
     }
     assert_eq!(err.error_code(), ErrorCode::WorkerCrashed);
     // Killed and reaped: the pid no longer exists as our child.
-    assert!(!Path::new(&format!("/proc/{pid}")).exists() || is_zombie_free(pid), "worker {pid} still alive");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists() || is_zombie_free(pid),
+        "worker {pid} still alive"
+    );
     let state = sup.state();
     assert_eq!(state.state, WorkerRunState::Restarting);
     assert!(state.last_exit.unwrap().contains("signal 9"));
@@ -240,19 +320,30 @@ fn a_model_that_keeps_crashing_is_quarantined() {
     let mut sup = supervisor("crash-on-load");
     for _ in 0..2 {
         match sup.load("m") {
-            Err(SupervisorError::WorkerCrashed(CrashCause::Died(how))) => assert!(how.contains("SIGABRT"), "{how}"),
+            Err(SupervisorError::WorkerCrashed(CrashCause::Died(how))) => {
+                assert!(how.contains("SIGABRT"), "{how}")
+            }
             other => panic!("expected a crash, got {other:?}"),
         }
     }
     let err = sup.load("m").unwrap_err();
-    assert!(matches!(err, SupervisorError::Quarantined { .. }), "{err:?}");
+    assert!(
+        matches!(err, SupervisorError::Quarantined { .. }),
+        "{err:?}"
+    );
     assert_eq!(err.error_code(), ErrorCode::ModelQuarantined);
     let handle = sup.handle();
     assert!(handle.is_quarantined("m"));
     // Jobs for it are refused too, without touching a worker.
-    assert!(matches!(run(&mut sup, Duration::from_secs(1)), Err(SupervisorError::Quarantined { .. })));
+    assert!(matches!(
+        run(&mut sup, Duration::from_secs(1)),
+        Err(SupervisorError::Quarantined { .. })
+    ));
     assert!(handle.clear_quarantine("m"));
-    assert!(matches!(sup.load("m"), Err(SupervisorError::WorkerCrashed(_))));
+    assert!(matches!(
+        sup.load("m"),
+        Err(SupervisorError::WorkerCrashed(_))
+    ));
     assert_eq!(sup.state().restarts, 2);
 }
 
@@ -266,5 +357,8 @@ fn a_worker_that_skips_the_handshake_is_refused() {
 fn a_degraded_sandbox_report_is_refused() {
     let mut sup = supervisor("degraded");
     let err = sup.ensure_running().unwrap_err();
-    assert!(matches!(&err, SupervisorError::Handshake(m) if m.contains("degraded")), "{err:?}");
+    assert!(
+        matches!(&err, SupervisorError::Handshake(m) if m.contains("degraded")),
+        "{err:?}"
+    );
 }

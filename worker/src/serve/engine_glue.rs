@@ -4,7 +4,9 @@
 
 use std::ops::ControlFlow;
 
-use weave_common::worker_proto::{ModelEntry, WorkerBootstrap, WorkerDevice, WorkerFailure, WorkerGenerateParams};
+use weave_common::worker_proto::{
+    ModelEntry, WorkerBootstrap, WorkerDevice, WorkerFailure, WorkerGenerateParams,
+};
 use weave_worker::engine;
 
 /// One finished image: raw RGB8, row-major.
@@ -51,7 +53,10 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Loads `entry`; the error text never contains the path.
     pub fn load(entry: &ModelEntry, device: WorkerDevice) -> Result<Self, String> {
-        let spec = engine::ModelSpec { kind: entry.kind.clone(), path: entry.path.clone() };
+        let spec = engine::ModelSpec {
+            kind: entry.kind.clone(),
+            path: entry.path.clone(),
+        };
         let pipeline = engine::Pipeline::load(&spec, torch_device(device), tch::Kind::Float)
             .map_err(|e| redact_path(&e.to_string(), entry))?;
         Ok(Self { pipeline })
@@ -82,10 +87,16 @@ impl LoadedModel {
         let images = self
             .pipeline
             .generate(&gp, &mut |step, total| on_step(step, total))
-            .map_err(|e| WorkerFailure::EngineError { reason: e.to_string() })?;
+            .map_err(|e| WorkerFailure::EngineError {
+                reason: e.to_string(),
+            })?;
         Ok(images
             .into_iter()
-            .map(|img| RawImage { width: img.width, height: img.height, rgb: img.data })
+            .map(|img| RawImage {
+                width: img.width,
+                height: img.height,
+                rgb: img.data,
+            })
             .collect())
     }
 }
@@ -106,7 +117,11 @@ mod tests {
 
     #[test]
     fn paths_are_redacted_from_reasons() {
-        let entry = ModelEntry { id: "digits".into(), kind: "digits".into(), path: "/srv/m/digits".into() };
+        let entry = ModelEntry {
+            id: "digits".into(),
+            kind: "digits".into(),
+            path: "/srv/m/digits".into(),
+        };
         let r = redact_path("cannot open /srv/m/digits/unet.safetensors: denied", &entry);
         assert_eq!(r, "cannot open <model digits>/unet.safetensors: denied");
     }

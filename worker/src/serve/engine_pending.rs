@@ -5,7 +5,9 @@
 
 use std::ops::ControlFlow;
 
-use weave_common::worker_proto::{ModelEntry, WorkerBootstrap, WorkerDevice, WorkerFailure, WorkerGenerateParams};
+use weave_common::worker_proto::{
+    ModelEntry, WorkerBootstrap, WorkerDevice, WorkerFailure, WorkerGenerateParams,
+};
 
 pub struct RawImage {
     pub width: u32,
@@ -43,7 +45,10 @@ pub struct LoadedModel;
 
 impl LoadedModel {
     pub fn load(_entry: &ModelEntry, _device: WorkerDevice) -> Result<Self, String> {
-        Err("this weave-worker was built without the diffusion pipeline (feature `pipeline`)".into())
+        Err(
+            "this weave-worker was built without the diffusion pipeline (feature `pipeline`)"
+                .into(),
+        )
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -55,6 +60,8 @@ impl LoadedModel {
         _params: &WorkerGenerateParams,
         _on_step: &mut dyn FnMut(u32, u32) -> ControlFlow<()>,
     ) -> Result<Vec<RawImage>, WorkerFailure> {
-        Err(WorkerFailure::EngineError { reason: "no pipeline in this build".into() })
+        Err(WorkerFailure::EngineError {
+            reason: "no pipeline in this build".into(),
+        })
     }
 }

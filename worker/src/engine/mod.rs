@@ -27,7 +27,7 @@ pub mod vae;
 
 pub use loader::{LoaderError, ModelKind, ModelSpec};
 pub use nn::ModelError;
-pub use pipeline::{DeviceChoice, GenerateParams, Pipeline, Precision, RgbImage};
+pub use pipeline::{global_rng_lock, DeviceChoice, GenerateParams, Pipeline, Precision, RgbImage};
 pub use safetensors::SafetensorsError;
 pub use scheduler::{SchedulerError, SchedulerKind};
 pub use tokenizer::TokenizerError;

@@ -123,6 +123,19 @@ pub struct RgbImage {
     pub pixels: Vec<u8>,
 }
 
+/// libtorch's default CPU generator is process-global and tch exposes no
+/// private `torch.Generator`, so every sequence of draws that must be
+/// reproducible (seed, initial latents, ancestral noise) holds this lock.
+static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the lock over libtorch's global random generator. Code outside the
+/// pipeline that seeds or draws (tests, tools) takes it too.
+pub fn global_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    GLOBAL_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Limits the engine itself enforces (the broker validates tighter ones).
 pub const MAX_SIDE: u32 = 4096;
 pub const MAX_BATCH: u32 = 64;
@@ -221,6 +234,12 @@ impl Pipeline {
     /// The initial latents diffusers draws for `params` with
     /// `torch.Generator().manual_seed(seed)` (before `init_noise_sigma`).
     pub fn initial_latents(&self, params: &GenerateParams) -> Result<Tensor, EngineError> {
+        let _rng = global_rng_lock();
+        self.draw_initial_latents(params)
+    }
+
+    /// [`Self::initial_latents`] for callers that already hold the RNG lock.
+    fn draw_initial_latents(&self, params: &GenerateParams) -> Result<Tensor, EngineError> {
         let vsf = self.vae.config().scale_factor() as u32;
         let shape = [
             params.batch as i64,
@@ -276,8 +295,9 @@ impl Pipeline {
             cond
         };
         let mut scheduler = Scheduler::new(p.scheduler, &self.scheduler_config, p.steps as usize)?;
+        let _rng = global_rng_lock();
         let mut latents = self
-            .initial_latents(p)?
+            .draw_initial_latents(p)?
             .f_mul_scalar(scheduler.init_noise_sigma())?;
         let timesteps = scheduler.timesteps().to_vec();
         let total = timesteps.len();

@@ -530,14 +530,15 @@ impl UNet {
             output = boc[i];
             let final_block = i == n - 1;
             let bs = s.sub("down_blocks").sub(i);
-            let with_attention =
-                match kind.as_str() {
-                    "CrossAttnDownBlock2D" => true,
-                    "DownBlock2D" => false,
-                    other => return Err(ModelError::Config(format!(
+            let with_attention = match kind.as_str() {
+                "CrossAttnDownBlock2D" => true,
+                "DownBlock2D" => false,
+                other => {
+                    return Err(ModelError::Config(format!(
                         "down block type {other:?} (supported: CrossAttnDownBlock2D, DownBlock2D)"
-                    ))),
-                };
+                    )))
+                }
+            };
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();
             for j in 0..c.layers_per_block {

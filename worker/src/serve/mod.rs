@@ -11,10 +11,6 @@
 //!
 //! The worker never opens a socket or writes a file; it logs to stderr only.
 
-#[cfg(feature = "pipeline")]
-mod engine_glue;
-#[cfg(not(feature = "pipeline"))]
-#[path = "engine_pending.rs"]
 mod engine_glue;
 mod startup;
 mod sys;

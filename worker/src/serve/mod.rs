@@ -85,7 +85,13 @@ fn run_inner() -> Result<(), ServeError> {
     // 3. Landlock while single-threaded: libtorch has not started a thread yet.
     let landlock = confine_filesystem(&bootstrap)?;
 
-    // 4. libtorch and the model table.
+    // 4. libtorch and the model table. Without the executable-mapping
+    // opt-in, oneDNN (which JIT-compiles kernels) is switched off first.
+    if !bootstrap.seccomp_exec_mappings && !sys::disable_onednn() {
+        return Err(ServeError::Torch(
+            "could not switch oneDNN off; set seccomp_exec_mappings to run with it".into(),
+        ));
+    }
     engine_glue::init_torch(&bootstrap).map_err(ServeError::Torch)?;
     let models: HashMap<String, ModelEntry> = bootstrap
         .models

@@ -177,10 +177,13 @@ fn kill_9_is_a_typed_crash_and_the_worker_is_respawned() {
     assert_eq!(state.state, WorkerRunState::Restarting);
     assert!(state.last_exit.unwrap().contains("signal 9"));
     // The next operation respawns with fresh keys and works.
+    let generation_before = sup.state().channel.unwrap().key_generation;
     sup.ensure_running().unwrap();
     assert_ne!(sup.worker_pid(), Some(pid));
     sup.unload().unwrap();
     assert_eq!(sup.state().restarts, 1);
+    // Fresh keys: a new, higher generation.
+    assert!(sup.state().channel.unwrap().key_generation > generation_before);
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -199,6 +202,13 @@ fn keys_rotate_without_restarting_the_worker() {
     let state = sup.state();
     assert_eq!(state.restarts, 0);
     assert_eq!(state.channel.unwrap().received.tag_failures, 0);
+    let report = state.channel_report().unwrap();
+    assert_eq!(report.key_generation, before + 2);
+    // Every message was answered, so both rings are fully consumed.
+    for seg in &report.segments {
+        assert_eq!(seg.write_seq, seg.read_seq, "{seg:?}");
+        assert!(seg.write_seq >= 2, "{seg:?}");
+    }
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -1115,3 +1115,13 @@ mod tests {
         assert_eq!(sup.state().state, WorkerRunState::Restarting);
     }
 }
+
+/// The broker creates the supervisor at start-up and moves it into its
+/// scheduler thread; the handle goes to the connection threads.
+#[allow(dead_code)]
+fn _supervisor_is_send_and_the_handle_is_shareable() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync + Clone>() {}
+    send::<WorkerSupervisor>();
+    shared::<SupervisorHandle>();
+}

@@ -9,7 +9,8 @@ Architecture (all stock diffusers/transformers classes, SD 1.x layout):
     3 layers, 4 heads, max_position_embeddings 77, quick_gelu.
   * UNet2DConditionModel: CrossAttnDownBlock2D, CrossAttnDownBlock2D,
     DownBlock2D / UNetMidBlock2DCrossAttn / UpBlock2D, CrossAttnUpBlock2D,
-    CrossAttnUpBlock2D, channels (64, 128, 128), cross_attention_dim 64.
+    CrossAttnUpBlock2D, channels (48, 96, 96), 1 layer per block, 16 norm
+    groups, 4 attention heads, cross_attention_dim 64.
   * Scheduler: SD 1.x DDPM config (scaled_linear betas 0.00085..0.012,
     1000 steps, epsilon prediction); DDIM/Euler are used at inference.
 
@@ -147,11 +148,11 @@ def build_models():
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         mid_block_type="UNetMidBlock2DCrossAttn",
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(64, 128, 128),
+        block_out_channels=(48, 96, 96),
         layers_per_block=1,
         cross_attention_dim=64,
         attention_head_dim=4,
-        norm_num_groups=32,
+        norm_num_groups=16,
         flip_sin_to_cos=True,
         freq_shift=0,
         act_fn="silu",
@@ -353,11 +354,11 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared 2-core machine")
-    ap.add_argument("--vae-steps", type=int, default=1000)
+    ap.add_argument("--vae-steps", type=int, default=400)
     ap.add_argument("--vae-batch", type=int, default=32)
-    ap.add_argument("--unet-steps", type=int, default=2500)
+    ap.add_argument("--unet-steps", type=int, default=2000)
     ap.add_argument("--unet-batch", type=int, default=32)
-    ap.add_argument("--max-unet-minutes", type=float, default=25.0)
+    ap.add_argument("--max-unet-minutes", type=float, default=28.0)
     ap.add_argument("--fp32", action="store_true", help="store weights in fp32 (default fp16)")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--eval-per-digit", type=int, default=20)

@@ -216,7 +216,7 @@ def train_vae(vae, x, steps, batch, seed):
     vae.eval()
 
 
-def train_unet(unet, text_encoder, latents, labels, tokenizer, steps, batch, seed, max_minutes):
+def train_unet(unet, text_encoder, latents, labels, tokenizer, steps, batch, seed, max_minutes, base_lr=8e-4):
     sched = make_scheduler()
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
@@ -230,7 +230,7 @@ def train_unet(unet, text_encoder, latents, labels, tokenizer, steps, batch, see
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
     ema = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=8e-4, weight_decay=1e-4)
+    opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=1e-4)
     alphas_cumprod = sched.alphas_cumprod
     unet.train()
     text_encoder.train()
@@ -240,7 +240,7 @@ def train_unet(unet, text_encoder, latents, labels, tokenizer, steps, batch, see
         if (time.time() - t0) / 60.0 > max_minutes:
             log(f"time budget of {max_minutes} min reached at step {step}")
             break
-        lr = lr_at(step, steps, 8e-4, 100, (time.time() - t0) / 60.0 / max_minutes)
+        lr = lr_at(step, steps, base_lr, 100, (time.time() - t0) / 60.0 / max_minutes)
         for pg in opt.param_groups:
             pg["lr"] = lr
         idx = torch.randint(0, latents.shape[0], (batch,), generator=g)
@@ -299,6 +299,9 @@ def save_pipeline(out, vae, text_encoder, unet, fp16):
     if fp16:
         pipe.to(torch.float16)
     pipe.save_pretrained(out, safe_serialization=True)
+    # The engine reads vocab.json/merges.txt; drop the fast-tokenizer file.
+    if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+        os.remove(os.path.join(tok_dir, "tokenizer.json"))
     # save_pretrained (transformers 5.x) writes tokenizer.json only: rewrite the
     # classic vocab.json/merges.txt files that the engine reads.
     clip_vocab.write(tok_dir)
@@ -358,9 +361,11 @@ def main():
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--unet-steps", type=int, default=2000)
     ap.add_argument("--unet-batch", type=int, default=32)
+    ap.add_argument("--unet-lr", type=float, default=8e-4)
     ap.add_argument("--max-unet-minutes", type=float, default=28.0)
     ap.add_argument("--fp32", action="store_true", help="store weights in fp32 (default fp16)")
     ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--resume", default=None, help="continue UNet/text-encoder training from this saved pipeline (VAE kept)")
     ap.add_argument("--eval-per-digit", type=int, default=20)
     ap.add_argument("--eval-steps", type=int, default=20)
     ap.add_argument("--eval-guidance", type=float, default=5.0)
@@ -379,26 +384,40 @@ def main():
 
         images, labels = load_mnist()
         x = to_model_images(images)
-        vae, text_encoder, unet = build_models()
-        log(f"params: vae {nparams(vae)} text_encoder {nparams(text_encoder)} unet {nparams(unet)}")
         t_start = time.time()
-        train_vae(vae, x, args.vae_steps, args.vae_batch, args.seed)
-        with torch.no_grad():
-            lat = torch.cat([vae.encode(x[i : i + 250]).latent_dist.mean for i in range(0, len(x), 250)])
-        scaling = float(1.0 / lat.std())
-        vae.register_to_config(scaling_factor=scaling)
-        log(f"latent std {lat.std().item():.4f} -> scaling_factor {scaling:.5f}")
+        if args.resume:
+            from diffusers import AutoencoderKL, UNet2DConditionModel
+            from transformers import CLIPTextModel
+
+            vae = AutoencoderKL.from_pretrained(args.resume, subfolder="vae", torch_dtype=torch.float32)
+            text_encoder = CLIPTextModel.from_pretrained(args.resume, subfolder="text_encoder", torch_dtype=torch.float32)
+            unet = UNet2DConditionModel.from_pretrained(args.resume, subfolder="unet", torch_dtype=torch.float32)
+            scaling = float(vae.config.scaling_factor)
+            with torch.no_grad():
+                lat = torch.cat([vae.encode(x[i : i + 250]).latent_dist.mean for i in range(0, len(x), 250)])
+            log(f"resumed from {args.resume}, scaling_factor {scaling:.5f}")
+        else:
+            vae, text_encoder, unet = build_models()
+            log(f"params: vae {nparams(vae)} text_encoder {nparams(text_encoder)} unet {nparams(unet)}")
+            train_vae(vae, x, args.vae_steps, args.vae_batch, args.seed)
+            with torch.no_grad():
+                lat = torch.cat([vae.encode(x[i : i + 250]).latent_dist.mean for i in range(0, len(x), 250)])
+            scaling = float(1.0 / lat.std())
+            vae.register_to_config(scaling_factor=scaling)
+            log(f"latent std {lat.std().item():.4f} -> scaling_factor {scaling:.5f}")
         t_vae = time.time() - t_start
-        steps_done = train_unet(unet, text_encoder, lat * scaling, torch.from_numpy(labels), tokenizer, args.unet_steps, args.unet_batch, args.seed + 1, args.max_unet_minutes)
+        steps_done = train_unet(unet, text_encoder, lat * scaling, torch.from_numpy(labels), tokenizer, args.unet_steps, args.unet_batch, args.seed + 1 + (1000 if args.resume else 0), args.max_unet_minutes, args.unet_lr)
         t_total = time.time() - t_start
         save_pipeline(args.out, vae, text_encoder, unet, fp16=not args.fp32)
         info = {
             "seed": args.seed,
+            "resumed_from": args.resume,
             "threads": args.threads,
             "vae_steps": args.vae_steps,
             "vae_batch": args.vae_batch,
             "unet_steps_done": steps_done,
             "unet_batch": args.unet_batch,
+            "unet_lr": args.unet_lr,
             "vae_seconds": round(t_vae, 1),
             "total_train_seconds": round(t_total, 1),
             "scaling_factor": scaling,

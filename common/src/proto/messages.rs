@@ -1,0 +1,443 @@
+//! The messages themselves. Field and variant order is the wire format:
+//! append only (see the module docs of [`crate::proto`]).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::ErrorCode;
+use crate::validate::ParamBounds;
+
+/// What a caller sends. The first request on a connection must be `Hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Handshake; answered by `Response::Hello` or `Response::Error`.
+    Hello {
+        version: u16,
+        client_name: String,
+    },
+    // Client verbs.
+    ListModels,
+    Status,
+    Generate(GenerateRequest),
+    /// Cancel a job the caller owns (admins: any job).
+    Cancel {
+        job_id: u64,
+    },
+    /// The caller's own jobs.
+    Jobs,
+    // Admin verbs.
+    Load {
+        model_id: String,
+    },
+    Unload,
+    Pin {
+        model_id: String,
+    },
+    Unpin {
+        model_id: String,
+    },
+    Drain,
+    Resume,
+    RotateKeys,
+    ChannelStats,
+    AllJobs,
+    QuarantineClear {
+        model_id: String,
+    },
+}
+
+impl Request {
+    /// Stable lower-case name of the verb, for audit records and
+    /// `ErrorCode::NotPermitted`.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::ListModels => "list_models",
+            Request::Status => "status",
+            Request::Generate(_) => "generate",
+            Request::Cancel { .. } => "cancel",
+            Request::Jobs => "jobs",
+            Request::Load { .. } => "load",
+            Request::Unload => "unload",
+            Request::Pin { .. } => "pin",
+            Request::Unpin { .. } => "unpin",
+            Request::Drain => "drain",
+            Request::Resume => "resume",
+            Request::RotateKeys => "rotate_keys",
+            Request::ChannelStats => "channel_stats",
+            Request::AllJobs => "all_jobs",
+            Request::QuarantineClear { .. } => "quarantine_clear",
+        }
+    }
+
+    /// Whether only callers with `Role::Admin` may send this request.
+    pub fn requires_admin(&self) -> bool {
+        match self {
+            Request::Hello { .. }
+            | Request::ListModels
+            | Request::Status
+            | Request::Generate(_)
+            | Request::Cancel { .. }
+            | Request::Jobs => false,
+            Request::Load { .. }
+            | Request::Unload
+            | Request::Pin { .. }
+            | Request::Unpin { .. }
+            | Request::Drain
+            | Request::Resume
+            | Request::RotateKeys
+            | Request::ChannelStats
+            | Request::AllJobs
+            | Request::QuarantineClear { .. } => true,
+        }
+    }
+}
+
+/// Parameters of one generation job.
+///
+/// `None` in `width`, `height`, `steps`, `guidance` or `scheduler` means "the
+/// model's default" (`ModelInfo::defaults`); `seed: None` means a random seed
+/// that the broker picks and reports back in `Response::Started`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub model_id: String,
+    pub prompt: String,
+    /// Empty string: no negative prompt.
+    pub negative_prompt: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub steps: Option<u32>,
+    /// Classifier-free guidance scale.
+    pub guidance: Option<f32>,
+    pub seed: Option<u64>,
+    pub scheduler: Option<Scheduler>,
+    /// Images to generate; image `i` uses seed `seed + i` (wrapping).
+    pub batch: u32,
+    /// End-user label from the web app (the broker knows only the uid).
+    pub tag: Option<String>,
+}
+
+/// Sampling schedulers the engine implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scheduler {
+    Ddim,
+    Euler,
+    EulerAncestral,
+    DpmPp2m,
+    DpmPp2mKarras,
+}
+
+impl Scheduler {
+    /// Every scheduler, in wire order.
+    pub const ALL: [Scheduler; 5] = [
+        Scheduler::Ddim,
+        Scheduler::Euler,
+        Scheduler::EulerAncestral,
+        Scheduler::DpmPp2m,
+        Scheduler::DpmPp2mKarras,
+    ];
+
+    /// Short name used in configs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduler::Ddim => "ddim",
+            Scheduler::Euler => "euler",
+            Scheduler::EulerAncestral => "euler_a",
+            Scheduler::DpmPp2m => "dpmpp_2m",
+            Scheduler::DpmPp2mKarras => "dpmpp_2m_karras",
+        }
+    }
+
+    /// The name AUTOMATIC1111 writes in a PNG `parameters` chunk.
+    pub fn a1111_name(self) -> &'static str {
+        match self {
+            Scheduler::Ddim => "DDIM",
+            Scheduler::Euler => "Euler",
+            Scheduler::EulerAncestral => "Euler a",
+            Scheduler::DpmPp2m => "DPM++ 2M",
+            Scheduler::DpmPp2mKarras => "DPM++ 2M Karras",
+        }
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A scheduler name that is not one of [`Scheduler::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown scheduler; use one of: ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras")]
+pub struct ParseSchedulerError;
+
+impl FromStr for Scheduler {
+    type Err = ParseSchedulerError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Scheduler::ALL
+            .into_iter()
+            .find(|scheduler| scheduler.as_str() == name)
+            .ok_or(ParseSchedulerError)
+    }
+}
+
+/// What the broker sends: one response per request, except `Generate`, which
+/// is answered by a stream of events ending in `Finished` or `Error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Hello {
+        version: u16,
+        server_version: String,
+        role: Role,
+        mode: Mode,
+    },
+    Models(Vec<ModelInfo>),
+    Status(StatusReport),
+    /// The job was admitted; `position` 0 means next to run.
+    Queued {
+        job_id: u64,
+        position: u32,
+    },
+    /// The job moved up the queue.
+    Position {
+        job_id: u64,
+        position: u32,
+    },
+    /// The worker began the job; `seed` is the seed of image 0.
+    Started {
+        job_id: u64,
+        seed: u64,
+    },
+    /// `step` of `total` denoising steps done (1-based).
+    Progress {
+        job_id: u64,
+        step: u32,
+        total: u32,
+    },
+    /// One finished image, PNG-encoded by the broker.
+    Image {
+        job_id: u64,
+        index: u32,
+        seed: u64,
+        width: u32,
+        height: u32,
+        png: Vec<u8>,
+    },
+    /// All images of the job were sent.
+    Finished {
+        job_id: u64,
+    },
+    Jobs(Vec<JobInfo>),
+    ChannelStats(ChannelStatsReport),
+    Ok,
+    Error(ErrorCode),
+}
+
+impl Response {
+    /// Whether this event ends a `Generate` stream.
+    pub fn ends_generate_stream(&self) -> bool {
+        matches!(self, Response::Finished { .. } | Response::Error(_))
+    }
+}
+
+/// What the broker granted the connection, from its credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    Client,
+    Admin,
+}
+
+/// How the daemon runs (see DESIGN.md, "Modes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Mode {
+    User,
+    System,
+}
+
+/// Defaults applied to the `None` fields of a `GenerateRequest`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationDefaults {
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    pub guidance: f32,
+    pub scheduler: Scheduler,
+}
+
+/// One configured model as a caller sees it (no file paths).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub id: String,
+    /// Model family as configured, e.g. `sd15`, `sd2`, `sdxl`.
+    pub kind: String,
+    pub loaded: bool,
+    pub pinned: bool,
+    pub quarantined: bool,
+    pub defaults: GenerationDefaults,
+    /// The bounds the broker enforces for this model.
+    pub bounds: ParamBounds,
+}
+
+/// The daemon's state, answered to `Status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub daemon_version: String,
+    pub mode: Mode,
+    pub uptime_s: u64,
+    pub loaded: Option<LoadedModel>,
+    /// Jobs waiting, not counting the running one.
+    pub queue_depth: u32,
+    pub draining: bool,
+    pub worker: WorkerState,
+    pub worker_restarts: u32,
+    /// One-line summary of the worker's confinement, e.g.
+    /// `landlock abi 5 + seccomp (enforced)`.
+    pub sandbox: String,
+}
+
+/// The model resident in the worker. Times are ages in seconds, so that
+/// client and broker clocks need not agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadedModel {
+    pub model_id: String,
+    pub loaded_for_s: u64,
+    /// Seconds since the last job on this model finished (or since the load).
+    pub idle_for_s: u64,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WorkerState {
+    Starting,
+    Ready,
+    Restarting,
+    Down,
+}
+
+/// One job as listed by `Jobs` / `AllJobs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub job_id: u64,
+    pub owner_uid: u32,
+    pub tag: Option<String>,
+    pub model_id: String,
+    pub state: JobState,
+    /// Queue position while `Queued` (0 = next), otherwise `None`.
+    pub position: Option<u32>,
+    pub submitted_s_ago: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Running,
+    Cancelling,
+}
+
+/// Counters of the broker↔worker shared-memory channel (admin only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelStatsReport {
+    /// Increments at every key rotation and worker start.
+    pub key_generation: u64,
+    pub segments: Vec<SegmentStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentStats {
+    pub direction: ChannelDirection,
+    pub slots: u32,
+    pub slot_size: u32,
+    pub write_seq: u64,
+    pub read_seq: u64,
+    pub crc_failures: u64,
+    pub tag_failures: u64,
+    pub replays_rejected: u64,
+}
+
+/// Which way a segment carries data; each has exactly one writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChannelDirection {
+    BrokerToWorker,
+    WorkerToBroker,
+}
+
+impl From<ErrorCode> for Response {
+    fn from(code: ErrorCode) -> Self {
+        Response::Error(code)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduler_names_round_trip() {
+        for scheduler in Scheduler::ALL {
+            assert_eq!(scheduler.as_str().parse::<Scheduler>(), Ok(scheduler));
+        }
+        assert_eq!("DDIM".parse::<Scheduler>(), Err(ParseSchedulerError));
+        assert_eq!("".parse::<Scheduler>(), Err(ParseSchedulerError));
+    }
+
+    #[test]
+    fn scheduler_all_is_in_wire_order() {
+        for (index, scheduler) in Scheduler::ALL.into_iter().enumerate() {
+            let bytes = postcard::to_stdvec(&scheduler).unwrap();
+            assert_eq!(bytes, vec![u8::try_from(index).unwrap()]);
+        }
+    }
+
+    #[test]
+    fn admin_verbs_are_exactly_the_admin_list() {
+        let admin = [
+            Request::Load {
+                model_id: "m".into(),
+            },
+            Request::Unload,
+            Request::Pin {
+                model_id: "m".into(),
+            },
+            Request::Unpin {
+                model_id: "m".into(),
+            },
+            Request::Drain,
+            Request::Resume,
+            Request::RotateKeys,
+            Request::ChannelStats,
+            Request::AllJobs,
+            Request::QuarantineClear {
+                model_id: "m".into(),
+            },
+        ];
+        let client = [
+            Request::Hello {
+                version: 1,
+                client_name: "c".into(),
+            },
+            Request::ListModels,
+            Request::Status,
+            Request::Cancel { job_id: 1 },
+            Request::Jobs,
+        ];
+        assert!(admin.iter().all(Request::requires_admin));
+        assert!(!client.iter().any(Request::requires_admin));
+    }
+
+    #[test]
+    fn only_finished_and_error_end_a_stream() {
+        assert!(Response::Finished { job_id: 1 }.ends_generate_stream());
+        assert!(Response::Error(ErrorCode::Cancelled).ends_generate_stream());
+        assert!(!Response::Progress {
+            job_id: 1,
+            step: 1,
+            total: 2
+        }
+        .ends_generate_stream());
+        assert!(!Response::Ok.ends_generate_stream());
+    }
+}

@@ -1,0 +1,263 @@
+//! Landlock: a read-only filesystem view, signal and abstract-socket scoping.
+//!
+//! The ruleset handles every filesystem access right Landlock ABI 6 knows
+//! (reads, writes, creation, truncation, device ioctls), so anything not
+//! granted below is denied: nothing is writable, only the listed hierarchies
+//! are readable. Device nodes get read, write and ioctl on the node itself
+//! (the GPU driver opens them `O_RDWR`) but nothing beneath `/dev` can be
+//! created. Execute is never granted: the sandboxed process never execs,
+//! and mapping a shared object `PROT_EXEC` is not a Landlock-controlled access.
+//!
+//! Landlock applies to the calling thread (and threads it creates later), so
+//! it must be applied while the process is single-threaded.
+
+use crate::process::{self, ProcessError};
+use crate::sys;
+use landlock::{
+    Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, RestrictionStatus,
+    Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+};
+use std::path::PathBuf;
+
+/// The Landlock ABI this ruleset is written and tested against: filesystem
+/// rights through `IoctlDev` (ABI 5) and scoping (ABI 6). ABI 7 only adds
+/// audit-logging flags.
+pub const TARGET_ABI: ABI = ABI::V6;
+
+/// Errors building or enforcing a ruleset.
+#[derive(Debug, thiserror::Error)]
+pub enum LandlockError {
+    #[error("required path {path} cannot be opened ({reason}); fix the configured path")]
+    MissingPath { path: PathBuf, reason: String },
+    #[error("landlock must be applied while single-threaded, but this process has {threads} threads; apply it before starting any runtime")]
+    NotSingleThreaded { threads: usize },
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("landlock ruleset failed: {0}; the kernel may lack Landlock ABI {abi} (Linux 6.12+, `lsm=landlock` on the kernel command line)", abi = TARGET_ABI as i32)]
+    Ruleset(#[from] landlock::RulesetError),
+    #[error("landlock is {status:?} on this kernel (ABI {abi:?}); refusing to run unconfined. Use a kernel with Landlock ABI {target}+ or set `allow_degraded_sandbox = true` in the config to accept a weaker sandbox", target = TARGET_ABI as i32)]
+    NotFullyEnforced {
+        status: EnforcementStatus,
+        abi: Option<i32>,
+    },
+}
+
+/// How a path may be used inside the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PathAccess {
+    /// Read files (and list directories) beneath the path.
+    ReadOnly,
+    /// A device node or a directory of device nodes: open read-write and
+    /// ioctl, but create, remove or rename nothing.
+    Device,
+}
+
+/// Whether a missing path is an error or is skipped with a note.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Presence {
+    /// Configured by the operator (model paths, libtorch): must exist.
+    Required,
+    /// Present on some machines only (GPU nodes, distro library dirs).
+    Optional,
+}
+
+/// One granted hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRule {
+    pub path: PathBuf,
+    pub access: PathAccess,
+    pub presence: Presence,
+}
+
+impl PathRule {
+    pub fn new(path: impl Into<PathBuf>, access: PathAccess, presence: Presence) -> Self {
+        Self {
+            path: path.into(),
+            access,
+            presence,
+        }
+    }
+}
+
+/// Mirror of landlock's `RulesetStatus` that can be serialized into a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum EnforcementStatus {
+    FullyEnforced,
+    PartiallyEnforced,
+    NotEnforced,
+}
+
+impl From<&RulesetStatus> for EnforcementStatus {
+    fn from(status: &RulesetStatus) -> Self {
+        match status {
+            RulesetStatus::FullyEnforced => Self::FullyEnforced,
+            RulesetStatus::PartiallyEnforced => Self::PartiallyEnforced,
+            RulesetStatus::NotEnforced => Self::NotEnforced,
+        }
+    }
+}
+
+/// What was enforced, for logs and the broker's `status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LandlockReport {
+    /// The running kernel's Landlock ABI, `None` when Landlock is unavailable.
+    pub kernel_abi: Option<i32>,
+    pub status: EnforcementStatus,
+    /// Signal and abstract-unix-socket scoping in effect.
+    pub scoped: bool,
+    pub no_new_privs: bool,
+    /// Paths a rule was added for.
+    pub granted: Vec<PathBuf>,
+    /// Optional paths that were absent, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+fn access_for(access: PathAccess, is_dir: bool) -> BitFlags<AccessFs> {
+    let read_file = AccessFs::ReadFile;
+    match (access, is_dir) {
+        (PathAccess::ReadOnly, false) => read_file.into(),
+        (PathAccess::ReadOnly, true) => read_file | AccessFs::ReadDir,
+        (PathAccess::Device, false) => read_file | AccessFs::WriteFile | AccessFs::IoctlDev,
+        (PathAccess::Device, true) => {
+            read_file | AccessFs::ReadDir | AccessFs::WriteFile | AccessFs::IoctlDev
+        }
+    }
+}
+
+/// Builds the ruleset from `rules`, applies it to this (single-threaded)
+/// process and returns what was enforced. With `allow_degraded = false` the
+/// features of [`TARGET_ABI`] are a hard requirement and anything short of
+/// `FullyEnforced` is an error; with `true` it is best effort and the report
+/// says what was left out.
+pub fn restrict_self(
+    rules: &[PathRule],
+    allow_degraded: bool,
+) -> Result<LandlockReport, LandlockError> {
+    let threads = process::thread_count()?;
+    if threads != 1 {
+        return Err(LandlockError::NotSingleThreaded { threads });
+    }
+    let level = if allow_degraded {
+        CompatLevel::BestEffort
+    } else {
+        CompatLevel::HardRequirement
+    };
+
+    // Open every path first, so a missing model is reported as such and not
+    // as a half-built ruleset.
+    let mut opened = Vec::new();
+    let mut skipped = Vec::new();
+    for rule in rules {
+        match PathFd::new(&rule.path) {
+            Ok(fd) => {
+                let is_dir = std::fs::metadata(&rule.path)
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false);
+                opened.push((rule.path.clone(), fd, access_for(rule.access, is_dir)));
+            }
+            Err(err) => match rule.presence {
+                Presence::Required => {
+                    return Err(LandlockError::MissingPath {
+                        path: rule.path.clone(),
+                        reason: err.to_string(),
+                    })
+                }
+                Presence::Optional => {
+                    skipped.push((rule.path.clone(), format!("not present: {err}")));
+                }
+            },
+        }
+    }
+
+    let kernel_abi = sys::landlock_abi_version().ok();
+    let mut created = Ruleset::default()
+        .set_compatibility(level)
+        .handle_access(AccessFs::from_all(TARGET_ABI))?
+        .scope(Scope::from_all(TARGET_ABI))?
+        .create()?
+        .no_new_privs(true);
+    let mut granted = Vec::new();
+    for (path, fd, access) in opened {
+        created = created.add_rule(PathBeneath::new(fd, access))?;
+        granted.push(path);
+    }
+    let status: RestrictionStatus = created.restrict_self()?;
+    let enforcement = EnforcementStatus::from(&status.ruleset);
+    let report = LandlockReport {
+        kernel_abi,
+        status: enforcement,
+        scoped: enforcement != EnforcementStatus::NotEnforced && kernel_abi.unwrap_or(0) >= 6,
+        no_new_privs: status.no_new_privs,
+        granted,
+        skipped,
+    };
+    if enforcement != EnforcementStatus::FullyEnforced && !allow_degraded {
+        return Err(LandlockError::NotFullyEnforced {
+            status: enforcement,
+            abi: kernel_abi,
+        });
+    }
+    Ok(report)
+}
+
+/// The directories of `/dev` entries whose names start with `nvidia`, plus
+/// `/dev/dri`: the GPU device nodes CUDA (and DRM render nodes) open.
+pub fn gpu_device_rules() -> Vec<PathRule> {
+    let mut rules = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/dev") {
+        let mut nodes: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("nvidia"))
+            .map(|e| e.path())
+            .collect();
+        nodes.sort();
+        rules.extend(
+            nodes
+                .into_iter()
+                .map(|p| PathRule::new(p, PathAccess::Device, Presence::Optional)),
+        );
+    }
+    rules.push(PathRule::new(
+        "/dev/dri",
+        PathAccess::Device,
+        Presence::Optional,
+    ));
+    // Read by the CUDA driver at initialisation (not traced on a GPU here
+    // yet; see docs/SANDBOX.md).
+    for p in ["/proc/driver/nvidia", "/sys/module/nvidia"] {
+        rules.push(PathRule::new(p, PathAccess::ReadOnly, Presence::Optional));
+    }
+    rules
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_rules_never_carry_directory_rights() {
+        for access in [PathAccess::ReadOnly, PathAccess::Device] {
+            let file = access_for(access, false);
+            assert!(!file.contains(AccessFs::ReadDir));
+            assert!(!file.contains(AccessFs::Execute));
+            assert!(!file.contains(AccessFs::MakeReg));
+        }
+        assert_eq!(
+            access_for(PathAccess::ReadOnly, true),
+            AccessFs::ReadFile | AccessFs::ReadDir
+        );
+    }
+
+    #[test]
+    fn nothing_writable_outside_devices() {
+        let ro = access_for(PathAccess::ReadOnly, true);
+        assert!((ro & AccessFs::from_write(TARGET_ABI)).is_empty());
+    }
+
+    #[test]
+    fn multithreaded_process_is_refused() {
+        // The libtest harness has a main thread plus this test's thread.
+        let err = restrict_self(&[], false).unwrap_err();
+        assert!(matches!(err, LandlockError::NotSingleThreaded { .. }), "{err}");
+    }
+}

@@ -1,0 +1,132 @@
+//! What the kernel says about this process: `/proc/self/status` and
+//! `/proc/self/task`. Verification reads these instead of trusting the
+//! return values of the calls that were supposed to change them.
+
+use std::io;
+use std::path::Path;
+
+/// Errors reading the process's own status.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot read {path}: {source}; is /proc mounted?")]
+    Read {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("/proc/self/status has no readable `{field}` line; this kernel is too old or /proc is not procfs")]
+    MissingField { field: &'static str },
+}
+
+/// The confinement-related lines of `/proc/self/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessStatus {
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    pub no_new_privs: bool,
+    /// 0 = off, 1 = strict, 2 = filter.
+    pub seccomp_mode: u8,
+    /// Number of stacked seccomp filters (0 where the kernel does not say).
+    pub seccomp_filters: u32,
+}
+
+impl ProcessStatus {
+    /// Reads `/proc/self/status` now.
+    pub fn current() -> Result<Self, ProcessError> {
+        let text =
+            std::fs::read_to_string("/proc/self/status").map_err(|source| ProcessError::Read {
+                path: "/proc/self/status",
+                source,
+            })?;
+        Self::parse(&text)
+    }
+
+    /// Parses the text of a `/proc/<pid>/status` file.
+    pub fn parse(text: &str) -> Result<Self, ProcessError> {
+        let field = |name: &'static str| -> Result<&str, ProcessError> {
+            text.lines()
+                .find_map(|line| {
+                    let (key, value) = line.split_once(':')?;
+                    (key == name).then(|| value.trim())
+                })
+                .ok_or(ProcessError::MissingField { field: name })
+        };
+        let hex = |name: &'static str| -> Result<u64, ProcessError> {
+            u64::from_str_radix(field(name)?, 16)
+                .map_err(|_| ProcessError::MissingField { field: name })
+        };
+        let dec = |name: &'static str| -> Result<u32, ProcessError> {
+            field(name)?
+                .parse()
+                .map_err(|_| ProcessError::MissingField { field: name })
+        };
+        Ok(Self {
+            cap_inheritable: hex("CapInh")?,
+            cap_permitted: hex("CapPrm")?,
+            cap_effective: hex("CapEff")?,
+            cap_bounding: hex("CapBnd")?,
+            cap_ambient: hex("CapAmb")?,
+            no_new_privs: dec("NoNewPrivs")? == 1,
+            seccomp_mode: u8::try_from(dec("Seccomp")?).unwrap_or(u8::MAX),
+            seccomp_filters: dec("Seccomp_filters").unwrap_or(0),
+        })
+    }
+
+    /// True when all five capability sets are empty.
+    pub fn capabilities_empty(&self) -> bool {
+        self.cap_inheritable == 0
+            && self.cap_permitted == 0
+            && self.cap_effective == 0
+            && self.cap_bounding == 0
+            && self.cap_ambient == 0
+    }
+}
+
+/// Number of threads of this process (entries in `/proc/self/task`).
+pub fn thread_count() -> Result<usize, ProcessError> {
+    let dir = Path::new("/proc/self/task");
+    let entries = std::fs::read_dir(dir).map_err(|source| ProcessError::Read {
+        path: "/proc/self/task",
+        source,
+    })?;
+    Ok(entries.filter(|e| e.is_ok()).count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "Name:\tx\nCapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\n\
+CapEff:\t000001fffeffffff\nCapBnd:\t000001fffeffffff\nCapAmb:\t0000000000000000\n\
+NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t3\n";
+
+    #[test]
+    fn parses_status_lines() {
+        let s = ProcessStatus::parse(SAMPLE).unwrap();
+        assert_eq!(s.cap_permitted, 0x1fffeffffff);
+        assert_eq!(s.cap_inheritable, 0);
+        assert!(s.no_new_privs);
+        assert_eq!(s.seccomp_mode, 2);
+        assert_eq!(s.seccomp_filters, 3);
+        assert!(!s.capabilities_empty());
+    }
+
+    #[test]
+    fn missing_field_is_an_error_not_zero() {
+        let text = SAMPLE.replace("CapBnd", "Nope");
+        assert!(matches!(
+            ProcessStatus::parse(&text),
+            Err(ProcessError::MissingField { field: "CapBnd" })
+        ));
+    }
+
+    #[test]
+    fn reads_own_status() {
+        let s = ProcessStatus::current().unwrap();
+        assert!(s.seccomp_mode <= 2);
+        assert!(thread_count().unwrap() >= 1);
+    }
+}

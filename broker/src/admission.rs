@@ -148,7 +148,10 @@ impl<T> AdmissionQueue<T> {
             .filter(|entry| now.saturating_duration_since(entry.enqueued_at) >= deadline)
             .map(|entry| entry.id)
             .collect();
-        expired.into_iter().filter_map(|id| self.remove(id)).collect()
+        expired
+            .into_iter()
+            .filter_map(|id| self.remove(id))
+            .collect()
     }
 
     /// Removes everything (shutdown).

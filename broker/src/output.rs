@@ -9,7 +9,9 @@ use crate::runner::{RawImage, WorkerJob};
 pub enum OutputError {
     #[error("the worker returned {got} images for a batch of {want}")]
     WrongCount { got: usize, want: u32 },
-    #[error("the worker returned an image of {got_w}x{got_h}, the job asked for {want_w}x{want_h}")]
+    #[error(
+        "the worker returned an image of {got_w}x{got_h}, the job asked for {want_w}x{want_h}"
+    )]
     WrongSize {
         got_w: u32,
         got_h: u32,
@@ -166,7 +168,9 @@ mod tests {
              Seed: 42, Size: 8x16, Model: digits"
         );
         let plain = encode_png(&job, &raw, 42, false).unwrap();
-        let reader = png::Decoder::new(std::io::Cursor::new(&plain)).read_info().unwrap();
+        let reader = png::Decoder::new(std::io::Cursor::new(&plain))
+            .read_info()
+            .unwrap();
         assert!(reader.info().uncompressed_latin1_text.is_empty());
     }
 }

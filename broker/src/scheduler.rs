@@ -143,12 +143,13 @@ impl Broker {
 
     /// Validates and admits a job. Nothing is queued on error.
     pub fn submit(&self, uid: u32, request: &GenerateRequest) -> Result<Admission, ErrorCode> {
-        let model = self
-            .settings
-            .model(&request.model_id)
-            .ok_or_else(|| ErrorCode::UnknownModel {
-                model_id: request.model_id.clone(),
-            })?;
+        weave_common::validate::validate_generate(request, &self.settings.limits.bounds)?;
+        let model =
+            self.settings
+                .model(&request.model_id)
+                .ok_or_else(|| ErrorCode::UnknownModel {
+                    model_id: request.model_id.clone(),
+                })?;
         let mut state = self.lock();
         let job_id = state.next_job_id;
         let job = validation::resolve(
@@ -189,12 +190,13 @@ impl Broker {
             cancel: Arc::new(AtomicBool::new(false)),
             submitted: now,
         };
-        let position = state
-            .queue
-            .push(job_id, owner, now, pending)
-            .map_err(|_| ErrorCode::Busy {
-                retry_after_ms: 1000,
-            })?;
+        let position =
+            state
+                .queue
+                .push(job_id, owner, now, pending)
+                .map_err(|_| ErrorCode::Busy {
+                    retry_after_ms: 1000,
+                })?;
         state.next_job_id += 1;
         drop(state);
         self.wake.notify_all();
@@ -225,7 +227,10 @@ impl Broker {
             return false;
         }
         if let Some(entry) = state.queue.remove(job_id) {
-            let _ = entry.item.events.send(Response::Error(ErrorCode::Cancelled));
+            let _ = entry
+                .item
+                .events
+                .send(Response::Error(ErrorCode::Cancelled));
             self.record_outcome(&entry.item.job, &entry.owner, "cancelled", None);
             send_position_changes(&mut state);
         }
@@ -266,7 +271,9 @@ impl Broker {
                 model_id: entry.item.job.model_id.clone(),
                 state: JobState::Queued,
                 position: Some(u32::try_from(position).unwrap_or(u32::MAX)),
-                submitted_s_ago: now.saturating_duration_since(entry.item.submitted).as_secs(),
+                submitted_s_ago: now
+                    .saturating_duration_since(entry.item.submitted)
+                    .as_secs(),
             });
         }
         list
@@ -282,7 +289,10 @@ impl Broker {
             .map(|model| ModelInfo {
                 id: model.id.clone(),
                 kind: model.kind.clone(),
-                loaded: state.loaded.as_ref().is_some_and(|l| l.model_id == model.id),
+                loaded: state
+                    .loaded
+                    .as_ref()
+                    .is_some_and(|l| l.model_id == model.id),
                 pinned: state.pinned.contains(&model.id),
                 quarantined: snapshot.quarantined.contains(&model.id),
                 defaults: model.generation_defaults(),
@@ -389,7 +399,10 @@ impl Broker {
         let mut state = self.lock();
         state.shutting_down = true;
         for entry in state.queue.drain_all() {
-            let _ = entry.item.events.send(Response::Error(ErrorCode::ShuttingDown));
+            let _ = entry
+                .item
+                .events
+                .send(Response::Error(ErrorCode::ShuttingDown));
             self.record_outcome(&entry.item.job, &entry.owner, "shutting_down", None);
         }
         if let Some(running) = &state.running {
@@ -471,8 +484,9 @@ impl Broker {
                     );
                     state = self.lock();
                     state.running = None;
-                    state.recent_job_ms =
-                        u32::try_from(elapsed.as_millis()).unwrap_or(u32::MAX).max(100);
+                    state.recent_job_ms = u32::try_from(elapsed.as_millis())
+                        .unwrap_or(u32::MAX)
+                        .max(100);
                     if let Some(loaded) = state.loaded.as_mut() {
                         loaded.last_use = Instant::now();
                     }
@@ -619,7 +633,10 @@ impl Broker {
             }
         };
         if let Err(error) = output::check_images(job, &images) {
-            eprintln!("weave-broker: job {} rejected worker output: {error}", job.job_id);
+            eprintln!(
+                "weave-broker: job {} rejected worker output: {error}",
+                job.job_id
+            );
             self.lock().loaded = None;
             runner.unload().ok();
             return fail(ErrorCode::WorkerCrashed);
@@ -651,7 +668,10 @@ impl Broker {
 fn send_position_changes(state: &mut State) {
     for (job_id, position) in state.queue.take_position_changes() {
         if let Some(entry) = state.queue.find_mut(job_id) {
-            let _ = entry.item.events.send(Response::Position { job_id, position });
+            let _ = entry
+                .item
+                .events
+                .send(Response::Position { job_id, position });
         }
     }
 }

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weave_common::proto::{
-    read_request, write_response, ErrorCode, FrameError, Request, Response, Role,
-    PROTOCOL_VERSION,
+    read_request, write_response, ErrorCode, FrameError, Request, Response, Role, PROTOCOL_VERSION,
 };
 
 use crate::audit::{AuditRecord, Severity};
@@ -147,10 +146,13 @@ impl Connection {
                 .field("uid", self.peer.uid)
                 .field("pid", self.peer.pid)
                 .field("field", "frame")
-                .field("reason", match &code {
-                    ErrorCode::ProtocolError { reason } => reason.as_str(),
-                    _ => "encoding",
-                }),
+                .field(
+                    "reason",
+                    match &code {
+                        ErrorCode::ProtocolError { reason } => reason.as_str(),
+                        _ => "encoding",
+                    },
+                ),
         );
         let _ = self.send(&Response::Error(code));
     }

@@ -177,11 +177,7 @@ impl ModelEntry {
             height: self.defaults.height,
             steps: self.defaults.steps,
             guidance: self.defaults.guidance,
-            scheduler: self
-                .defaults
-                .scheduler
-                .parse()
-                .unwrap_or(Scheduler::Euler),
+            scheduler: self.defaults.scheduler.parse().unwrap_or(Scheduler::Euler),
         }
     }
 }
@@ -260,6 +256,12 @@ impl Settings {
             }
         }
         let limits = &self.limits;
+        for model in &self.model {
+            weave_common::validate::validate_defaults(&model.generation_defaults(), &limits.bounds)
+                .map_err(|error| {
+                    SettingsError::Invalid(format!("model {:?} defaults: {error}", model.id))
+                })?;
+        }
         if limits.queue_depth == 0 || limits.per_client_queue_depth == 0 {
             return Err(SettingsError::Invalid(
                 "limits.queue_depth and limits.per_client_queue_depth must be at least 1".into(),
@@ -287,8 +289,9 @@ impl Settings {
 
 /// The syslog facility named in `[audit] facility`.
 pub fn syslog_facility(name: &str) -> Result<syslog::Facility, SettingsError> {
-    name.parse::<syslog::Facility>()
-        .map_err(|()| SettingsError::Invalid(format!("audit.facility {name:?} is not a syslog facility")))
+    name.parse::<syslog::Facility>().map_err(|()| {
+        SettingsError::Invalid(format!("audit.facility {name:?} is not a syslog facility"))
+    })
 }
 
 fn check_trusted(path: &Path, owners: TrustedOwners) -> Result<(), SettingsError> {
@@ -314,7 +317,10 @@ fn check_trusted(path: &Path, owners: TrustedOwners) -> Result<(), SettingsError
     if meta.mode() & 0o022 != 0 && !sticky_dir {
         return Err(SettingsError::Permissions {
             path: path.to_owned(),
-            problem: format!("its mode {:o} lets group or others write it", meta.mode() & 0o7777),
+            problem: format!(
+                "its mode {:o} lets group or others write it",
+                meta.mode() & 0o7777
+            ),
         });
     }
     Ok(())
@@ -354,7 +360,11 @@ scheduler = "ddim"
         assert_eq!(settings.limits.bounds.max_steps, 50);
         assert_eq!(settings.daemon.client_group, "webapp");
         assert_eq!(
-            settings.model("digits").unwrap().generation_defaults().scheduler,
+            settings
+                .model("digits")
+                .unwrap()
+                .generation_defaults()
+                .scheduler,
             Scheduler::Ddim
         );
     }
@@ -379,7 +389,10 @@ scheduler = "ddim"
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let me = crate::sys::effective_uid();
         let error = Settings::load(&path, TrustedOwners::User(me)).unwrap_err();
-        assert!(error.to_string().contains("lets group or others write"), "{error}");
+        assert!(
+            error.to_string().contains("lets group or others write"),
+            "{error}"
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         Settings::load(&path, TrustedOwners::User(me)).unwrap();
         let error = Settings::load(&path, TrustedOwners::User(me + 1)).unwrap_err();

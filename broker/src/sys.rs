@@ -90,7 +90,15 @@ pub fn user_by_name(name: &str) -> io::Result<Option<UserEntry>> {
     lookup_user(|pwd, buf, result| {
         // SAFETY: `c_name` is NUL-terminated and outlives the call; the other
         // pointers refer to live locals with the lengths passed alongside.
-        unsafe { libc::getpwnam_r(c_name.as_ptr(), pwd, buf.as_mut_ptr().cast(), buf.len(), result) }
+        unsafe {
+            libc::getpwnam_r(
+                c_name.as_ptr(),
+                pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                result,
+            )
+        }
     })
 }
 
@@ -168,7 +176,12 @@ pub fn groups_of_user(name: &str, primary_gid: u32) -> io::Result<Vec<u32>> {
         // SAFETY: `groups` has room for `count` gids and `count` is updated by
         // the call; `c_name` is NUL-terminated and outlives the call.
         let rc = unsafe {
-            libc::getgrouplist(c_name.as_ptr(), primary_gid, groups.as_mut_ptr(), &mut count)
+            libc::getgrouplist(
+                c_name.as_ptr(),
+                primary_gid,
+                groups.as_mut_ptr(),
+                &mut count,
+            )
         };
         if rc >= 0 {
             groups.truncate(usize::try_from(count).unwrap_or(0));
@@ -203,6 +216,55 @@ pub fn chown_group(path: &std::path::Path, gid: u32) -> io::Result<()> {
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Sets the process umask and returns the previous one. Only called while
+/// the broker is still single-threaded (socket setup).
+pub fn set_umask(mask: u32) -> u32 {
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+}
+
+/// Wakes a thread blocked in `accept` on `listener`: on Linux, shutting a
+/// listening socket down makes `accept` fail with EINVAL.
+pub fn shutdown_listener(fd: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown only acts on the descriptor number; a stale number
+    // yields EBADF, which we report.
+    let rc = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes ownership of a listening socket passed by systemd.
+pub fn listener_from_activation(fd: RawFd) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::fd::FromRawFd;
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `domain` is a live c_int and `len` its exact size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if domain != libc::AF_UNIX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the activated socket is not a Unix socket (no TCP anywhere)",
+        ));
+    }
+    // SAFETY: systemd passed this descriptor to us (LISTEN_FDS/LISTEN_PID
+    // checked by sd-notify), it is a Unix socket, and nothing else in the
+    // process owns it.
+    Ok(unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

@@ -1,0 +1,184 @@
+//! Start-up, confinement, the serving threads and orderly shutdown.
+//!
+//! Order matters: config (checked) → audit → socket → privilege drop while
+//! still single-threaded → worker → threads → READY.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use weave_common::proto::Mode;
+
+use crate::audit::{AuditLog, AuditRecord, Severity};
+use crate::auth::{AuthError, Authorizer};
+use crate::modes::{self, ModeError, Options, SystemOwnership};
+use crate::scheduler::Broker;
+use crate::server;
+use crate::settings::{self, Settings, SettingsError, TrustedOwners};
+use crate::sys;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Mode(#[from] ModeError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("cannot confine the broker: {0}")]
+    Confine(String),
+    #[error("cannot start the worker: {0}")]
+    Worker(String),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The account that may own the system config besides root.
+const SERVICE_ACCOUNT: &str = "weave";
+
+pub fn run(options: &Options) -> Result<(), DaemonError> {
+    let euid = sys::effective_uid();
+    if options.mode == Mode::System && euid != 0 {
+        return Err(ModeError::SystemNeedsRoot.into());
+    }
+    let config_path = options.config_path()?;
+    let settings = match options.mode {
+        Mode::User => Settings::load(&config_path, TrustedOwners::User(euid))?,
+        Mode::System => {
+            // Trust root or the `weave` service account, never a name taken
+            // from the file being checked.
+            let service_uid = sys::user_by_name(SERVICE_ACCOUNT)
+                .ok()
+                .flatten()
+                .map(|user| user.uid);
+            Settings::load(&config_path, TrustedOwners::RootOr(service_uid))?
+        }
+    };
+    let audit = Arc::new(AuditLog::new(
+        settings.audit.sink.clone(),
+        settings::syslog_facility(&settings.audit.facility)?,
+        settings.audit.log_prompts,
+    ));
+
+    let authorizer = match options.mode {
+        Mode::User => Authorizer::user_mode(euid),
+        Mode::System => {
+            Authorizer::system_mode(&settings.daemon.client_group, &settings.daemon.admin_group)?
+        }
+    };
+
+    // The socket: from systemd, or bound here.
+    let socket_path = options.socket_path(settings.daemon.socket.as_deref())?;
+    let (listener, owned_socket) = match modes::activated_listener()? {
+        Some(listener) => (listener, false),
+        None => {
+            let system = match options.mode {
+                Mode::User => None,
+                Mode::System => Some(system_ownership(&settings)?),
+            };
+            (modes::bind_socket(&socket_path, system)?, true)
+        }
+    };
+    let bound_ino = owned_socket
+        .then(|| {
+            std::fs::symlink_metadata(&socket_path)
+                .ok()
+                .map(|m| m.ino())
+        })
+        .flatten();
+
+    // Confinement, while still single-threaded.
+    match options.mode {
+        Mode::System => {
+            weave_policy::broker::drop_privileges(&settings.daemon.user)
+                .map_err(|error| DaemonError::Confine(error.to_string()))?;
+        }
+        Mode::User => {
+            weave_policy::broker::harden()
+                .map_err(|error| DaemonError::Confine(error.to_string()))?;
+        }
+    }
+
+    let mut runner = crate::worker_runner::start(&settings).map_err(DaemonError::Worker)?;
+    let broker = Broker::new(
+        settings,
+        options.mode,
+        Arc::clone(&audit),
+        runner.status_source(),
+    );
+    audit.record(
+        Severity::Notice,
+        &AuditRecord::new("start")
+            .field("mode", format!("{:?}", options.mode).to_lowercase())
+            .field("uid", sys::effective_uid()),
+    );
+
+    let scheduler = {
+        let broker = Arc::clone(&broker);
+        std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || broker.run_scheduler(runner.as_mut()))
+            .map_err(DaemonError::Thread)?
+    };
+
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)?;
+    let listener_fd = listener.as_raw_fd();
+    {
+        let broker = Arc::clone(&broker);
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    eprintln!("weave-broker: signal {signal}, shutting down");
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+                    broker.begin_shutdown();
+                    let _ = sys::shutdown_listener(listener_fd);
+                }
+            })
+            .map_err(DaemonError::Thread)?;
+    }
+
+    let _ = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving"),
+        ],
+    );
+    eprintln!(
+        "weave-broker: {} mode, listening on {}",
+        format!("{:?}", options.mode).to_lowercase(),
+        socket_path.display()
+    );
+
+    server::serve(&listener, &broker, &Arc::new(authorizer));
+
+    // Shutdown: queued jobs were failed by begin_shutdown; the scheduler
+    // stops the worker on its way out.
+    let _ = scheduler.join();
+    if owned_socket {
+        modes::remove_socket(&socket_path, bound_ino);
+    }
+    audit.record(Severity::Notice, &AuditRecord::new("stop"));
+    Ok(())
+}
+
+fn system_ownership(settings: &Settings) -> Result<SystemOwnership, DaemonError> {
+    let user = sys::user_by_name(&settings.daemon.user)
+        .ok()
+        .flatten()
+        .ok_or_else(|| ModeError::NoSuchUser(settings.daemon.user.clone()))?;
+    let client_gid = sys::group_id_by_name(&settings.daemon.client_group)
+        .ok()
+        .flatten()
+        .ok_or_else(|| ModeError::NoSuchGroup(settings.daemon.client_group.clone()))?;
+    Ok(SystemOwnership {
+        service_uid: user.uid,
+        client_gid,
+    })
+}

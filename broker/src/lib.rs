@@ -1,3 +1,4 @@
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 //! weave-broker: the only process callers reach. Authenticates callers with
 //! `SO_PEERCRED`, validates and admits requests, schedules them onto the
 //! sandboxed worker, encodes PNGs and writes the audit trail.

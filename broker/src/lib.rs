@@ -13,6 +13,7 @@ pub mod runner;
 pub mod scheduler;
 pub mod server;
 pub mod settings;
+pub mod supervisor;
 pub mod sys;
 pub mod validation;
 pub mod worker_runner;

@@ -7,3 +7,4 @@ pub mod config;
 pub mod proto;
 pub mod shm;
 pub mod validate;
+pub mod worker_proto;

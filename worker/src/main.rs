@@ -1,5 +1,8 @@
-fn main() {
-    println!("cuda available: {}", tch::Cuda::is_available());
-    let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-    println!("sum = {}", t.sum(tch::Kind::Float).double_value(&[]));
+//! `weave-worker`: the sandboxed process that runs the diffusion models.
+//! Started only by `weave-broker` (spawn contract in `docs/WORKER.md`).
+
+mod serve;
+
+fn main() -> std::process::ExitCode {
+    serve::run()
 }

@@ -1,0 +1,113 @@
+//! The seam between the channel loop and `weave_worker::engine`: loading a
+//! model from a table entry, generating with a per-step callback, and turning
+//! engine errors into path-free [`WorkerFailure`]s.
+
+use std::ops::ControlFlow;
+
+use weave_common::worker_proto::{ModelEntry, WorkerBootstrap, WorkerDevice, WorkerFailure, WorkerGenerateParams};
+use weave_worker::engine;
+
+/// One finished image: raw RGB8, row-major.
+pub struct RawImage {
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+}
+
+fn torch_device(device: WorkerDevice) -> tch::Device {
+    match device {
+        WorkerDevice::Cpu => tch::Device::Cpu,
+        WorkerDevice::Cuda(i) => tch::Device::Cuda(usize::try_from(i).unwrap_or(0)),
+    }
+}
+
+/// Starts libtorch before seccomp: thread pool size, and a first tensor on
+/// the device so CUDA (or the CPU allocator) is initialised while every
+/// syscall is still allowed.
+pub fn init_torch(bootstrap: &WorkerBootstrap) -> Result<(), String> {
+    if let Some(threads) = bootstrap.torch_threads {
+        tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
+        tch::set_num_interop_threads(1);
+    }
+    let device = torch_device(bootstrap.device);
+    if let WorkerDevice::Cuda(_) = bootstrap.device {
+        if !tch::Cuda::is_available() {
+            return Err("CUDA was configured but no CUDA device is available".into());
+        }
+    }
+    let probe = tch::Tensor::ones([16, 16], (tch::Kind::Float, device));
+    let sum = probe.matmul(&probe).sum(tch::Kind::Float).double_value(&[]);
+    if sum != 16.0 * 16.0 * 16.0 {
+        return Err(format!("the device probe computed {sum}, expected 4096"));
+    }
+    Ok(())
+}
+
+/// A model loaded on the device.
+pub struct LoadedModel {
+    pipeline: engine::Pipeline,
+}
+
+impl LoadedModel {
+    /// Loads `entry`; the error text never contains the path.
+    pub fn load(entry: &ModelEntry, device: WorkerDevice) -> Result<Self, String> {
+        let spec = engine::ModelSpec { kind: entry.kind.clone(), path: entry.path.clone() };
+        let pipeline = engine::Pipeline::load(&spec, torch_device(device), tch::Kind::Float)
+            .map_err(|e| redact_path(&e.to_string(), entry))?;
+        Ok(Self { pipeline })
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.pipeline.memory_bytes()
+    }
+
+    /// Runs the generation; `on_step(step, total)` is called after every
+    /// step and may stop it.
+    pub fn generate(
+        &mut self,
+        params: &WorkerGenerateParams,
+        on_step: &mut dyn FnMut(u32, u32) -> ControlFlow<()>,
+    ) -> Result<Vec<RawImage>, WorkerFailure> {
+        let gp = engine::GenerateParams {
+            prompt: params.prompt.clone(),
+            negative_prompt: params.negative_prompt.clone(),
+            width: params.width,
+            height: params.height,
+            steps: params.steps,
+            guidance: params.guidance,
+            seed: params.seed,
+            scheduler: params.scheduler,
+            batch: params.batch,
+        };
+        let images = self
+            .pipeline
+            .generate(&gp, &mut |step, total| on_step(step, total))
+            .map_err(|e| WorkerFailure::EngineError { reason: e.to_string() })?;
+        Ok(images
+            .into_iter()
+            .map(|img| RawImage { width: img.width, height: img.height, rgb: img.data })
+            .collect())
+    }
+}
+
+/// Engine errors may name the file they failed on; the broker logs worker
+/// reasons, and callers must never learn model paths (invariant 10).
+fn redact_path(reason: &str, entry: &ModelEntry) -> String {
+    let path = entry.path.to_string_lossy();
+    if path.is_empty() {
+        return reason.to_owned();
+    }
+    reason.replace(path.as_ref(), &format!("<model {}>", entry.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_redacted_from_reasons() {
+        let entry = ModelEntry { id: "digits".into(), kind: "digits".into(), path: "/srv/m/digits".into() };
+        let r = redact_path("cannot open /srv/m/digits/unet.safetensors: denied", &entry);
+        assert_eq!(r, "cannot open <model digits>/unet.safetensors: denied");
+    }
+}

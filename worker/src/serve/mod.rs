@@ -1,0 +1,279 @@
+//! `weave-worker`'s life: the spawn-contract checks, confinement in the
+//! documented order, then the channel loop serving the broker.
+//!
+//! Order (DESIGN.md invariant 7):
+//! 1. check fds 3–7 and close every other descriptor;
+//! 2. read the bootstrap (keys, model table) from fd 7;
+//! 3. landlock while still single-threaded;
+//! 4. libtorch initialisation (threads, device) and the model table;
+//! 5. INITIALIZATION COMPLETE → seccomp on every thread;
+//! 6. `Ready`, then serve until `Shutdown` or the broker goes away.
+//!
+//! The worker never opens a socket or writes a file; it logs to stderr only.
+
+#[cfg(feature = "pipeline")]
+mod engine_glue;
+#[cfg(not(feature = "pipeline"))]
+#[path = "engine_pending.rs"]
+mod engine_glue;
+mod startup;
+mod sys;
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use weave_common::worker_proto::channel::{ChannelError, WorkerEndpoint};
+use weave_common::worker_proto::{
+    FromWorker, ModelEntry, SandboxReport, ToWorker, WorkerBootstrap, WorkerDevice, WorkerFailure,
+    WorkerGenerateParams,
+};
+use weave_policy::worker as worker_policy;
+use weave_policy::{EnforcementStatus, LandlockReport, SeccompMode, WorkerSyscallOptions};
+
+
+/// Exit status when the process was not started by the broker.
+const EXIT_NOT_STARTED_BY_BROKER: u8 = 2;
+/// Exit status for any failure after the spawn contract was met.
+const EXIT_FAILURE: u8 = 1;
+
+/// How long one blocking wait for a broker message lasts before the loop
+/// checks again; only bounds how quickly a dead broker is noticed.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+
+/// Errors after start-up; each ends the worker (the broker respawns it).
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error(transparent)]
+    Startup(#[from] startup::StartupError),
+    #[error("sandbox setup failed: {0}; see the weave-broker log and docs/WORKER.md (allow_degraded_sandbox)")]
+    Sandbox(String),
+    #[error("libtorch initialisation failed: {0}")]
+    Torch(String),
+    #[error("the channel to the broker failed: {0}")]
+    Channel(#[from] ChannelError),
+}
+
+macro_rules! log {
+    ($($arg:tt)*) => { eprintln!("weave-worker[{}]: {}", std::process::id(), format_args!($($arg)*)) };
+}
+
+/// The whole process. Returns the exit status.
+pub fn run() -> ExitCode {
+    match run_inner() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ServeError::Startup(e @ startup::StartupError::NotStartedByBroker { .. })) => {
+            eprintln!("weave-worker: {e}");
+            ExitCode::from(EXIT_NOT_STARTED_BY_BROKER)
+        }
+        Err(e) => {
+            log!("{e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn run_inner() -> Result<(), ServeError> {
+    // 1. Spawn contract: our fds, nothing else.
+    let inherited = startup::take_inherited_fds()?;
+    // 2. Keys and the model table, only ever from the broker's pipe.
+    let bootstrap = startup::read_bootstrap(inherited.bootstrap_pipe)?;
+    let mut channel = WorkerEndpoint::from_inherited(
+        &bootstrap,
+        inherited.to_worker_segment,
+        inherited.to_broker_segment,
+        inherited.to_worker_doorbell,
+        inherited.to_broker_doorbell,
+    )?;
+
+    // 3. Landlock while single-threaded: libtorch has not started a thread yet.
+    let landlock = confine_filesystem(&bootstrap)?;
+
+    // 4. libtorch and the model table.
+    engine_glue::init_torch(&bootstrap).map_err(ServeError::Torch)?;
+    let models: HashMap<String, ModelEntry> =
+        bootstrap.models.iter().map(|m| (m.id.clone(), m.clone())).collect();
+
+    // ===== INITIALIZATION COMPLETE =====
+    // Everything below runs under the seccomp allowlist on every thread:
+    // nothing a caller influenced has been touched before this line.
+    let mode = if bootstrap.seccomp_debug { SeccompMode::Trap } else { SeccompMode::Enforce };
+    let gpu = matches!(bootstrap.device, WorkerDevice::Cuda(_));
+    worker_policy::lock_syscalls(
+        mode,
+        WorkerSyscallOptions { gpu, exec_mappings: bootstrap.seccomp_exec_mappings },
+    )
+    .map_err(|e| ServeError::Sandbox(e.to_string()))?;
+
+    let sandbox = sandbox_report(&landlock, bootstrap.seccomp_debug)?;
+    if !sandbox.fully_enforced && !bootstrap.allow_degraded_sandbox {
+        return Err(ServeError::Sandbox(format!("sandbox not fully enforced: {sandbox:?}")));
+    }
+    log!("sandbox: {sandbox:?}");
+    channel.send(&FromWorker::Ready { sandbox })?;
+
+    Server { channel, models, device: bootstrap.device, loaded: None, backlog: VecDeque::new() }.serve()
+}
+
+fn confine_filesystem(bootstrap: &WorkerBootstrap) -> Result<LandlockReport, ServeError> {
+    let paths = worker_policy::WorkerPaths {
+        models: bootstrap.models.iter().map(|m| m.path.clone()).collect(),
+        libraries: bootstrap.library_dirs.clone(),
+        gpu: matches!(bootstrap.device, WorkerDevice::Cuda(_)),
+        // Read by `lock_syscalls` (capability clearing) after Landlock is on.
+        extra_read_only: vec!["/proc/sys/kernel/cap_last_cap".into()],
+    };
+    worker_policy::confine_filesystem(&paths, bootstrap.allow_degraded_sandbox)
+        .map_err(|e| ServeError::Sandbox(e.to_string()))
+}
+
+/// Reads the sandbox back from the kernel (not from what we asked for).
+fn sandbox_report(landlock: &LandlockReport, seccomp_debug: bool) -> Result<SandboxReport, ServeError> {
+    // /proc/self/status only: getresuid and prctl are outside the allowlist.
+    let seen = weave_policy::ProcessStatus::current()
+        .map_err(|e| ServeError::Sandbox(format!("cannot read the sandbox state back: {e}")))?;
+    let landlock_full = landlock.status == EnforcementStatus::FullyEnforced;
+    Ok(SandboxReport {
+        landlock: format!("{:?}", landlock.status),
+        landlock_abi: landlock.kernel_abi.and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
+        seccomp_mode: seen.seccomp_mode,
+        seccomp_debug,
+        no_new_privs: seen.no_new_privs,
+        capabilities_empty: seen.capabilities_empty(),
+        fully_enforced: landlock_full && seen.seccomp_mode == 2 && seen.no_new_privs && !seccomp_debug,
+    })
+}
+
+struct Server {
+    channel: WorkerEndpoint,
+    models: HashMap<String, ModelEntry>,
+    device: WorkerDevice,
+    loaded: Option<(String, engine_glue::LoadedModel)>,
+    /// Messages that arrived during a generation and are not a `Cancel`.
+    backlog: VecDeque<ToWorker>,
+}
+
+impl Server {
+    fn serve(mut self) -> Result<(), ServeError> {
+        loop {
+            let msg = match self.backlog.pop_front() {
+                Some(m) => m,
+                None => match self.channel.recv(IDLE_WAIT)? {
+                    Some(m) => m,
+                    None => continue,
+                },
+            };
+            match msg {
+                ToWorker::Load { model_id } => self.load(&model_id)?,
+                ToWorker::Unload => {
+                    self.loaded = None;
+                    self.channel.send(&FromWorker::Unloaded)?;
+                }
+                ToWorker::Generate { job_id, params } => self.generate(job_id, &params)?,
+                // A cancel that arrives after its job ended: nothing to stop.
+                ToWorker::Cancel { .. } => {}
+                ToWorker::Rekey { to_worker, to_broker } => {
+                    self.channel.rekey(&to_worker, &to_broker)?;
+                    self.channel.send(&FromWorker::RekeyAck)?;
+                }
+                ToWorker::Shutdown => {
+                    log!("shutdown requested by the broker");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn load(&mut self, model_id: &str) -> Result<(), ServeError> {
+        let Some(entry) = self.models.get(model_id) else {
+            return Ok(self.channel.send(&FromWorker::Failed { job_id: None, failure: WorkerFailure::UnknownModel })?);
+        };
+        // Free the old model first: two models may not fit in memory.
+        self.loaded = None;
+        let started = Instant::now();
+        match engine_glue::LoadedModel::load(entry, self.device) {
+            Ok(model) => {
+                let memory_bytes = model.memory_bytes();
+                let load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                log!("loaded model {model_id:?} in {load_ms} ms");
+                self.loaded = Some((model_id.to_owned(), model));
+                self.channel.send(&FromWorker::Loaded { model_id: model_id.to_owned(), memory_bytes, load_ms })?;
+            }
+            Err(reason) => {
+                log!("loading model {model_id:?} failed: {reason}");
+                self.channel.send(&FromWorker::Failed {
+                    job_id: None,
+                    failure: WorkerFailure::LoadFailed { reason },
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn generate(&mut self, job_id: u64, params: &WorkerGenerateParams) -> Result<(), ServeError> {
+        let model = match &mut self.loaded {
+            Some((id, model)) if *id == params.model_id => model,
+            _ => {
+                return Ok(self.channel.send(&FromWorker::Failed { job_id: Some(job_id), failure: WorkerFailure::NotLoaded })?);
+            }
+        };
+        let channel = &mut self.channel;
+        let backlog = &mut self.backlog;
+        // A channel failure inside the step callback stops the generation and
+        // is reported after it returns.
+        let mut channel_error: Option<ChannelError> = None;
+        let mut cancelled = false;
+        let mut on_step = |step: u32, total: u32| -> ControlFlow<()> {
+            if let Err(e) = channel.send(&FromWorker::Progress { job_id, step, total }) {
+                channel_error = Some(e);
+                return ControlFlow::Break(());
+            }
+            // Cancel check between steps: drain what the broker sent, never block.
+            loop {
+                match channel.try_recv() {
+                    Ok(Some(ToWorker::Cancel { job_id: id })) if id == job_id => cancelled = true,
+                    Ok(Some(ToWorker::Cancel { .. })) => {}
+                    Ok(Some(other)) => backlog.push_back(other),
+                    Ok(None) => break,
+                    Err(e) => {
+                        channel_error = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+            if cancelled || backlog.iter().any(|m| matches!(m, ToWorker::Shutdown)) {
+                cancelled = true;
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let result = model.generate(params, &mut on_step);
+        if let Some(e) = channel_error {
+            return Err(e.into());
+        }
+        if cancelled {
+            return Ok(self.channel.send(&FromWorker::Failed { job_id: Some(job_id), failure: WorkerFailure::Cancelled })?);
+        }
+        match result {
+            Ok(images) => {
+                for (index, image) in (0u32..).zip(images) {
+                    self.channel.send(&FromWorker::Image {
+                        job_id,
+                        index,
+                        width: image.width,
+                        height: image.height,
+                        rgb: image.rgb,
+                    })?;
+                }
+                self.channel.send(&FromWorker::Finished { job_id })?;
+            }
+            Err(failure) => {
+                log!("job {job_id} failed: {failure:?}");
+                self.channel.send(&FromWorker::Failed { job_id: Some(job_id), failure })?;
+            }
+        }
+        Ok(())
+    }
+}

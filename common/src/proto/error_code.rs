@@ -17,7 +17,7 @@ pub enum ErrorCode {
     #[error("invalid {field}: must be {allowed}; fix the request and send it again")]
     InvalidParameter { field: String, allowed: String },
     /// Code 1.
-    #[error("unknown model {model_id:?}; list the available model ids with `sshmctl models`")]
+    #[error("unknown model {model_id:?}; list the configured models and use one of their ids")]
     UnknownModel { model_id: String },
     /// Code 2. A queue is full; nothing was queued.
     #[error("the broker's queue is full; retry in {retry_after_ms} ms")]
@@ -42,8 +42,8 @@ pub enum ErrorCode {
     NotPermitted { verb: String },
     /// Code 8.
     #[error(
-        "this model is quarantined after repeated worker crashes; an administrator \
-         can clear it with `sshmctl quarantine-clear <model>`"
+        "this model is quarantined after repeated worker crashes; use another model, \
+         or ask an administrator to check the broker log and clear the quarantine"
     )]
     ModelQuarantined,
     /// Code 9. The connection is closed after this error.

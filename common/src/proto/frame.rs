@@ -65,6 +65,13 @@ pub enum FrameError {
 }
 
 impl FrameError {
+    /// Whether a socket read or write timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO`)
+    /// caused this error. Partial frame data is lost either way.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, FrameError::Io(error)
+            if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+    }
+
     /// What the broker should send before closing the connection, if the
     /// peer can still be told anything. Reasons are fixed strings: they
     /// never echo the bytes received.
@@ -568,6 +575,63 @@ mod tests {
         );
     }
 
+    /// xorshift64*: deterministic, so a failure reproduces.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn mutated_and_random_frames_never_panic_and_accepted_ones_are_canonical() {
+        let seeds = [
+            encode_request(&generate()).unwrap(),
+            encode_request(&Request::Hello {
+                version: 1,
+                client_name: "web".into(),
+            })
+            .unwrap(),
+            encode_request(&Request::Cancel { job_id: u64::MAX }).unwrap(),
+        ];
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut accepted = 0;
+        for round in 0..20_000 {
+            let mut frame = if round % 10 == 0 {
+                let len = 1 + rng.below(40);
+                let mut body: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                body[0] %= 20;
+                frame_with_body(&body)
+            } else {
+                seeds[rng.below(seeds.len())].clone()
+            };
+            for _ in 0..=rng.below(3) {
+                let at = FRAME_PREFIX_LEN + rng.below(frame.len() - FRAME_PREFIX_LEN);
+                match rng.below(3) {
+                    0 => frame[at] = rng.next() as u8,
+                    1 => frame[at] ^= 1 << rng.below(8),
+                    _ => frame[at] = frame[at].wrapping_add(1),
+                }
+            }
+            if let Ok(request) = read_request(&mut Cursor::new(&frame)) {
+                accepted += 1;
+                assert_eq!(encode_request(&request).unwrap(), frame);
+            }
+            let _ = read_response(&mut Cursor::new(&frame), DEFAULT_MAX_RESPONSE_FRAME);
+        }
+        // The mutations must sometimes produce valid requests, or the
+        // re-encoding check above never ran.
+        assert!(accepted > 100, "only {accepted} mutated frames decoded");
+    }
+
     #[test]
     fn error_codes_for_frame_errors_never_echo_input() {
         let errors = [
@@ -584,6 +648,8 @@ mod tests {
             }
         }
         assert_eq!(FrameError::Closed.to_error_code(), None);
+        assert!(FrameError::Io(io::ErrorKind::WouldBlock.into()).is_timeout());
+        assert!(!FrameError::Closed.is_timeout());
         assert_eq!(
             FrameError::Truncated {
                 expected: 9,

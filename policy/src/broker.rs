@@ -26,6 +26,8 @@ pub fn drop_privileges(user: &str) -> Result<TargetUser, BrokerConfineError> {
     capabilities::clear_bounding_set()?;
     privileges::drop_to(&target)?;
     harden()?;
+    // All five sets, the bounding set included, must be empty now.
+    capabilities::verify_empty()?;
     Ok(target)
 }
 

@@ -12,8 +12,6 @@ use std::io;
 /// Errors clearing capabilities or setting process flags.
 #[derive(Debug, thiserror::Error)]
 pub enum CapabilityError {
-    #[error("cannot read the highest capability number from /proc/sys/kernel/cap_last_cap: {0}")]
-    LastCap(#[source] io::Error),
     #[error("cannot drop capability {cap} from the bounding set: {source}; this needs CAP_SETPCAP, so clear the bounding set before dropping root")]
     Bounding {
         cap: u32,
@@ -44,26 +42,15 @@ pub enum CapabilityError {
     NotSet(&'static str),
 }
 
-fn last_cap() -> Result<u32, CapabilityError> {
-    let text = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .map_err(CapabilityError::LastCap)?;
-    text.trim().parse().map_err(|_| {
-        CapabilityError::LastCap(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unexpected content {text:?}"),
-        ))
-    })
-}
-
-/// Drops every capability the kernel knows from the bounding set. Dropping
-/// one that is already gone is not an error (PR_CAPBSET_DROP is idempotent);
-/// lacking CAP_SETPCAP while something is left is.
+/// Drops every capability still in the bounding set, as the kernel lists it
+/// in `/proc/self/status` (so capabilities newer than this crate are
+/// covered too). Needs CAP_SETPCAP while anything is left.
 pub fn clear_bounding_set() -> Result<(), CapabilityError> {
     let status = ProcessStatus::current()?;
     if status.cap_bounding == 0 {
         return Ok(());
     }
-    for cap in 0..=last_cap()? {
+    for cap in 0..64u32 {
         if status.cap_bounding & (1u64 << cap) != 0 {
             sys::capbset_drop(cap).map_err(|source| CapabilityError::Bounding { cap, source })?;
         }
@@ -154,16 +141,5 @@ pub fn set_not_dumpable() -> Result<(), CapabilityError> {
         Ok(false) => Ok(()),
         Ok(true) => Err(CapabilityError::NotSet("PR_SET_DUMPABLE 0")),
         Err(e) => Err(CapabilityError::Prctl("PR_GET_DUMPABLE", e)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn last_cap_is_sane() {
-        let cap = last_cap().unwrap();
-        assert!((30..64).contains(&cap), "{cap}");
     }
 }

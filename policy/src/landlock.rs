@@ -112,6 +112,29 @@ pub struct LandlockReport {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
+impl std::fmt::Display for LandlockReport {
+    /// One log line: status, ABI, scoping, granted and skipped paths.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "landlock {:?} (kernel ABI {}, target ABI {}), scoped: {}, no_new_privs: {}, read-only: [",
+            self.status,
+            self.kernel_abi.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+            TARGET_ABI as i32,
+            self.scoped,
+            self.no_new_privs,
+        )?;
+        for (i, p) in self.granted.iter().enumerate() {
+            write!(f, "{}{}", if i > 0 { ", " } else { "" }, p.display())?;
+        }
+        write!(f, "]")?;
+        for (p, why) in &self.skipped {
+            write!(f, "; skipped {}: {why}", p.display())?;
+        }
+        Ok(())
+    }
+}
+
 fn access_for(access: PathAccess, is_dir: bool) -> BitFlags<AccessFs> {
     let read_file = AccessFs::ReadFile;
     match (access, is_dir) {
@@ -258,6 +281,9 @@ mod tests {
     fn multithreaded_process_is_refused() {
         // The libtest harness has a main thread plus this test's thread.
         let err = restrict_self(&[], false).unwrap_err();
-        assert!(matches!(err, LandlockError::NotSingleThreaded { .. }), "{err}");
+        assert!(
+            matches!(err, LandlockError::NotSingleThreaded { .. }),
+            "{err}"
+        );
     }
 }

@@ -4,6 +4,8 @@
 //! [`worker`]. docs/SANDBOX.md describes the policy and how to regenerate
 //! the seccomp allowlists.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod broker;
 pub mod capabilities;
 pub mod landlock;

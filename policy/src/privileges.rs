@@ -22,7 +22,9 @@ pub enum PrivilegeError {
     },
     #[error("user `{0}` does not exist; create it (e.g. `useradd --system --no-create-home weave`) or fix the configured user")]
     UnknownUser(String),
-    #[error("refusing to drop privileges to `{0}`: it has uid or gid 0; configure an unprivileged user")]
+    #[error(
+        "refusing to drop privileges to `{0}`: it has uid or gid 0; configure an unprivileged user"
+    )]
     TargetIsRoot(String),
     #[error("dropping privileges needs root (euid is {euid}); start as root or run in user mode without a target user")]
     NotRoot { euid: u32 },

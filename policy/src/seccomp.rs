@@ -174,13 +174,15 @@ impl SyscallPolicy {
             arch,
         )
         .map_err(build)?;
-        let allow_filter = SeccompFilter::new(
-            self.allowed.clone(),
-            mode.mismatch_action(),
-            SeccompAction::Allow,
-            arch,
-        )
-        .map_err(build)?;
+        // The ENOSYS syscalls must pass the allowlist: the kernel takes the
+        // most severe verdict of all filters, and kill/trap outrank errno.
+        let mut allowed = self.allowed.clone();
+        for &nr in &self.enosys {
+            allowed.insert(nr, Vec::new());
+        }
+        let allow_filter =
+            SeccompFilter::new(allowed, mode.mismatch_action(), SeccompAction::Allow, arch)
+                .map_err(build)?;
         Ok((
             BpfProgram::try_from(errno_filter).map_err(build)?,
             BpfProgram::try_from(allow_filter).map_err(build)?,
@@ -288,9 +290,22 @@ pub fn worker_filter(options: WorkerSyscallOptions) -> SyscallPolicy {
     p.allow(libc::SYS_exit_group);
     // why: raise()/abort()/pthread_kill, only towards this process.
     p.allow_when(libc::SYS_tgkill, vec![arg_eq(0, own_pid)]);
-    // why: naming threads (PR_SET_NAME) and reading names; no other prctl.
+    // why: naming threads (PR_SET_NAME) and reading names; reading the
+    // dumpable flag for the SandboxReport. No prctl that changes anything
+    // else.
     p.allow_when(libc::SYS_prctl, vec![arg_eq(0, libc::PR_SET_NAME as u64)]);
     p.allow_when(libc::SYS_prctl, vec![arg_eq(0, libc::PR_GET_NAME as u64)]);
+    p.allow_when(
+        libc::SYS_prctl,
+        vec![arg_eq(0, libc::PR_GET_DUMPABLE as u64)],
+    );
+    // why: the SandboxReport and logging read the process's ids (read-only).
+    p.allow(libc::SYS_getresuid);
+    p.allow(libc::SYS_getresgid);
+    p.allow(libc::SYS_getuid);
+    p.allow(libc::SYS_geteuid);
+    p.allow(libc::SYS_getgid);
+    p.allow(libc::SYS_getegid);
 
     // ---- signals ----
     // why: glibc and Rust install handlers (SIGSEGV stack overflow guard).
@@ -335,12 +350,7 @@ pub fn worker_filter(options: WorkerSyscallOptions) -> SyscallPolicy {
         p.allow(libc::SYS_stat);
         p.allow(libc::SYS_lstat);
         p.allow(libc::SYS_readlink);
-        p.allow(libc::SYS_access);
-        p.allow(libc::SYS_arch_prctl);
     }
-    // why: faccessat from access()-style checks.
-    p.allow(libc::SYS_faccessat);
-    p.allow(libc::SYS_faccessat2);
     if options.gpu {
         // why: the CUDA driver talks to /dev/nvidia* only through ioctls
         // whose request numbers are not a stable, public list; the device
@@ -361,16 +371,9 @@ pub fn worker_filter(options: WorkerSyscallOptions) -> SyscallPolicy {
     p.allow(libc::SYS_clock_nanosleep);
     // why: seeds for random tensors when no seed is given; HashMap keys.
     p.allow(libc::SYS_getrandom);
-    // why: libtorch and allocators read memory size and limits.
+    // why: libtorch and allocators read memory size and the stack limit.
     p.allow(libc::SYS_sysinfo);
     p.allow(libc::SYS_prlimit64);
-    p.allow(libc::SYS_getrusage);
-    // why: CPU feature dispatch and logging read the kernel version.
-    p.allow(libc::SYS_uname);
-    // why: the current CPU for per-CPU caches in allocators and OpenMP.
-    p.allow(libc::SYS_getcpu);
-    // why: membarrier-based fences in some runtimes (no effect outside).
-    p.allow(libc::SYS_membarrier);
     p
 }
 

@@ -32,32 +32,43 @@ pub struct WorkerPaths {
     /// libtorch's `lib` directory and, for CUDA, the CUDA library directories.
     /// Must exist: the worker cannot run without them.
     pub libraries: Vec<PathBuf>,
-    /// Include GPU device nodes (`/dev/nvidia*`, `/dev/dri`) with ioctl access.
+    /// GPU worker: include the device nodes (`/dev/nvidia*`, `/dev/dri`) with
+    /// ioctl access and the loader paths CUDA's lazy `dlopen`s need.
     pub gpu: bool,
     /// Further read-only paths (optional; skipped with a note when absent).
     pub extra_read_only: Vec<PathBuf>,
 }
 
-/// Read-only paths the dynamic loader and libtorch use after Landlock is in
-/// place (lazy `dlopen`, CPU topology, memory size), found with
-/// `tools/seccomp-trace.sh`. Absent ones are skipped.
+/// Read-only paths libtorch CPU reads after Landlock is in place, as traced
+/// with `tools/seccomp-trace.sh` / strace (see docs/SANDBOX.md). Absent ones
+/// are skipped.
 pub const SYSTEM_READ_ONLY: &[&str] = &[
-    // dlopen after the sandbox is up (CUDA libraries, libtorch's lazy loads):
-    // the loader cache and the distribution's library directories.
+    // cpuinfo (libtorch's CPU feature and topology probe) and libgomp read
+    // /proc/cpuinfo and /sys/devices/system/cpu/{possible,present,kernel_max}.
+    "/proc/cpuinfo",
+    "/sys/devices/system/cpu",
+    // Not seen on this single-node host; cpuinfo and libgomp read the NUMA
+    // topology on multi-node machines.
+    "/sys/devices/system/node",
+    // c10 seeds the default CPU generator from /dev/urandom the first time
+    // it is used (randn, manual_seed); read-only, no ioctl.
+    "/dev/urandom",
+    // The process's own view: /proc/self/{status,maps,task} (libtorch's
+    // thread and memory queries, the SandboxReport).
+    "/proc/self",
+];
+
+/// Read-only paths for GPU workers: CUDA `dlopen`s the driver library
+/// (`libcuda.so.1`) and its math libraries lazily, after Landlock, through
+/// the loader cache and the distribution's library directories. Not needed
+/// by CPU workers (the trace shows no library opens after Landlock there).
+pub const LOADER_READ_ONLY: &[&str] = &[
     "/etc/ld.so.cache",
     "/lib",
     "/lib64",
     "/usr/lib",
     "/usr/lib64",
     "/usr/local/cuda",
-    // libtorch's cpuinfo and OpenMP read the CPU topology and features.
-    "/proc/cpuinfo",
-    "/sys/devices/system/cpu",
-    // NUMA and memory size queries.
-    "/sys/devices/system/node",
-    "/proc/meminfo",
-    // The process's own view: maps/status/stat (allocators, thread naming).
-    "/proc/self",
 ];
 
 impl WorkerPaths {
@@ -85,6 +96,15 @@ impl WorkerPaths {
                 Presence::Optional,
             ));
         }
+        if self.gpu {
+            for path in LOADER_READ_ONLY {
+                rules.push(PathRule::new(
+                    *path,
+                    PathAccess::ReadOnly,
+                    Presence::Optional,
+                ));
+            }
+        }
         for path in &self.extra_read_only {
             rules.push(PathRule::new(
                 path.clone(),
@@ -110,7 +130,7 @@ pub fn confine_filesystem(
 }
 
 /// Step 3: clears any capability the worker still has (see
-/// [`capabilities::clear_for_current_privileges`]), then installs the
+/// [`capabilities::clear_for_current_privileges`]), makes it not dumpable, then installs the
 /// worker's seccomp allowlist on every thread. `mode` is
 /// [`SeccompMode::Enforce`] in production.
 pub fn lock_syscalls(
@@ -119,6 +139,10 @@ pub fn lock_syscalls(
 ) -> Result<(), WorkerConfineError> {
     capabilities::clear_for_current_privileges()?;
     capabilities::set_no_new_privs()?;
+    // Other processes of the same uid (the broker, in system mode) cannot
+    // ptrace the worker or read its memory through /proc; no core dumps of
+    // model or prompt data.
+    capabilities::set_not_dumpable()?;
     seccomp::worker_filter(options).apply(mode)?;
     Ok(())
 }

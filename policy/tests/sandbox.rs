@@ -1,0 +1,690 @@
+//! Sandbox death tests. Each case runs its probe in a fresh child process
+//! (this binary re-executed with `WEAVE_POLICY_PROBE=<case>`), single-threaded
+//! because this binary has no libtest harness; the parent observes the real
+//! outcome: the signal that killed the child, its exit status, and what the
+//! kernel reported in the child's `/proc/self/status`.
+//!
+//! `cargo test -p weave-policy --test sandbox [-- FILTER | --exact NAME]`
+//!
+//! Under `CI=true` a missing prerequisite (root, Landlock ABI 6+, seccomp)
+//! fails the case; elsewhere it is skipped with the reason printed.
+
+#![allow(clippy::unwrap_used)] // test fixtures: a failed setup should panic
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use weave_policy::seccomp::WorkerSyscallOptions;
+use weave_policy::worker::{self, WorkerPaths};
+use weave_policy::{broker, ProcessStatus, SeccompMode};
+
+const PROBE_ENV: &str = "WEAVE_POLICY_PROBE";
+const DIR_ENV: &str = "WEAVE_POLICY_PROBE_DIR";
+const TEST_USER: &str = "weave-test-policy";
+const SIGSYS: i32 = 31;
+
+/// The few raw system calls the probes make on purpose.
+mod raw {
+    /// Issues `nr` with up to five integer arguments; returns (ret, errno).
+    pub fn syscall5(nr: libc::c_long, a: [libc::c_long; 5]) -> (libc::c_long, i32) {
+        // SAFETY: the probes only pass integer arguments or null pointers;
+        // the calls either fail with an errno, are killed by seccomp, or (for
+        // clone with a null stack) behave like fork, which the caller handles.
+        let ret = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4]) };
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        (ret, errno)
+    }
+
+    pub fn setuid0() -> (i32, i32) {
+        // SAFETY: plain integer argument.
+        let ret = unsafe { libc::setuid(0) };
+        (
+            ret,
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        )
+    }
+
+    pub fn dumpable() -> i32 {
+        // SAFETY: PR_GET_DUMPABLE takes no pointer arguments.
+        unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) }
+    }
+
+    pub fn exit_now(code: i32) -> ! {
+        // SAFETY: _exit never returns; used in a forked child to avoid
+        // running the parent's atexit handlers twice.
+        unsafe { libc::_exit(code) }
+    }
+}
+
+/// What a probe's child process must end with.
+enum Expect {
+    /// Exit status 0 (the probe checked its own results and printed them).
+    Success,
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+struct Case {
+    name: &'static str,
+    needs: &'static [Need],
+    expect: Expect,
+    probe: fn(&Path) -> i32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Need {
+    Root,
+    Landlock,
+    Seccomp,
+}
+
+fn cases() -> Vec<Case> {
+    let killed = |name, probe| Case {
+        name,
+        needs: &[Need::Seccomp],
+        expect: Expect::Signal(SIGSYS),
+        probe,
+    };
+    vec![
+        Case {
+            name: "landlock_worker_view_is_read_only_and_limited",
+            needs: &[Need::Landlock],
+            expect: Expect::Success,
+            probe: probe_landlock_view,
+        },
+        Case {
+            name: "landlock_missing_model_path_is_an_error",
+            needs: &[Need::Landlock],
+            expect: Expect::Success,
+            probe: probe_landlock_missing_model,
+        },
+        killed("seccomp_kills_socket", |_| {
+            lock();
+            attempt(
+                libc::SYS_socket,
+                [libc::AF_INET as _, libc::SOCK_STREAM as _, 0, 0, 0],
+            )
+        }),
+        killed("seccomp_kills_execve", |_| {
+            lock();
+            attempt(libc::SYS_execve, [0, 0, 0, 0, 0])
+        }),
+        killed("seccomp_kills_ptrace", |_| {
+            lock();
+            attempt(libc::SYS_ptrace, [libc::PTRACE_TRACEME as _, 0, 0, 0, 0])
+        }),
+        killed("seccomp_kills_process_vm_readv", |_| {
+            lock();
+            attempt(libc::SYS_process_vm_readv, [1, 0, 0, 0, 0])
+        }),
+        killed("seccomp_kills_mount", |_| {
+            lock();
+            attempt(libc::SYS_mount, [0, 0, 0, 0, 0])
+        }),
+        killed("seccomp_kills_bpf", |_| {
+            lock();
+            attempt(libc::SYS_bpf, [0, 0, 0, 0, 0])
+        }),
+        killed("seccomp_kills_unshare", |_| {
+            lock();
+            attempt(libc::SYS_unshare, [libc::CLONE_NEWUSER as _, 0, 0, 0, 0])
+        }),
+        killed("seccomp_kills_clone_with_newuser", |_| {
+            lock();
+            attempt(
+                libc::SYS_clone,
+                [(libc::CLONE_NEWUSER | libc::SIGCHLD) as _, 0, 0, 0, 0],
+            )
+        }),
+        killed("seccomp_kills_mmap_prot_exec", |_| {
+            lock();
+            attempt(
+                libc::SYS_mmap,
+                [
+                    0,
+                    4096,
+                    (libc::PROT_READ | libc::PROT_EXEC) as _,
+                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as _,
+                    -1,
+                ],
+            )
+        }),
+        Case {
+            name: "seccomp_allows_threads_and_clone3_gets_enosys",
+            needs: &[Need::Seccomp],
+            expect: Expect::Success,
+            probe: probe_threads_and_clone3,
+        },
+        Case {
+            name: "seccomp_allows_plain_fork_style_clone",
+            needs: &[Need::Seccomp],
+            expect: Expect::Success,
+            probe: probe_plain_clone,
+        },
+        Case {
+            name: "root_drops_to_test_user_with_nothing_left",
+            needs: &[Need::Root, Need::Seccomp],
+            expect: Expect::Success,
+            probe: probe_privilege_drop,
+        },
+    ]
+}
+
+/// Applies the worker's allowlist in enforce mode, or exits 3.
+fn lock() {
+    if let Err(e) = worker::lock_syscalls(SeccompMode::Enforce, WorkerSyscallOptions::default()) {
+        eprintln!("probe: lock_syscalls failed: {e}");
+        std::process::exit(3);
+    }
+}
+
+/// Makes a syscall that should kill the process; reaching the return means
+/// the filter let it through.
+fn attempt(nr: libc::c_long, args: [libc::c_long; 5]) -> i32 {
+    let (ret, errno) = raw::syscall5(nr, args);
+    if ret == 0 && nr == libc::SYS_clone {
+        // Fork-style clone succeeded: this is the child; leave quietly.
+        raw::exit_now(0);
+    }
+    eprintln!("probe: syscall {nr} was not killed: returned {ret}, errno {errno}");
+    4
+}
+
+fn expect_errno(what: &str, result: std::io::Result<impl Sized>, errno: i32, failures: &mut u32) {
+    match result {
+        Err(e) if e.raw_os_error() == Some(errno) => println!("ok: {what}: errno {errno}"),
+        Err(e) => {
+            println!("FAIL: {what}: {e}, expected errno {errno}");
+            *failures += 1;
+        }
+        Ok(_) => {
+            println!("FAIL: {what}: succeeded, expected errno {errno}");
+            *failures += 1;
+        }
+    }
+}
+
+fn probe_landlock_view(dir: &Path) -> i32 {
+    let model_dir = dir.join("model");
+    let paths = WorkerPaths {
+        models: vec![model_dir.clone()],
+        libraries: vec![],
+        gpu: true,
+        extra_read_only: vec![],
+    };
+    let report = match worker::confine_filesystem(&paths, false) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("FAIL: confine_filesystem: {e}");
+            return 1;
+        }
+    };
+    println!("report: {report:?}");
+    let mut failures = 0;
+    let home_file =
+        PathBuf::from(std::env::var("WEAVE_POLICY_PROBE_HOME_FILE").unwrap_or_default());
+    match std::fs::read(model_dir.join("weights.bin")) {
+        Ok(bytes) if bytes == b"weights" => println!("ok: model file readable"),
+        other => {
+            println!("FAIL: model file: {other:?}");
+            failures += 1;
+        }
+    }
+    let eacces = libc::EACCES;
+    expect_errno(
+        "read /etc/passwd",
+        std::fs::read("/etc/passwd"),
+        eacces,
+        &mut failures,
+    );
+    expect_errno(
+        "read file in $HOME",
+        std::fs::read(&home_file),
+        eacces,
+        &mut failures,
+    );
+    expect_errno(
+        "read file in a non-allowed dir",
+        std::fs::read(dir.join("other").join("secret.txt")),
+        eacces,
+        &mut failures,
+    );
+    expect_errno(
+        "list a non-allowed dir",
+        std::fs::read_dir(dir.join("other")),
+        eacces,
+        &mut failures,
+    );
+    expect_errno(
+        "create a file in the model dir",
+        std::fs::File::create(model_dir.join("new.bin")),
+        eacces,
+        &mut failures,
+    );
+    expect_errno(
+        "open the model file for writing",
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(model_dir.join("weights.bin")),
+        eacces,
+        &mut failures,
+    );
+    expect_errno(
+        "create a file in /tmp",
+        std::fs::File::create(dir.join("created-by-sandbox")),
+        eacces,
+        &mut failures,
+    );
+    expect_errno(
+        "mkdir in the model dir",
+        std::fs::create_dir(model_dir.join("sub")),
+        eacces,
+        &mut failures,
+    );
+    expect_errno(
+        "remove the model file",
+        std::fs::remove_file(model_dir.join("weights.bin")),
+        eacces,
+        &mut failures,
+    );
+    // Signal scoping: the parent (outside the domain) cannot be signalled.
+    // Signal 0 only checks permission.
+    // SAFETY: kill with signal 0 sends nothing; getppid cannot fail.
+    let rc = unsafe { libc::kill(libc::getppid(), 0) };
+    let err = std::io::Error::last_os_error();
+    if rc == 0 {
+        println!("FAIL: signal to the parent permitted");
+        failures += 1;
+    } else {
+        println!("ok: signal to the parent refused: {err}");
+    }
+    i32::from(failures > 0)
+}
+
+fn probe_landlock_missing_model(dir: &Path) -> i32 {
+    let paths = WorkerPaths {
+        models: vec![dir.join("no-such-model.safetensors")],
+        ..WorkerPaths::default()
+    };
+    match worker::confine_filesystem(&paths, false) {
+        Err(
+            e @ worker::WorkerConfineError::Landlock(
+                weave_policy::landlock::LandlockError::MissingPath { .. },
+            ),
+        ) => {
+            println!("ok: {e}");
+            // Nothing was restricted: /etc/passwd is still readable.
+            if std::fs::read("/etc/passwd").is_ok() {
+                0
+            } else {
+                println!("FAIL: a failed confine restricted the process anyway");
+                1
+            }
+        }
+        other => {
+            println!("FAIL: expected MissingPath, got {other:?}");
+            1
+        }
+    }
+}
+
+fn probe_threads_and_clone3(_: &Path) -> i32 {
+    lock();
+    let mut failures = 0;
+    let handle = std::thread::spawn(|| (1..=10u64).sum::<u64>());
+    match handle.join() {
+        Ok(55) => println!("ok: thread created and joined"),
+        other => {
+            println!("FAIL: thread: {other:?}");
+            failures += 1;
+        }
+    }
+    let (ret, errno) = raw::syscall5(libc::SYS_clone3, [0, 0, 0, 0, 0]);
+    if ret == -1 && errno == libc::ENOSYS {
+        println!("ok: clone3 returned ENOSYS");
+    } else {
+        println!("FAIL: clone3 returned {ret}, errno {errno}");
+        failures += 1;
+    }
+    i32::from(failures > 0)
+}
+
+fn probe_plain_clone(_: &Path) -> i32 {
+    lock();
+    // Fork-style clone without namespace flags must pass the flag check; the
+    // child exits at once (wait4 is not in the worker's allowlist, so the
+    // parent does not reap it; the process exits right after).
+    let (ret, errno) = raw::syscall5(libc::SYS_clone, [libc::SIGCHLD as _, 0, 0, 0, 0]);
+    match ret {
+        0 => raw::exit_now(0),
+        pid if pid > 0 => {
+            println!("ok: clone without namespace flags created pid {pid}");
+            0
+        }
+        _ => {
+            println!("FAIL: clone failed with errno {errno}");
+            1
+        }
+    }
+}
+
+fn probe_privilege_drop(_: &Path) -> i32 {
+    let target = match broker::drop_privileges(TEST_USER) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("FAIL: drop_privileges: {e}");
+            return 1;
+        }
+    };
+    let mut failures = 0;
+    let (ret, errno) = raw::setuid0();
+    if ret == -1 && errno == libc::EPERM {
+        println!("ok: setuid(0) failed with EPERM");
+    } else {
+        println!("FAIL: setuid(0) returned {ret}, errno {errno}");
+        failures += 1;
+    }
+    if raw::dumpable() != 0 {
+        println!("FAIL: still dumpable");
+        failures += 1;
+    }
+    lock();
+    // The parent parses these lines; print them verbatim from the kernel.
+    match std::fs::read_to_string("/proc/self/status") {
+        Ok(text) => {
+            println!("target uid={} gid={}", target.uid, target.gid);
+            for line in text.lines() {
+                println!("status> {line}");
+            }
+        }
+        Err(e) => {
+            println!("FAIL: read /proc/self/status: {e}");
+            failures += 1;
+        }
+    }
+    i32::from(failures > 0)
+}
+
+/// Checks the child's `/proc/self/status` as printed by the drop probe.
+fn check_drop_output(stdout: &str) -> Result<(), String> {
+    let status_text: String = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("status> "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let status = ProcessStatus::parse(&status_text).map_err(|e| e.to_string())?;
+    if !status.capabilities_empty() {
+        return Err(format!("capability sets not empty: {status:?}"));
+    }
+    if !status.no_new_privs {
+        return Err("NoNewPrivs is not 1".into());
+    }
+    if status.seccomp_mode != 2 {
+        return Err(format!("Seccomp is {}, expected 2", status.seccomp_mode));
+    }
+    let target = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("target "))
+        .ok_or("no target line")?;
+    let uid = target
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("uid="))
+        .ok_or("no uid")?;
+    let gid = target
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("gid="))
+        .ok_or("no gid")?;
+    let field = |name: &str| {
+        status_text
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    let uids: Vec<String> = field("Uid:")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let gids: Vec<String> = field("Gid:")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if uids.len() != 4 || uids.iter().any(|u| u != uid) {
+        return Err(format!("Uid line {uids:?}, expected all {uid}"));
+    }
+    if gids.len() != 4 || gids.iter().any(|g| g != gid) {
+        return Err(format!("Gid line {gids:?}, expected all {gid}"));
+    }
+    if field("Groups:") != gid {
+        return Err(format!("Groups: {:?}, expected {gid}", field("Groups:")));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- parent
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn missing(need: Need) -> Option<String> {
+    match need {
+        Need::Root => {
+            // SAFETY: geteuid cannot fail.
+            let euid = unsafe { libc::geteuid() };
+            (euid != 0).then(|| format!("needs root (euid {euid})"))
+        }
+        Need::Landlock => {
+            // SAFETY: the Landlock version query takes no pointers.
+            let abi = unsafe {
+                libc::syscall(
+                    libc::SYS_landlock_create_ruleset,
+                    std::ptr::null::<libc::c_void>(),
+                    0usize,
+                    1u32,
+                )
+            };
+            (abi < 6).then(|| format!("needs Landlock ABI 6+ (kernel reports {abi})"))
+        }
+        Need::Seccomp => {
+            // SAFETY: PR_GET_SECCOMP takes no pointer arguments.
+            let mode = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+            let actions = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
+                .unwrap_or_default();
+            (mode != 0 || !actions.contains("kill_process")).then(|| {
+                format!(
+                    "needs seccomp filters (mode {mode}, actions {:?})",
+                    actions.trim()
+                )
+            })
+        }
+    }
+}
+
+fn ensure_test_user() -> Result<(), String> {
+    let exists = Command::new("id")
+        .args(["-u", TEST_USER])
+        .output()
+        .map_err(|e| format!("cannot run id: {e}"))?
+        .status
+        .success();
+    if exists {
+        return Ok(());
+    }
+    let out = Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--user-group",
+            "--shell",
+            "/usr/sbin/nologin",
+            TEST_USER,
+        ])
+        .output()
+        .map_err(|e| format!("cannot run useradd (install passwd): {e}"))?;
+    // Exit status 9: created concurrently by another run.
+    if out.status.success() || out.status.code() == Some(9) {
+        Ok(())
+    } else {
+        Err(format!(
+            "useradd {TEST_USER} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+struct Fixture {
+    dir: PathBuf,
+    home_file: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("weave-policy-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("model")).unwrap();
+        std::fs::create_dir_all(dir.join("other")).unwrap();
+        std::fs::write(dir.join("model").join("weights.bin"), b"weights").unwrap();
+        std::fs::write(dir.join("other").join("secret.txt"), b"secret").unwrap();
+        let home = std::env::var_os("HOME").map_or_else(|| dir.join("home"), PathBuf::from);
+        std::fs::create_dir_all(&home).unwrap();
+        let home_file = home.join(format!(".weave-policy-test-{}", std::process::id()));
+        std::fs::write(&home_file, b"home").unwrap();
+        Self { dir, home_file }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.home_file);
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (_, Some(s)) => format!("killed by signal {s}"),
+        _ => "unknown status".into(),
+    }
+}
+
+enum Outcome {
+    Ok,
+    Skipped(String),
+    Failed(String),
+}
+
+fn run_case(case: &Case, fixture: &Fixture) -> Outcome {
+    let missing: Vec<String> = case.needs.iter().filter_map(|&n| missing(n)).collect();
+    if !missing.is_empty() {
+        let reason = missing.join("; ");
+        return if in_ci() {
+            Outcome::Failed(format!("CI=true and {reason}"))
+        } else {
+            Outcome::Skipped(reason)
+        };
+    }
+    if case.needs.contains(&Need::Root) {
+        if let Err(e) = ensure_test_user() {
+            return Outcome::Failed(e);
+        }
+    }
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return Outcome::Failed(format!("current_exe: {e}")),
+    };
+    let output = Command::new(exe)
+        .args(["--exact", case.name, "--nocapture", "--test-threads=1"])
+        .env(PROBE_ENV, case.name)
+        .env(DIR_ENV, &fixture.dir)
+        .env("WEAVE_POLICY_PROBE_HOME_FILE", &fixture.home_file)
+        .output();
+    let output = match output {
+        Ok(o) => o,
+        Err(e) => return Outcome::Failed(format!("cannot spawn the probe: {e}")),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let detail = || {
+        format!(
+            "{}\n--- stdout:\n{stdout}--- stderr:\n{stderr}",
+            describe(output.status)
+        )
+    };
+    match case.expect {
+        Expect::Signal(sig) if output.status.signal() == Some(sig) => Outcome::Ok,
+        Expect::Signal(sig) => Outcome::Failed(format!("expected signal {sig}, got {}", detail())),
+        Expect::Success if output.status.success() => {
+            if case.name == "root_drops_to_test_user_with_nothing_left" {
+                if let Err(e) = check_drop_output(&stdout) {
+                    return Outcome::Failed(format!("{e}\n{}", detail()));
+                }
+            }
+            Outcome::Ok
+        }
+        Expect::Success => Outcome::Failed(detail()),
+    }
+}
+
+fn main() {
+    let cases = cases();
+    if let Ok(name) = std::env::var(PROBE_ENV) {
+        let dir = PathBuf::from(std::env::var_os(DIR_ENV).unwrap_or_default());
+        let Some(case) = cases.iter().find(|c| c.name == name) else {
+            eprintln!("unknown probe {name}");
+            std::process::exit(2);
+        };
+        std::process::exit((case.probe)(&dir));
+    }
+
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let exact = args.iter().any(|a| a == "--exact");
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let selected: Vec<&Case> = cases
+        .iter()
+        .filter(|c| {
+            filters.is_empty()
+                || filters.iter().any(|f| {
+                    if exact {
+                        c.name == f.as_str()
+                    } else {
+                        c.name.contains(f.as_str())
+                    }
+                })
+        })
+        .collect();
+    if args.iter().any(|a| a == "--list") {
+        for c in &selected {
+            println!("{}: test", c.name);
+        }
+        return;
+    }
+
+    let fixture = Fixture::new();
+    println!("\nrunning {} sandbox tests", selected.len());
+    let (mut passed, mut failed, mut skipped) = (0, Vec::new(), 0);
+    for case in selected {
+        match run_case(case, &fixture) {
+            Outcome::Ok => {
+                println!("test {} ... ok", case.name);
+                passed += 1;
+            }
+            Outcome::Skipped(reason) => {
+                println!("test {} ... skipped: {reason}", case.name);
+                skipped += 1;
+            }
+            Outcome::Failed(why) => {
+                println!("test {} ... FAILED\n{why}", case.name);
+                failed.push(case.name);
+            }
+        }
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {} failed; {skipped} skipped",
+        if failed.is_empty() { "ok" } else { "FAILED" },
+        failed.len()
+    );
+    if !failed.is_empty() {
+        println!("failures: {failed:?}");
+        std::process::exit(101);
+    }
+}

@@ -1,1 +1,0 @@
-//! TODO(foundation): config

@@ -1,0 +1,631 @@
+//! What a well-typed config must also satisfy: values that make sense on
+//! their own and together. Every rule names the key, the file position and a
+//! fix.
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use super::document::{KeyPath, SourceMap};
+use super::{
+    is_safetensors_name, Config, ConfigFile, ConfigProblem, Mode, ModelConfig,
+    MAX_SOCKET_PATH_BYTES,
+};
+use crate::validate::ParamBounds;
+
+/// Longest model id; ids appear in logs and in every request.
+const MAX_MODEL_ID_LEN: usize = 64;
+/// `useradd` and `groupadd` accept at most 32 bytes.
+const MAX_ACCOUNT_NAME_LEN: usize = 32;
+/// File name extensions of pickle-based checkpoints, which are never loaded
+/// (DESIGN.md invariant 2).
+const PICKLE_EXTENSIONS: [&str; 5] = ["ckpt", "pt", "pth", "bin", "pkl"];
+
+pub(super) struct Context<'a> {
+    pub(super) source_map: &'a SourceMap,
+    /// Absolute path of the config file.
+    pub(super) source: &'a Path,
+    pub(super) mode: Mode,
+    pub(super) model_origin: &'a [usize],
+    pub(super) models_in_file: usize,
+}
+
+struct Report<'a, 'p> {
+    context: &'a Context<'a>,
+    problems: &'p mut Vec<ConfigProblem>,
+}
+
+impl Report<'_, '_> {
+    fn invalid(&mut self, path: &KeyPath, problem: impl Into<String>, fix: impl Into<String>) {
+        self.problems.push(ConfigProblem::InvalidValue {
+            place: self.context.source_map.place(path),
+            key: path.to_string(),
+            problem: problem.into(),
+            fix: fix.into(),
+        });
+    }
+}
+
+pub(super) fn validate(
+    file: ConfigFile,
+    context: &Context<'_>,
+    problems: &mut Vec<ConfigProblem>,
+) -> Config {
+    let mut report = Report { context, problems };
+    let ConfigFile {
+        mode: _, // the caller's mode wins
+        daemon,
+        limits,
+        bounds,
+        audit,
+        worker,
+        output,
+        models,
+    } = file;
+    let mut config = Config {
+        source: context.source.to_path_buf(),
+        mode: context.mode,
+        daemon,
+        limits,
+        bounds,
+        audit,
+        worker,
+        output,
+        models,
+    };
+    check_daemon(&config, &mut report);
+    check_limits(&config, &mut report);
+    check_bounds(&config.bounds, &mut report);
+    check_audit_and_worker(&config, &mut report);
+    check_models(&mut config, &mut report);
+    config
+}
+
+fn check_socket_path(path: &Path, key: &KeyPath, report: &mut Report<'_, '_>) {
+    if !path.is_absolute() {
+        report.invalid(
+            key,
+            format!("is \"{}\", which is not an absolute path", path.display()),
+            "write the full path, starting with /",
+        );
+    }
+    let length = path.as_os_str().as_bytes().len();
+    if length > MAX_SOCKET_PATH_BYTES {
+        report.invalid(
+            key,
+            format!(
+                "is {length} bytes long; a Unix socket path holds at most \
+                 {MAX_SOCKET_PATH_BYTES}"
+            ),
+            "choose a shorter path",
+        );
+    }
+}
+
+/// Portable account names: what `useradd`/`groupadd` accept without
+/// `--badname`, and never all digits (that would read as a numeric id).
+fn is_account_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_ACCOUNT_NAME_LEN
+        && !name.starts_with('-')
+        && !name.bytes().all(|b| b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn check_daemon(config: &Config, report: &mut Report<'_, '_>) {
+    let daemon = &config.daemon;
+    if let Some(socket) = &daemon.socket {
+        check_socket_path(socket, &KeyPath::of(&["daemon", "socket"]), report);
+    }
+    let entries = [
+        ("client_group", &daemon.client_group, "weave-clients"),
+        ("admin_group", &daemon.admin_group, "weave-admins"),
+        ("user", &daemon.user, "weave"),
+    ];
+    match config.mode {
+        Mode::User => {
+            for (name, value, _) in entries {
+                if value.is_some() {
+                    report.invalid(
+                        &KeyPath::of(&["daemon", name]),
+                        "applies only in system mode; in user mode only your own uid may \
+                         connect and nothing changes user",
+                        format!("remove `{name}` from [daemon], or run the daemon with --system"),
+                    );
+                }
+            }
+        }
+        Mode::System => {
+            for (name, value, example) in entries {
+                let key = KeyPath::of(&["daemon", name]);
+                match value {
+                    None if name != "user" => report.invalid(
+                        &key,
+                        "is required in system mode: it decides who may connect",
+                        format!("add `{name} = \"{example}\"` under [daemon] (and create the group: `groupadd --system {example}`)"),
+                    ),
+                    None => {}
+                    Some(value) if !is_account_name(value) => report.invalid(
+                        &key,
+                        format!("is \"{value}\", which is not a valid account name"),
+                        format!(
+                            "use 1 to {MAX_ACCOUNT_NAME_LEN} of a-z A-Z 0-9 . _ -, not all \
+                             digits, like \"{example}\""
+                        ),
+                    ),
+                    Some(_) => {}
+                }
+            }
+            if let (Some(client), Some(admin)) = (&daemon.client_group, &daemon.admin_group) {
+                if client == admin {
+                    report.invalid(
+                        &KeyPath::of(&["daemon", "admin_group"]),
+                        format!(
+                            "is the same group as daemon.client_group (\"{admin}\"), which would \
+                             make every client an admin"
+                        ),
+                        "use a separate group for admins, like \"weave-admins\"",
+                    );
+                }
+            }
+            if daemon.user.as_deref() == Some("root") {
+                report.invalid(
+                    &KeyPath::of(&["daemon", "user"]),
+                    "is \"root\"; the broker and worker must drop root after setup",
+                    "use an unprivileged system account: `useradd --system --no-create-home \
+                     weave` and `user = \"weave\"`",
+                );
+            }
+        }
+    }
+}
+
+/// The largest PNG (8-bit RGB, stored without compression, which bounds
+/// the worst case) the bounds allow, plus its `parameters` text chunk.
+fn largest_png_bytes(bounds: &ParamBounds) -> u64 {
+    let (width, height) = (u64::from(bounds.max_width), u64::from(bounds.max_height));
+    let raw = height * (width * 3 + 1); // one filter byte per row
+    let deflate_stored = raw + 5 * (raw / 65_535 + 1) + 6;
+    let text_chunk = u64::from(bounds.max_prompt_len)
+        + u64::from(bounds.max_negative_prompt_len)
+        + 4096;
+    // Signature, IHDR, IEND and one IDAT chunk header per 1 MiB.
+    deflate_stored + text_chunk + 64 + 12 * (deflate_stored / (1 << 20) + 1)
+}
+
+fn check_limits(config: &Config, report: &mut Report<'_, '_>) {
+    let limits = &config.limits;
+    let values = [
+        ("queue_depth", limits.queue_depth),
+        ("per_client_queue_depth", limits.per_client_queue_depth),
+        ("rate_per_minute", limits.rate_per_minute),
+        ("rate_burst", limits.rate_burst),
+        ("queue_deadline_s", limits.queue_deadline_s),
+        ("job_timeout_s", limits.job_timeout_s),
+        ("idle_unload_s", limits.idle_unload_s),
+        ("max_response_frame", limits.max_response_frame),
+    ];
+    for (name, value) in values {
+        if value == 0 {
+            report.invalid(
+                &KeyPath::of(&["limits", name]),
+                "is 0; it must be at least 1",
+                format!("set `{name}` to a positive number, or remove it for the default"),
+            );
+        }
+    }
+    if limits.per_client_queue_depth > limits.queue_depth {
+        report.invalid(
+            &KeyPath::of(&["limits", "per_client_queue_depth"]),
+            format!(
+                "is {}, larger than limits.queue_depth ({}), so one client could fill the \
+                 whole queue and more",
+                limits.per_client_queue_depth, limits.queue_depth
+            ),
+            format!(
+                "set it to at most {}, or raise limits.queue_depth",
+                limits.queue_depth
+            ),
+        );
+    }
+    let needed = largest_png_bytes(&config.bounds);
+    if limits.max_response_frame != 0 && u64::from(limits.max_response_frame) < needed {
+        report.invalid(
+            &KeyPath::of(&["limits", "max_response_frame"]),
+            format!(
+                "is {} bytes, too small for the largest image the bounds allow ({}x{}: up to \
+                 {needed} bytes as PNG)",
+                limits.max_response_frame, config.bounds.max_width, config.bounds.max_height
+            ),
+            format!(
+                "raise it to at least {needed}, or lower bounds.max_width / bounds.max_height"
+            ),
+        );
+    }
+}
+
+fn check_bounds(bounds: &ParamBounds, report: &mut Report<'_, '_>) {
+    let key = |name: &str| KeyPath::of(&["bounds", name]);
+    for (name, value) in [
+        ("min_width", bounds.min_width),
+        ("max_width", bounds.max_width),
+        ("min_height", bounds.min_height),
+        ("max_height", bounds.max_height),
+    ] {
+        if value == 0 || value % 8 != 0 {
+            let lower = value / 8 * 8;
+            let suggestion = if lower == 0 { 8 } else { lower };
+            report.invalid(
+                &key(name),
+                format!(
+                    "is {value}; image sizes must be positive multiples of 8 (the VAE scales \
+                     by 8)"
+                ),
+                format!("use a multiple of 8, like {suggestion} or {}", lower + 8),
+            );
+        }
+    }
+    for (min_name, min, max_name, max) in [
+        ("min_width", bounds.min_width, "max_width", bounds.max_width),
+        ("min_height", bounds.min_height, "max_height", bounds.max_height),
+    ] {
+        if min > max {
+            report.invalid(
+                &key(min_name),
+                format!("is {min}, larger than bounds.{max_name} ({max})"),
+                format!("make bounds.{min_name} at most bounds.{max_name}"),
+            );
+        }
+    }
+    for (name, value) in [
+        ("max_steps", bounds.max_steps),
+        ("max_prompt_len", bounds.max_prompt_len),
+        ("max_batch", bounds.max_batch),
+    ] {
+        if value == 0 {
+            report.invalid(
+                &key(name),
+                "is 0, which would refuse every request",
+                format!("set `{name}` to at least 1, or remove it for the default"),
+            );
+        }
+    }
+    let guidance_ok = |value: f32| value.is_finite() && value >= 0.0;
+    for (name, value) in [
+        ("min_guidance", bounds.min_guidance),
+        ("max_guidance", bounds.max_guidance),
+    ] {
+        if !guidance_ok(value) {
+            report.invalid(
+                &key(name),
+                format!("is {value}; guidance must be a finite number of 0 or more"),
+                "use a value like 1.0 or 30.0",
+            );
+        }
+    }
+    if guidance_ok(bounds.min_guidance)
+        && guidance_ok(bounds.max_guidance)
+        && bounds.min_guidance > bounds.max_guidance
+    {
+        report.invalid(
+            &key("min_guidance"),
+            format!(
+                "is {}, larger than bounds.max_guidance ({})",
+                bounds.min_guidance, bounds.max_guidance
+            ),
+            "make bounds.min_guidance at most bounds.max_guidance",
+        );
+    }
+}
+
+fn check_audit_and_worker(config: &Config, report: &mut Report<'_, '_>) {
+    check_socket_path(&config.audit.sink, &KeyPath::of(&["audit", "sink"]), report);
+    if config.mode == Mode::System && config.worker.seccomp_debug {
+        report.invalid(
+            &KeyPath::of(&["worker", "seccomp_debug"]),
+            "is true in system mode; it lets a compromised worker make forbidden system calls \
+             instead of being killed",
+            "set `seccomp_debug = false` (debug the seccomp allowlist in user mode)",
+        );
+    }
+}
+
+fn is_model_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_MODEL_ID_LEN
+        && bytes[0].is_ascii_lowercase() | bytes[0].is_ascii_digit()
+        && bytes.iter().all(|&b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
+}
+
+fn check_models(config: &mut Config, report: &mut Report<'_, '_>) {
+    let context = report.context;
+    if config.models.is_empty() && context.models_in_file == 0 {
+        report.invalid(
+            &KeyPath::of(&["model"]),
+            "is missing: no [[model]] is defined, so the daemon would have nothing to run",
+            "add a [[model]] table with id, kind and path (see docs/weave.example.toml)",
+        );
+    }
+    let config_dir = context.source.parent().unwrap_or(Path::new("/"));
+    let mut first_with_id: HashMap<String, usize> = HashMap::new();
+    for (position, model) in config.models.iter_mut().enumerate() {
+        let index = context.model_origin.get(position).copied().unwrap_or(position);
+        let here = KeyPath::model(index);
+        check_model_id(model, index, &here, &mut first_with_id, report);
+
+        if model.path.as_os_str().is_empty() {
+            report.invalid(
+                &here.key("path"),
+                "is empty",
+                "set it to a diffusers folder or a .safetensors file",
+            );
+        } else if model.path.is_relative() {
+            model.path = config_dir.join(&model.path);
+        }
+        if let Some(extension) = model.path.extension().and_then(|e| e.to_str()) {
+            if PICKLE_EXTENSIONS.contains(&extension.to_ascii_lowercase().as_str()) {
+                report.invalid(
+                    &here.key("path"),
+                    format!(
+                        "names a .{extension} file; pickle-based checkpoints can run code \
+                         when loaded and are never read"
+                    ),
+                    "convert the checkpoint to .safetensors and point `path` at that",
+                );
+            }
+        }
+        if let Some(sha256) = &mut model.sha256 {
+            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                report.invalid(
+                    &here.key("sha256"),
+                    "is not a SHA-256 digest (64 hexadecimal digits)",
+                    "write the output of `sha256sum <file>`, or remove the pin",
+                );
+            }
+            sha256.make_ascii_lowercase();
+            if !is_safetensors_name(&model.path) {
+                report.invalid(
+                    &here.key("sha256"),
+                    "pins a folder; a pin covers only a single-file .safetensors checkpoint",
+                    "remove `sha256`, or point `path` at a .safetensors file",
+                );
+            }
+        }
+        check_model_defaults(model, &here, &config.bounds, report);
+    }
+}
+
+fn check_model_id(
+    model: &ModelConfig,
+    index: usize,
+    here: &KeyPath,
+    first_with_id: &mut HashMap<String, usize>,
+    report: &mut Report<'_, '_>,
+) {
+    if !is_model_id(&model.id) {
+        report.invalid(
+            &here.key("id"),
+            format!("is \"{}\", which is not a valid model id", model.id),
+            format!(
+                "use 1 to {MAX_MODEL_ID_LEN} of a-z 0-9 . _ -, starting with a letter or digit, \
+                 like \"sd15-base\""
+            ),
+        );
+    }
+    if let Some(&first) = first_with_id.get(&model.id) {
+        let first_place = report.context.source_map.place(&KeyPath::model(first).key("id"));
+        let at = match first_place.location {
+            Some(location) => format!(" at line {}", location.line),
+            None => String::new(),
+        };
+        report.invalid(
+            &here.key("id"),
+            format!(
+                "is \"{}\", the same id as model[{first}]{at}; clients choose models by id, so \
+                 ids must be unique",
+                model.id
+            ),
+            "rename one of them",
+        );
+    } else {
+        first_with_id.insert(model.id.clone(), index);
+    }
+}
+
+fn check_model_defaults(
+    model: &ModelConfig,
+    here: &KeyPath,
+    bounds: &ParamBounds,
+    report: &mut Report<'_, '_>,
+) {
+    let defaults = model.defaults();
+    let given = &model.defaults;
+    let key = |name: &str| here.key("defaults").key(name);
+    // Where a value came from, for the message: the user's, or the kind's.
+    let origin = |set: bool| {
+        if set {
+            String::new()
+        } else {
+            format!(" (the default for kind \"{}\")", model.kind)
+        }
+    };
+    let fix_for = |name: &str, set: bool, range: String| {
+        if set {
+            format!("choose a value in {range}, or widen [bounds]")
+        } else {
+            format!(
+                "add [model.defaults] with `{name} = ...` in {range} to this model, or widen \
+                 [bounds]"
+            )
+        }
+    };
+    for (name, value, set, min, max) in [
+        ("width", defaults.width, given.width.is_some(), bounds.min_width, bounds.max_width),
+        ("height", defaults.height, given.height.is_some(), bounds.min_height, bounds.max_height),
+    ] {
+        if value < min || value > max || value % 8 != 0 {
+            report.invalid(
+                &key(name),
+                format!(
+                    "is {value}{}, outside the bounds {min}..={max} or not a multiple of 8",
+                    origin(set)
+                ),
+                fix_for(name, set, format!("{min}..={max} (a multiple of 8)")),
+            );
+        }
+    }
+    if defaults.steps == 0 || defaults.steps > bounds.max_steps {
+        let set = given.steps.is_some();
+        report.invalid(
+            &key("steps"),
+            format!(
+                "is {}{}, outside 1..={} (bounds.max_steps)",
+                defaults.steps,
+                origin(set),
+                bounds.max_steps
+            ),
+            fix_for("steps", set, format!("1..={}", bounds.max_steps)),
+        );
+    }
+    let guidance = defaults.guidance;
+    if !guidance.is_finite() || guidance < bounds.min_guidance || guidance > bounds.max_guidance {
+        let set = given.guidance.is_some();
+        report.invalid(
+            &key("guidance"),
+            format!(
+                "is {guidance}{}, outside the bounds {}..={}",
+                origin(set),
+                bounds.min_guidance,
+                bounds.max_guidance
+            ),
+            fix_for(
+                "guidance",
+                set,
+                format!("{}..={}", bounds.min_guidance, bounds.max_guidance),
+            ),
+        );
+    }
+    let negative_len = defaults.negative_prompt.len();
+    if negative_len > bounds.max_negative_prompt_len as usize {
+        report.invalid(
+            &key("negative_prompt"),
+            format!(
+                "is {negative_len} bytes long, more than bounds.max_negative_prompt_len ({})",
+                bounds.max_negative_prompt_len
+            ),
+            "shorten it, or raise bounds.max_negative_prompt_len",
+        );
+    }
+}
+
+/// One model's path, for [`Config::check_model_paths`].
+pub(super) fn check_model_path(config: &Path, model: &ModelConfig) -> Option<ConfigProblem> {
+    let problem = |problem: String, fix: String| ConfigProblem::ModelPath {
+        config: config.to_path_buf(),
+        model_id: model.id.clone(),
+        path: model.path.clone(),
+        problem,
+        fix,
+    };
+    let path = &model.path;
+    let config_dir = config.parent().unwrap_or(Path::new("/")).display().to_string();
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Some(problem(
+                "does not exist".into(),
+                format!(
+                    "put the model there, or correct `path` of this [[model]] (a relative path \
+                     is taken from {config_dir})"
+                ),
+            ))
+        }
+        Err(error) => {
+            return Some(problem(
+                format!("cannot be examined: {error}"),
+                "make every directory above it searchable (`chmod o+x DIR`) by the daemon \
+                 account"
+                    .into(),
+            ))
+        }
+    };
+    if model.is_single_file() {
+        if !metadata.is_file() {
+            return Some(problem(
+                "ends in .safetensors but is not a regular file".into(),
+                "point `path` at the checkpoint file itself, or at a diffusers folder \
+                 (without the .safetensors name)"
+                    .into(),
+            ));
+        }
+        if let Err(error) = std::fs::File::open(path) {
+            return Some(problem(
+                format!("cannot be opened: {error}"),
+                format!("make it readable: `chmod 0644 {}`", path.display()),
+            ));
+        }
+    } else {
+        if metadata.is_file() {
+            return Some(problem(
+                "is a file; a single-file checkpoint must be a .safetensors file (only \
+                 safetensors is read)"
+                    .into(),
+                "convert it to .safetensors and name it *.safetensors, or point `path` at a \
+                 diffusers folder"
+                    .into(),
+            ));
+        }
+        if !metadata.is_dir() {
+            return Some(problem(
+                "is neither a directory nor a regular file".into(),
+                "point `path` at a diffusers folder or a .safetensors file".into(),
+            ));
+        }
+        if let Err(error) = std::fs::read_dir(path) {
+            return Some(problem(
+                format!("cannot be listed: {error}"),
+                format!("make it readable: `chmod 0755 {}`", path.display()),
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_ids_are_short_lowercase_names() {
+        for good in ["digits", "sd15-base", "a", "v1.5_x", "0abc"] {
+            assert!(is_model_id(good), "{good}");
+        }
+        let long = "a".repeat(MAX_MODEL_ID_LEN + 1);
+        for bad in ["", "Digits", ".hidden", "-x", "a/b", "a b", "é", long.as_str()] {
+            assert!(!is_model_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn account_names_follow_useradd() {
+        for good in ["weave", "weave-clients", "_weave", "Weave.x"] {
+            assert!(is_account_name(good), "{good}");
+        }
+        for bad in ["", "1000", "-weave", "a b", "a:b", &"g".repeat(33)] {
+            assert!(!is_account_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_bounds_fit_the_default_frame() {
+        let bounds = ParamBounds::default();
+        let needed = largest_png_bytes(&bounds);
+        assert!(needed > 1024 * 1024 * 3, "{needed}");
+        assert!(needed < u64::from(super::super::Limits::default().max_response_frame));
+    }
+}

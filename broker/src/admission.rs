@@ -65,27 +65,27 @@ impl<T> AdmissionQueue<T> {
         self.total == 0
     }
 
-    /// Checks whether one more item from `owner` would be admitted.
-    pub fn check_room(&self, owner: &Owner) -> Result<(), AdmissionError> {
-        if self.total >= self.max_total {
+    /// Checks whether one more job from `uid` would be admitted. Both limits
+    /// count queued jobs plus the running one (`running_uid`), if any.
+    pub fn check_room(&self, uid: u32, running_uid: Option<u32>) -> Result<(), AdmissionError> {
+        if self.total + usize::from(running_uid.is_some()) >= self.max_total {
             return Err(AdmissionError::QueueFull);
         }
-        let mine = self.per_owner.get(owner).map_or(0, VecDeque::len);
-        if mine >= self.max_per_owner {
+        let queued: usize = self
+            .per_owner
+            .iter()
+            .filter(|(owner, _)| owner.uid == uid)
+            .map(|(_, queue)| queue.len())
+            .sum();
+        if queued + usize::from(running_uid == Some(uid)) >= self.max_per_owner {
             return Err(AdmissionError::OwnerQueueFull);
         }
         Ok(())
     }
 
-    /// Queues an item; returns its position (0 = next to run).
-    pub fn push(
-        &mut self,
-        id: u64,
-        owner: Owner,
-        now: Instant,
-        item: T,
-    ) -> Result<u32, AdmissionError> {
-        self.check_room(&owner)?;
+    /// Queues an item (after [`Self::check_room`]); returns its position
+    /// (0 = next to run).
+    pub fn push(&mut self, id: u64, owner: Owner, now: Instant, item: T) -> u32 {
         let queue = self.per_owner.entry(owner.clone()).or_default();
         if queue.is_empty() {
             self.rotation.push_back(owner.clone());
@@ -102,7 +102,7 @@ impl<T> AdmissionQueue<T> {
         if let Some(entry) = self.find_mut(id) {
             entry.reported_position = position;
         }
-        Ok(position)
+        position
     }
 
     /// Takes the next item in round-robin order.
@@ -293,12 +293,12 @@ mod tests {
         let now = Instant::now();
         let mut queue = AdmissionQueue::new(100, 100);
         for i in 0..3 {
-            queue.push(i, owner(1, "a"), now, ()).unwrap();
+            queue.push(i, owner(1, "a"), now, ());
         }
         for i in 10..13 {
-            queue.push(i, owner(1, "b"), now, ()).unwrap();
+            queue.push(i, owner(1, "b"), now, ());
         }
-        queue.push(20, owner(2, ""), now, ()).unwrap();
+        queue.push(20, owner(2, ""), now, ());
         assert_eq!(queue.service_order(), vec![0, 10, 20, 1, 11, 2, 12]);
         assert_eq!(queue.position_of(20), Some(2));
         let popped: Vec<u64> = std::iter::from_fn(|| queue.pop().map(|e| e.id)).collect();
@@ -307,30 +307,36 @@ mod tests {
     }
 
     #[test]
-    fn depth_limits_refuse_without_queuing() {
+    fn depth_limits_count_queued_and_running_per_uid() {
         let now = Instant::now();
-        let mut queue = AdmissionQueue::new(3, 2);
-        queue.push(1, owner(1, ""), now, ()).unwrap();
-        queue.push(2, owner(1, ""), now, ()).unwrap();
+        let mut queue = AdmissionQueue::new(5, 2);
+        queue.push(1, owner(1, "a"), now, ());
+        // Tags of one uid share its limit.
+        assert_eq!(queue.check_room(1, None), Ok(()));
+        queue.push(2, owner(1, "b"), now, ());
         assert_eq!(
-            queue.push(3, owner(1, ""), now, ()),
+            queue.check_room(1, None),
             Err(AdmissionError::OwnerQueueFull)
         );
-        queue.push(4, owner(2, ""), now, ()).unwrap();
+        assert_eq!(queue.check_room(2, Some(2)), Ok(()));
+        queue.push(3, owner(2, ""), now, ());
         assert_eq!(
-            queue.push(5, owner(3, ""), now, ()),
-            Err(AdmissionError::QueueFull)
+            queue.check_room(2, Some(2)),
+            Err(AdmissionError::OwnerQueueFull)
         );
-        assert_eq!(queue.len(), 3);
+        assert_eq!(queue.check_room(3, Some(2)), Ok(()));
+        queue.push(4, owner(3, ""), now, ());
+        assert_eq!(queue.check_room(4, Some(2)), Err(AdmissionError::QueueFull));
+        assert_eq!(queue.check_room(4, None), Ok(()));
     }
 
     #[test]
     fn remove_and_positions_update() {
         let now = Instant::now();
         let mut queue = AdmissionQueue::new(10, 10);
-        queue.push(1, owner(1, ""), now, ()).unwrap();
-        queue.push(2, owner(1, ""), now, ()).unwrap();
-        queue.push(3, owner(1, ""), now, ()).unwrap();
+        queue.push(1, owner(1, ""), now, ());
+        queue.push(2, owner(1, ""), now, ());
+        queue.push(3, owner(1, ""), now, ());
         assert!(queue.take_position_changes().is_empty());
         assert_eq!(queue.remove(1).unwrap().id, 1);
         assert_eq!(queue.take_position_changes(), vec![(2, 0), (3, 1)]);
@@ -344,10 +350,8 @@ mod tests {
     fn deadline_expires_old_items() {
         let start = Instant::now();
         let mut queue = AdmissionQueue::new(10, 10);
-        queue.push(1, owner(1, ""), start, ()).unwrap();
-        queue
-            .push(2, owner(2, ""), start + Duration::from_secs(5), ())
-            .unwrap();
+        queue.push(1, owner(1, ""), start, ());
+        queue.push(2, owner(2, ""), start + Duration::from_secs(5), ());
         let expired = queue.expire(start + Duration::from_secs(10), Duration::from_secs(10));
         assert_eq!(expired.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1]);
         assert_eq!(queue.len(), 1);

@@ -15,7 +15,7 @@ use crate::auth::{AuthError, Authorizer};
 use crate::modes::{self, ModeError, Options, SystemOwnership};
 use crate::scheduler::Broker;
 use crate::server;
-use crate::settings::{self, Settings, SettingsError, TrustedOwners};
+use crate::settings::{self, Config, ConfigErrors};
 use crate::sys;
 
 /// Why the daemon could not start.
@@ -24,7 +24,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Mode(#[from] ModeError),
     #[error(transparent)]
-    Settings(#[from] SettingsError),
+    Config(#[from] ConfigErrors),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("cannot confine the broker: {0}")]
@@ -46,29 +46,31 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
         return Err(ModeError::SystemNeedsRoot.into());
     }
     let config_path = options.config_path()?;
-    let settings = match options.mode {
-        Mode::User => Settings::load(&config_path, TrustedOwners::User(euid))?,
+    let trusted_uids = match options.mode {
+        Mode::User => vec![euid],
         Mode::System => {
-            // Trust root or the `weave` service account, never a name taken
-            // from the file being checked.
-            let service_uid = sys::user_by_name(SERVICE_ACCOUNT)
-                .ok()
-                .flatten()
-                .map(|user| user.uid);
-            Settings::load(&config_path, TrustedOwners::RootOr(service_uid))?
+            // Root or the `weave` service account, never a name taken from
+            // the file being checked.
+            let mut uids = vec![0];
+            if let Ok(Some(user)) = sys::user_by_name(SERVICE_ACCOUNT) {
+                uids.push(user.uid);
+            }
+            uids
         }
     };
+    let settings = settings::load(&config_path, options.mode, &trusted_uids)?;
     let audit = Arc::new(AuditLog::new(
         settings.audit.sink.clone(),
-        settings::syslog_facility(&settings.audit.facility)?,
+        settings::syslog_facility(settings.audit.facility),
         settings.audit.log_prompts,
     ));
 
     let authorizer = match options.mode {
         Mode::User => Authorizer::user_mode(euid),
-        Mode::System => {
-            Authorizer::system_mode(&settings.daemon.client_group, &settings.daemon.admin_group)?
-        }
+        Mode::System => Authorizer::system_mode(
+            settings.daemon.client_group.as_deref().unwrap_or_default(),
+            settings.daemon.admin_group.as_deref().unwrap_or_default(),
+        )?,
     };
 
     // The socket: from systemd, or bound here.
@@ -94,7 +96,7 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
     // Confinement, while still single-threaded.
     match options.mode {
         Mode::System => {
-            weave_policy::broker::drop_privileges(&settings.daemon.user)
+            weave_policy::broker::drop_privileges(settings.daemon_user())
                 .map_err(|error| DaemonError::Confine(error.to_string()))?;
         }
         Mode::User => {
@@ -103,7 +105,8 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
         }
     }
 
-    let mut runner = crate::worker_runner::start(&settings).map_err(DaemonError::Worker)?;
+    let mut runner = crate::worker_runner::start(&settings)
+        .map_err(|error| DaemonError::Worker(error.to_string()))?;
     let broker = Broker::new(
         settings,
         options.mode,
@@ -168,15 +171,17 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn system_ownership(settings: &Settings) -> Result<SystemOwnership, DaemonError> {
-    let user = sys::user_by_name(&settings.daemon.user)
+fn system_ownership(settings: &Config) -> Result<SystemOwnership, DaemonError> {
+    let user_name = settings.daemon_user();
+    let user = sys::user_by_name(user_name)
         .ok()
         .flatten()
-        .ok_or_else(|| ModeError::NoSuchUser(settings.daemon.user.clone()))?;
-    let client_gid = sys::group_id_by_name(&settings.daemon.client_group)
+        .ok_or_else(|| ModeError::NoSuchUser(user_name.to_owned()))?;
+    let group = settings.daemon.client_group.clone().unwrap_or_default();
+    let client_gid = sys::group_id_by_name(&group)
         .ok()
         .flatten()
-        .ok_or_else(|| ModeError::NoSuchGroup(settings.daemon.client_group.clone()))?;
+        .ok_or(ModeError::NoSuchGroup(group))?;
     Ok(SystemOwnership {
         service_uid: user.uid,
         client_gid,

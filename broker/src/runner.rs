@@ -1,6 +1,7 @@
 //! The seam between the scheduler and whatever runs generation jobs: the
 //! worker supervisor in production, a scripted runner in scheduler tests.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -47,6 +48,8 @@ pub enum RunnerError {
     LoadFailed,
     #[error("the worker is not available")]
     Unavailable,
+    #[error("the engine refused or failed the job")]
+    Engine,
 }
 
 /// A non-blocking view of the worker, answered even mid-restart.
@@ -90,13 +93,13 @@ pub trait JobRunner: Send {
     fn load(&mut self, model_id: &str) -> Result<(), RunnerError>;
     fn unload(&mut self) -> Result<(), RunnerError>;
     /// Runs one job. `on_progress(step, total)` after every step;
-    /// `cancelled()` is polled between steps.
+    /// `cancel` is polled while waiting; the worker stops between steps.
     fn run_job(
         &mut self,
         job: &WorkerJob,
         deadline: Instant,
         on_progress: &mut dyn FnMut(u32, u32),
-        cancelled: &dyn Fn() -> bool,
+        cancel: &AtomicBool,
     ) -> Result<Vec<RawImage>, RunnerError>;
     /// Re-keys the channel.
     fn rotate_keys(&mut self) -> Result<(), RunnerError>;

@@ -20,7 +20,7 @@ use crate::admission::{AdmissionError, AdmissionQueue, Owner, RateLimiter};
 use crate::audit::{AuditLog, AuditRecord, Severity};
 use crate::output;
 use crate::runner::{JobRunner, RunnerError, RunnerStatus, StatusSource, WorkerJob};
-use crate::settings::Settings;
+use crate::settings::{self, Config};
 use crate::validation;
 
 /// A queued job's payload.
@@ -73,7 +73,7 @@ struct State {
 
 /// Shared broker state. Cheap to clone through `Arc`.
 pub struct Broker {
-    settings: Settings,
+    settings: Config,
     mode: Mode,
     started: Instant,
     audit: Arc<AuditLog>,
@@ -91,7 +91,7 @@ pub struct Admission {
 
 impl Broker {
     pub fn new(
-        settings: Settings,
+        settings: Config,
         mode: Mode,
         audit: Arc<AuditLog>,
         status: Arc<dyn StatusSource>,
@@ -137,13 +137,13 @@ impl Broker {
         self.mode
     }
 
-    pub fn settings(&self) -> &Settings {
+    pub fn settings(&self) -> &Config {
         &self.settings
     }
 
     /// Validates and admits a job. Nothing is queued on error.
     pub fn submit(&self, uid: u32, request: &GenerateRequest) -> Result<Admission, ErrorCode> {
-        weave_common::validate::validate_generate(request, &self.settings.limits.bounds)?;
+        weave_common::validate::validate_generate(request, &self.settings.bounds)?;
         let model =
             self.settings
                 .model(&request.model_id)
@@ -152,13 +152,8 @@ impl Broker {
                 })?;
         let mut state = self.lock();
         let job_id = state.next_job_id;
-        let job = validation::resolve(
-            request,
-            model,
-            &self.settings.limits.bounds,
-            job_id,
-            random_seed(),
-        )?;
+        let job =
+            validation::resolve(request, model, &self.settings.bounds, job_id, random_seed())?;
         if state.shutting_down || state.draining {
             return Err(ErrorCode::ShuttingDown);
         }
@@ -169,7 +164,8 @@ impl Broker {
         if self.status.snapshot().quarantined.contains(&model.id) {
             return Err(ErrorCode::ModelQuarantined);
         }
-        if let Err(error) = state.queue.check_room(&owner) {
+        let running_uid = state.running.as_ref().map(|running| running.owner.uid);
+        if let Err(error) = state.queue.check_room(uid, running_uid) {
             let queued = u32::try_from(state.queue.len()).unwrap_or(u32::MAX);
             let per_job = state.recent_job_ms.max(100);
             let retry_after_ms = match error {
@@ -190,13 +186,7 @@ impl Broker {
             cancel: Arc::new(AtomicBool::new(false)),
             submitted: now,
         };
-        let position =
-            state
-                .queue
-                .push(job_id, owner, now, pending)
-                .map_err(|_| ErrorCode::Busy {
-                    retry_after_ms: 1000,
-                })?;
+        let position = state.queue.push(job_id, owner, now, pending);
         state.next_job_id += 1;
         drop(state);
         self.wake.notify_all();
@@ -284,19 +274,19 @@ impl Broker {
         let state = self.lock();
         let snapshot = self.status.snapshot();
         self.settings
-            .model
+            .models
             .iter()
             .map(|model| ModelInfo {
                 id: model.id.clone(),
-                kind: model.kind.clone(),
+                kind: model.kind.to_string(),
                 loaded: state
                     .loaded
                     .as_ref()
                     .is_some_and(|l| l.model_id == model.id),
                 pinned: state.pinned.contains(&model.id),
                 quarantined: snapshot.quarantined.contains(&model.id),
-                defaults: model.generation_defaults(),
-                bounds: self.settings.limits.bounds.clone(),
+                defaults: settings::generation_defaults(model),
+                bounds: self.settings.bounds.clone(),
             })
             .collect()
     }
@@ -387,7 +377,7 @@ impl Broker {
         }
         self.wake.notify_all();
         // A model load can take a while; a running job finishes first.
-        let limit = Duration::from_secs(self.settings.limits.job_timeout_s.saturating_add(120));
+        let limit = self.settings.limits.job_timeout() + Duration::from_secs(120);
         receiver
             .recv_timeout(limit)
             .unwrap_or(Err(ErrorCode::Internal))
@@ -441,8 +431,8 @@ impl Broker {
     /// The scheduler thread's body; returns after `begin_shutdown`, with the
     /// worker stopped.
     pub fn run_scheduler(&self, runner: &mut dyn JobRunner) {
-        let idle = Duration::from_secs(self.settings.limits.idle_unload_s);
-        let deadline = Duration::from_secs(self.settings.limits.queue_deadline_s);
+        let idle = self.settings.limits.idle_unload();
+        let deadline = self.settings.limits.queue_deadline();
         let mut state = self.lock();
         loop {
             if state.shutting_down {
@@ -601,7 +591,7 @@ impl Broker {
             job_id: job.job_id,
             seed: job.seed,
         });
-        let deadline = Instant::now() + Duration::from_secs(self.settings.limits.job_timeout_s);
+        let deadline = Instant::now() + self.settings.limits.job_timeout();
         let mut on_progress = |step: u32, total: u32| {
             send(Response::Progress {
                 job_id: job.job_id,
@@ -609,9 +599,7 @@ impl Broker {
                 total,
             });
         };
-        let cancel = pending.cancel.clone();
-        let cancelled = move || cancel.load(Ordering::SeqCst);
-        let images = match runner.run_job(job, deadline, &mut on_progress, &cancelled) {
+        let images = match runner.run_job(job, deadline, &mut on_progress, &pending.cancel) {
             Ok(images) => images,
             Err(error) => {
                 let code = match error {
@@ -619,9 +607,10 @@ impl Broker {
                     RunnerError::Cancelled => ErrorCode::Cancelled,
                     RunnerError::TimedOut => ErrorCode::TimedOut,
                     RunnerError::Quarantined => ErrorCode::ModelQuarantined,
-                    RunnerError::WorkerCrashed
-                    | RunnerError::LoadFailed
-                    | RunnerError::Unavailable => ErrorCode::WorkerCrashed,
+                    RunnerError::WorkerCrashed | RunnerError::Unavailable => {
+                        ErrorCode::WorkerCrashed
+                    }
+                    RunnerError::LoadFailed | RunnerError::Engine => ErrorCode::Internal,
                 };
                 if matches!(code, ErrorCode::WorkerCrashed) {
                     // The worker restarted without the model.
@@ -729,7 +718,7 @@ mod tests {
             job: &WorkerJob,
             _deadline: Instant,
             on_progress: &mut dyn FnMut(u32, u32),
-            cancelled: &dyn Fn() -> bool,
+            cancel: &AtomicBool,
         ) -> Result<Vec<RawImage>, RunnerError> {
             let mut open = self.log.gate.lock().unwrap();
             while !*open {
@@ -748,7 +737,7 @@ mod tests {
                 return Err(RunnerError::WorkerCrashed);
             }
             for step in 1..=job.steps {
-                if cancelled() {
+                if cancel.load(Ordering::SeqCst) {
                     self.log.saw_cancel.store(true, Ordering::SeqCst);
                     return Err(RunnerError::Cancelled);
                 }
@@ -786,11 +775,16 @@ mod tests {
         fn new(limits: &str, step_ms: u64) -> Self {
             let toml = format!(
                 "[limits]\n{limits}\n[audit]\nsink = \"/nonexistent/weave-test-sink\"\n\
-                 [[model]]\nid = \"digits\"\nkind = \"digits\"\npath = \"/m\"\n\
+                 [[model]]\nid = \"digits\"\nkind = \"sd1\"\npath = \"/m\"\n\
                  [model.defaults]\nwidth = 32\nheight = 32\nsteps = 3\nguidance = 1.0\n\
                  scheduler = \"ddim\"\n"
             );
-            let settings = Settings::from_toml(&toml, Path::new("test")).unwrap();
+            let settings = Config::from_toml_str(
+                &toml,
+                Path::new("/test.toml"),
+                weave_common::config::Mode::User,
+            )
+            .unwrap();
             let audit = Arc::new(AuditLog::new(
                 "/nonexistent/weave-test-sink".into(),
                 syslog::Facility::LOG_DAEMON,
@@ -870,7 +864,7 @@ mod tests {
     #[test]
     fn two_tags_are_served_interleaved() {
         let harness = Harness::new(
-            "per_client_queue_depth = 10\nqueue_depth = 32\nrate_burst = 30",
+            "per_client_queue_depth = 32\nqueue_depth = 32\nrate_burst = 30",
             0,
         );
         harness.set_gate(false);
@@ -900,7 +894,7 @@ mod tests {
     #[test]
     fn full_queue_is_busy_and_rate_limit_applies() {
         let harness = Harness::new(
-            "queue_depth = 2\nper_client_queue_depth = 2\nrate_burst = 30",
+            "queue_depth = 3\nper_client_queue_depth = 2\nrate_burst = 30",
             0,
         );
         harness.set_gate(false);

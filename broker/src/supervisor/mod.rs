@@ -31,7 +31,8 @@ use std::time::{Duration, Instant, SystemTime};
 use weave_common::proto::ErrorCode;
 use weave_common::worker_proto::channel::{BrokerEndpoint, ChannelError, EndpointStats};
 use weave_common::worker_proto::{
-    FromWorker, ModelEntry, SandboxReport, ToWorker, WorkerDevice, WorkerFailure, WorkerGenerateParams,
+    FromWorker, ModelEntry, SandboxReport, ToWorker, WorkerDevice, WorkerFailure,
+    WorkerGenerateParams,
 };
 
 /// How often a wait for the worker also checks whether it is still alive.
@@ -159,7 +160,9 @@ impl SupervisorError {
     /// What a client sees. Never carries paths, keys or internal ids.
     pub fn error_code(&self) -> ErrorCode {
         match self {
-            SupervisorError::UnknownModel { model_id } => ErrorCode::UnknownModel { model_id: model_id.clone() },
+            SupervisorError::UnknownModel { model_id } => ErrorCode::UnknownModel {
+                model_id: model_id.clone(),
+            },
             SupervisorError::Quarantined { .. } => ErrorCode::ModelQuarantined,
             SupervisorError::WorkerCrashed(_) => ErrorCode::WorkerCrashed,
             SupervisorError::TimedOut => ErrorCode::TimedOut,
@@ -279,9 +282,14 @@ impl SupervisorHandle {
 pub enum JobEvent {
     /// The job's model had to be loaded first.
     ModelLoaded(LoadInfo),
-    Progress { step: u32, total: u32 },
+    Progress {
+        step: u32,
+        total: u32,
+    },
     /// Image `index` is done (the pixels are in the result).
-    Image { index: u32 },
+    Image {
+        index: u32,
+    },
 }
 
 /// One output image: RGB8, row-major, checked against the request.
@@ -323,7 +331,11 @@ impl WorkerSupervisor {
     /// A supervisor with no worker yet; the first operation (or
     /// [`WorkerSupervisor::ensure_running`]) starts it.
     pub fn new(config: SupervisorConfig) -> Self {
-        let models = config.models.iter().map(|m| (m.id.clone(), m.clone())).collect();
+        let models = config
+            .models
+            .iter()
+            .map(|m| (m.id.clone(), m.clone()))
+            .collect();
         let backoff = config.backoff_initial;
         Self {
             config,
@@ -339,7 +351,9 @@ impl WorkerSupervisor {
     }
 
     pub fn handle(&self) -> SupervisorHandle {
-        SupervisorHandle { status: Arc::clone(&self.status) }
+        SupervisorHandle {
+            status: Arc::clone(&self.status),
+        }
     }
 
     pub fn state(&self) -> SupervisorStatus {
@@ -430,20 +444,34 @@ impl WorkerSupervisor {
         let sandbox = match self.wait_message(deadline) {
             Ok(FromWorker::Ready { sandbox }) => sandbox,
             Ok(other) => {
-                let cause = CrashCause::ProtocolViolation(format!("expected Ready, got message kind {}", other.kind()));
-                return Err(SupervisorError::Handshake(self.kill_worker(cause).to_string()));
+                let cause = CrashCause::ProtocolViolation(format!(
+                    "expected Ready, got message kind {}",
+                    other.kind()
+                ));
+                return Err(SupervisorError::Handshake(
+                    self.kill_worker(cause).to_string(),
+                ));
             }
             Err(WaitFailure::Deadline) => {
-                let cause = CrashCause::Unresponsive("no Ready within the handshake timeout".into());
-                return Err(SupervisorError::Handshake(self.kill_worker(cause).to_string()));
+                let cause =
+                    CrashCause::Unresponsive("no Ready within the handshake timeout".into());
+                return Err(SupervisorError::Handshake(
+                    self.kill_worker(cause).to_string(),
+                ));
             }
             Err(WaitFailure::Crash(cause)) => {
-                return Err(SupervisorError::Handshake(self.kill_worker(cause).to_string()));
+                return Err(SupervisorError::Handshake(
+                    self.kill_worker(cause).to_string(),
+                ));
             }
         };
         if !sandbox.fully_enforced && !self.config.allow_degraded_sandbox {
-            let cause = CrashCause::ProtocolViolation(format!("worker reported a degraded sandbox: {sandbox:?}"));
-            return Err(SupervisorError::Handshake(self.kill_worker(cause).to_string()));
+            let cause = CrashCause::ProtocolViolation(format!(
+                "worker reported a degraded sandbox: {sandbox:?}"
+            ));
+            return Err(SupervisorError::Handshake(
+                self.kill_worker(cause).to_string(),
+            ));
         }
         self.update(|s| {
             s.state = WorkerRunState::Ready;
@@ -470,9 +498,15 @@ impl WorkerSupervisor {
                 Err(e) => return Err(WaitFailure::Crash(classify_channel_error(e))),
             }
             match worker.child.try_wait() {
-                Ok(Some(status)) => return Err(WaitFailure::Crash(CrashCause::Died(describe_exit(status)))),
+                Ok(Some(status)) => {
+                    return Err(WaitFailure::Crash(CrashCause::Died(describe_exit(status))))
+                }
                 Ok(None) => {}
-                Err(e) => return Err(WaitFailure::Crash(CrashCause::Died(format!("waitpid failed: {e}")))),
+                Err(e) => {
+                    return Err(WaitFailure::Crash(CrashCause::Died(format!(
+                        "waitpid failed: {e}"
+                    ))))
+                }
             }
         }
     }
@@ -491,7 +525,10 @@ impl WorkerSupervisor {
             Err(e) => format!("could not be reaped: {e}"),
         };
         let crashed_model = self.loaded.take();
-        eprintln!("weave-broker: worker (pid {}) stopped: {cause}; {exit}", worker.child.id());
+        eprintln!(
+            "weave-broker: worker (pid {}) stopped: {cause}; {exit}",
+            worker.child.id()
+        );
         self.schedule_restart();
         let quarantine_after = self.config.quarantine_after;
         let stats = worker.channel.stats();
@@ -519,7 +556,11 @@ impl WorkerSupervisor {
         SupervisorError::WorkerCrashed(self.kill_worker(cause))
     }
 
-    fn wait_failure(&mut self, failure: WaitFailure, on_deadline: SupervisorError) -> SupervisorError {
+    fn wait_failure(
+        &mut self,
+        failure: WaitFailure,
+        on_deadline: SupervisorError,
+    ) -> SupervisorError {
         match failure {
             WaitFailure::Deadline => {
                 self.kill_worker(CrashCause::Unresponsive("deadline passed".into()));
@@ -534,7 +575,11 @@ impl WorkerSupervisor {
             Some(w) => w.channel.send(msg),
             None => return Err(self.crash(CrashCause::Died("no worker".into()))),
         };
-        result.map_err(|e| self.crash(CrashCause::ProtocolViolation(format!("sending to the worker: {e}"))))
+        result.map_err(|e| {
+            self.crash(CrashCause::ProtocolViolation(format!(
+                "sending to the worker: {e}"
+            )))
+        })
     }
 
     fn note_success(&mut self, model_id: &str) {
@@ -546,10 +591,14 @@ impl WorkerSupervisor {
 
     fn check_model(&self, model_id: &str) -> Result<(), SupervisorError> {
         if !self.models.contains_key(model_id) {
-            return Err(SupervisorError::UnknownModel { model_id: model_id.to_owned() });
+            return Err(SupervisorError::UnknownModel {
+                model_id: model_id.to_owned(),
+            });
         }
         if lock(&self.status).quarantined.contains(model_id) {
-            return Err(SupervisorError::Quarantined { model_id: model_id.to_owned() });
+            return Err(SupervisorError::Quarantined {
+                model_id: model_id.to_owned(),
+            });
         }
         Ok(())
     }
@@ -558,7 +607,9 @@ impl WorkerSupervisor {
     pub fn load(&mut self, model_id: &str) -> Result<LoadInfo, SupervisorError> {
         self.check_model(model_id)?;
         self.ensure_running()?;
-        self.send(&ToWorker::Load { model_id: model_id.to_owned() })?;
+        self.send(&ToWorker::Load {
+            model_id: model_id.to_owned(),
+        })?;
         // Counted against the model from now on: a crash while loading is
         // the model's doing as much as one while generating.
         self.loaded = Some(model_id.to_owned());
@@ -569,20 +620,35 @@ impl WorkerSupervisor {
             Err(f) => return Err(self.wait_failure(f, SupervisorError::TimedOut)),
         };
         match reply {
-            FromWorker::Loaded { model_id: id, memory_bytes, load_ms } if id == model_id => {
-                let info = LoadInfo { model_id: id, memory_bytes, load_ms, since: SystemTime::now() };
+            FromWorker::Loaded {
+                model_id: id,
+                memory_bytes,
+                load_ms,
+            } if id == model_id => {
+                let info = LoadInfo {
+                    model_id: id,
+                    memory_bytes,
+                    load_ms,
+                    since: SystemTime::now(),
+                };
                 self.update(|s| s.loaded = Some(info.clone()));
                 self.refresh_channel_stats();
                 Ok(info)
             }
-            FromWorker::Failed { job_id: None, failure } => {
+            FromWorker::Failed {
+                job_id: None,
+                failure,
+            } => {
                 self.loaded = None;
                 self.refresh_channel_stats();
                 match failure {
-                    WorkerFailure::UnknownModel => Err(SupervisorError::UnknownModel { model_id: model_id.to_owned() }),
-                    WorkerFailure::LoadFailed { reason } => {
-                        Err(SupervisorError::LoadFailed { model_id: model_id.to_owned(), reason: bounded(reason) })
-                    }
+                    WorkerFailure::UnknownModel => Err(SupervisorError::UnknownModel {
+                        model_id: model_id.to_owned(),
+                    }),
+                    WorkerFailure::LoadFailed { reason } => Err(SupervisorError::LoadFailed {
+                        model_id: model_id.to_owned(),
+                        reason: bounded(reason),
+                    }),
                     other => Err(self.crash(CrashCause::ProtocolViolation(format!(
                         "unexpected failure {other:?} for a load"
                     )))),
@@ -635,7 +701,9 @@ impl WorkerSupervisor {
         let image_len = params
             .image_len()
             .filter(|len| *len <= self.config.max_image_pixels.saturating_mul(3))
-            .ok_or_else(|| SupervisorError::Unsupported { reason: "image larger than the configured maximum".into() })?;
+            .ok_or_else(|| SupervisorError::Unsupported {
+                reason: "image larger than the configured maximum".into(),
+            })?;
         if cancel.load(Ordering::Relaxed) {
             return Err(SupervisorError::Cancelled);
         }
@@ -644,7 +712,10 @@ impl WorkerSupervisor {
             let info = self.load(&params.model_id)?;
             on_event(JobEvent::ModelLoaded(info));
         }
-        self.send(&ToWorker::Generate { job_id, params: params.clone() })?;
+        self.send(&ToWorker::Generate {
+            job_id,
+            params: params.clone(),
+        })?;
         self.update(|s| s.running_job = Some(job_id));
         let result = self.collect_job(job_id, params, image_len, deadline, cancel, on_event);
         self.update(|s| s.running_job = None);
@@ -680,10 +751,14 @@ impl WorkerSupervisor {
                 Err(WaitFailure::Deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        return Err(self.wait_failure(WaitFailure::Deadline, SupervisorError::TimedOut));
+                        return Err(
+                            self.wait_failure(WaitFailure::Deadline, SupervisorError::TimedOut)
+                        );
                     }
                     if cancel_deadline.is_some_and(|c| now >= c) {
-                        return Err(self.wait_failure(WaitFailure::Deadline, SupervisorError::Cancelled));
+                        return Err(
+                            self.wait_failure(WaitFailure::Deadline, SupervisorError::Cancelled)
+                        );
                     }
                     continue;
                 }
@@ -691,11 +766,22 @@ impl WorkerSupervisor {
             };
             let violation = |what: String| CrashCause::ProtocolViolation(what);
             match msg {
-                FromWorker::Progress { job_id: id, step, total } => {
+                FromWorker::Progress {
+                    job_id: id,
+                    step,
+                    total,
+                } => {
                     if id != job_id {
-                        return Err(self.crash(violation(format!("progress for job {id} during job {job_id}"))));
+                        return Err(self.crash(violation(format!(
+                            "progress for job {id} during job {job_id}"
+                        ))));
                     }
-                    if total != params.steps || step == 0 || step > total || step < last_step || !images.is_empty() {
+                    if total != params.steps
+                        || step == 0
+                        || step > total
+                        || step < last_step
+                        || !images.is_empty()
+                    {
                         return Err(self.crash(CrashCause::BadOutput(format!(
                             "progress {step}/{total} out of order for {} steps",
                             params.steps
@@ -704,9 +790,16 @@ impl WorkerSupervisor {
                     last_step = step;
                     on_event(JobEvent::Progress { step, total });
                 }
-                FromWorker::Image { job_id: id, index, width, height, rgb } => {
+                FromWorker::Image {
+                    job_id: id,
+                    index,
+                    width,
+                    height,
+                    rgb,
+                } => {
                     if id != job_id {
-                        return Err(self.crash(violation(format!("image for job {id} during job {job_id}"))));
+                        return Err(self
+                            .crash(violation(format!("image for job {id} during job {job_id}"))));
                     }
                     let expected_index = u32::try_from(images.len()).unwrap_or(u32::MAX);
                     let problem = if index != expected_index {
@@ -714,9 +807,15 @@ impl WorkerSupervisor {
                     } else if index >= params.batch {
                         Some(format!("more than the {} images requested", params.batch))
                     } else if width != params.width || height != params.height {
-                        Some(format!("image {width}x{height}, requested {}x{}", params.width, params.height))
+                        Some(format!(
+                            "image {width}x{height}, requested {}x{}",
+                            params.width, params.height
+                        ))
                     } else if rgb.len() != image_len {
-                        Some(format!("{} bytes of pixels, expected {image_len}", rgb.len()))
+                        Some(format!(
+                            "{} bytes of pixels, expected {image_len}",
+                            rgb.len()
+                        ))
                     } else {
                         None
                     };
@@ -728,7 +827,9 @@ impl WorkerSupervisor {
                 }
                 FromWorker::Finished { job_id: id } => {
                     if id != job_id {
-                        return Err(self.crash(violation(format!("finish for job {id} during job {job_id}"))));
+                        return Err(self.crash(violation(format!(
+                            "finish for job {id} during job {job_id}"
+                        ))));
                     }
                     if images.len() != usize::try_from(params.batch).unwrap_or(usize::MAX) {
                         return Err(self.crash(CrashCause::BadOutput(format!(
@@ -739,14 +840,23 @@ impl WorkerSupervisor {
                     }
                     return Ok(images);
                 }
-                FromWorker::Failed { job_id: Some(id), failure } if id == job_id => {
+                FromWorker::Failed {
+                    job_id: Some(id),
+                    failure,
+                } if id == job_id => {
                     return Err(match failure {
                         WorkerFailure::Cancelled => SupervisorError::Cancelled,
-                        WorkerFailure::EngineError { reason } => SupervisorError::EngineError { reason: bounded(reason) },
-                        WorkerFailure::Unsupported { reason } => SupervisorError::Unsupported { reason: bounded(reason) },
+                        WorkerFailure::EngineError { reason } => SupervisorError::EngineError {
+                            reason: bounded(reason),
+                        },
+                        WorkerFailure::Unsupported { reason } => SupervisorError::Unsupported {
+                            reason: bounded(reason),
+                        },
                         WorkerFailure::NotLoaded | WorkerFailure::UnknownModel => {
                             // We loaded it ourselves: the worker lost track.
-                            self.crash(violation(format!("worker claims {failure:?} for a loaded model")))
+                            self.crash(violation(format!(
+                                "worker claims {failure:?} for a loaded model"
+                            )))
                         }
                         WorkerFailure::LoadFailed { .. } => {
                             self.crash(violation("load failure during a generation".into()))
@@ -773,7 +883,9 @@ impl WorkerSupervisor {
         };
         let generation = match rotated {
             Ok(g) => g,
-            Err(e) => return Err(self.crash(CrashCause::ProtocolViolation(format!("sending Rekey: {e}")))),
+            Err(e) => {
+                return Err(self.crash(CrashCause::ProtocolViolation(format!("sending Rekey: {e}"))))
+            }
         };
         let deadline = Instant::now() + self.config.reply_timeout;
         match self.wait_message(deadline) {
@@ -878,9 +990,15 @@ mod tests {
 
     #[test]
     fn exits_are_described_with_the_signal() {
-        assert_eq!(describe_exit(ExitStatus::from_raw(3 << 8)), "exited with status 3");
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(3 << 8)),
+            "exited with status 3"
+        );
         let sigsys = describe_exit(ExitStatus::from_raw(libc::SIGSYS));
-        assert!(sigsys.contains("signal 31") && sigsys.contains("seccomp"), "{sigsys}");
+        assert!(
+            sigsys.contains("signal 31") && sigsys.contains("seccomp"),
+            "{sigsys}"
+        );
     }
 
     #[test]
@@ -888,9 +1006,21 @@ mod tests {
         let crash = SupervisorError::WorkerCrashed(CrashCause::BadOutput("12 bytes".into()));
         assert_eq!(crash.error_code(), ErrorCode::WorkerCrashed);
         assert_eq!(SupervisorError::TimedOut.error_code(), ErrorCode::TimedOut);
-        assert_eq!(SupervisorError::Cancelled.error_code(), ErrorCode::Cancelled);
-        assert_eq!(SupervisorError::Quarantined { model_id: "m".into() }.error_code(), ErrorCode::ModelQuarantined);
-        let load = SupervisorError::LoadFailed { model_id: "m".into(), reason: "/secret/path".into() };
+        assert_eq!(
+            SupervisorError::Cancelled.error_code(),
+            ErrorCode::Cancelled
+        );
+        assert_eq!(
+            SupervisorError::Quarantined {
+                model_id: "m".into()
+            }
+            .error_code(),
+            ErrorCode::ModelQuarantined
+        );
+        let load = SupervisorError::LoadFailed {
+            model_id: "m".into(),
+            reason: "/secret/path".into(),
+        };
         assert_eq!(load.error_code(), ErrorCode::Internal);
     }
 
@@ -918,14 +1048,22 @@ mod tests {
 
     #[test]
     fn unknown_models_are_refused_before_any_spawn() {
-        let mut sup = WorkerSupervisor::new(SupervisorConfig::new("/nonexistent".into(), Vec::new()));
-        assert!(matches!(sup.load("nope"), Err(SupervisorError::UnknownModel { .. })));
+        let mut sup =
+            WorkerSupervisor::new(SupervisorConfig::new("/nonexistent".into(), Vec::new()));
+        assert!(matches!(
+            sup.load("nope"),
+            Err(SupervisorError::UnknownModel { .. })
+        ));
         assert_eq!(sup.state().state, WorkerRunState::Down);
     }
 
     #[test]
     fn a_missing_worker_executable_is_a_spawn_error_and_backs_off() {
-        let models = vec![ModelEntry { id: "m".into(), kind: "digits".into(), path: "/tmp".into() }];
+        let models = vec![ModelEntry {
+            id: "m".into(),
+            kind: "digits".into(),
+            path: "/tmp".into(),
+        }];
         let mut config = SupervisorConfig::new("/nonexistent/weave-worker".into(), models);
         config.backoff_initial = Duration::from_millis(1);
         let mut sup = WorkerSupervisor::new(config);

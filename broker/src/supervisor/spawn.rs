@@ -18,9 +18,13 @@ const STAGING_FD_MIN: RawFd = 64;
 
 /// Starts the worker and hands it the bootstrap. The child is killed (and
 /// reaped) if the bootstrap cannot be delivered.
-pub fn spawn_worker(config: &SupervisorConfig, channel: &BrokerEndpoint) -> Result<Child, SupervisorError> {
+pub fn spawn_worker(
+    config: &SupervisorConfig,
+    channel: &BrokerEndpoint,
+) -> Result<Child, SupervisorError> {
     let spawn_err = |what: &str, e: std::io::Error| SupervisorError::Spawn(format!("{what}: {e}"));
-    let (pipe_read, pipe_write) = sys::pipe_cloexec().map_err(|e| spawn_err("bootstrap pipe", e))?;
+    let (pipe_read, pipe_write) =
+        sys::pipe_cloexec().map_err(|e| spawn_err("bootstrap pipe", e))?;
 
     let [seg_out, seg_in, bell_out, bell_in] = channel.worker_fds();
     let staged: Vec<OwnedFd> = [seg_out, seg_in, bell_out, bell_in, pipe_read.as_fd()]
@@ -31,8 +35,13 @@ pub fn spawn_worker(config: &SupervisorConfig, channel: &BrokerEndpoint) -> Resu
     // Plain numbers, captured by value: the pre_exec closure must not
     // allocate or touch anything shared.
     let mut placement = [(0 as RawFd, 0 as RawFd); 5];
-    let targets =
-        [fds::TO_WORKER_SEGMENT, fds::TO_BROKER_SEGMENT, fds::TO_WORKER_DOORBELL, fds::TO_BROKER_DOORBELL, fds::BOOTSTRAP_PIPE];
+    let targets = [
+        fds::TO_WORKER_SEGMENT,
+        fds::TO_BROKER_SEGMENT,
+        fds::TO_WORKER_DOORBELL,
+        fds::TO_BROKER_DOORBELL,
+        fds::BOOTSTRAP_PIPE,
+    ];
     for (slot, (fd, target)) in placement.iter_mut().zip(staged.iter().zip(targets)) {
         *slot = (fd.as_raw_fd(), target);
     }
@@ -58,7 +67,9 @@ pub fn spawn_worker(config: &SupervisorConfig, channel: &BrokerEndpoint) -> Resu
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|e| spawn_err("exec weave-worker", e))?;
+    let mut child = command
+        .spawn()
+        .map_err(|e| spawn_err("exec weave-worker", e))?;
     // Our copies: the child has its own now.
     drop(staged);
     drop(pipe_read);
@@ -71,7 +82,11 @@ pub fn spawn_worker(config: &SupervisorConfig, channel: &BrokerEndpoint) -> Resu
     Ok(child)
 }
 
-fn send_bootstrap(config: &SupervisorConfig, channel: &BrokerEndpoint, pipe: OwnedFd) -> Result<(), SupervisorError> {
+fn send_bootstrap(
+    config: &SupervisorConfig,
+    channel: &BrokerEndpoint,
+    pipe: OwnedFd,
+) -> Result<(), SupervisorError> {
     let (to_worker_key, to_broker_key) = channel.keys_for_worker();
     let bootstrap = WorkerBootstrap {
         protocol_version: WORKER_PROTOCOL_VERSION,
@@ -94,5 +109,9 @@ fn send_bootstrap(config: &SupervisorConfig, channel: &BrokerEndpoint, pipe: Own
     // Closing the write end (drop) is the EOF the worker waits for.
     let written = file.write_all(&bytes);
     zeroize::Zeroize::zeroize(&mut bytes);
-    written.map_err(|e| SupervisorError::Spawn(format!("writing the bootstrap (the worker exited early?): {e}")))
+    written.map_err(|e| {
+        SupervisorError::Spawn(format!(
+            "writing the bootstrap (the worker exited early?): {e}"
+        ))
+    })
 }

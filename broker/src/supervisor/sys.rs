@@ -47,11 +47,17 @@ pub fn child_dup2(src: RawFd, dst: RawFd) -> io::Result<()> {
 /// worker. CLOEXEC rather than close: std's own exec-error pipe must stay
 /// open until exec.
 pub fn child_cloexec_from(first: RawFd) -> io::Result<()> {
-    let first = libc::c_uint::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let first =
+        libc::c_uint::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on
     // descriptors of this (child) process; no memory is passed.
     let ret = unsafe {
-        libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_uint)
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        )
     };
     if ret < 0 {
         return Err(io::Error::last_os_error());
@@ -63,6 +69,14 @@ pub fn child_cloexec_from(first: RawFd) -> io::Result<()> {
 /// broker's scheduler thread) dies, so a crashed broker leaves no worker.
 pub fn child_die_with_parent() -> io::Result<()> {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and no memory.
-    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) })?;
+    check(unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })?;
     Ok(())
 }

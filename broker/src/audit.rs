@@ -7,12 +7,18 @@
 //! soon as the sink is back.
 
 use std::fmt::Write as _;
+use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
 
 type SyslogLogger = Logger<LoggerBackend, Formatter3164>;
+
+/// Longest a record may wait for room in the sink's queue before it goes
+/// to stderr instead.
+const SEND_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How serious a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +134,12 @@ impl AuditLog {
             process: "weave-broker".to_owned(),
             pid: std::process::id(),
         };
-        syslog::unix_custom(formatter, &self.sink).ok()
+        // Built by hand rather than with `syslog::unix_custom` to bound the
+        // send: a stalled syslog must not stall the connection threads.
+        let socket = UnixDatagram::unbound().ok()?;
+        socket.connect(&self.sink).ok()?;
+        socket.set_write_timeout(Some(SEND_TIMEOUT)).ok()?;
+        Some(Logger::new(LoggerBackend::Unix(socket), formatter))
     }
 }
 
@@ -136,8 +147,6 @@ impl AuditLog {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use std::os::unix::net::UnixDatagram;
-    use std::time::Duration;
 
     #[test]
     fn values_cannot_forge_fields_or_lines() {

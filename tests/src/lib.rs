@@ -158,6 +158,24 @@ pub fn ensure_user(name: &str, groups: &[&str]) -> Account {
     Account { uid, gid }
 }
 
+/// Runs `weave-probe-client --socket SOCKET <args>` as the user `name`,
+/// with that user's full group list (`setpriv --init-groups`), and returns
+/// its stdout.
+pub fn probe_as_user(name: &str, socket: &Path, args: &[&str]) -> String {
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={name}"))
+        .arg(format!("--regid={name}"))
+        .arg("--init-groups")
+        .arg("--")
+        .arg(target_bin("weave-probe-client"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// A private scratch folder (0755 so dropped-privilege brokers can reach
 /// their socket and the audit sink), removed on drop.
 pub struct Scratch {
@@ -266,7 +284,12 @@ impl TestConfig {
             limits: String::new(),
             daemon: String::new(),
             model_kind: "sd1".into(),
-            model_path: PathBuf::from("/nonexistent/weave-test-model"),
+            // An empty folder next to the sink: the worker can open it (its
+            // sandbox needs every model path), loading it fails.
+            model_path: audit_sink
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("placeholder-model"),
             steps: 10,
         }
     }
@@ -301,6 +324,11 @@ impl TestConfig {
     /// Writes the config 0600 into `dir` (which must be root-owned and not
     /// group/world-writable).
     pub fn write(&self, dir: &Path) -> PathBuf {
+        if self.model_kind != "digits" && !self.model_path.exists() {
+            std::fs::create_dir_all(&self.model_path).unwrap();
+            std::fs::set_permissions(&self.model_path, std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
         let path = dir.join("weave.toml");
         std::fs::write(&path, self.toml()).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -366,7 +394,11 @@ impl BrokerProcess {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < end, "broker ignored SIGTERM: {}", self.log_text());
+            assert!(
+                Instant::now() < end,
+                "broker ignored SIGTERM: {}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -442,7 +474,9 @@ impl Client {
     pub fn collect_stream(&mut self) -> Vec<Response> {
         let mut events = Vec::new();
         loop {
-            let event = self.recv().unwrap_or_else(|e| panic!("stream broke: {e:?}"));
+            let event = self
+                .recv()
+                .unwrap_or_else(|e| panic!("stream broke: {e:?}"));
             let done = event.ends_generate_stream() || events.is_empty() && is_refusal(&event);
             events.push(event);
             if done {
@@ -486,7 +520,10 @@ pub fn proc_status_field(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_owned()))
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_owned())
+        })
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
@@ -496,7 +533,10 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
             if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-                out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
             }
         }
     }

@@ -56,8 +56,14 @@ fn another_uid_is_closed_without_a_byte_and_audited() {
     std::fs::set_permissions(scratch.join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
 
-    assert_eq!(probe_as(other.uid, other.gid, &socket, "silent-read"), "bytes=0");
-    assert_eq!(probe_as(other.uid, other.gid, &socket, "hello-read"), "bytes=0");
+    assert_eq!(
+        probe_as(other.uid, other.gid, &socket, "silent-read"),
+        "bytes=0"
+    );
+    assert_eq!(
+        probe_as(other.uid, other.gid, &socket, "hello-read"),
+        "bytes=0"
+    );
 
     let uid_field = format!("uid={}", other.uid);
     let gid_field = format!("gid={}", other.gid);

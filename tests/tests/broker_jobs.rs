@@ -85,7 +85,12 @@ fn finished_png(events: &[Response]) -> Vec<u8> {
     events
         .iter()
         .find_map(|e| match e {
-            Response::Image { png, width: 32, height: 32, .. } => Some(png.clone()),
+            Response::Image {
+                png,
+                width: 32,
+                height: 32,
+                ..
+            } => Some(png.clone()),
             _ => None,
         })
         .expect("one 32x32 image")
@@ -107,7 +112,10 @@ fn generation_streams_progress_and_a_png_with_parameters() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let text = String::from_utf8_lossy(&png);
     assert!(text.contains("parameters"), "A1111 chunk present");
-    assert!(text.contains("Seed: 7, Size: 32x32, Model: digits"), "{text}");
+    assert!(
+        text.contains("Seed: 7, Size: 32x32, Model: digits"),
+        "{text}"
+    );
     assert!(setup
         .sink
         .wait_for(&["event=job", "outcome=finished"], Duration::from_secs(5))
@@ -116,9 +124,11 @@ fn generation_streams_progress_and_a_png_with_parameters() {
 
 #[test]
 fn full_queue_is_busy_with_a_retry_hint() {
-    let Some(setup) =
-        start("busy", "queue_depth = 2\nper_client_queue_depth = 2\nrate_burst = 20", 10)
-    else {
+    let Some(setup) = start(
+        "busy",
+        "queue_depth = 2\nper_client_queue_depth = 2\nrate_burst = 20",
+        10,
+    ) else {
         return;
     };
     let socket = &setup.broker.socket;
@@ -202,9 +212,16 @@ fn kill_9_of_the_worker_mid_generation_is_worker_crashed_and_the_next_succeeds()
         .first()
         .expect("a worker child");
     // SAFETY: kill on a pid we just read as the broker's child.
-    assert_eq!(unsafe { libc::kill(worker as libc::pid_t, libc::SIGKILL) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(worker as libc::pid_t, libc::SIGKILL) },
+        0
+    );
     let events = victim.collect_stream();
-    assert_eq!(stream_error(&events), Some(ErrorCode::WorkerCrashed), "{events:?}");
+    assert_eq!(
+        stream_error(&events),
+        Some(ErrorCode::WorkerCrashed),
+        "{events:?}"
+    );
 
     let mut next = Client::hello(socket);
     finished_png(&next.generate(digits_request("8")));
@@ -233,7 +250,10 @@ fn idle_model_is_unloaded_after_the_timeout() {
     }
     assert!(setup
         .sink
-        .wait_for(&["event=idle_unload", "model=digits"], Duration::from_secs(5))
+        .wait_for(
+            &["event=idle_unload", "model=digits"],
+            Duration::from_secs(5)
+        )
         .is_some());
 }
 
@@ -252,15 +272,31 @@ fn cancel_of_a_queued_and_of_a_running_job() {
     let mut admin = Client::hello(socket);
     match admin.call(&Request::Jobs) {
         Response::Jobs(jobs) => {
-            assert!(jobs.iter().any(|j| j.job_id == queued_id && j.state == JobState::Queued));
-            assert!(jobs.iter().any(|j| j.job_id == running_id && j.state == JobState::Running));
+            assert!(jobs
+                .iter()
+                .any(|j| j.job_id == queued_id && j.state == JobState::Queued));
+            assert!(jobs
+                .iter()
+                .any(|j| j.job_id == running_id && j.state == JobState::Running));
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(admin.call(&Request::Cancel { job_id: queued_id }), Response::Ok);
-    assert_eq!(stream_error(&queued.collect_stream()), Some(ErrorCode::Cancelled));
-    assert_eq!(admin.call(&Request::Cancel { job_id: running_id }), Response::Ok);
-    assert_eq!(stream_error(&running.collect_stream()), Some(ErrorCode::Cancelled));
+    assert_eq!(
+        admin.call(&Request::Cancel { job_id: queued_id }),
+        Response::Ok
+    );
+    assert_eq!(
+        stream_error(&queued.collect_stream()),
+        Some(ErrorCode::Cancelled)
+    );
+    assert_eq!(
+        admin.call(&Request::Cancel { job_id: running_id }),
+        Response::Ok
+    );
+    assert_eq!(
+        stream_error(&running.collect_stream()),
+        Some(ErrorCode::Cancelled)
+    );
     // The worker survived the cancel.
     finished_png(&admin.generate(digits_request("6")));
 }
@@ -283,12 +319,22 @@ fn client_disconnect_cancels_its_job() {
             Response::Jobs(_) => {}
             other => panic!("{other:?}"),
         }
-        assert!(Instant::now() < end, "job {id} kept running after its client left");
+        assert!(
+            Instant::now() < end,
+            "job {id} kept running after its client left"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let job_field = format!("job={id}");
-    assert!(setup
-        .sink
-        .wait_for(&["event=job", &job_field, "outcome=cancelled"], Duration::from_secs(5))
-        .is_some(), "{:?}", setup.sink.records());
+    assert!(
+        setup
+            .sink
+            .wait_for(
+                &["event=job", &job_field, "outcome=cancelled"],
+                Duration::from_secs(5)
+            )
+            .is_some(),
+        "{:?}",
+        setup.sink.records()
+    );
 }

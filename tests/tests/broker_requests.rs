@@ -70,22 +70,91 @@ fn every_invalid_parameter_gets_its_typed_error_and_nothing_is_queued() {
         ..digits_request("x")
     };
     let cases: Vec<(&str, GenerateRequest)> = vec![
-        ("width", GenerateRequest { width: Some(33), ..base() }),
-        ("width", GenerateRequest { width: Some(4096), ..base() }),
-        ("height", GenerateRequest { height: Some(8), ..base() }),
-        ("steps", GenerateRequest { steps: Some(0), ..base() }),
-        ("steps", GenerateRequest { steps: Some(10_000), ..base() }),
-        ("guidance", GenerateRequest { guidance: Some(f32::NAN), ..base() }),
-        ("guidance", GenerateRequest { guidance: Some(1000.0), ..base() }),
+        (
+            "width",
+            GenerateRequest {
+                width: Some(33),
+                ..base()
+            },
+        ),
+        (
+            "width",
+            GenerateRequest {
+                width: Some(4096),
+                ..base()
+            },
+        ),
+        (
+            "height",
+            GenerateRequest {
+                height: Some(8),
+                ..base()
+            },
+        ),
+        (
+            "steps",
+            GenerateRequest {
+                steps: Some(0),
+                ..base()
+            },
+        ),
+        (
+            "steps",
+            GenerateRequest {
+                steps: Some(10_000),
+                ..base()
+            },
+        ),
+        (
+            "guidance",
+            GenerateRequest {
+                guidance: Some(f32::NAN),
+                ..base()
+            },
+        ),
+        (
+            "guidance",
+            GenerateRequest {
+                guidance: Some(1000.0),
+                ..base()
+            },
+        ),
         ("batch", GenerateRequest { batch: 0, ..base() }),
-        ("batch", GenerateRequest { batch: 99, ..base() }),
-        ("prompt", GenerateRequest { prompt: "p".repeat(10_000), ..base() }),
+        (
+            "batch",
+            GenerateRequest {
+                batch: 99,
+                ..base()
+            },
+        ),
+        (
+            "prompt",
+            GenerateRequest {
+                prompt: "p".repeat(10_000),
+                ..base()
+            },
+        ),
         (
             "negative_prompt",
-            GenerateRequest { negative_prompt: "\u{1b}[31m".into(), ..base() },
+            GenerateRequest {
+                negative_prompt: "\u{1b}[31m".into(),
+                ..base()
+            },
         ),
-        ("tag", GenerateRequest { tag: Some("has space".into()), ..base() }),
-        ("model_id", GenerateRequest { model_id: "../etc/passwd".into(), ..base() }),
+        (
+            "tag",
+            GenerateRequest {
+                tag: Some("has space".into()),
+                ..base()
+            },
+        ),
+        (
+            "model_id",
+            GenerateRequest {
+                model_id: "../etc/passwd".into(),
+                ..base()
+            },
+        ),
     ];
     for (field, request) in cases {
         eprintln!("case {field}");
@@ -93,10 +162,15 @@ fn every_invalid_parameter_gets_its_typed_error_and_nothing_is_queued() {
         assert_eq!(invalid_field(&events), field, "{request:?}");
     }
     // An unknown (well-formed) model id has its own code.
-    let events = client.generate(GenerateRequest { model_id: "nope".into(), ..base() });
+    let events = client.generate(GenerateRequest {
+        model_id: "nope".into(),
+        ..base()
+    });
     assert_eq!(
         stream_error(&events),
-        Some(ErrorCode::UnknownModel { model_id: "nope".into() })
+        Some(ErrorCode::UnknownModel {
+            model_id: "nope".into()
+        })
     );
     // Every scheduler name is accepted by validation (no error on that field).
     let _ = Scheduler::ALL;
@@ -110,7 +184,10 @@ fn every_invalid_parameter_gets_its_typed_error_and_nothing_is_queued() {
     // The audit names the field, never the value.
     let record = setup
         .sink
-        .wait_for(&["event=generate_refused", "field=width"], Duration::from_secs(5))
+        .wait_for(
+            &["event=generate_refused", "field=width"],
+            Duration::from_secs(5),
+        )
         .unwrap_or_else(|| panic!("{:?}", setup.sink.records()));
     assert!(record.contains("error=invalid_parameter"), "{record}");
     std::thread::sleep(Duration::from_millis(200));
@@ -133,7 +210,10 @@ fn malformed_and_oversized_frames_are_answered_and_others_keep_being_served() {
             Ok(Response::Error(ErrorCode::ProtocolError { .. })) => {}
             other => panic!("{what}: expected ProtocolError, got {other:?}"),
         }
-        assert!(client.read_to_end().is_empty(), "{what}: closed after the error");
+        assert!(
+            client.read_to_end().is_empty(),
+            "{what}: closed after the error"
+        );
     };
 
     // Announced length above the 64 KiB request limit.
@@ -173,12 +253,18 @@ fn malformed_and_oversized_frames_are_answered_and_others_keep_being_served() {
     expect_protocol_error_then_eof(&mut old, "version");
 
     // The earlier connection and new ones are still served.
-    assert!(matches!(bystander.call(&Request::Status), Response::Status(_)));
+    assert!(matches!(
+        bystander.call(&Request::Status),
+        Response::Status(_)
+    ));
     let mut fresh = Client::hello(socket);
     assert!(matches!(fresh.call(&Request::ListModels), Response::Models(m) if m.len() == 1));
     assert!(setup
         .sink
-        .wait_for(&["event=invalid_request", "field=frame"], Duration::from_secs(5))
+        .wait_for(
+            &["event=invalid_request", "field=frame"],
+            Duration::from_secs(5)
+        )
         .is_some());
 }
 
@@ -197,7 +283,10 @@ fn rate_limit_gives_its_typed_error() {
     let events = second.generate(digits_request("2"));
     match stream_error(&events) {
         Some(ErrorCode::RateLimited { retry_after_ms }) => {
-            assert!(retry_after_ms > 1000 && retry_after_ms <= 60_000, "{retry_after_ms}")
+            assert!(
+                retry_after_ms > 1000 && retry_after_ms <= 60_000,
+                "{retry_after_ms}"
+            )
         }
         other => panic!("expected RateLimited, got {other:?} ({events:?})"),
     }

@@ -4,13 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weave_common::proto::Request;
 use weave_tests::{
-    children_of, ensure_group, ensure_user, proc_status_field, require_root, target_bin,
+    children_of, ensure_group, ensure_user, probe_as_user, proc_status_field, require_root,
     AuditSink, BrokerProcess, Client, Scratch, TestConfig,
 };
 
@@ -20,9 +18,8 @@ const ADMINS: &str = "weave-t-admins";
 
 fn system_config(sink: &std::path::Path) -> TestConfig {
     let mut config = TestConfig::new(sink);
-    config.daemon = format!(
-        "user = \"{SERVICE}\"\nclient_group = \"{CLIENTS}\"\nadmin_group = \"{ADMINS}\"\n"
-    );
+    config.daemon =
+        format!("user = \"{SERVICE}\"\nclient_group = \"{CLIENTS}\"\nadmin_group = \"{ADMINS}\"\n");
     config
 }
 
@@ -67,7 +64,14 @@ fn system_mode_runs_as_the_service_user_with_no_capabilities() {
         &scratch.join("broker.log"),
     );
     assert_unprivileged(broker.pid(), service.uid, service.gid, "broker");
-    assert_eq!(proc_status_field(broker.pid(), "Groups"), "", "no supplementary groups");
+    // Supplementary groups: at most the service account's own.
+    let groups = proc_status_field(broker.pid(), "Groups");
+    assert!(
+        groups
+            .split_whitespace()
+            .all(|g| g == service.gid.to_string()),
+        "groups {groups}"
+    );
 
     let run_dir = std::fs::metadata(scratch.join("run")).unwrap();
     assert_eq!(run_dir.mode() & 0o7777, 0o750);
@@ -76,23 +80,15 @@ fn system_mode_runs_as_the_service_user_with_no_capabilities() {
     assert_eq!(sock.mode() & 0o7777, 0o660);
     assert_eq!((sock.uid(), sock.gid()), (service.uid, clients_gid));
 
-    // A member of client_group is a client; root is admin; others get nothing.
-    let probe = |uid: u32, gid: u32| {
-        let out = Command::new(target_bin("weave-probe-client"))
-            .uid(uid)
-            .gid(gid)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("status")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let member_out = probe(member.uid, member.gid);
+    // A member of client_group (a supplementary group) is a client; root
+    // is admin; anyone else is closed without a byte.
+    let member_out = probe_as_user("weave-t-member", &socket, &["status"]);
     assert!(member_out.contains("role=Client"), "{member_out}");
-    let outsider_out = probe(outsider.uid, member.gid);
-    // Same gid as the member's primary (its own group): not in client_group.
+    let outsider_out = probe_as_user("weave-t-outsider", &socket, &["silent-read"]);
+    // The socket mode already keeps it out (EACCES); SO_PEERCRED is the
+    // second wall (tested in broker_auth).
     assert!(!outsider_out.contains("role="), "{outsider_out}");
+    let _ = (member, outsider);
     let mut admin = Client::hello(&socket);
 
     // Start the worker (a load of the placeholder model fails, the worker
@@ -105,7 +101,11 @@ fn system_mode_runs_as_the_service_user_with_no_capabilities() {
         if let Some(&pid) = children_of(broker.pid()).first() {
             break pid;
         }
-        assert!(Instant::now() < end, "worker never started: {}", broker.log_text());
+        assert!(
+            Instant::now() < end,
+            "worker never started: {}",
+            broker.log_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     // The worker may still be confining itself: wait for seccomp.
@@ -149,7 +149,10 @@ fn config_with_unsafe_permissions_is_refused_with_a_clear_message() {
     let status = child.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success(), "{text}");
-    assert!(text.contains(config.to_str().unwrap()), "names the file: {text}");
+    assert!(
+        text.contains(config.to_str().unwrap()),
+        "names the file: {text}"
+    );
     assert!(text.contains("fix:"), "says what to do: {text}");
     assert!(!socket.exists(), "nothing was bound");
 
@@ -157,11 +160,20 @@ fn config_with_unsafe_permissions_is_refused_with_a_clear_message() {
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o775)).unwrap();
     let mut child = BrokerProcess::spawn(
-        &["--system", "--config", config.to_str().unwrap(), "--socket", socket.to_str().unwrap()],
+        &[
+            "--system",
+            "--config",
+            config.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+        ],
         &log,
     );
     let status = child.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success(), "{text}");
-    assert!(text.contains(etc.to_str().unwrap()), "names the directory: {text}");
+    assert!(
+        text.contains(etc.to_str().unwrap()),
+        "names the directory: {text}"
+    );
 }

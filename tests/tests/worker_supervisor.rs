@@ -19,7 +19,10 @@ use weave_common::proto::{ErrorCode, Scheduler};
 use weave_common::worker_proto::{ModelEntry, WorkerGenerateParams};
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// `target/<profile>/weave-worker` next to this test's own profile dir.
@@ -40,7 +43,11 @@ fn libtorch_lib() -> PathBuf {
     let root = std::env::var_os("LIBTORCH")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".cache/libtorch/cpu"));
-    let root = if root.is_relative() { repo_root().join(root) } else { root };
+    let root = if root.is_relative() {
+        repo_root().join(root)
+    } else {
+        root
+    };
     root.join("lib").canonicalize().unwrap()
 }
 
@@ -70,12 +77,19 @@ fn proc_status_field(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_owned()))
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_owned())
+        })
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 fn kill9(pid: u32) {
-    let status = Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -94,7 +108,10 @@ fn worker_started_by_hand_refuses_with_a_clear_message() {
     let out = Command::new(worker_exe()).env_clear().output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("weave-worker is started by weave-broker; run weave-broker instead"), "{stderr}");
+    assert!(
+        stderr.contains("weave-worker is started by weave-broker; run weave-broker instead"),
+        "{stderr}"
+    );
 
     // Descriptors 3..7 open but of the wrong kinds: still refused.
     let out = Command::new("sh")
@@ -132,7 +149,11 @@ fn worker_runs_under_the_full_sandbox() {
         .collect();
     assert!(fds.iter().all(|fd| *fd <= 7), "worker holds fds {fds:?}");
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    assert!(environ.is_empty(), "worker environment: {}", String::from_utf8_lossy(&environ));
+    assert!(
+        environ.is_empty(),
+        "worker environment: {}",
+        String::from_utf8_lossy(&environ)
+    );
     sup.shutdown();
     assert_eq!(sup.state().state, WorkerRunState::Down);
     std::fs::remove_dir_all(dir).ok();
@@ -146,7 +167,9 @@ fn kill_9_is_a_typed_crash_and_the_worker_is_respawned() {
     kill9(pid);
     let err = sup.unload().expect_err("a dead worker must be noticed");
     match &err {
-        SupervisorError::WorkerCrashed(CrashCause::Died(how)) => assert!(how.contains("signal 9"), "{how}"),
+        SupervisorError::WorkerCrashed(CrashCause::Died(how)) => {
+            assert!(how.contains("signal 9"), "{how}")
+        }
         other => panic!("expected WorkerCrashed(Died), got {other:?}"),
     }
     assert_eq!(err.error_code(), ErrorCode::WorkerCrashed);
@@ -183,10 +206,16 @@ fn keys_rotate_without_restarting_the_worker() {
 fn unknown_and_unloadable_models_fail_typed() {
     let (mut sup, dir) = scratch_supervisor("unloadable");
     std::fs::write(dir.join("model.safetensors"), b"not a model").unwrap();
-    assert!(matches!(sup.load("nope"), Err(SupervisorError::UnknownModel { .. })));
+    assert!(matches!(
+        sup.load("nope"),
+        Err(SupervisorError::UnknownModel { .. })
+    ));
     match sup.load("m") {
         Err(SupervisorError::LoadFailed { reason, .. }) => {
-            assert!(!reason.contains(dir.to_str().unwrap()), "reason leaks the path: {reason}");
+            assert!(
+                !reason.contains(dir.to_str().unwrap()),
+                "reason leaks the path: {reason}"
+            );
         }
         other => panic!("expected LoadFailed, got {other:?}"),
     }
@@ -212,8 +241,13 @@ fn digits_params(steps: u32, batch: u32, seed: u64) -> WorkerGenerateParams {
 }
 
 fn digits_supervisor() -> WorkerSupervisor {
-    let path = digits_model().expect("models/digits is missing: the generation tests need the digits demo model");
-    WorkerSupervisor::new(config(vec![ModelEntry { id: "digits".into(), kind: "digits".into(), path }]))
+    let path = digits_model()
+        .expect("models/digits is missing: the generation tests need the digits demo model");
+    WorkerSupervisor::new(config(vec![ModelEntry {
+        id: "digits".into(),
+        kind: "digits".into(),
+        path,
+    }]))
 }
 
 fn no_cancel() -> AtomicBool {
@@ -233,10 +267,15 @@ fn digits_generate_under_the_sandbox_with_progress_per_step() {
     assert_eq!(proc_status_field(pid, "Seccomp"), "2");
     let mut events = Vec::new();
     let params = digits_params(4, 2, 42);
-    let images = sup.run_job(1, &params, soon(), &no_cancel(), &mut |e| events.push(e)).unwrap();
+    let images = sup
+        .run_job(1, &params, soon(), &no_cancel(), &mut |e| events.push(e))
+        .unwrap();
     assert_eq!(images.len(), 2);
     for img in &images {
-        assert_eq!((img.width, img.height, img.rgb.len()), (32, 32, 32 * 32 * 3));
+        assert_eq!(
+            (img.width, img.height, img.rgb.len()),
+            (32, 32, 32 * 32 * 3)
+        );
     }
     let steps: Vec<u32> = events
         .iter()
@@ -245,9 +284,15 @@ fn digits_generate_under_the_sandbox_with_progress_per_step() {
             _ => None,
         })
         .collect();
-    assert_eq!(steps, vec![1, 2, 3, 4], "one progress event per step: {events:?}");
+    assert_eq!(
+        steps,
+        vec![1, 2, 3, 4],
+        "one progress event per step: {events:?}"
+    );
     // Same seed, same pixels: nothing carries over between jobs.
-    let again = sup.run_job(2, &params, soon(), &no_cancel(), &mut |_| {}).unwrap();
+    let again = sup
+        .run_job(2, &params, soon(), &no_cancel(), &mut |_| {})
+        .unwrap();
     assert_eq!(again, images);
 }
 
@@ -263,11 +308,24 @@ fn digits_cancel_stops_between_steps() {
             cancel.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     });
-    assert!(matches!(result, Err(SupervisorError::Cancelled)), "{result:?}");
-    assert!(steps_seen < 50, "cancel did not stop the job early ({steps_seen} steps)");
+    assert!(
+        matches!(result, Err(SupervisorError::Cancelled)),
+        "{result:?}"
+    );
+    assert!(
+        steps_seen < 50,
+        "cancel did not stop the job early ({steps_seen} steps)"
+    );
     // Same worker, and it serves the next job.
     assert_eq!(sup.state().restarts, 0);
-    sup.run_job(8, &digits_params(2, 1, 1), soon(), &no_cancel(), &mut |_| {}).unwrap();
+    sup.run_job(
+        8,
+        &digits_params(2, 1, 1),
+        soon(),
+        &no_cancel(),
+        &mut |_| {},
+    )
+    .unwrap();
 }
 
 #[test]
@@ -276,16 +334,30 @@ fn digits_kill_9_mid_generation_then_next_job_succeeds() {
     sup.load("digits").unwrap();
     let pid = sup.worker_pid().unwrap();
     let mut killed = false;
-    let result = sup.run_job(11, &digits_params(50, 1, 3), soon(), &no_cancel(), &mut |e| {
-        if matches!(e, JobEvent::Progress { .. }) && !killed {
-            kill9(pid);
-            killed = true;
-        }
-    });
+    let result = sup.run_job(
+        11,
+        &digits_params(50, 1, 3),
+        soon(),
+        &no_cancel(),
+        &mut |e| {
+            if matches!(e, JobEvent::Progress { .. }) && !killed {
+                kill9(pid);
+                killed = true;
+            }
+        },
+    );
     let err = result.unwrap_err();
     assert!(matches!(err, SupervisorError::WorkerCrashed(_)), "{err:?}");
     assert_eq!(err.error_code(), ErrorCode::WorkerCrashed);
-    let images = sup.run_job(12, &digits_params(2, 1, 3), soon(), &no_cancel(), &mut |_| {}).unwrap();
+    let images = sup
+        .run_job(
+            12,
+            &digits_params(2, 1, 3),
+            soon(),
+            &no_cancel(),
+            &mut |_| {},
+        )
+        .unwrap();
     assert_eq!(images.len(), 1);
     assert_eq!(sup.state().restarts, 1);
 }

@@ -164,10 +164,16 @@ fn main() -> ExitCode {
                     }
                     Response::Started { seed, .. } => println!("started seed={seed}"),
                     Response::Progress { step, total, .. } => println!("progress {step}/{total}"),
-                    Response::Image { png, width, height, .. } => {
+                    Response::Image {
+                        png, width, height, ..
+                    } => {
                         let out = PathBuf::from(&out);
                         std::fs::write(&out, &png).unwrap();
-                        println!("image {width}x{height} {} bytes -> {}", png.len(), out.display());
+                        println!(
+                            "image {width}x{height} {} bytes -> {}",
+                            png.len(),
+                            out.display()
+                        );
                     }
                     Response::Finished { .. } => return ExitCode::SUCCESS,
                     Response::Error(code) => {

@@ -211,11 +211,12 @@ fn kill_9_of_the_worker_mid_generation_is_worker_crashed_and_the_next_succeeds()
     let worker = *children_of(setup.broker.pid())
         .first()
         .expect("a worker child");
-    // SAFETY: kill on a pid we just read as the broker's child.
-    assert_eq!(
-        unsafe { libc::kill(worker as libc::pid_t, libc::SIGKILL) },
-        0
-    );
+    let status = std::process::Command::new("kill")
+        .arg("-9")
+        .arg(worker.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -9 {worker}");
     let events = victim.collect_stream();
     assert_eq!(
         stream_error(&events),

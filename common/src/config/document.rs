@@ -45,7 +45,11 @@ impl KeyPath {
     }
 
     pub(super) fn of(keys: &[&str]) -> KeyPath {
-        KeyPath(keys.iter().map(|key| Segment::Key((*key).to_owned())).collect())
+        KeyPath(
+            keys.iter()
+                .map(|key| Segment::Key((*key).to_owned()))
+                .collect(),
+        )
     }
 
     pub(super) fn model(index: usize) -> KeyPath {
@@ -158,6 +162,8 @@ pub(super) fn parse(text: &str, file: &Path) -> Parsed {
 
     let mut model_origin: Vec<usize> = (0..models_in_file).collect();
     let mut problems = Vec::new();
+    let mut removed: Vec<KeyPath> = Vec::new();
+    let mut stopped_early = false;
     let mut current = text.to_owned();
     for _ in 0..MAX_REPORTED_TYPE_ERRORS {
         let error = match toml::from_str::<ConfigFile>(&current) {
@@ -191,15 +197,26 @@ pub(super) fn parse(text: &str, file: &Path) -> Parsed {
                     location,
                 },
             ));
+            stopped_early = true;
             break;
         };
         let original = to_original(&path, &model_origin);
-        problems.push(problem_from_message(
-            error.message(),
-            &original,
-            source_map.place(&original),
-        ));
+        // A required key removed here for being bad is then also missing;
+        // that was reported already.
+        let follow_up = error.message().starts_with("missing field `")
+            && backticked(error.message())
+                .first()
+                .is_some_and(|missing| removed.contains(&original.key(missing)));
+        if !follow_up {
+            problems.push(problem_from_message(
+                error.message(),
+                &original,
+                source_map.place(&original),
+            ));
+        }
+        removed.push(original);
         if !remove_path(working.as_table_mut(), &path.0) {
+            stopped_early = true;
             break;
         }
         if let [Segment::Key(model), Segment::Index(index)] = path.0.as_slice() {
@@ -208,6 +225,13 @@ pub(super) fn parse(text: &str, file: &Path) -> Parsed {
             }
         }
         current = working.to_string();
+    }
+    if !stopped_early {
+        problems.push(ConfigProblem::InvalidFile {
+            path: file.to_path_buf(),
+            problem: format!("has more than {MAX_REPORTED_TYPE_ERRORS} errors; checking stopped"),
+            fix: "correct the errors above, then check again".into(),
+        });
     }
     Parsed {
         file: None,
@@ -338,7 +362,12 @@ fn step<'a>(node: Node<'a>, segment: &Segment) -> Option<(Node<'a>, Option<Range
         return None;
     };
     let (key, item) = table.get_key_value(name)?;
-    Some((Node::Item(item), key.span().or_else(|| item.span())))
+    // A [table] is found at its header, everything else at its key.
+    let span = match item {
+        Item::Table(table) => table.span().or_else(|| key.span()),
+        _ => key.span().or_else(|| item.span()),
+    };
+    Some((Node::Item(item), span))
 }
 
 /// The deepest span along `path`.
@@ -561,6 +590,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -589,7 +620,13 @@ mod tests {
 
         let path = KeyPath::model(1).key("defaults").key("steps");
         let span = span_of(document.as_table(), &path).unwrap();
-        assert_eq!(line_column(text, span.start), Location { line: 9, column: 14 });
+        assert_eq!(
+            line_column(text, span.start),
+            Location {
+                line: 9,
+                column: 14
+            }
+        );
     }
 
     #[test]

@@ -27,8 +27,8 @@ mod permissions;
 mod rules;
 
 use std::fmt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -70,6 +70,19 @@ impl fmt::Display for Mode {
             Mode::User => "user",
             Mode::System => "system",
         })
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "user" => Ok(Mode::User),
+            "system" => Ok(Mode::System),
+            _ => Err(format!(
+                "`{text}` is not a mode: use \"user\" or \"system\""
+            )),
+        }
     }
 }
 
@@ -623,7 +636,7 @@ fn load_collecting(
     let text = match read_config_text(&path, recheck) {
         Ok(text) => text,
         Err(problem) => {
-            problems.push(problem);
+            problems.extend(problem.map(|problem| *problem));
             return (None, problems);
         }
     };
@@ -635,11 +648,14 @@ fn load_collecting(
 /// Reads the file through one descriptor. With `recheck`, also checks on
 /// that descriptor what [`check_permissions`] checked by path, so what is
 /// parsed is the file that passed even if the path was swapped in between.
+/// Without it (the permission check already failed), a file that is not
+/// regular stops here with no further problem: that check reported it.
 fn read_config_text(
     path: &Path,
     recheck: Option<(Mode, &[u32])>,
-) -> Result<String, ConfigProblem> {
-    let unreadable = |source: std::io::Error| ConfigProblem::unreadable(path, source);
+) -> Result<String, Option<Box<ConfigProblem>>> {
+    let unreadable =
+        |source: std::io::Error| Some(Box::new(ConfigProblem::unreadable(path, source)));
     // O_NONBLOCK: opening a FIFO must not hang; fstat then reports it.
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -649,15 +665,11 @@ fn read_config_text(
     let meta = file.metadata().map_err(unreadable)?;
     if let Some((mode, allowed)) = recheck {
         if let Some(problem) = permissions::check_opened_file(path, &meta, mode, allowed) {
-            return Err(problem);
+            return Err(Some(Box::new(problem)));
         }
     }
     if !meta.is_file() {
-        return Err(ConfigProblem::InvalidFile {
-            path: path.to_path_buf(),
-            problem: "is not a regular file".into(),
-            fix: "name the config file itself with --config".into(),
-        });
+        return Err(None);
     }
     let too_large = || ConfigProblem::InvalidFile {
         path: path.to_path_buf(),
@@ -665,7 +677,7 @@ fn read_config_text(
         fix: "check that --config names the right file".into(),
     };
     if meta.len() > MAX_CONFIG_BYTES {
-        return Err(too_large());
+        return Err(Some(Box::new(too_large())));
     }
     let mut bytes = Vec::new();
     file.take(MAX_CONFIG_BYTES + 1)
@@ -673,19 +685,25 @@ fn read_config_text(
         .map_err(unreadable)?;
     // The size can change between fstat and read; what was read counts.
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(too_large());
+        return Err(Some(Box::new(too_large())));
     }
-    String::from_utf8(bytes).map_err(|error| ConfigProblem::InvalidFile {
-        path: path.to_path_buf(),
-        problem: format!(
-            "is not valid UTF-8 (first bad byte at offset {})",
-            error.utf8_error().valid_up_to()
-        ),
-        fix: "save the file as UTF-8".into(),
+    String::from_utf8(bytes).map_err(|error| {
+        Some(Box::new(ConfigProblem::InvalidFile {
+            path: path.to_path_buf(),
+            problem: format!(
+                "is not valid UTF-8 (first bad byte at offset {})",
+                error.utf8_error().valid_up_to()
+            ),
+            fix: "save the file as UTF-8".into(),
+        }))
     })
 }
 
-fn parse_and_validate(text: &str, source: &Path, mode: Mode) -> (Option<Config>, Vec<ConfigProblem>) {
+fn parse_and_validate(
+    text: &str,
+    source: &Path,
+    mode: Mode,
+) -> (Option<Config>, Vec<ConfigProblem>) {
     let parsed = document::parse(text, source);
     let mut problems = parsed.problems;
     let Some(file) = parsed.file else {
@@ -751,7 +769,9 @@ pub enum ConfigProblem {
         fix: String,
     },
 
-    #[error("{place}: TOML syntax error: {message}\n    fix: correct the TOML at that line and column")]
+    #[error(
+        "{place}: TOML syntax error: {message}\n    fix: correct the TOML at that line and column"
+    )]
     Syntax { place: Place, message: String },
 
     #[error("{place}: unknown key `{key}`{}\n    fix: {fix}", valid_keys(valid))]

@@ -105,7 +105,9 @@ impl Checker<'_> {
                 self.problems.push(ConfigProblem::UnsafePermissions {
                     path: self.config.clone(),
                     config: self.config.clone(),
-                    problem: format!("goes through a symbolic link that cannot be resolved: {error}"),
+                    problem: format!(
+                        "goes through a symbolic link that cannot be resolved: {error}"
+                    ),
                     fix: "point the link at the existing config file, or name the file itself \
                           with --config"
                         .into(),
@@ -152,9 +154,9 @@ impl Checker<'_> {
         match role {
             Role::ConfigFile if !metadata.is_file() => {
                 let what = if metadata.is_dir() {
-                    "is a directory, not a config file"
+                    "the config file is a directory, not a file"
                 } else {
-                    "is not a regular file"
+                    "the config file is not a regular file"
                 };
                 self.push(
                     path,
@@ -303,11 +305,16 @@ pub(super) fn check_opened_file(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
     fn paths_in_fixes_are_single_shell_words() {
-        assert_eq!(shell_quote(Path::new("/etc/weave/weave.toml")), "/etc/weave/weave.toml");
+        assert_eq!(
+            shell_quote(Path::new("/etc/weave/weave.toml")),
+            "/etc/weave/weave.toml"
+        );
         assert_eq!(shell_quote(Path::new("/a b/c")), "'/a b/c'");
         assert_eq!(shell_quote(Path::new("/it's")), r"'/it'\''s'");
     }

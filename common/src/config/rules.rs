@@ -188,9 +188,8 @@ fn largest_png_bytes(bounds: &ParamBounds) -> u64 {
     let (width, height) = (u64::from(bounds.max_width), u64::from(bounds.max_height));
     let raw = height * (width * 3 + 1); // one filter byte per row
     let deflate_stored = raw + 5 * (raw / 65_535 + 1) + 6;
-    let text_chunk = u64::from(bounds.max_prompt_len)
-        + u64::from(bounds.max_negative_prompt_len)
-        + 4096;
+    let text_chunk =
+        u64::from(bounds.max_prompt_len) + u64::from(bounds.max_negative_prompt_len) + 4096;
     // Signature, IHDR, IEND and one IDAT chunk header per 1 MiB.
     deflate_stored + text_chunk + 64 + 12 * (deflate_stored / (1 << 20) + 1)
 }
@@ -216,7 +215,7 @@ fn check_limits(config: &Config, report: &mut Report<'_, '_>) {
             );
         }
     }
-    if limits.per_client_queue_depth > limits.queue_depth {
+    if limits.queue_depth != 0 && limits.per_client_queue_depth > limits.queue_depth {
         report.invalid(
             &KeyPath::of(&["limits", "per_client_queue_depth"]),
             format!(
@@ -239,9 +238,7 @@ fn check_limits(config: &Config, report: &mut Report<'_, '_>) {
                  {needed} bytes as PNG)",
                 limits.max_response_frame, config.bounds.max_width, config.bounds.max_height
             ),
-            format!(
-                "raise it to at least {needed}, or lower bounds.max_width / bounds.max_height"
-            ),
+            format!("raise it to at least {needed}, or lower bounds.max_width / bounds.max_height"),
         );
     }
 }
@@ -269,7 +266,12 @@ fn check_bounds(bounds: &ParamBounds, report: &mut Report<'_, '_>) {
     }
     for (min_name, min, max_name, max) in [
         ("min_width", bounds.min_width, "max_width", bounds.max_width),
-        ("min_height", bounds.min_height, "max_height", bounds.max_height),
+        (
+            "min_height",
+            bounds.min_height,
+            "max_height",
+            bounds.max_height,
+        ),
     ] {
         if min > max {
             report.invalid(
@@ -354,7 +356,11 @@ fn check_models(config: &mut Config, report: &mut Report<'_, '_>) {
     let config_dir = context.source.parent().unwrap_or(Path::new("/"));
     let mut first_with_id: HashMap<String, usize> = HashMap::new();
     for (position, model) in config.models.iter_mut().enumerate() {
-        let index = context.model_origin.get(position).copied().unwrap_or(position);
+        let index = context
+            .model_origin
+            .get(position)
+            .copied()
+            .unwrap_or(position);
         let here = KeyPath::model(index);
         check_model_id(model, index, &here, &mut first_with_id, report);
 
@@ -418,7 +424,10 @@ fn check_model_id(
         );
     }
     if let Some(&first) = first_with_id.get(&model.id) {
-        let first_place = report.context.source_map.place(&KeyPath::model(first).key("id"));
+        let first_place = report
+            .context
+            .source_map
+            .place(&KeyPath::model(first).key("id"));
         let at = match first_place.location {
             Some(location) => format!(" at line {}", location.line),
             None => String::new(),
@@ -465,8 +474,20 @@ fn check_model_defaults(
         }
     };
     for (name, value, set, min, max) in [
-        ("width", defaults.width, given.width.is_some(), bounds.min_width, bounds.max_width),
-        ("height", defaults.height, given.height.is_some(), bounds.min_height, bounds.max_height),
+        (
+            "width",
+            defaults.width,
+            given.width.is_some(),
+            bounds.min_width,
+            bounds.max_width,
+        ),
+        (
+            "height",
+            defaults.height,
+            given.height.is_some(),
+            bounds.min_height,
+            bounds.max_height,
+        ),
     ] {
         if value < min || value > max || value % 8 != 0 {
             report.invalid(
@@ -533,7 +554,11 @@ pub(super) fn check_model_path(config: &Path, model: &ModelConfig) -> Option<Con
         fix,
     };
     let path = &model.path;
-    let config_dir = config.parent().unwrap_or(Path::new("/")).display().to_string();
+    let config_dir = config
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .display()
+        .to_string();
     let metadata = match std::fs::metadata(path) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -598,6 +623,8 @@ pub(super) fn check_model_path(config: &Path, model: &ModelConfig) -> Option<Con
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -606,7 +633,16 @@ mod tests {
             assert!(is_model_id(good), "{good}");
         }
         let long = "a".repeat(MAX_MODEL_ID_LEN + 1);
-        for bad in ["", "Digits", ".hidden", "-x", "a/b", "a b", "é", long.as_str()] {
+        for bad in [
+            "",
+            "Digits",
+            ".hidden",
+            "-x",
+            "a/b",
+            "a b",
+            "é",
+            long.as_str(),
+        ] {
             assert!(!is_model_id(bad), "{bad}");
         }
     }

@@ -15,7 +15,7 @@ pub mod seccomp;
 mod sys;
 pub mod worker;
 
-pub use landlock::{EnforcementStatus, LandlockReport};
+pub use crate::landlock::{EnforcementStatus, LandlockReport};
 pub use process::{ProcessError, ProcessStatus};
 pub use seccomp::{SeccompMode, WorkerSyscallOptions};
 
@@ -26,8 +26,12 @@ pub struct SandboxReport {
     /// Effective uid, gid.
     pub uid: u32,
     pub gid: u32,
-    /// All five capability sets empty.
+    /// Effective, permitted, inheritable and ambient capability sets empty.
     pub capabilities_empty: bool,
+    /// Bounding set empty too (only possible for a process that started
+    /// with CAP_SETPCAP, i.e. system mode; harmless otherwise under
+    /// `no_new_privs`, see `capabilities::clear_process_sets`).
+    pub bounding_set_empty: bool,
     pub no_new_privs: bool,
     /// `Seccomp:` mode from /proc/self/status (2 = filter).
     pub seccomp_mode: u8,
@@ -47,7 +51,12 @@ impl SandboxReport {
         Ok(Self {
             uid: euid,
             gid: egid,
-            capabilities_empty: status.capabilities_empty(),
+            capabilities_empty: status.cap_effective
+                | status.cap_permitted
+                | status.cap_inheritable
+                | status.cap_ambient
+                == 0,
+            bounding_set_empty: status.cap_bounding == 0,
             no_new_privs: status.no_new_privs,
             seccomp_mode: status.seccomp_mode,
             seccomp_filters: status.seccomp_filters,

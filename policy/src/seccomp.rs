@@ -212,7 +212,8 @@ impl SyscallPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct WorkerSyscallOptions {
     /// CUDA: any `ioctl` (the NVIDIA driver's request numbers are not a
-    /// stable public list) and `O_RDWR` device opens. Off for CPU workers.
+    /// stable public list) and `openat` with write flags (the driver opens
+    /// its device nodes `O_RDWR`). Off for CPU workers.
     pub gpu: bool,
     /// Allow `PROT_EXEC` in `mmap`/`mprotect` after initialization. Needed
     /// when libtorch JIT-compiles kernels at run time (oneDNN) or dlopens
@@ -318,8 +319,16 @@ pub fn worker_filter(options: WorkerSyscallOptions) -> SyscallPolicy {
     p.allow(libc::SYS_sigaltstack);
 
     // ---- files (what may be opened is Landlock's decision) ----
-    // why: reading model files, /proc and /sys bits libtorch asks for lazily.
-    p.allow(libc::SYS_openat);
+    if options.gpu {
+        // why: model files, and the GPU device nodes CUDA opens O_RDWR
+        // (Landlock still denies writing or creating any file).
+        p.allow(libc::SYS_openat);
+    } else {
+        // why: reading model files and the /proc and /sys bits libtorch asks
+        // for lazily; read-only opens only (defence in depth under Landlock).
+        let write_flags = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64;
+        p.allow_when(libc::SYS_openat, vec![arg_masked_zero(2, write_flags)]);
+    }
     // why: reading files, the channel's control fd, eventfds.
     p.allow(libc::SYS_read);
     p.allow(libc::SYS_pread64);
@@ -461,6 +470,7 @@ mod tests {
         assert!(p.is_conditional(libc::SYS_clone));
         assert!(p.is_conditional(libc::SYS_mmap));
         assert!(p.is_conditional(libc::SYS_ioctl));
+        assert!(p.is_conditional(libc::SYS_openat));
         assert!(p.returns_enosys(libc::SYS_clone3));
         assert!(!p.allows(libc::SYS_clone3));
     }

@@ -49,6 +49,18 @@ mod raw {
         unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) }
     }
 
+    /// `dlopen(path, RTLD_NOW)`: true when the library was mapped.
+    pub fn dlopen(path: &std::path::Path) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: a NUL-terminated path; the probe libraries are glibc's
+        // stub libraries whose constructors do nothing.
+        let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        !handle.is_null()
+    }
+
     pub fn exit_now(code: i32) -> ! {
         // SAFETY: _exit never returns; used in a forked child to avoid
         // running the parent's atexit handlers twice.
@@ -149,6 +161,38 @@ fn cases() -> Vec<Case> {
                 ],
             )
         }),
+        killed("seccomp_kills_openat_for_writing", |dir| {
+            lock();
+            let path = std::ffi::CString::new(
+                dir.join("model")
+                    .join("weights.bin")
+                    .to_string_lossy()
+                    .as_bytes(),
+            )
+            .unwrap();
+            attempt(
+                libc::SYS_openat,
+                [
+                    libc::AT_FDCWD as _,
+                    path.as_ptr() as _,
+                    libc::O_WRONLY as _,
+                    0,
+                    0,
+                ],
+            )
+        }),
+        Case {
+            name: "seccomp_tsync_covers_threads_started_before_the_filter",
+            needs: &[Need::Seccomp],
+            expect: Expect::Signal(SIGSYS),
+            probe: probe_tsync,
+        },
+        Case {
+            name: "seccomp_trap_mode_reports_and_continues",
+            needs: &[Need::Seccomp],
+            expect: Expect::Success,
+            probe: probe_trap_mode,
+        },
         Case {
             name: "seccomp_allows_threads_and_clone3_gets_enosys",
             needs: &[Need::Seccomp],
@@ -287,6 +331,25 @@ fn probe_landlock_view(dir: &Path) -> i32 {
         eacces,
         &mut failures,
     );
+    // Shared objects in a read-only-granted directory still load (mmap
+    // PROT_EXEC is not a Landlock access); the same file elsewhere does not.
+    let lib_name = std::env::var("WEAVE_POLICY_PROBE_LIB").unwrap_or_default();
+    if lib_name.is_empty() {
+        println!("note: no stub library found to test dlopen");
+    } else {
+        if raw::dlopen(&model_dir.join(&lib_name)) {
+            println!("ok: dlopen from the model dir");
+        } else {
+            println!("FAIL: dlopen from the read-only model dir");
+            failures += 1;
+        }
+        if raw::dlopen(&dir.join("other").join(&lib_name)) {
+            println!("FAIL: dlopen from a non-allowed dir succeeded");
+            failures += 1;
+        } else {
+            println!("ok: dlopen from a non-allowed dir refused");
+        }
+    }
     // Signal scoping: the parent (outside the domain) cannot be signalled.
     // Signal 0 only checks permission.
     // SAFETY: kill with signal 0 sends nothing; getppid cannot fail.
@@ -325,6 +388,44 @@ fn probe_landlock_missing_model(dir: &Path) -> i32 {
             println!("FAIL: expected MissingPath, got {other:?}");
             1
         }
+    }
+}
+
+fn probe_tsync(_: &Path) -> i32 {
+    // A thread that exists before the filter (like libtorch's OpenMP pool)
+    // must be filtered too: it waits, then tries a socket.
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let _ = go_rx.recv();
+        raw::syscall5(
+            libc::SYS_socket,
+            [libc::AF_INET as _, libc::SOCK_STREAM as _, 0, 0, 0],
+        )
+    });
+    lock();
+    let _ = go_tx.send(());
+    let result = worker.join();
+    eprintln!("probe: the pre-existing thread was not killed: {result:?}");
+    4
+}
+
+fn probe_trap_mode(_: &Path) -> i32 {
+    if let Err(e) = worker::lock_syscalls(SeccompMode::Trap, WorkerSyscallOptions::default()) {
+        println!("FAIL: lock_syscalls(Trap): {e}");
+        return 1;
+    }
+    // Not allowed: the SIGSYS reporter prints the number and the call
+    // returns ENOSYS instead of killing the process.
+    let (ret, errno) = raw::syscall5(
+        libc::SYS_socket,
+        [libc::AF_INET as _, libc::SOCK_STREAM as _, 0, 0, 0],
+    );
+    if ret == -1 && errno == libc::ENOSYS {
+        println!("ok: socket returned ENOSYS under the trap mode");
+        0
+    } else {
+        println!("FAIL: socket returned {ret}, errno {errno}");
+        1
     }
 }
 
@@ -535,6 +636,24 @@ fn ensure_test_user() -> Result<(), String> {
 struct Fixture {
     dir: PathBuf,
     home_file: PathBuf,
+    /// File name of a glibc stub library copied into model/ and other/.
+    lib_name: Option<String>,
+}
+
+/// A shared library nothing in this process has loaded yet.
+fn find_stub_library() -> Option<PathBuf> {
+    let dirs = [
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib/aarch64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/lib64",
+        "/usr/lib64",
+    ];
+    let names = ["libanl.so.1", "libutil.so.1", "libresolv.so.2"];
+    dirs.iter()
+        .flat_map(|d| names.iter().map(move |n| Path::new(d).join(n)))
+        .find(|p| p.is_file())
 }
 
 impl Fixture {
@@ -548,7 +667,17 @@ impl Fixture {
         std::fs::create_dir_all(&home).unwrap();
         let home_file = home.join(format!(".weave-policy-test-{}", std::process::id()));
         std::fs::write(&home_file, b"home").unwrap();
-        Self { dir, home_file }
+        let lib_name = find_stub_library().map(|lib| {
+            let name = lib.file_name().unwrap().to_string_lossy().into_owned();
+            std::fs::copy(&lib, dir.join("model").join(&name)).unwrap();
+            std::fs::copy(&lib, dir.join("other").join(&name)).unwrap();
+            name
+        });
+        Self {
+            dir,
+            home_file,
+            lib_name,
+        }
     }
 }
 
@@ -597,6 +726,10 @@ fn run_case(case: &Case, fixture: &Fixture) -> Outcome {
         .env(PROBE_ENV, case.name)
         .env(DIR_ENV, &fixture.dir)
         .env("WEAVE_POLICY_PROBE_HOME_FILE", &fixture.home_file)
+        .env(
+            "WEAVE_POLICY_PROBE_LIB",
+            fixture.lib_name.as_deref().unwrap_or_default(),
+        )
         .output();
     let output = match output {
         Ok(o) => o,
@@ -617,6 +750,12 @@ fn run_case(case: &Case, fixture: &Fixture) -> Outcome {
             if case.name == "root_drops_to_test_user_with_nothing_left" {
                 if let Err(e) = check_drop_output(&stdout) {
                     return Outcome::Failed(format!("{e}\n{}", detail()));
+                }
+            }
+            if case.name == "seccomp_trap_mode_reports_and_continues" {
+                let line = format!("weave-policy: seccomp blocked syscall {}", libc::SYS_socket);
+                if !stderr.lines().any(|l| l == line) {
+                    return Outcome::Failed(format!("no `{line}` on stderr\n{}", detail()));
                 }
             }
             Outcome::Ok

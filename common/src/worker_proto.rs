@@ -163,7 +163,10 @@ pub enum ToWorker {
     Unload,
     /// Run one generation on the loaded model. Answered by `Progress` per
     /// step, `Image` per batch entry, then `Finished` or `Failed`.
-    Generate { job_id: u64, params: WorkerGenerateParams },
+    Generate {
+        job_id: u64,
+        params: WorkerGenerateParams,
+    },
     /// Stop `job_id` at the next step boundary (answered by its `Failed`
     /// with `Cancelled`). Ignored when that job is not running.
     Cancel { job_id: u64 },
@@ -172,7 +175,10 @@ pub enum ToWorker {
     /// sends `RekeyAck` as the first message under the new keys. The broker
     /// switches its writer right after sending `Rekey` and its reader right
     /// before reading `RekeyAck`. Only sent while no job runs.
-    Rekey { to_worker: DirectionKey, to_broker: DirectionKey },
+    Rekey {
+        to_worker: DirectionKey,
+        to_broker: DirectionKey,
+    },
     /// Exit cleanly.
     Shutdown,
 }
@@ -199,11 +205,17 @@ pub enum WorkerFailure {
     UnknownModel,
     /// `Generate` without a loaded model, or for another model than loaded.
     NotLoaded,
-    LoadFailed { reason: String },
+    LoadFailed {
+        reason: String,
+    },
     Cancelled,
-    EngineError { reason: String },
+    EngineError {
+        reason: String,
+    },
     /// The parameters are outside what the engine supports for this model.
-    Unsupported { reason: String },
+    Unsupported {
+        reason: String,
+    },
 }
 
 /// What the sandbox achieved, as the worker reads it back from the kernel
@@ -229,15 +241,36 @@ pub struct SandboxReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromWorker {
     /// Sent once, after seccomp is on and before the worker reads anything.
-    Ready { sandbox: SandboxReport },
-    Loaded { model_id: String, memory_bytes: u64, load_ms: u64 },
+    Ready {
+        sandbox: SandboxReport,
+    },
+    Loaded {
+        model_id: String,
+        memory_bytes: u64,
+        load_ms: u64,
+    },
     Unloaded,
-    Progress { job_id: u64, step: u32, total: u32 },
+    Progress {
+        job_id: u64,
+        step: u32,
+        total: u32,
+    },
     /// One finished image of the batch: raw RGB8, row-major, no padding.
-    Image { job_id: u64, index: u32, width: u32, height: u32, rgb: Vec<u8> },
-    Finished { job_id: u64 },
+    Image {
+        job_id: u64,
+        index: u32,
+        width: u32,
+        height: u32,
+        rgb: Vec<u8>,
+    },
+    Finished {
+        job_id: u64,
+    },
     /// `job_id` is `None` for a failed `Load`.
-    Failed { job_id: Option<u64>, failure: WorkerFailure },
+    Failed {
+        job_id: Option<u64>,
+        failure: WorkerFailure,
+    },
     RekeyAck,
 }
 
@@ -260,9 +293,13 @@ impl FromWorker {
 /// Errors encoding or decoding a worker-channel message or the bootstrap.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerProtoError {
-    #[error("worker message does not decode ({0}); broker and worker must come from the same build")]
+    #[error(
+        "worker message does not decode ({0}); broker and worker must come from the same build"
+    )]
     Decode(postcard::Error),
-    #[error("worker message has {0} trailing bytes; broker and worker must come from the same build")]
+    #[error(
+        "worker message has {0} trailing bytes; broker and worker must come from the same build"
+    )]
     TrailingBytes(usize),
     #[error("message kind {declared} in the slot does not match the body (kind {actual})")]
     KindMismatch { declared: u16, actual: u16 },
@@ -299,7 +336,10 @@ pub fn encode_from_worker(msg: &FromWorker) -> Result<Vec<u8>, WorkerProtoError>
 pub fn decode_to_worker(kind: u16, body: &[u8]) -> Result<ToWorker, WorkerProtoError> {
     let msg: ToWorker = decode_exact(body)?;
     if msg.kind() != kind {
-        return Err(WorkerProtoError::KindMismatch { declared: kind, actual: msg.kind() });
+        return Err(WorkerProtoError::KindMismatch {
+            declared: kind,
+            actual: msg.kind(),
+        });
     }
     Ok(msg)
 }
@@ -308,7 +348,10 @@ pub fn decode_to_worker(kind: u16, body: &[u8]) -> Result<ToWorker, WorkerProtoE
 pub fn decode_from_worker(kind: u16, body: &[u8]) -> Result<FromWorker, WorkerProtoError> {
     let msg: FromWorker = decode_exact(body)?;
     if msg.kind() != kind {
-        return Err(WorkerProtoError::KindMismatch { declared: kind, actual: msg.kind() });
+        return Err(WorkerProtoError::KindMismatch {
+            declared: kind,
+            actual: msg.kind(),
+        });
     }
     Ok(msg)
 }
@@ -329,7 +372,9 @@ pub fn decode_bootstrap(bytes: &[u8]) -> Result<WorkerBootstrap, WorkerProtoErro
     }
     let bootstrap: WorkerBootstrap = decode_exact(bytes)?;
     if bootstrap.protocol_version != WORKER_PROTOCOL_VERSION {
-        return Err(WorkerProtoError::VersionMismatch { got: bootstrap.protocol_version });
+        return Err(WorkerProtoError::VersionMismatch {
+            got: bootstrap.protocol_version,
+        });
     }
     Ok(bootstrap)
 }
@@ -342,10 +387,24 @@ mod tests {
     fn sample_bootstrap() -> WorkerBootstrap {
         WorkerBootstrap {
             protocol_version: WORKER_PROTOCOL_VERSION,
-            to_worker: SegmentGeometry { segment_id: 1, slot_count: 4, slot_size: 512 },
-            to_broker: SegmentGeometry { segment_id: 2, slot_count: 4, slot_size: 1024 },
-            to_worker_key: DirectionKey { key: KeyBytes([7; 32]), generation: 0 },
-            to_broker_key: DirectionKey { key: KeyBytes([9; 32]), generation: 0 },
+            to_worker: SegmentGeometry {
+                segment_id: 1,
+                slot_count: 4,
+                slot_size: 512,
+            },
+            to_broker: SegmentGeometry {
+                segment_id: 2,
+                slot_count: 4,
+                slot_size: 1024,
+            },
+            to_worker_key: DirectionKey {
+                key: KeyBytes([7; 32]),
+                generation: 0,
+            },
+            to_broker_key: DirectionKey {
+                key: KeyBytes([9; 32]),
+                generation: 0,
+            },
             models: vec![ModelEntry {
                 id: "digits".into(),
                 kind: "digits".into(),
@@ -372,14 +431,20 @@ mod tests {
         let mut b = sample_bootstrap();
         b.protocol_version = WORKER_PROTOCOL_VERSION + 1;
         let bytes = postcard::to_stdvec(&b).unwrap();
-        assert!(matches!(decode_bootstrap(&bytes), Err(WorkerProtoError::VersionMismatch { .. })));
+        assert!(matches!(
+            decode_bootstrap(&bytes),
+            Err(WorkerProtoError::VersionMismatch { .. })
+        ));
     }
 
     #[test]
     fn trailing_bytes_are_refused() {
         let mut bytes = encode_bootstrap(&sample_bootstrap()).unwrap();
         bytes.push(0);
-        assert!(matches!(decode_bootstrap(&bytes), Err(WorkerProtoError::TrailingBytes(1))));
+        assert!(matches!(
+            decode_bootstrap(&bytes),
+            Err(WorkerProtoError::TrailingBytes(1))
+        ));
         let mut body = encode_from_worker(&FromWorker::Unloaded).unwrap();
         body.push(1);
         assert!(matches!(
@@ -405,7 +470,13 @@ mod tests {
 
     #[test]
     fn truncated_message_is_an_error_not_a_panic() {
-        let msg = FromWorker::Image { job_id: 1, index: 0, width: 2, height: 2, rgb: vec![1; 12] };
+        let msg = FromWorker::Image {
+            job_id: 1,
+            index: 0,
+            width: 2,
+            height: 2,
+            rgb: vec![1; 12],
+        };
         let body = encode_from_worker(&msg).unwrap();
         for cut in 0..body.len() {
             assert!(decode_from_worker(msg.kind(), &body[..cut]).is_err());
@@ -414,7 +485,10 @@ mod tests {
 
     #[test]
     fn keys_are_not_printed() {
-        let k = DirectionKey { key: KeyBytes([0xAB; 32]), generation: 5 };
+        let k = DirectionKey {
+            key: KeyBytes([0xAB; 32]),
+            generation: 5,
+        };
         let shown = format!("{k:?}");
         assert!(!shown.contains("171"), "{shown}");
         assert!(!shown.to_lowercase().contains("ab, "), "{shown}");

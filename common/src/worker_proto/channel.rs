@@ -6,12 +6,13 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use crate::shm::{
-    ChannelKey, ChannelStats, Direction, Doorbell, KeyError, Reader, RingGeometry, SealedSegment, SegmentId, Writer,
+    ChannelKey, ChannelStats, Direction, Doorbell, KeyError, Reader, RingGeometry, SealedSegment,
+    SegmentId, Writer,
 };
 
 use super::{
-    decode_from_worker, decode_to_worker, DirectionKey, FromWorker, KeyBytes, SegmentGeometry, ToWorker,
-    WorkerBootstrap, WorkerProtoError,
+    decode_from_worker, decode_to_worker, DirectionKey, FromWorker, KeyBytes, SegmentGeometry,
+    ToWorker, WorkerBootstrap, WorkerProtoError,
 };
 
 /// How long a sender waits for the peer to free a slot before it treats the
@@ -34,7 +35,10 @@ pub enum ChannelError {
 }
 
 fn ring_geometry(g: &SegmentGeometry) -> RingGeometry {
-    RingGeometry { slot_count: g.slot_count, slot_size: g.slot_size }
+    RingGeometry {
+        slot_count: g.slot_count,
+        slot_size: g.slot_size,
+    }
 }
 
 fn channel_key(k: &DirectionKey) -> ChannelKey {
@@ -42,7 +46,10 @@ fn channel_key(k: &DirectionKey) -> ChannelKey {
 }
 
 fn direction_key(k: &ChannelKey) -> DirectionKey {
-    DirectionKey { key: KeyBytes(*k.expose_secret()), generation: k.generation() }
+    DirectionKey {
+        key: KeyBytes(*k.expose_secret()),
+        generation: k.generation(),
+    }
 }
 
 /// Counters of both directions and the current key generation.
@@ -89,21 +96,40 @@ impl BrokerEndpoint {
         to_broker: SegmentGeometry,
         generation: u64,
     ) -> Result<Self, ChannelError> {
-        let out_seg =
-            SealedSegment::create(SegmentId(to_worker.segment_id), Direction::BrokerToWorker, ring_geometry(&to_worker))?;
-        let in_seg =
-            SealedSegment::create(SegmentId(to_broker.segment_id), Direction::WorkerToBroker, ring_geometry(&to_broker))?;
+        let out_seg = SealedSegment::create(
+            SegmentId(to_worker.segment_id),
+            Direction::BrokerToWorker,
+            ring_geometry(&to_worker),
+        )?;
+        let in_seg = SealedSegment::create(
+            SegmentId(to_broker.segment_id),
+            Direction::WorkerToBroker,
+            ring_geometry(&to_broker),
+        )?;
         let to_worker_key = ChannelKey::generate(generation)?;
         let to_broker_key = ChannelKey::generate(generation)?;
         let writer = Writer::new(out_seg, Doorbell::new()?, &to_worker_key);
         let to_broker_bell = Doorbell::new()?;
         let reader = Reader::new(in_seg, to_broker_bell.try_clone()?, &to_broker_key)?;
-        Ok(Self { writer, reader, to_broker_bell, to_worker_key, to_broker_key, geometry_out: to_worker, geometry_in: to_broker })
+        Ok(Self {
+            writer,
+            reader,
+            to_broker_bell,
+            to_worker_key,
+            to_broker_key,
+            geometry_out: to_worker,
+            geometry_in: to_broker,
+        })
     }
 
     /// The four descriptors the worker inherits as fds 3, 4, 5, 6.
     pub fn worker_fds(&self) -> [BorrowedFd<'_>; 4] {
-        [self.writer.segment().fd(), self.reader.segment().fd(), self.writer.doorbell().fd(), self.to_broker_bell.fd()]
+        [
+            self.writer.segment().fd(),
+            self.reader.segment().fd(),
+            self.writer.doorbell().fd(),
+            self.to_broker_bell.fd(),
+        ]
     }
 
     pub fn to_worker_geometry(&self) -> SegmentGeometry {
@@ -116,7 +142,10 @@ impl BrokerEndpoint {
 
     /// Copies of the current keys for the bootstrap (zeroized on drop).
     pub fn keys_for_worker(&self) -> (DirectionKey, DirectionKey) {
-        (direction_key(&self.to_worker_key), direction_key(&self.to_broker_key))
+        (
+            direction_key(&self.to_worker_key),
+            direction_key(&self.to_broker_key),
+        )
     }
 
     pub fn send(&mut self, msg: &ToWorker) -> Result<(), ChannelError> {
@@ -139,7 +168,10 @@ impl BrokerEndpoint {
     pub fn rotate_keys(&mut self) -> Result<u64, ChannelError> {
         let next_out = self.to_worker_key.rotate()?;
         let next_in = self.to_broker_key.rotate()?;
-        self.send(&ToWorker::Rekey { to_worker: direction_key(&next_out), to_broker: direction_key(&next_in) })?;
+        self.send(&ToWorker::Rekey {
+            to_worker: direction_key(&next_out),
+            to_broker: direction_key(&next_in),
+        })?;
         self.writer.rotate(&next_out);
         self.reader.rotate(&next_in);
         self.to_worker_key = next_out;
@@ -190,9 +222,16 @@ impl WorkerEndpoint {
             Direction::WorkerToBroker,
             ring_geometry(&bootstrap.to_broker),
         )?;
-        let reader =
-            Reader::new(in_seg, Doorbell::from_fd(to_worker_doorbell)?, &channel_key(&bootstrap.to_worker_key))?;
-        let writer = Writer::new(out_seg, Doorbell::from_fd(to_broker_doorbell)?, &channel_key(&bootstrap.to_broker_key));
+        let reader = Reader::new(
+            in_seg,
+            Doorbell::from_fd(to_worker_doorbell)?,
+            &channel_key(&bootstrap.to_worker_key),
+        )?;
+        let writer = Writer::new(
+            out_seg,
+            Doorbell::from_fd(to_broker_doorbell)?,
+            &channel_key(&bootstrap.to_broker_key),
+        );
         Ok(Self { reader, writer })
     }
 
@@ -220,7 +259,11 @@ impl WorkerEndpoint {
 
     /// Switches both directions to the keys a `Rekey` carried. Call right
     /// after reading the `Rekey`, then send `RekeyAck` under the new key.
-    pub fn rekey(&mut self, to_worker: &DirectionKey, to_broker: &DirectionKey) -> Result<(), ChannelError> {
+    pub fn rekey(
+        &mut self,
+        to_worker: &DirectionKey,
+        to_broker: &DirectionKey,
+    ) -> Result<(), ChannelError> {
         self.reader.rotate(&channel_key(to_worker));
         self.writer.rotate(&channel_key(to_broker));
         Ok(())

@@ -4,7 +4,11 @@
 
 use std::ops::ControlFlow;
 
-use weave_common::worker_proto::{ModelEntry, WorkerBootstrap, WorkerDevice, WorkerFailure, WorkerGenerateParams};
+use weave_common::proto::Scheduler;
+
+use weave_common::worker_proto::{
+    ModelEntry, WorkerBootstrap, WorkerDevice, WorkerFailure, WorkerGenerateParams,
+};
 use weave_worker::engine;
 
 /// One finished image: raw RGB8, row-major.
@@ -48,11 +52,49 @@ pub struct LoadedModel {
     pipeline: engine::Pipeline,
 }
 
+/// The engine's kind for a model table entry; `auto` (and the demo model's
+/// `digits`) lets the loader read the diffusers configs.
+fn model_kind(kind: &str) -> Option<engine::ModelKind> {
+    Some(match kind {
+        "" | "auto" | "digits" | "diffusers" => engine::ModelKind::Auto,
+        "sd1" | "sd15" | "sd1.5" => engine::ModelKind::Sd1,
+        "sd2" | "sd21" | "sd2.1" => engine::ModelKind::Sd2,
+        "sd2v" | "sd21v" | "sd2-v" => engine::ModelKind::Sd2V,
+        _ => return None,
+    })
+}
+
+fn scheduler_kind(s: Scheduler) -> engine::SchedulerKind {
+    match s {
+        Scheduler::Ddim => engine::SchedulerKind::Ddim,
+        Scheduler::Euler => engine::SchedulerKind::Euler,
+        Scheduler::EulerAncestral => engine::SchedulerKind::EulerAncestral,
+        Scheduler::DpmPp2m => engine::SchedulerKind::DpmPlusPlus2M,
+        Scheduler::DpmPp2mKarras => engine::SchedulerKind::DpmPlusPlus2MKarras,
+    }
+}
+
 impl LoadedModel {
     /// Loads `entry`; the error text never contains the path.
     pub fn load(entry: &ModelEntry, device: WorkerDevice) -> Result<Self, String> {
-        let spec = engine::ModelSpec { kind: entry.kind.clone(), path: entry.path.clone() };
-        let pipeline = engine::Pipeline::load(&spec, torch_device(device), tch::Kind::Float)
+        let kind = model_kind(&entry.kind).ok_or_else(|| {
+            format!(
+                "unknown model kind {:?} in the broker's model table",
+                entry.kind
+            )
+        })?;
+        let spec = engine::ModelSpec {
+            kind,
+            path: entry.path.clone(),
+            config: None,
+        };
+        let device = match device {
+            WorkerDevice::Cpu => engine::DeviceChoice::Cpu,
+            WorkerDevice::Cuda(n) => {
+                engine::DeviceChoice::Cuda(usize::try_from(n).unwrap_or(usize::MAX))
+            }
+        };
+        let pipeline = engine::Pipeline::load(&spec, device, engine::Precision::Auto)
             .map_err(|e| redact_path(&e.to_string(), entry))?;
         Ok(Self { pipeline })
     }
@@ -74,18 +116,35 @@ impl LoadedModel {
             width: params.width,
             height: params.height,
             steps: params.steps,
-            guidance: params.guidance,
+            guidance: f64::from(params.guidance),
             seed: params.seed,
-            scheduler: params.scheduler,
+            scheduler: scheduler_kind(params.scheduler),
             batch: params.batch,
+            ..Default::default()
+        };
+        let mut progress = |step: usize, total: usize| {
+            on_step(
+                u32::try_from(step).unwrap_or(u32::MAX),
+                u32::try_from(total).unwrap_or(u32::MAX),
+            )
         };
         let images = self
             .pipeline
-            .generate(&gp, &mut |step, total| on_step(step, total))
-            .map_err(|e| WorkerFailure::EngineError { reason: e.to_string() })?;
+            .generate(&gp, &mut progress)
+            .map_err(|e| match e {
+                engine::EngineError::Cancelled => WorkerFailure::Cancelled,
+                engine::EngineError::InvalidParams(reason) => WorkerFailure::Unsupported { reason },
+                other => WorkerFailure::EngineError {
+                    reason: other.to_string(),
+                },
+            })?;
         Ok(images
             .into_iter()
-            .map(|img| RawImage { width: img.width, height: img.height, rgb: img.data })
+            .map(|img| RawImage {
+                width: img.width,
+                height: img.height,
+                rgb: img.pixels,
+            })
             .collect())
     }
 }
@@ -106,7 +165,11 @@ mod tests {
 
     #[test]
     fn paths_are_redacted_from_reasons() {
-        let entry = ModelEntry { id: "digits".into(), kind: "digits".into(), path: "/srv/m/digits".into() };
+        let entry = ModelEntry {
+            id: "digits".into(),
+            kind: "digits".into(),
+            path: "/srv/m/digits".into(),
+        };
         let r = redact_path("cannot open /srv/m/digits/unet.safetensors: denied", &entry);
         assert_eq!(r, "cannot open <model digits>/unet.safetensors: denied");
     }

@@ -11,10 +11,6 @@
 //!
 //! The worker never opens a socket or writes a file; it logs to stderr only.
 
-#[cfg(feature = "pipeline")]
-mod engine_glue;
-#[cfg(not(feature = "pipeline"))]
-#[path = "engine_pending.rs"]
 mod engine_glue;
 mod startup;
 mod sys;
@@ -31,7 +27,6 @@ use weave_common::worker_proto::{
 };
 use weave_policy::worker as worker_policy;
 use weave_policy::{EnforcementStatus, LandlockReport, SeccompMode, WorkerSyscallOptions};
-
 
 /// Exit status when the process was not started by the broker.
 const EXIT_NOT_STARTED_BY_BROKER: u8 = 2;
@@ -92,28 +87,47 @@ fn run_inner() -> Result<(), ServeError> {
 
     // 4. libtorch and the model table.
     engine_glue::init_torch(&bootstrap).map_err(ServeError::Torch)?;
-    let models: HashMap<String, ModelEntry> =
-        bootstrap.models.iter().map(|m| (m.id.clone(), m.clone())).collect();
+    let models: HashMap<String, ModelEntry> = bootstrap
+        .models
+        .iter()
+        .map(|m| (m.id.clone(), m.clone()))
+        .collect();
 
     // ===== INITIALIZATION COMPLETE =====
     // Everything below runs under the seccomp allowlist on every thread:
     // nothing a caller influenced has been touched before this line.
-    let mode = if bootstrap.seccomp_debug { SeccompMode::Trap } else { SeccompMode::Enforce };
+    let mode = if bootstrap.seccomp_debug {
+        SeccompMode::Trap
+    } else {
+        SeccompMode::Enforce
+    };
     let gpu = matches!(bootstrap.device, WorkerDevice::Cuda(_));
     worker_policy::lock_syscalls(
         mode,
-        WorkerSyscallOptions { gpu, exec_mappings: bootstrap.seccomp_exec_mappings },
+        WorkerSyscallOptions {
+            gpu,
+            exec_mappings: bootstrap.seccomp_exec_mappings,
+        },
     )
     .map_err(|e| ServeError::Sandbox(e.to_string()))?;
 
     let sandbox = sandbox_report(&landlock, bootstrap.seccomp_debug)?;
     if !sandbox.fully_enforced && !bootstrap.allow_degraded_sandbox {
-        return Err(ServeError::Sandbox(format!("sandbox not fully enforced: {sandbox:?}")));
+        return Err(ServeError::Sandbox(format!(
+            "sandbox not fully enforced: {sandbox:?}"
+        )));
     }
     log!("sandbox: {sandbox:?}");
     channel.send(&FromWorker::Ready { sandbox })?;
 
-    Server { channel, models, device: bootstrap.device, loaded: None, backlog: VecDeque::new() }.serve()
+    Server {
+        channel,
+        models,
+        device: bootstrap.device,
+        loaded: None,
+        backlog: VecDeque::new(),
+    }
+    .serve()
 }
 
 fn confine_filesystem(bootstrap: &WorkerBootstrap) -> Result<LandlockReport, ServeError> {
@@ -129,19 +143,28 @@ fn confine_filesystem(bootstrap: &WorkerBootstrap) -> Result<LandlockReport, Ser
 }
 
 /// Reads the sandbox back from the kernel (not from what we asked for).
-fn sandbox_report(landlock: &LandlockReport, seccomp_debug: bool) -> Result<SandboxReport, ServeError> {
+fn sandbox_report(
+    landlock: &LandlockReport,
+    seccomp_debug: bool,
+) -> Result<SandboxReport, ServeError> {
     // /proc/self/status only: getresuid and prctl are outside the allowlist.
     let seen = weave_policy::ProcessStatus::current()
         .map_err(|e| ServeError::Sandbox(format!("cannot read the sandbox state back: {e}")))?;
     let landlock_full = landlock.status == EnforcementStatus::FullyEnforced;
     Ok(SandboxReport {
         landlock: format!("{:?}", landlock.status),
-        landlock_abi: landlock.kernel_abi.and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
+        landlock_abi: landlock
+            .kernel_abi
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0),
         seccomp_mode: seen.seccomp_mode,
         seccomp_debug,
         no_new_privs: seen.no_new_privs,
         capabilities_empty: seen.capabilities_empty(),
-        fully_enforced: landlock_full && seen.seccomp_mode == 2 && seen.no_new_privs && !seccomp_debug,
+        fully_enforced: landlock_full
+            && seen.seccomp_mode == 2
+            && seen.no_new_privs
+            && !seccomp_debug,
     })
 }
 
@@ -173,7 +196,10 @@ impl Server {
                 ToWorker::Generate { job_id, params } => self.generate(job_id, &params)?,
                 // A cancel that arrives after its job ended: nothing to stop.
                 ToWorker::Cancel { .. } => {}
-                ToWorker::Rekey { to_worker, to_broker } => {
+                ToWorker::Rekey {
+                    to_worker,
+                    to_broker,
+                } => {
                     self.channel.rekey(&to_worker, &to_broker)?;
                     self.channel.send(&FromWorker::RekeyAck)?;
                 }
@@ -187,7 +213,10 @@ impl Server {
 
     fn load(&mut self, model_id: &str) -> Result<(), ServeError> {
         let Some(entry) = self.models.get(model_id) else {
-            return Ok(self.channel.send(&FromWorker::Failed { job_id: None, failure: WorkerFailure::UnknownModel })?);
+            return Ok(self.channel.send(&FromWorker::Failed {
+                job_id: None,
+                failure: WorkerFailure::UnknownModel,
+            })?);
         };
         // Free the old model first: two models may not fit in memory.
         self.loaded = None;
@@ -198,7 +227,11 @@ impl Server {
                 let load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 log!("loaded model {model_id:?} in {load_ms} ms");
                 self.loaded = Some((model_id.to_owned(), model));
-                self.channel.send(&FromWorker::Loaded { model_id: model_id.to_owned(), memory_bytes, load_ms })?;
+                self.channel.send(&FromWorker::Loaded {
+                    model_id: model_id.to_owned(),
+                    memory_bytes,
+                    load_ms,
+                })?;
             }
             Err(reason) => {
                 log!("loading model {model_id:?} failed: {reason}");
@@ -215,7 +248,10 @@ impl Server {
         let model = match &mut self.loaded {
             Some((id, model)) if *id == params.model_id => model,
             _ => {
-                return Ok(self.channel.send(&FromWorker::Failed { job_id: Some(job_id), failure: WorkerFailure::NotLoaded })?);
+                return Ok(self.channel.send(&FromWorker::Failed {
+                    job_id: Some(job_id),
+                    failure: WorkerFailure::NotLoaded,
+                })?);
             }
         };
         let channel = &mut self.channel;
@@ -225,7 +261,11 @@ impl Server {
         let mut channel_error: Option<ChannelError> = None;
         let mut cancelled = false;
         let mut on_step = |step: u32, total: u32| -> ControlFlow<()> {
-            if let Err(e) = channel.send(&FromWorker::Progress { job_id, step, total }) {
+            if let Err(e) = channel.send(&FromWorker::Progress {
+                job_id,
+                step,
+                total,
+            }) {
                 channel_error = Some(e);
                 return ControlFlow::Break(());
             }
@@ -254,7 +294,10 @@ impl Server {
             return Err(e.into());
         }
         if cancelled {
-            return Ok(self.channel.send(&FromWorker::Failed { job_id: Some(job_id), failure: WorkerFailure::Cancelled })?);
+            return Ok(self.channel.send(&FromWorker::Failed {
+                job_id: Some(job_id),
+                failure: WorkerFailure::Cancelled,
+            })?);
         }
         match result {
             Ok(images) => {
@@ -271,7 +314,10 @@ impl Server {
             }
             Err(failure) => {
                 log!("job {job_id} failed: {failure:?}");
-                self.channel.send(&FromWorker::Failed { job_id: Some(job_id), failure })?;
+                self.channel.send(&FromWorker::Failed {
+                    job_id: Some(job_id),
+                    failure,
+                })?;
             }
         }
         Ok(())

@@ -9,7 +9,8 @@ use weave_common::worker_proto::{self, fds, WorkerBootstrap, WorkerProtoError};
 use super::sys;
 
 /// What a human who ran `weave-worker` by hand needs to hear.
-pub const STARTED_BY_BROKER: &str = "weave-worker is started by weave-broker; run weave-broker instead";
+pub const STARTED_BY_BROKER: &str =
+    "weave-worker is started by weave-broker; run weave-broker instead";
 
 /// Errors before the channel is up.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +35,10 @@ pub struct InheritedFds {
 }
 
 fn not_started(fd: RawFd, problem: impl Into<String>) -> StartupError {
-    StartupError::NotStartedByBroker { fd, problem: problem.into() }
+    StartupError::NotStartedByBroker {
+        fd,
+        problem: problem.into(),
+    }
 }
 
 fn check_segment(fd: RawFd) -> Result<(), StartupError> {
@@ -45,7 +49,10 @@ fn check_segment(fd: RawFd) -> Result<(), StartupError> {
     let seals = sys::seals(fd).map_err(|_| not_started(fd, "is not a sealable memfd"))?;
     let required = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
     if seals & required != required {
-        return Err(not_started(fd, "is a memfd without the shrink/grow/seal seals"));
+        return Err(not_started(
+            fd,
+            "is a memfd without the shrink/grow/seal seals",
+        ));
     }
     Ok(())
 }
@@ -78,10 +85,12 @@ pub fn take_inherited_fds() -> Result<InheritedFds, StartupError> {
     check_eventfd(fds::TO_BROKER_DOORBELL)?;
     check_pipe(fds::BOOTSTRAP_PIPE)?;
     sys::close_from(fds::FIRST_UNUSED).map_err(StartupError::CloseStray)?;
-    // SAFETY (for each from_raw_fd below): the checks above proved these
-    // descriptors are open, the spawn contract makes this process their only
-    // user, and each number is wrapped exactly once.
-    let take = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+    let take = |fd: RawFd| {
+        // SAFETY: the checks above proved each descriptor is open, the spawn
+        // contract makes this process its only user, and each number below
+        // is wrapped exactly once.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    };
     Ok(InheritedFds {
         to_worker_segment: take(fds::TO_WORKER_SEGMENT),
         to_broker_segment: take(fds::TO_BROKER_SEGMENT),
@@ -96,7 +105,9 @@ pub fn read_bootstrap(pipe: OwnedFd) -> Result<WorkerBootstrap, StartupError> {
     let file = std::fs::File::from(pipe);
     let limit = u64::try_from(worker_proto::MAX_BOOTSTRAP_LEN + 1).unwrap_or(u64::MAX);
     let mut bytes = Vec::new();
-    file.take(limit).read_to_end(&mut bytes).map_err(StartupError::BootstrapRead)?;
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(StartupError::BootstrapRead)?;
     let bootstrap = worker_proto::decode_bootstrap(&bytes);
     zeroize::Zeroize::zeroize(&mut bytes);
     Ok(bootstrap?)

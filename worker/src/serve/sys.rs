@@ -33,11 +33,19 @@ pub fn seals(fd: RawFd) -> io::Result<libc::c_int> {
 /// Closes every descriptor from `first` upwards, so nothing the broker (or
 /// whoever started us) leaked survives into the sandbox.
 pub fn close_from(first: RawFd) -> io::Result<()> {
-    let first = libc::c_uint::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let first =
+        libc::c_uint::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: close_range only closes descriptors; this runs at the very start
     // of main, before anything in this process owns a descriptor >= `first`
     // (Rust's std opens none before main).
-    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0 as libc::c_uint) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -158,12 +158,27 @@ impl Connection {
     }
 
     fn hello(&mut self, request: Request) -> Result<(), Closed> {
-        let Request::Hello { version, .. } = request else {
+        let Request::Hello {
+            version,
+            client_name,
+        } = request
+        else {
             self.protocol_error("the first request must be Hello")?;
             return Err(Closed);
         };
         if version != PROTOCOL_VERSION {
             self.protocol_error("unsupported protocol version")?;
+            return Err(Closed);
+        }
+        if let Err(error) = weave_common::validate::validate_client_name(&client_name) {
+            self.broker.audit().record(
+                Severity::Notice,
+                &AuditRecord::new("invalid_request")
+                    .field("uid", self.peer.uid)
+                    .field("pid", self.peer.pid)
+                    .field("field", error.field()),
+            );
+            self.send(&Response::Error(error.into()))?;
             return Err(Closed);
         }
         self.send(&Response::Hello {

@@ -84,6 +84,15 @@ fn system_mode_runs_as_the_service_user_with_no_capabilities() {
     // is admin; anyone else is closed without a byte.
     let member_out = probe_as_user("weave-t-member", &socket, &["status"]);
     assert!(member_out.contains("role=Client"), "{member_out}");
+    // A client may not use admin verbs.
+    let drain = probe_as_user("weave-t-member", &socket, &["drain"]);
+    assert_eq!(drain, "error=not_permitted");
+    assert!(sink
+        .wait_for(
+            &["event=not_permitted", "verb=drain"],
+            Duration::from_secs(5)
+        )
+        .is_some());
     let outsider_out = probe_as_user("weave-t-outsider", &socket, &["silent-read"]);
     // The socket mode already keeps it out (EACCES); SO_PEERCRED is the
     // second wall (tested in broker_auth).

@@ -6,6 +6,8 @@
 //!     connect, send Hello, read until EOF; prints `bytes=N`
 //! weave-probe-client --socket PATH status
 //!     handshake and Status; prints `role=...`
+//! weave-probe-client --socket PATH drain
+//!     handshake and the admin verb Drain; prints `ok` or `error=<code>`
 //! weave-probe-client --socket PATH generate --prompt TEXT --out FILE [--model ID] [--steps N] [--seed N]
 //!     generate one image, write the PNG to FILE; prints progress and the path
 #![allow(clippy::unwrap_used)]
@@ -93,9 +95,9 @@ fn main() -> ExitCode {
     let Some(socket) = value("--socket") else {
         return usage();
     };
-    let command = args
-        .iter()
-        .find(|a| ["silent-read", "hello-read", "status", "generate"].contains(&a.as_str()));
+    let command = args.iter().find(|a| {
+        ["silent-read", "hello-read", "status", "drain", "generate"].contains(&a.as_str())
+    });
     let mut stream = match UnixStream::connect(&socket) {
         Ok(stream) => stream,
         Err(error) => {
@@ -118,6 +120,20 @@ fn main() -> ExitCode {
                 },
             );
             println!("bytes={}", read_all(stream));
+            ExitCode::SUCCESS
+        }
+        Some("drain") => {
+            // An admin verb: prints `ok` or `error=<code name>`.
+            if let Err(error) = hello(&mut stream) {
+                eprintln!("{error}");
+                return ExitCode::FAILURE;
+            }
+            write_request(&mut stream, &Request::Drain).unwrap();
+            match read_response(&mut stream, DEFAULT_MAX_RESPONSE_FRAME) {
+                Ok(Response::Ok) => println!("ok"),
+                Ok(Response::Error(code)) => println!("error={}", code.name()),
+                other => println!("unexpected {other:?}"),
+            }
             ExitCode::SUCCESS
         }
         Some("status") => {

@@ -5,8 +5,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use weave_common::config::{default_socket_path, Config, EnvPaths};
 use weave_common::proto::Mode;
 
+use crate::settings::config_mode;
 use crate::sys;
 
 /// Why the daemon cannot set itself up.
@@ -14,13 +16,10 @@ use crate::sys;
 pub enum ModeError {
     #[error("{0}")]
     Usage(String),
-    #[error(
-        "XDG_RUNTIME_DIR is not set, so there is no place for the user socket; \
-         log in through a session manager or pass --socket PATH"
-    )]
-    NoRuntimeDir,
-    #[error("HOME is not set, so the user config cannot be found; pass --config PATH")]
-    NoHome,
+    /// A default path needs an environment variable that is not set
+    /// (the message says which and what to pass instead).
+    #[error("{0}")]
+    Environment(String),
     #[error("system mode must be started as root (it drops to the service user itself)")]
     SystemNeedsRoot,
     #[error("another broker is already listening on {0}; stop it first")]
@@ -91,23 +90,13 @@ impl Options {
         })
     }
 
-    /// The config path for this mode.
+    /// The config path: `--config`, else the mode's default.
     pub fn config_path(&self) -> Result<PathBuf, ModeError> {
         if let Some(path) = &self.config {
             return Ok(path.clone());
         }
-        match self.mode {
-            Mode::System => Ok(PathBuf::from("/etc/weave/weave.toml")),
-            Mode::User => {
-                if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
-                    return Ok(PathBuf::from(dir).join("weave/weave.toml"));
-                }
-                let home = std::env::var_os("HOME")
-                    .filter(|h| !h.is_empty())
-                    .ok_or(ModeError::NoHome)?;
-                Ok(PathBuf::from(home).join(".config/weave/weave.toml"))
-            }
-        }
+        Config::default_path(config_mode(self.mode), &EnvPaths::from_process())
+            .map_err(|problem| ModeError::Environment(problem.to_string()))
     }
 
     /// The socket path: `--socket`, else the config's, else the mode default.
@@ -115,15 +104,8 @@ impl Options {
         if let Some(path) = self.socket.as_deref().or(configured) {
             return Ok(path.to_owned());
         }
-        match self.mode {
-            Mode::System => Ok(PathBuf::from("/run/weave/weave.sock")),
-            Mode::User => {
-                let dir = std::env::var_os("XDG_RUNTIME_DIR")
-                    .filter(|d| !d.is_empty())
-                    .ok_or(ModeError::NoRuntimeDir)?;
-                Ok(PathBuf::from(dir).join("weave/weave.sock"))
-            }
-        }
+        default_socket_path(config_mode(self.mode), &EnvPaths::from_process())
+            .map_err(|problem| ModeError::Environment(problem.to_string()))
     }
 }
 

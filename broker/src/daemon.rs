@@ -73,25 +73,23 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
         )?,
     };
 
-    // The socket: from systemd, or bound here.
-    let socket_path = options.socket_path(settings.daemon.socket.as_deref())?;
+    // The socket: from systemd (which owns it), or bound here (and removed
+    // at shutdown if it is still ours).
     let (listener, owned_socket) = match modes::activated_listener()? {
-        Some(listener) => (listener, false),
+        Some(listener) => (listener, None),
         None => {
+            let socket_path = options.socket_path(settings.daemon.socket.as_deref())?;
             let system = match options.mode {
                 Mode::User => None,
                 Mode::System => Some(system_ownership(&settings)?),
             };
-            (modes::bind_socket(&socket_path, system)?, true)
+            let listener = modes::bind_socket(&socket_path, system)?;
+            let inode = std::fs::symlink_metadata(&socket_path)
+                .ok()
+                .map(|meta| meta.ino());
+            (listener, Some((socket_path, inode)))
         }
     };
-    let bound_ino = owned_socket
-        .then(|| {
-            std::fs::symlink_metadata(&socket_path)
-                .ok()
-                .map(|m| m.ino())
-        })
-        .flatten();
 
     // Confinement, while still single-threaded.
     match options.mode {
@@ -156,7 +154,10 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
     eprintln!(
         "weave-broker: {} mode, listening on {}",
         format!("{:?}", options.mode).to_lowercase(),
-        socket_path.display()
+        owned_socket.as_ref().map_or_else(
+            || "the socket systemd passed".to_owned(),
+            |(path, _)| path.display().to_string()
+        )
     );
 
     server::serve(&listener, &broker, &Arc::new(authorizer));
@@ -164,8 +165,8 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
     // Shutdown: queued jobs were failed by begin_shutdown; the scheduler
     // stops the worker on its way out.
     let _ = scheduler.join();
-    if owned_socket {
-        modes::remove_socket(&socket_path, bound_ino);
+    if let Some((path, inode)) = &owned_socket {
+        modes::remove_socket(path, *inode);
     }
     audit.record(Severity::Notice, &AuditRecord::new("stop"));
     Ok(())

@@ -40,7 +40,10 @@ fn socket_activation_and_readiness_notification() {
         .unwrap();
     let end = Instant::now() + Duration::from_secs(10);
     while !socket.exists() {
-        assert!(Instant::now() < end, "systemd-socket-activate never listened");
+        assert!(
+            Instant::now() < end,
+            "systemd-socket-activate never listened"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // The first connection starts the broker, which inherits the listener.

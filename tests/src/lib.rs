@@ -347,6 +347,23 @@ impl BrokerProcess {
     /// Starts `weave-broker <args>` and waits until its socket answers.
     pub fn start(args: &[&str], socket: &Path, log: &Path) -> Self {
         let child = Self::spawn(args, log);
+        Self::wait_ready(child, socket, log)
+    }
+
+    /// Starts `command` (which must exec the broker in place, like
+    /// `setpriv`) with its output to `log`, and waits for `socket`.
+    pub fn start_command(mut command: Command, socket: &Path, log: &Path) -> Self {
+        let log_file = std::fs::File::create(log).unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        Self::wait_ready(child, socket, log)
+    }
+
+    fn wait_ready(child: Child, socket: &Path, log: &Path) -> Self {
         let mut broker = Self {
             child,
             socket: socket.to_owned(),

@@ -48,10 +48,14 @@ fn start(name: &str, limits: &str, steps: u32) -> Option<Setup> {
     })
 }
 
-/// A request slow enough to be caught mid-generation.
+/// A request slow enough to be caught mid-generation (and still queued
+/// behind another one) however fast the digits model is.
 fn slow_request(tag: Option<&str>) -> GenerateRequest {
     GenerateRequest {
         steps: Some(150),
+        width: Some(256),
+        height: Some(256),
+        batch: 2,
         tag: tag.map(str::to_owned),
         ..digits_request("3")
     }
@@ -155,25 +159,51 @@ fn two_tags_submitting_ten_jobs_each_are_served_interleaved() {
         return;
     };
     let socket = &setup.broker.socket;
-    // A blocker keeps the worker busy while both tags fill the queue.
+    // A deliberately huge blocker keeps the worker busy while both tags
+    // fill the queue; it is cancelled once everything is queued.
     let mut blocker = Client::hello(socket);
-    submit(&mut blocker, slow_request(Some("z")));
+    let blocker_id = submit(
+        &mut blocker,
+        GenerateRequest {
+            width: Some(512),
+            height: Some(512),
+            batch: 4,
+            ..slow_request(Some("z"))
+        },
+    );
     wait_progress(&mut blocker);
-    let mut clients = Vec::new();
+    let mut clients: Vec<Client> = (0..20).map(|_| Client::hello(socket)).collect();
     let mut ids = std::collections::HashMap::new();
-    for tag in ["a", "b"] {
-        for _ in 0..10 {
-            let mut client = Client::hello(socket);
-            let request = GenerateRequest {
-                tag: Some(tag.into()),
-                ..digits_request("4")
-            };
-            let id = submit(&mut client, request);
-            ids.insert(id, tag);
-            clients.push(client);
-        }
+    for (index, client) in clients.iter_mut().enumerate() {
+        let tag = if index < 10 { "a" } else { "b" };
+        let request = GenerateRequest {
+            tag: Some(tag.into()),
+            ..digits_request("4")
+        };
+        ids.insert(submit(client, request), tag);
     }
-    blocker.collect_stream();
+    // The queue order alternates already.
+    let mut admin = Client::hello(socket);
+    match admin.call(&Request::AllJobs) {
+        Response::Jobs(jobs) => {
+            let mut queued: Vec<_> = jobs.iter().filter(|j| j.position.is_some()).collect();
+            queued.sort_by_key(|j| j.position);
+            let tags: Vec<&str> = queued.iter().map(|j| j.tag.as_deref().unwrap()).collect();
+            assert_eq!(tags.len(), 20, "{jobs:?}");
+            for pair in tags.chunks(2) {
+                assert_ne!(pair[0], pair[1], "queue not interleaved: {tags:?}");
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        admin.call(&Request::Cancel { job_id: blocker_id }),
+        Response::Ok
+    );
+    assert_eq!(
+        stream_error(&blocker.collect_stream()),
+        Some(ErrorCode::Cancelled)
+    );
     let mut started = Vec::new();
     for client in &mut clients {
         let events = client.collect_stream();

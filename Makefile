@@ -40,6 +40,7 @@ test: deps libtorch
 	$(CARGO) test --workspace --release
 
 bench: deps libtorch
+	$(CARGO) build --workspace --release --bins  # the broker bench starts the real binaries
 	$(CARGO) bench --workspace
 
 demo: libtorch

@@ -6,6 +6,7 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use weave_common::proto::Mode;
@@ -165,6 +166,8 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
     // Shutdown: queued jobs were failed by begin_shutdown; the scheduler
     // stops the worker on its way out.
     let _ = scheduler.join();
+    // Let streaming connections deliver their final event (ShuttingDown).
+    broker.wait_streams(Duration::from_secs(2));
     if let Some((path, inode)) = &owned_socket {
         modes::remove_socket(path, *inode);
     }

@@ -80,6 +80,9 @@ pub struct Broker {
     state: Mutex<State>,
     wake: Condvar,
     status: Arc<dyn StatusSource>,
+    /// Connections currently streaming a job's events; shutdown waits (a
+    /// little) for them to deliver their final event.
+    streams: std::sync::atomic::AtomicUsize,
 }
 
 /// A job accepted by [`Broker::submit`].
@@ -117,6 +120,7 @@ impl Broker {
             state: Mutex::new(state),
             wake: Condvar::new(),
             status,
+            streams: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -405,6 +409,20 @@ impl Broker {
         self.wake.notify_all();
     }
 
+    /// Marks one connection as streaming until the guard drops.
+    pub fn stream_guard(&self) -> StreamGuard<'_> {
+        self.streams.fetch_add(1, Ordering::SeqCst);
+        StreamGuard { broker: self }
+    }
+
+    /// Waits up to `limit` for every streaming connection to finish.
+    pub fn wait_streams(&self, limit: Duration) {
+        let end = Instant::now() + limit;
+        while self.streams.load(Ordering::SeqCst) > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.lock().shutting_down
     }
@@ -649,6 +667,17 @@ impl Broker {
         }
         send(Response::Finished { job_id: job.job_id });
         "finished"
+    }
+}
+
+/// See [`Broker::stream_guard`].
+pub struct StreamGuard<'a> {
+    broker: &'a Broker,
+}
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        self.broker.streams.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -326,6 +326,8 @@ impl Connection {
                 return self.send(&Response::Error(code));
             }
         };
+        let broker = Arc::clone(&self.broker);
+        let _streaming = broker.stream_guard();
         let job_id = admission.job_id;
         let queued = Response::Queued {
             job_id,

@@ -369,3 +369,28 @@ fn client_disconnect_cancels_its_job() {
         setup.sink.records()
     );
 }
+
+#[test]
+fn sigterm_fails_running_and_queued_jobs_with_shutting_down() {
+    let Some(mut setup) = start("shutdown", "rate_burst = 20", 10) else {
+        return;
+    };
+    let socket = setup.broker.socket.clone();
+    let mut running = Client::hello(&socket);
+    submit(&mut running, slow_request(None));
+    wait_progress(&mut running);
+    let mut queued = Client::hello(&socket);
+    submit(&mut queued, slow_request(None));
+    let status = setup.broker.stop();
+    assert!(status.success(), "{status}: {}", setup.broker.log_text());
+    assert_eq!(
+        stream_error(&queued.collect_stream()),
+        Some(ErrorCode::ShuttingDown)
+    );
+    assert_eq!(
+        stream_error(&running.collect_stream()),
+        Some(ErrorCode::ShuttingDown)
+    );
+    assert!(!socket.exists());
+    assert!(children_of(setup.broker.pid()).is_empty(), "worker stopped");
+}

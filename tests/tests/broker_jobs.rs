@@ -381,6 +381,9 @@ fn sigterm_fails_running_and_queued_jobs_with_shutting_down() {
     wait_progress(&mut running);
     let mut queued = Client::hello(&socket);
     submit(&mut queued, slow_request(None));
+    let worker = *children_of(setup.broker.pid())
+        .first()
+        .expect("a worker child");
     let status = setup.broker.stop();
     assert!(status.success(), "{status}: {}", setup.broker.log_text());
     assert_eq!(
@@ -392,5 +395,11 @@ fn sigterm_fails_running_and_queued_jobs_with_shutting_down() {
         Some(ErrorCode::ShuttingDown)
     );
     assert!(!socket.exists());
-    assert!(children_of(setup.broker.pid()).is_empty(), "worker stopped");
+    let worker_status = format!("/proc/{worker}/status");
+    let gone = !std::path::Path::new(&worker_status).exists()
+        || std::fs::read_to_string(&worker_status).is_ok_and(|s| s.contains("State:\tZ"));
+    assert!(
+        gone,
+        "worker {worker} still running after the broker stopped"
+    );
 }

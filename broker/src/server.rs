@@ -1,6 +1,7 @@
 //! The socket server: accept loop, authentication before any read, and one
 //! thread per connection speaking the framed protocol.
 
+use std::io::BufReader;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +24,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a streaming connection checks whether its peer hung up.
 const HANGUP_POLL: Duration = Duration::from_millis(50);
+/// Read buffer per connection (one request frame fits: 64 KiB + prefix).
+const READ_BUFFER: usize = 8 * 1024;
 /// Connections served at once; more are closed (and audited).
 const MAX_CONNECTIONS: usize = 512;
 
@@ -111,9 +114,15 @@ impl Connection {
         {
             return;
         }
+        // Buffered reads: a request usually arrives in one read syscall
+        // (prefix and body together) instead of two.
+        let mut reader = match self.stream.try_clone() {
+            Ok(clone) => BufReader::with_capacity(READ_BUFFER, clone),
+            Err(_) => return,
+        };
         let mut greeted = false;
         loop {
-            let request = match read_request(&mut self.stream) {
+            let request = match read_request(&mut reader) {
                 Ok(request) => request,
                 Err(error) => {
                     self.frame_error(&error);

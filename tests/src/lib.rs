@@ -433,6 +433,7 @@ impl Drop for BrokerProcess {
 /// A protocol client over the broker's socket.
 pub struct Client {
     pub stream: UnixStream,
+    reader: std::io::BufReader<UnixStream>,
 }
 
 impl Client {
@@ -441,7 +442,8 @@ impl Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
-        Self { stream }
+        let reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        Self { stream, reader }
     }
 
     /// Connects and completes the handshake.
@@ -461,7 +463,7 @@ impl Client {
     }
 
     pub fn recv(&mut self) -> Result<Response, FrameError> {
-        read_response(&mut self.stream, DEFAULT_MAX_RESPONSE_FRAME)
+        read_response(&mut self.reader, DEFAULT_MAX_RESPONSE_FRAME)
     }
 
     pub fn call(&mut self, request: &Request) -> Response {
@@ -476,7 +478,7 @@ impl Client {
     /// Reads until EOF; the bytes read.
     pub fn read_to_end(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
-        let _ = self.stream.read_to_end(&mut out);
+        let _ = self.reader.read_to_end(&mut out);
         out
     }
 

@@ -35,7 +35,7 @@ fn spawn_raw_server(dir: &Path, request: &[u8], response: &[u8]) -> (Child, Unix
     let socket = dir.join("raw.sock");
     let reply = dir.join("reply.bin");
     std::fs::write(&reply, response).unwrap();
-    let child = Command::new(std::env::current_exe().unwrap())
+    let mut child = Command::new(std::env::current_exe().unwrap())
         .arg("--raw-echo-server")
         .arg(&socket)
         .arg(request.len().to_string())
@@ -47,7 +47,11 @@ fn spawn_raw_server(dir: &Path, request: &[u8], response: &[u8]) -> (Child, Unix
         if let Ok(stream) = UnixStream::connect(&socket) {
             return (child, stream);
         }
-        assert!(Instant::now() < end, "raw server did not start");
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("raw server did not start");
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -9,7 +9,7 @@
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weave_common::proto::{encode_request, encode_response, Request, Response};
@@ -31,29 +31,16 @@ fn raw_server(socket: &Path, request_len: usize, response: &Path) {
     }
 }
 
-fn spawn_raw_server(dir: &Path, request: &[u8], response: &[u8]) -> (Child, UnixStream) {
-    let socket = dir.join("raw.sock");
-    let reply = dir.join("reply.bin");
-    std::fs::write(&reply, response).unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .arg("--raw-echo-server")
-        .arg(&socket)
-        .arg(request.len().to_string())
-        .arg(&reply)
-        .spawn()
-        .unwrap();
+/// Connects to the raw server, waiting for it to bind.
+fn connect_raw(socket: &Path) -> Option<UnixStream> {
     let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(stream) = UnixStream::connect(&socket) {
-            return (child, stream);
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("raw server did not start");
+    while Instant::now() < end {
+        if let Ok(stream) = UnixStream::connect(socket) {
+            return Some(stream);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    None
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -96,7 +83,21 @@ fn main() {
     let status = client.call(&Request::Status);
     let request = encode_request(&Request::Status).unwrap();
     let response = encode_response(&status).unwrap();
-    let (mut raw_child, mut raw) = spawn_raw_server(&scratch.path, &request, &response);
+    let raw_socket = scratch.join("raw.sock");
+    let reply = scratch.join("reply.bin");
+    std::fs::write(&reply, &response).unwrap();
+    let mut raw_child = Command::new(std::env::current_exe().unwrap())
+        .arg("--raw-echo-server")
+        .arg(&raw_socket)
+        .arg(request.len().to_string())
+        .arg(&reply)
+        .spawn()
+        .unwrap();
+    let Some(mut raw) = connect_raw(&raw_socket) else {
+        let _ = raw_child.kill();
+        let _ = raw_child.wait();
+        panic!("raw server did not start");
+    };
     let mut raw_reader = BufReader::new(raw.try_clone().unwrap());
     let mut raw_buf = vec![0u8; response.len()];
 

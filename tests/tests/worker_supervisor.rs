@@ -177,10 +177,13 @@ fn kill_9_is_a_typed_crash_and_the_worker_is_respawned() {
     assert_eq!(state.state, WorkerRunState::Restarting);
     assert!(state.last_exit.unwrap().contains("signal 9"));
     // The next operation respawns with fresh keys and works.
+    let generation_before = sup.state().channel.unwrap().key_generation;
     sup.ensure_running().unwrap();
     assert_ne!(sup.worker_pid(), Some(pid));
     sup.unload().unwrap();
     assert_eq!(sup.state().restarts, 1);
+    // Fresh keys: a new, higher generation.
+    assert!(sup.state().channel.unwrap().key_generation > generation_before);
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -199,6 +202,13 @@ fn keys_rotate_without_restarting_the_worker() {
     let state = sup.state();
     assert_eq!(state.restarts, 0);
     assert_eq!(state.channel.unwrap().received.tag_failures, 0);
+    let report = state.channel_report().unwrap();
+    assert_eq!(report.key_generation, before + 2);
+    // Every message was answered, so both rings are fully consumed.
+    for seg in &report.segments {
+        assert_eq!(seg.write_seq, seg.read_seq, "{seg:?}");
+        assert!(seg.write_seq >= 2, "{seg:?}");
+    }
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -228,47 +238,51 @@ fn unknown_and_unloadable_models_fail_typed() {
 fn digits_params(steps: u32, batch: u32, seed: u64) -> WorkerGenerateParams {
     WorkerGenerateParams {
         model_id: "digits".into(),
-        prompt: "7".into(),
+        prompt: "a handwritten digit seven".into(),
         negative_prompt: String::new(),
         width: 32,
         height: 32,
         steps,
-        guidance: 1.0,
+        guidance: 3.0,
         seed,
         scheduler: Scheduler::Ddim,
         batch,
     }
 }
 
-fn digits_supervisor() -> WorkerSupervisor {
-    let path = digits_model()
-        .expect("models/digits is missing: the generation tests need the digits demo model");
-    WorkerSupervisor::new(config(vec![ModelEntry {
-        id: "digits".into(),
-        kind: "digits".into(),
-        path,
-    }]))
-}
-
-fn no_cancel() -> AtomicBool {
-    AtomicBool::new(false)
-}
-
 fn soon() -> Instant {
     Instant::now() + Duration::from_secs(120)
 }
 
+/// The demo model through the sandboxed worker. Cancel and `kill -9`
+/// mid-generation are covered on a tiny model by
+/// `worker/tests/sandboxed_worker_generate.rs`.
 #[test]
 fn digits_generate_under_the_sandbox_with_progress_per_step() {
-    let mut sup = digits_supervisor();
+    let Some(path) = digits_model() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "models/digits is missing; it is part of the repository"
+        );
+        eprintln!("skipping: models/digits is not in this tree yet");
+        return;
+    };
+    let mut sup = WorkerSupervisor::new(config(vec![ModelEntry {
+        id: "digits".into(),
+        kind: "digits".into(),
+        path,
+    }]));
     let info = sup.load("digits").unwrap();
     assert_eq!(info.model_id, "digits");
     let pid = sup.worker_pid().unwrap();
     assert_eq!(proc_status_field(pid, "Seccomp"), "2");
+    assert_eq!(proc_status_field(pid, "NoNewPrivs"), "1");
     let mut events = Vec::new();
     let params = digits_params(4, 2, 42);
     let images = sup
-        .run_job(1, &params, soon(), &no_cancel(), &mut |e| events.push(e))
+        .run_job(1, &params, soon(), &AtomicBool::new(false), &mut |e| {
+            events.push(e)
+        })
         .unwrap();
     assert_eq!(images.len(), 2);
     for img in &images {
@@ -291,73 +305,7 @@ fn digits_generate_under_the_sandbox_with_progress_per_step() {
     );
     // Same seed, same pixels: nothing carries over between jobs.
     let again = sup
-        .run_job(2, &params, soon(), &no_cancel(), &mut |_| {})
+        .run_job(2, &params, soon(), &AtomicBool::new(false), &mut |_| {})
         .unwrap();
     assert_eq!(again, images);
-}
-
-#[test]
-fn digits_cancel_stops_between_steps() {
-    let mut sup = digits_supervisor();
-    sup.load("digits").unwrap();
-    let cancel = AtomicBool::new(false);
-    let mut steps_seen = 0;
-    let result = sup.run_job(7, &digits_params(50, 1, 1), soon(), &cancel, &mut |e| {
-        if let JobEvent::Progress { .. } = e {
-            steps_seen += 1;
-            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-    assert!(
-        matches!(result, Err(SupervisorError::Cancelled)),
-        "{result:?}"
-    );
-    assert!(
-        steps_seen < 50,
-        "cancel did not stop the job early ({steps_seen} steps)"
-    );
-    // Same worker, and it serves the next job.
-    assert_eq!(sup.state().restarts, 0);
-    sup.run_job(
-        8,
-        &digits_params(2, 1, 1),
-        soon(),
-        &no_cancel(),
-        &mut |_| {},
-    )
-    .unwrap();
-}
-
-#[test]
-fn digits_kill_9_mid_generation_then_next_job_succeeds() {
-    let mut sup = digits_supervisor();
-    sup.load("digits").unwrap();
-    let pid = sup.worker_pid().unwrap();
-    let mut killed = false;
-    let result = sup.run_job(
-        11,
-        &digits_params(50, 1, 3),
-        soon(),
-        &no_cancel(),
-        &mut |e| {
-            if matches!(e, JobEvent::Progress { .. }) && !killed {
-                kill9(pid);
-                killed = true;
-            }
-        },
-    );
-    let err = result.unwrap_err();
-    assert!(matches!(err, SupervisorError::WorkerCrashed(_)), "{err:?}");
-    assert_eq!(err.error_code(), ErrorCode::WorkerCrashed);
-    let images = sup
-        .run_job(
-            12,
-            &digits_params(2, 1, 3),
-            soon(),
-            &no_cancel(),
-            &mut |_| {},
-        )
-        .unwrap();
-    assert_eq!(images.len(), 1);
-    assert_eq!(sup.state().restarts, 1);
 }

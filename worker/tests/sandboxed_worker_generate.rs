@@ -16,21 +16,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{write_tiny_model, TinyOptions};
-use weave_broker::supervisor::{JobEvent, SupervisorConfig, SupervisorError, WorkerRunState, WorkerSupervisor};
+use weave_broker::supervisor::{
+    JobEvent, SupervisorConfig, SupervisorError, WorkerRunState, WorkerSupervisor,
+};
 use weave_common::proto::{ErrorCode, Scheduler};
 use weave_common::worker_proto::{ModelEntry, WorkerGenerateParams};
-use weave_worker::engine::{DeviceChoice, GenerateParams, ModelSpec, Pipeline, Precision, SchedulerKind};
+use weave_worker::engine::{
+    DeviceChoice, GenerateParams, ModelSpec, Pipeline, Precision, SchedulerKind,
+};
 
 fn libtorch_lib() -> PathBuf {
     let root = std::env::var_os("LIBTORCH")
         .map(PathBuf::from)
         .unwrap_or_else(|| common::repo_root().join(".cache/libtorch/cpu"));
-    let root = if root.is_relative() { common::repo_root().join(root) } else { root };
+    let root = if root.is_relative() {
+        common::repo_root().join(root)
+    } else {
+        root
+    };
     root.join("lib").canonicalize().unwrap()
 }
 
 fn supervisor(model_dir: &Path) -> WorkerSupervisor {
-    let models = vec![ModelEntry { id: "tiny".into(), kind: "auto".into(), path: model_dir.to_path_buf() }];
+    let models = vec![ModelEntry {
+        id: "tiny".into(),
+        kind: "auto".into(),
+        path: model_dir.to_path_buf(),
+    }];
     let mut c = SupervisorConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_weave-worker")), models);
     c.library_dirs = vec![libtorch_lib()];
     c.max_image_pixels = 64 * 64;
@@ -62,12 +74,40 @@ fn proc_status_field(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_owned()))
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_owned())
+        })
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+// The symbols the worker uses (worker/src/serve/sys.rs) to switch oneDNN off.
+extern "C" {
+    #[link_name = "_ZN2at13globalContextEv"]
+    fn at_global_context() -> *mut std::ffi::c_void;
+    #[link_name = "_ZN2at7Context20setUserEnabledMkldnnEb"]
+    fn at_context_set_user_enabled_mkldnn(context: *mut std::ffi::c_void, enabled: bool);
+    #[link_name = "_ZNK2at7Context17userEnabledMkldnnEv"]
+    fn at_context_user_enabled_mkldnn(context: *const std::ffi::c_void) -> bool;
+}
+
+fn disable_onednn_like_the_worker() -> bool {
+    // SAFETY: libtorch's process-wide context lives for the whole process;
+    // the setter and getter only touch a flag and do not throw.
+    unsafe {
+        let context = at_global_context();
+        at_context_set_user_enabled_mkldnn(context, false);
+        !at_context_user_enabled_mkldnn(context)
+    }
+}
+
 fn kill9(pid: u32) {
-    assert!(std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success());
 }
 
 #[test]
@@ -75,7 +115,9 @@ fn sandboxed_generation_matches_the_engine_in_process() {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_model(dir.path(), &TinyOptions::default());
     let mut sup = supervisor(dir.path());
-    let info = sup.load("tiny").unwrap_or_else(|e| panic!("load under the full sandbox failed: {e}"));
+    let info = sup
+        .load("tiny")
+        .unwrap_or_else(|e| panic!("load under the full sandbox failed: {e}"));
     assert!(info.memory_bytes > 100_000, "{info:?}");
     let state = sup.state();
     assert_eq!(state.state, WorkerRunState::Ready);
@@ -86,7 +128,11 @@ fn sandboxed_generation_matches_the_engine_in_process() {
 
     let mut events = Vec::new();
     let job = params(4, 2, 42);
-    let images = sup.run_job(1, &job, soon(), &AtomicBool::new(false), &mut |e| events.push(e)).unwrap();
+    let images = sup
+        .run_job(1, &job, soon(), &AtomicBool::new(false), &mut |e| {
+            events.push(e)
+        })
+        .unwrap();
     assert_eq!(
         events,
         vec![
@@ -100,8 +146,15 @@ fn sandboxed_generation_matches_the_engine_in_process() {
     );
     assert_eq!(images.len(), 2);
 
-    // The same engine in this (unsandboxed) process.
-    let pipe = Pipeline::load(&ModelSpec::new(dir.path()), DeviceChoice::Cpu, Precision::Auto).unwrap();
+    // The same engine in this (unsandboxed) process, with the worker's
+    // libtorch settings (oneDNN off: the sandbox refuses PROT_EXEC).
+    assert!(disable_onednn_like_the_worker());
+    let pipe = Pipeline::load(
+        &ModelSpec::new(dir.path()),
+        DeviceChoice::Cpu,
+        Precision::Auto,
+    )
+    .unwrap();
     let reference = pipe
         .generate(
             &GenerateParams {
@@ -121,11 +174,19 @@ fn sandboxed_generation_matches_the_engine_in_process() {
         .unwrap();
     assert_eq!(reference.len(), 2);
     for (sandboxed, local) in images.iter().zip(&reference) {
-        assert_eq!((sandboxed.width, sandboxed.height), (local.width, local.height));
-        assert!(sandboxed.rgb == local.pixels, "sandboxed pixels differ from the in-process engine");
+        assert_eq!(
+            (sandboxed.width, sandboxed.height),
+            (local.width, local.height)
+        );
+        assert!(
+            sandboxed.rgb == local.pixels,
+            "sandboxed pixels differ from the in-process engine"
+        );
     }
     // And again through the worker: nothing carries over between jobs.
-    let again = sup.run_job(2, &job, soon(), &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let again = sup
+        .run_job(2, &job, soon(), &AtomicBool::new(false), &mut |_| {})
+        .unwrap();
     assert_eq!(again, images);
     sup.unload().unwrap();
     assert!(sup.state().loaded.is_none());
@@ -149,10 +210,20 @@ fn cancel_stops_the_sandboxed_job_between_steps() {
     let err = result.unwrap_err();
     assert!(matches!(err, SupervisorError::Cancelled), "{err:?}");
     assert_eq!(err.error_code(), ErrorCode::Cancelled);
-    assert!((2..200).contains(&steps_seen), "stopped after {steps_seen} of 200 steps");
+    assert!(
+        (2..200).contains(&steps_seen),
+        "stopped after {steps_seen} of 200 steps"
+    );
     // The same worker serves the next job.
     let pid = sup.worker_pid();
-    sup.run_job(8, &params(2, 1, 1), soon(), &AtomicBool::new(false), &mut |_| {}).unwrap();
+    sup.run_job(
+        8,
+        &params(2, 1, 1),
+        soon(),
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(sup.worker_pid(), pid);
     assert_eq!(sup.state().restarts, 0);
 }
@@ -165,12 +236,18 @@ fn kill_9_mid_generation_is_a_typed_crash_and_the_next_job_succeeds() {
     sup.load("tiny").unwrap();
     let pid = sup.worker_pid().unwrap();
     let mut killed = false;
-    let result = sup.run_job(11, &params(200, 1, 3), soon(), &AtomicBool::new(false), &mut |e| {
-        if matches!(e, JobEvent::Progress { .. }) && !killed {
-            kill9(pid);
-            killed = true;
-        }
-    });
+    let result = sup.run_job(
+        11,
+        &params(200, 1, 3),
+        soon(),
+        &AtomicBool::new(false),
+        &mut |e| {
+            if matches!(e, JobEvent::Progress { .. }) && !killed {
+                kill9(pid);
+                killed = true;
+            }
+        },
+    );
     let err = result.unwrap_err();
     assert!(matches!(err, SupervisorError::WorkerCrashed(_)), "{err:?}");
     assert_eq!(err.error_code(), ErrorCode::WorkerCrashed);
@@ -178,9 +255,15 @@ fn kill_9_mid_generation_is_a_typed_crash_and_the_next_job_succeeds() {
     // The next job respawns the worker (fresh keys), reloads the model, runs.
     let mut reloaded = false;
     let images = sup
-        .run_job(12, &params(2, 1, 3), soon(), &AtomicBool::new(false), &mut |e| {
-            reloaded |= matches!(e, JobEvent::ModelLoaded(_));
-        })
+        .run_job(
+            12,
+            &params(2, 1, 3),
+            soon(),
+            &AtomicBool::new(false),
+            &mut |e| {
+                reloaded |= matches!(e, JobEvent::ModelLoaded(_));
+            },
+        )
         .unwrap();
     assert_eq!(images.len(), 1);
     assert!(reloaded);

@@ -247,6 +247,42 @@ impl SupervisorStatus {
     }
 }
 
+impl SupervisorStatus {
+    /// The channel counters in the client protocol's shape (admin
+    /// `segments` verb). The worker's side of each ring (what it consumed,
+    /// what it published) is its own counter in shared memory: shown, not
+    /// trusted.
+    pub fn channel_report(&self) -> Option<weave_common::proto::ChannelStatsReport> {
+        use weave_common::proto::{ChannelDirection, ChannelStatsReport, SegmentStats};
+        let c = self.channel?;
+        Some(ChannelStatsReport {
+            key_generation: c.key_generation,
+            segments: vec![
+                SegmentStats {
+                    direction: ChannelDirection::BrokerToWorker,
+                    slots: c.slots_out,
+                    slot_size: c.slot_size_out,
+                    write_seq: c.next_send_seq,
+                    read_seq: c.peer_consumed,
+                    crc_failures: c.sent.crc_failures,
+                    tag_failures: c.sent.tag_failures,
+                    replays_rejected: c.sent.replays_rejected,
+                },
+                SegmentStats {
+                    direction: ChannelDirection::WorkerToBroker,
+                    slots: c.slots_in,
+                    slot_size: c.slot_size_in,
+                    write_seq: c.peer_published,
+                    read_seq: c.next_recv_seq,
+                    crc_failures: c.received.crc_failures,
+                    tag_failures: c.received.tag_failures,
+                    replays_rejected: c.received.replays_rejected,
+                },
+            ],
+        })
+    }
+}
+
 /// A thread-safe view of the supervisor for status and admin verbs.
 #[derive(Debug, Clone)]
 pub struct SupervisorHandle {
@@ -315,6 +351,9 @@ pub struct WorkerSupervisor {
     /// Model the live worker has loaded.
     loaded: Option<String>,
     starts: u64,
+    /// Key generation in use; rises at every start and every rotation, so
+    /// no two keys the supervisor ever hands out share a generation.
+    key_generation: u64,
     backoff: Duration,
     not_before: Instant,
     shut_down: bool,
@@ -344,6 +383,7 @@ impl WorkerSupervisor {
             worker: None,
             loaded: None,
             starts: 0,
+            key_generation: 0,
             backoff,
             not_before: Instant::now(),
             shut_down: false,
@@ -423,7 +463,8 @@ impl WorkerSupervisor {
             slot_count: SLOTS_TO_BROKER,
             slot_size: Self::slot_size_for(image_bytes.saturating_add(IMAGE_MESSAGE_OVERHEAD))?,
         };
-        let generation = self.starts;
+        self.key_generation += 1;
+        let generation = self.key_generation;
         let first_start = self.starts == 0;
         self.starts += 1;
         let channel = BrokerEndpoint::create(to_worker, to_broker, generation)
@@ -878,11 +919,14 @@ impl WorkerSupervisor {
     /// the next start uses fresh keys anyway.
     pub fn rotate_keys(&mut self) -> Result<u64, SupervisorError> {
         let rotated = match self.worker.as_mut() {
-            None => return Ok(self.starts),
+            None => return Ok(self.key_generation),
             Some(w) => w.channel.rotate_keys(),
         };
         let generation = match rotated {
-            Ok(g) => g,
+            Ok(g) => {
+                self.key_generation = g;
+                g
+            }
             Err(e) => {
                 return Err(self.crash(CrashCause::ProtocolViolation(format!("sending Rekey: {e}"))))
             }
@@ -1070,4 +1114,14 @@ mod tests {
         assert!(matches!(sup.load("m"), Err(SupervisorError::Spawn(_))));
         assert_eq!(sup.state().state, WorkerRunState::Restarting);
     }
+}
+
+/// The broker creates the supervisor at start-up and moves it into its
+/// scheduler thread; the handle goes to the connection threads.
+#[allow(dead_code)]
+fn _supervisor_is_send_and_the_handle_is_shareable() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync + Clone>() {}
+    send::<WorkerSupervisor>();
+    shared::<SupervisorHandle>();
 }

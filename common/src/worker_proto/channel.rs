@@ -64,6 +64,11 @@ pub struct EndpointStats {
     pub slot_size_in: u32,
     pub next_send_seq: u64,
     pub next_recv_seq: u64,
+    /// Messages the peer says it consumed from our outgoing ring (its
+    /// counter in shared memory: informational, never trusted).
+    pub peer_consumed: u64,
+    /// Messages the peer says it published in our incoming ring (same).
+    pub peer_published: u64,
 }
 
 /// The broker's end: writes `ToWorker`, reads `FromWorker`, holds the keys.
@@ -190,6 +195,16 @@ impl BrokerEndpoint {
             slot_size_in: self.geometry_in.slot_size,
             next_send_seq: self.writer.next_seq(),
             next_recv_seq: self.reader.next_seq(),
+            peer_consumed: self
+                .writer
+                .segment()
+                .tail()
+                .load(std::sync::atomic::Ordering::Relaxed),
+            peer_published: self
+                .reader
+                .segment()
+                .head()
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

@@ -73,7 +73,7 @@ fn run_inner() -> Result<(), ServeError> {
     // 1. Spawn contract: our fds, nothing else.
     let inherited = startup::take_inherited_fds()?;
     // 2. Keys and the model table, only ever from the broker's pipe.
-    let bootstrap = startup::read_bootstrap(inherited.bootstrap_pipe)?;
+    let mut bootstrap = startup::read_bootstrap(inherited.bootstrap_pipe)?;
     let mut channel = WorkerEndpoint::from_inherited(
         &bootstrap,
         inherited.to_worker_segment,
@@ -81,11 +81,20 @@ fn run_inner() -> Result<(), ServeError> {
         inherited.to_worker_doorbell,
         inherited.to_broker_doorbell,
     )?;
+    // The channel holds the keys now; wipe the bootstrap's copies.
+    zeroize::Zeroize::zeroize(&mut bootstrap.to_worker_key.key);
+    zeroize::Zeroize::zeroize(&mut bootstrap.to_broker_key.key);
 
     // 3. Landlock while single-threaded: libtorch has not started a thread yet.
     let landlock = confine_filesystem(&bootstrap)?;
 
-    // 4. libtorch and the model table.
+    // 4. libtorch and the model table. Without the executable-mapping
+    // opt-in, oneDNN (which JIT-compiles kernels) is switched off first.
+    if !bootstrap.seccomp_exec_mappings && !sys::disable_onednn() {
+        return Err(ServeError::Torch(
+            "could not switch oneDNN off; set seccomp_exec_mappings to run with it".into(),
+        ));
+    }
     engine_glue::init_torch(&bootstrap).map_err(ServeError::Torch)?;
     let models: HashMap<String, ModelEntry> = bootstrap
         .models

@@ -51,3 +51,39 @@ pub fn close_from(first: RawFd) -> io::Result<()> {
     }
     Ok(())
 }
+
+// libtorch's C++ API has no C binding in tch for this switch; these are the
+// exported Itanium-ABI symbols of `at::globalContext()` and
+// `at::Context::{setUserEnabledMkldnn, userEnabledMkldnn}` in libtorch_cpu.
+// A member function takes `this` as its first argument; `bool` is C's
+// `_Bool` on every ABI Rust and libtorch share.
+extern "C" {
+    #[link_name = "_ZN2at13globalContextEv"]
+    fn at_global_context() -> *mut std::ffi::c_void;
+    #[link_name = "_ZN2at7Context20setUserEnabledMkldnnEb"]
+    fn at_context_set_user_enabled_mkldnn(context: *mut std::ffi::c_void, enabled: bool);
+    #[link_name = "_ZNK2at7Context17userEnabledMkldnnEv"]
+    fn at_context_user_enabled_mkldnn(context: *const std::ffi::c_void) -> bool;
+}
+
+/// Turns oneDNN (mkldnn) off in libtorch and reports whether it is off now.
+///
+/// oneDNN JIT-compiles a kernel for every new convolution shape into
+/// `PROT_READ|PROT_WRITE|PROT_EXEC` memory; with it off, libtorch uses its
+/// native kernels and no executable mapping appears after the seccomp
+/// boundary (measured in docs/SANDBOX.md), so the allowlist can refuse
+/// `PROT_EXEC`.
+pub fn disable_onednn() -> bool {
+    // SAFETY: `at::globalContext()` returns a reference to libtorch's
+    // process-wide context, valid for the life of the process; the setter
+    // and getter only read/write a flag in it and do not throw. Called
+    // before any generation, from the only thread that uses libtorch.
+    unsafe {
+        let context = at_global_context();
+        if context.is_null() {
+            return false;
+        }
+        at_context_set_user_enabled_mkldnn(context, false);
+        !at_context_user_enabled_mkldnn(context)
+    }
+}

@@ -6,7 +6,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${WEAVE_BIN_DIR:-$ROOT/target/release}"
-MODEL="$ROOT/models/digits"
+MODEL="${WEAVE_DEMO_MODEL:-$ROOT/models/digits}"
 OUT_DIR="${WEAVE_DEMO_OUT:-$ROOT/target/demo}"
 DIGIT="${DIGIT:-7}"
 

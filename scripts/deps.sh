@@ -13,6 +13,8 @@ APT_PACKAGES=(
 	unzip      # scripts/libtorch.sh unpacks the wheels
 	passwd     # useradd/groupadd for the real-user tests
 	procps     # ps/pgrep in the cross-process tests
+	systemd    # systemd-socket-activate: the broker socket-activation test
+	util-linux # setpriv: run test clients as other users with their groups
 	# scripts/check-packaging.sh validates the MAC policies offline:
 	apparmor               # apparmor_parser
 	selinux-policy-dev     # the refpolicy devel Makefile

@@ -45,14 +45,14 @@ device = "cpu"
 
 [[model]]
 id = "digits"
-kind = "digits"
+kind = "sd1"
 path = "$MODEL"
 
 [model.defaults]
 width = 32
 height = 32
 steps = 20
-guidance = 1.0
+guidance = 5.0
 scheduler = "ddim"
 TOML
 chmod 600 "$CONFIG"

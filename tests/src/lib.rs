@@ -297,7 +297,7 @@ impl TestConfig {
     /// A config serving the real digits demo model.
     pub fn digits(audit_sink: &Path) -> Self {
         Self {
-            model_kind: "digits".into(),
+            model_kind: "sd1".into(),
             model_path: digits_model().unwrap_or_else(|| repo_root().join("models/digits")),
             ..Self::new(audit_sink)
         }
@@ -312,7 +312,7 @@ impl TestConfig {
         );
         text.push_str(&format!(
             "\n[[model]]\nid = \"digits\"\nkind = \"{}\"\npath = \"{}\"\n\
-             [model.defaults]\nwidth = 32\nheight = 32\nsteps = {}\nguidance = 1.0\n\
+             [model.defaults]\nwidth = 32\nheight = 32\nsteps = {}\nguidance = 5.0\n\
              scheduler = \"ddim\"\n",
             self.model_kind,
             self.model_path.display(),
@@ -324,7 +324,7 @@ impl TestConfig {
     /// Writes the config 0600 into `dir` (which must be root-owned and not
     /// group/world-writable).
     pub fn write(&self, dir: &Path) -> PathBuf {
-        if self.model_kind != "digits" && !self.model_path.exists() {
+        if !self.model_path.exists() {
             std::fs::create_dir_all(&self.model_path).unwrap();
             std::fs::set_permissions(&self.model_path, std::fs::Permissions::from_mode(0o755))
                 .unwrap();

@@ -20,7 +20,8 @@ use tch::{Device, Kind, Tensor};
 use weave_worker::engine::safetensors::SafetensorsFile;
 use weave_worker::engine::scheduler::{Scheduler, SchedulerError};
 use weave_worker::engine::{
-    global_rng_lock, DeviceChoice, GenerateParams, ModelKind, ModelSpec, Pipeline, Precision, SchedulerKind,
+    global_rng_lock, DeviceChoice, GenerateParams, ModelKind, ModelSpec, Pipeline, Precision,
+    SchedulerKind,
 };
 
 const TOLERANCE: f64 = 1e-4;
@@ -30,7 +31,11 @@ fn fixtures() -> Option<PathBuf> {
     if dir.join("tiny-sd1-ref.safetensors").exists() {
         Some(dir)
     } else {
-        assert!(!ci(), "{} is missing the diffusers reference fixtures", dir.display());
+        assert!(
+            !ci(),
+            "{} is missing the diffusers reference fixtures",
+            dir.display()
+        );
         eprintln!("skipping: no fixtures in {}", dir.display());
         None
     }
@@ -44,7 +49,10 @@ struct Reference {
 impl Reference {
     fn open(dir: &std::path::Path, name: &str) -> Self {
         let file = SafetensorsFile::open(&dir.join(format!("{name}-ref.safetensors"))).unwrap();
-        let params = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}-ref.json"))).unwrap()).unwrap();
+        let text = std::fs::read(dir.join(format!("{name}-ref.json"))).unwrap();
+        let params =
+            serde_json::from_slice(&weave_worker::engine::loader::python_json_to_strict(&text))
+                .unwrap();
         Self { file, params }
     }
 
@@ -68,11 +76,19 @@ fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
     let diff = (&ours - theirs).abs().max().double_value(&[]);
     let scale = theirs.abs().max().double_value(&[]);
     eprintln!("{what}: max abs diff {diff:.3e} (max |ref| {scale:.3e})");
-    assert!(diff <= TOLERANCE, "{what}: max abs difference {diff} > {TOLERANCE}");
+    assert!(
+        diff <= TOLERANCE,
+        "{what}: max abs difference {diff} > {TOLERANCE}"
+    );
 }
 
 fn load(dir: &std::path::Path, name: &str) -> Pipeline {
-    Pipeline::load(&ModelSpec::new(dir.join(name)), DeviceChoice::Cpu, Precision::F32).unwrap()
+    Pipeline::load(
+        &ModelSpec::new(dir.join(name)),
+        DeviceChoice::Cpu,
+        Precision::F32,
+    )
+    .unwrap()
 }
 
 const SCHEDULERS: [(&str, SchedulerKind); 5] = [
@@ -90,18 +106,34 @@ fn check_components(pipe: &Pipeline, r: &Reference, label: &str) {
     let ids = r.raw("token_ids");
     for (i, prompt) in prompts.iter().enumerate() {
         let theirs: Vec<i64> = Vec::try_from(ids.get(i as i64)).unwrap();
-        assert_eq!(pipe.tokenizer().encode(prompt), theirs, "{label}: token ids of {prompt:?}");
+        assert_eq!(
+            pipe.tokenizer().encode(prompt),
+            theirs,
+            "{label}: token ids of {prompt:?}"
+        );
     }
     // Text embeddings, with and without clip skip.
     let emb = pipe.text_encoder().forward(&ids, 0).unwrap();
-    assert_close(&format!("{label} text_embeddings"), &emb, &r.get("text_embeddings"));
+    assert_close(
+        &format!("{label} text_embeddings"),
+        &emb,
+        &r.get("text_embeddings"),
+    );
     let skip = pipe.text_encoder().forward(&ids, 1).unwrap();
-    assert_close(&format!("{label} text_embeddings_clip_skip2"), &skip, &r.get("text_embeddings_clip_skip2"));
+    assert_close(
+        &format!("{label} text_embeddings_clip_skip2"),
+        &skip,
+        &r.get("text_embeddings_clip_skip2"),
+    );
     // UNet at a fixed sample and timestep.
     let t = r.raw("unet_timestep").int64_value(&[]) as f64;
     let out = pipe
         .unet()
-        .forward(&r.get("unet_sample"), t, &r.get("unet_encoder_hidden_states"))
+        .forward(
+            &r.get("unet_sample"),
+            t,
+            &r.get("unet_encoder_hidden_states"),
+        )
         .unwrap();
     assert_close(&format!("{label} unet_out"), &out, &r.get("unet_out"));
     // VAE decoder.
@@ -118,10 +150,18 @@ fn check_initial_noise(pipe: &Pipeline, r: &Reference, label: &str) {
         ..Default::default()
     };
     let ours = pipe.initial_latents(&p).unwrap();
-    assert_close(&format!("{label} init_noise_seed42"), &ours, &r.get("init_noise_seed42"));
+    assert_close(
+        &format!("{label} init_noise_seed42"),
+        &ours,
+        &r.get("init_noise_seed42"),
+    );
     p.batch = 2;
     let ours = pipe.initial_latents(&p).unwrap();
-    assert_close(&format!("{label} init_noise_seed42_batch2"), &ours, &r.get("init_noise_seed42_batch2"));
+    assert_close(
+        &format!("{label} init_noise_seed42_batch2"),
+        &ours,
+        &r.get("init_noise_seed42_batch2"),
+    );
 }
 
 fn check_schedulers(pipe: &Pipeline, r: &Reference, label: &str) {
@@ -133,14 +173,24 @@ fn check_schedulers(pipe: &Pipeline, r: &Reference, label: &str) {
         let what = format!("{label} {name}");
         let mut s = Scheduler::new(kind, pipe.scheduler_config(), steps).unwrap();
         let ts = Tensor::from_slice(s.timesteps()).to_kind(Kind::Float);
-        assert_close(&format!("{what} timesteps"), &ts, &r.get(&format!("sched_{name}_timesteps")));
+        assert_close(
+            &format!("{what} timesteps"),
+            &ts,
+            &r.get(&format!("sched_{name}_timesteps")),
+        );
         let sigma_key = format!("sched_{name}_sigmas");
         if r.has(&sigma_key) {
             let sig = Tensor::from_slice(s.sigmas()).to_kind(Kind::Float);
             assert_close(&format!("{what} sigmas"), &sig, &r.get(&sigma_key));
         }
-        let init = r.get(&format!("sched_{name}_init_noise_sigma")).double_value(&[]);
-        assert!((s.init_noise_sigma() - init).abs() <= TOLERANCE, "{what}: init_noise_sigma {} vs {init}", s.init_noise_sigma());
+        let init = r
+            .get(&format!("sched_{name}_init_noise_sigma"))
+            .double_value(&[]);
+        assert!(
+            (s.init_noise_sigma() - init).abs() <= TOLERANCE,
+            "{what}: init_noise_sigma {} vs {init}",
+            s.init_noise_sigma()
+        );
 
         let scaled_ref = r.get(&format!("sched_{name}_scaled_inputs"));
         let samples_ref = r.get(&format!("sched_{name}_samples"));
@@ -152,9 +202,17 @@ fn check_schedulers(pipe: &Pipeline, r: &Reference, label: &str) {
         let mut x = sample0.shallow_clone();
         for i in 0..steps {
             let scaled = s.scale_model_input(&x).unwrap();
-            assert_close(&format!("{what} scaled input {i}"), &scaled, &scaled_ref.get(i as i64));
+            assert_close(
+                &format!("{what} scaled input {i}"),
+                &scaled,
+                &scaled_ref.get(i as i64),
+            );
             x = s.step(&outputs.get(i as i64), &x, &mut noise).unwrap();
-            assert_close(&format!("{what} sample {}", i + 1), &x, &samples_ref.get(i as i64 + 1));
+            assert_close(
+                &format!("{what} sample {}", i + 1),
+                &x,
+                &samples_ref.get(i as i64 + 1),
+            );
         }
     }
 }
@@ -200,7 +258,9 @@ fn check_pipeline(pipe: &Pipeline, r: &Reference, label: &str) {
             &r.get(&format!("pipeline_{name}_image")),
         );
         // And the RGB8 output is that image, rounded.
-        let rgb = pipe.generate(&params, &mut |_, _| ControlFlow::Continue(())).unwrap();
+        let rgb = pipe
+            .generate(&params, &mut |_, _| ControlFlow::Continue(()))
+            .unwrap();
         let expected = (r.get(&format!("pipeline_{name}_image")) * 255.0)
             .round()
             .permute([0, 2, 3, 1])

@@ -9,7 +9,9 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use weave_worker::engine::{DeviceChoice, GenerateParams, ModelSpec, Pipeline, Precision, SchedulerKind};
+use weave_worker::engine::{
+    DeviceChoice, GenerateParams, ModelSpec, Pipeline, Precision, SchedulerKind,
+};
 
 fn main() {
     let model = std::env::var_os("WEAVE_BENCH_MODEL")
@@ -35,7 +37,11 @@ fn main() {
         tch::get_num_threads()
     );
     let size = pipe.default_size();
-    for (scheduler, batch) in [(SchedulerKind::Ddim, 1), (SchedulerKind::Euler, 1), (SchedulerKind::Ddim, 8)] {
+    for (scheduler, batch) in [
+        (SchedulerKind::Ddim, 1),
+        (SchedulerKind::Euler, 1),
+        (SchedulerKind::Ddim, 8),
+    ] {
         let params = GenerateParams {
             prompt: "a handwritten digit seven".into(),
             width: size,
@@ -48,12 +54,17 @@ fn main() {
             ..Default::default()
         };
         // Warm-up (first-call allocations and kernel selection).
-        pipe.generate(&params, &mut |_, _| ControlFlow::Continue(())).unwrap();
+        pipe.generate(&params, &mut |_, _| ControlFlow::Continue(()))
+            .unwrap();
         let runs = 5;
         let start = Instant::now();
         for seed in 0..runs {
-            let p = GenerateParams { seed, ..params.clone() };
-            pipe.generate(&p, &mut |_, _| ControlFlow::Continue(())).unwrap();
+            let p = GenerateParams {
+                seed,
+                ..params.clone()
+            };
+            pipe.generate(&p, &mut |_, _| ControlFlow::Continue(()))
+                .unwrap();
         }
         let per_image = start.elapsed().as_secs_f64() / (runs * batch as u64) as f64;
         println!(

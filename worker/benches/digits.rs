@@ -1,7 +1,8 @@
 //! Seconds per image of our pipeline on the demo model (`make bench`).
 //!
 //! `WEAVE_BENCH_MODEL` overrides the model folder (default `models/digits`),
-//! `WEAVE_BENCH_DEVICE` the device (`auto`, `cpu`, `cuda`, `cuda:N`). The
+//! `WEAVE_BENCH_DEVICE` the device (`auto`, `cpu`, `cuda`, `cuda:N`),
+//! `WEAVE_BENCH_THREADS` libtorch's intra-op thread count. The
 //! diffusers side of the comparison is recorded in docs/ENGINE.md.
 #![allow(clippy::unwrap_used)]
 
@@ -25,6 +26,12 @@ fn main() {
         .ok()
         .and_then(|d| DeviceChoice::parse(&d))
         .unwrap_or_default();
+    if let Some(n) = std::env::var("WEAVE_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+    {
+        tch::set_num_threads(n);
+    }
     let load_start = Instant::now();
     let pipe = Pipeline::load(&ModelSpec::new(&model), device, Precision::Auto).unwrap();
     println!(

@@ -106,6 +106,9 @@ fn digits_model_draws_recognizable_novel_digits() {
         return;
     }
 
+    // One intra-op thread: the model is tiny, and on a shared CI machine
+    // OpenMP workers spinning at every barrier cost more than they give.
+    tch::set_num_threads(1);
     let pipe = Pipeline::load(&ModelSpec::new(&model), DeviceChoice::Cpu, Precision::F32).unwrap();
     let mut pixels = Vec::new();
     let mut labels: Vec<i64> = Vec::new();
@@ -132,6 +135,13 @@ fn digits_model_draws_recognizable_novel_digits() {
                 let images = pipe
                     .generate(&params, &mut |_, _| ControlFlow::Continue(()))
                     .unwrap();
+                if labels.len() % 40 == 0 {
+                    eprintln!(
+                        "{} images, {:.1} s",
+                        labels.len(),
+                        start.elapsed().as_secs_f64()
+                    );
+                }
                 for img in images {
                     assert_eq!((img.width, img.height), (32, 32));
                     pixels.extend_from_slice(&img.pixels);

@@ -139,10 +139,54 @@ pub fn read_json(path: &Path) -> Result<serde_json::Value, LoaderError> {
         });
     }
     let text = std::fs::read(path).map_err(io)?;
-    serde_json::from_slice(&text).map_err(|e| LoaderError::BadConfig {
+    serde_json::from_slice(&python_json_to_strict(&text)).map_err(|e| LoaderError::BadConfig {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+/// Python's `json.dump` writes `NaN`, `Infinity` and `-Infinity` (diffusers
+/// saves e.g. `lambda_min_clipped: -inf`); strict JSON has no such tokens.
+/// Outside string literals they become `null`, which our configs treat as
+/// "not set".
+pub fn python_json_to_strict(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut i = 0;
+    while i < text.len() {
+        let c = text[i];
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_string = false;
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let rest = &text[i..];
+        if let Some(token) = [&b"-Infinity"[..], b"Infinity", b"NaN"]
+            .into_iter()
+            .find(|t| rest.starts_with(t))
+        {
+            out.extend_from_slice(b"null");
+            i += token.len();
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
 }
 
 fn config_error(path: &Path) -> impl Fn(ModelError) -> LoaderError + '_ {
@@ -552,6 +596,7 @@ fn map_openclip(k: &str) -> Vec<(String, Option<(i64, i64)>)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -636,6 +681,16 @@ mod tests {
             map_openclip("cond_stage_model.model.positional_embedding")[0].0,
             "embeddings.position_embedding.weight"
         );
+    }
+
+    #[test]
+    fn python_json_tokens() {
+        let fixed = python_json_to_strict(
+            br#"{"a": -Infinity, "b": "NaN \" Infinity", "c": [NaN, Infinity]}"#,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&fixed).unwrap();
+        assert!(v["a"].is_null() && v["c"][0].is_null() && v["c"][1].is_null());
+        assert_eq!(v["b"], "NaN \" Infinity");
     }
 
     #[test]

@@ -384,3 +384,46 @@ pub fn to_rgb8(images: &Tensor) -> Result<Vec<RgbImage>, EngineError> {
         })
         .collect())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The worker may build the pipeline on one thread and run it on another.
+    #[test]
+    fn pipeline_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Pipeline>();
+    }
+
+    #[test]
+    fn device_and_precision_parse() {
+        assert_eq!(DeviceChoice::parse("cuda:3"), Some(DeviceChoice::Cuda(3)));
+        assert_eq!(DeviceChoice::parse("cuda"), Some(DeviceChoice::Cuda(0)));
+        assert_eq!(DeviceChoice::parse("gpu"), None);
+        assert_eq!(
+            DeviceChoice::parse("cpu").map(|d| d.resolve().ok()),
+            Some(Some(Device::Cpu))
+        );
+        assert_eq!(Precision::parse("bf16"), Some(Precision::Bf16));
+        assert_eq!(Precision::Auto.kind(Device::Cpu), Kind::Float);
+        assert_eq!(Precision::Auto.kind(Device::Cuda(0)), Kind::Half);
+        if !tch::Cuda::is_available() {
+            assert!(matches!(
+                DeviceChoice::Cuda(0).resolve(),
+                Err(EngineError::Device(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn rgb8_rounds_like_diffusers() {
+        // -1 → 0, 1 → 255, 0 → 127.5 → 128 (round half to even gives 128).
+        let x = Tensor::from_slice(&[-1.0f32, 1.0, 0.0, 2.0, -3.0, 0.5]).reshape([1, 3, 1, 2]);
+        let img = to_rgb8(&x).unwrap();
+        assert_eq!((img[0].width, img[0].height), (2, 1));
+        // HWC order: pixel 0 = channels (x[0], x[2], x[4]), pixel 1 = (x[1], x[3], x[5]).
+        assert_eq!(img[0].pixels, vec![0, 128, 0, 255, 255, 191]);
+    }
+}

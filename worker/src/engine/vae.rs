@@ -159,9 +159,9 @@ impl VaeDecoder {
         let rev: Vec<i64> = boc.iter().rev().copied().collect();
         let mut up = Vec::with_capacity(n);
         let mut output = rev[0];
-        for i in 0..n {
+        for (i, &channels) in rev.iter().enumerate() {
             let prev_output = output;
-            output = rev[i];
+            output = channels;
             let bs = d.sub("up_blocks").sub(i);
             let resnets = (0..c.layers_per_block + 1)
                 .map(|j| {

@@ -85,9 +85,7 @@ fn ok(out: &Output) -> String {
 fn json_lines(out: &Output) -> Vec<serde_json::Value> {
     text(&out.stdout)
         .lines()
-        .map(|line| {
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-        })
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
         .collect()
 }
 
@@ -117,7 +115,10 @@ fn status_models_and_jobs_in_both_forms() {
     assert_eq!(models[0][0]["defaults"]["width"], 32);
 
     assert_eq!(ok(&daemon.sshmctl(&["jobs"])).trim(), "no jobs");
-    assert_eq!(json_lines(&daemon.sshmctl(&["--json", "jobs"]))[0], serde_json::json!([]));
+    assert_eq!(
+        json_lines(&daemon.sshmctl(&["--json", "jobs"]))[0],
+        serde_json::json!([])
+    );
 }
 
 #[test]
@@ -159,10 +160,17 @@ fn generate_writes_pngs_and_reports_the_seed() {
         "-o",
         batch.to_str().unwrap(),
     ]));
-    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds.first(), Some(&"queued"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"finished"), "{kinds:?}");
-    assert_eq!(kinds.iter().filter(|k| **k == "progress").count(), 3, "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "progress").count(),
+        3,
+        "{kinds:?}"
+    );
     let images: Vec<_> = events.iter().filter(|e| e["event"] == "image").collect();
     assert_eq!(images.len(), 2);
     for image in images {
@@ -177,13 +185,19 @@ fn bad_requests_map_to_documented_exit_codes() {
     let Some(daemon) = Daemon::start("sshmctl-errors") else {
         return;
     };
-    let out = daemon.sshmctl(&["generate", "--model", "digits", "--prompt", "x", "--width", "33"]);
+    let out = daemon.sshmctl(&[
+        "generate", "--model", "digits", "--prompt", "x", "--width", "33",
+    ]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("width"), "{}", text(&out.stderr));
 
     let out = daemon.sshmctl(&["generate", "--model", "nope", "--prompt", "x"]);
     assert_eq!(out.status.code(), Some(5));
-    assert!(text(&out.stderr).contains("sshmctl models"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("sshmctl models"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = daemon.sshmctl(&["--json", "cancel", "999999"]);
     assert_eq!(out.status.code(), Some(5));
@@ -199,7 +213,11 @@ fn bad_requests_map_to_documented_exit_codes() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out.stderr).contains("is it running?"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is it running?"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -211,9 +229,15 @@ fn admin_verbs_round_trip() {
     let models = json_lines(&daemon.sshmctl(&["--json", "models"]));
     assert_eq!(models[0][0]["loaded"], true);
     ok(&daemon.sshmctl(&["pin", "digits"]));
-    assert_eq!(json_lines(&daemon.sshmctl(&["--json", "models"]))[0][0]["pinned"], true);
+    assert_eq!(
+        json_lines(&daemon.sshmctl(&["--json", "models"]))[0][0]["pinned"],
+        true
+    );
     ok(&daemon.sshmctl(&["unpin", "digits"]));
-    assert_eq!(json_lines(&daemon.sshmctl(&["--json", "models"]))[0][0]["pinned"], false);
+    assert_eq!(
+        json_lines(&daemon.sshmctl(&["--json", "models"]))[0][0]["pinned"],
+        false
+    );
 
     let before = json_lines(&daemon.sshmctl(&["--json", "segments"]))[0]["key_generation"]
         .as_u64()
@@ -223,14 +247,20 @@ fn admin_verbs_round_trip() {
     assert!(segments[0]["key_generation"].as_u64().unwrap() > before);
     assert_eq!(segments[0]["segments"].as_array().unwrap().len(), 2);
     let table = ok(&daemon.sshmctl(&["segments"]));
-    assert!(table.contains("broker→worker") && table.contains("worker→broker"), "{table}");
+    assert!(
+        table.contains("broker→worker") && table.contains("worker→broker"),
+        "{table}"
+    );
 
     ok(&daemon.sshmctl(&["drain"]));
     let out = daemon.sshmctl(&["generate", "--model", "digits", "--prompt", "one"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     ok(&daemon.sshmctl(&["resume"]));
     ok(&daemon.sshmctl(&["unload"]));
-    assert_eq!(json_lines(&daemon.sshmctl(&["--json", "models"]))[0][0]["loaded"], false);
+    assert_eq!(
+        json_lines(&daemon.sshmctl(&["--json", "models"]))[0][0]["loaded"],
+        false
+    );
     ok(&daemon.sshmctl(&["quarantine", "clear", "digits"]));
 }
 
@@ -242,10 +272,18 @@ fn unauthorized_user_gets_a_clear_refusal() {
     ensure_user("weave-test-outsider", &[]);
     // Open the socket file itself so SO_PEERCRED, not the file mode, decides.
     std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
-    std::fs::set_permissions(daemon.socket().parent().unwrap(), std::fs::Permissions::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        daemon.socket().parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     let out = Command::new("setpriv")
-        .args(["--reuid=weave-test-outsider", "--regid=weave-test-outsider", "--init-groups", "--"])
+        .args([
+            "--reuid=weave-test-outsider",
+            "--regid=weave-test-outsider",
+            "--init-groups",
+            "--",
+        ])
         .arg(target_bin("sshmctl"))
         .arg("--socket")
         .arg(daemon.socket())
@@ -268,7 +306,9 @@ fn ctrl_c_cancels_the_job_on_the_daemon() {
         .arg("--socket")
         .arg(daemon.socket())
         .args(["generate", "--model", "digits", "--prompt", "the number 3"])
-        .args(["--steps", "150", "--width", "256", "--height", "256", "--batch", "2"])
+        .args([
+            "--steps", "150", "--width", "256", "--height", "256", "--batch", "2",
+        ])
         .arg("-o")
         .arg(&out)
         .stdout(Stdio::piped())
@@ -284,7 +324,10 @@ fn ctrl_c_cancels_the_job_on_the_daemon() {
         let line = line.unwrap();
         if let Some(rest) = line.strip_prefix("job ") {
             if line.contains("started") {
-                job_id = rest.split_whitespace().next().map(|id| id.parse::<u64>().unwrap());
+                job_id = rest
+                    .split_whitespace()
+                    .next()
+                    .map(|id| id.parse::<u64>().unwrap());
                 break;
             }
         }
@@ -303,10 +346,16 @@ fn ctrl_c_cancels_the_job_on_the_daemon() {
     let status = child.wait().unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert_eq!(status.code(), Some(130), "stderr: {rest:?}");
-    assert!(!PathBuf::from(&out).exists(), "a cancelled job wrote its image");
+    assert!(
+        !PathBuf::from(&out).exists(),
+        "a cancelled job wrote its image"
+    );
     let end = Instant::now() + Duration::from_secs(10);
     while running(&mut admin) {
-        assert!(Instant::now() < end, "job {job_id} still on the daemon after Ctrl-C");
+        assert!(
+            Instant::now() < end,
+            "job {job_id} still on the daemon after Ctrl-C"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -354,14 +403,26 @@ fn config_check_reports_every_problem_offline() {
     assert_eq!(out.status.code(), Some(7));
     let report = &json_lines(&out)[0];
     assert_eq!(report["ok"], false);
-    assert!(report["problems"].as_array().unwrap().len() >= 2, "{report}");
+    assert!(
+        report["problems"].as_array().unwrap().len() >= 2,
+        "{report}"
+    );
 }
 
 #[test]
 fn man_page_and_completions_come_from_the_cli_definition() {
-    let run = |args: &[&str]| Command::new(target_bin("sshmctl")).args(args).output().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(target_bin("sshmctl"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
     let man = text(&ok(&run(&["man"])).into_bytes());
-    assert!(man.starts_with(".ie") || man.contains(".TH sshmctl"), "{}", &man[..man.len().min(200)]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH sshmctl"),
+        "{}",
+        &man[..man.len().min(200)]
+    );
     assert!(man.contains("rotate-keys"));
     let bash = ok(&run(&["completions", "bash"]));
     assert!(bash.contains("sshmctl") && bash.contains("generate"));

@@ -1026,6 +1026,16 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// The broker creates the supervisor at start-up and moves it into its
+/// scheduler thread; the handle goes to the connection threads.
+#[allow(dead_code)]
+fn _supervisor_is_send_and_the_handle_is_shareable() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync + Clone>() {}
+    send::<WorkerSupervisor>();
+    shared::<SupervisorHandle>();
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1114,14 +1124,4 @@ mod tests {
         assert!(matches!(sup.load("m"), Err(SupervisorError::Spawn(_))));
         assert_eq!(sup.state().state, WorkerRunState::Restarting);
     }
-}
-
-/// The broker creates the supervisor at start-up and moves it into its
-/// scheduler thread; the handle goes to the connection threads.
-#[allow(dead_code)]
-fn _supervisor_is_send_and_the_handle_is_shareable() {
-    fn send<T: Send>() {}
-    fn shared<T: Send + Sync + Clone>() {}
-    send::<WorkerSupervisor>();
-    shared::<SupervisorHandle>();
 }

@@ -9,7 +9,7 @@ export WEAVE_TORCH_FLAVOR := $(FLAVOR)
 export WEAVE_TEST_PYTHON := $(ROOT)/.cache/venv/bin/python
 CARGO ?= cargo
 
-.PHONY: all build release test deps libtorch demo bench fmt clippy generated deb rpm
+.PHONY: all build release test deps libtorch demo bench fmt clippy generated deb rpm seccomp-trace
 
 all: build
 
@@ -76,3 +76,10 @@ deb: generated $(TOOLS)/cargo-deb
 
 rpm: generated $(TOOLS)/cargo-generate-rpm
 	$(TOOLS)/cargo-generate-rpm -p broker -o target/rpm/
+
+# Regenerates the worker's seccomp allowlist evidence from the real workload:
+# the demo (broker + sandboxed worker, load + generate of models/digits) under
+# strace, counting only what runs after the worker installs its filter.
+seccomp-trace: release
+	command -v strace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace
+	tools/seccomp-trace.sh --after seccomp -- scripts/demo.sh

@@ -52,10 +52,13 @@ fn start(name: &str, limits: &str, steps: u32) -> Option<Setup> {
 /// behind another one) however fast the digits model is.
 fn slow_request(tag: Option<&str>) -> GenerateRequest {
     GenerateRequest {
+        // Many cheap steps rather than few heavy ones: cancellation is
+        // checked between steps, so each step must stay short even on a
+        // loaded machine.
         steps: Some(150),
-        width: Some(256),
-        height: Some(256),
-        batch: 2,
+        width: Some(64),
+        height: Some(64),
+        batch: 1,
         tag: tag.map(str::to_owned),
         ..digits_request("3")
     }
@@ -210,7 +213,7 @@ fn two_tags_submitting_ten_jobs_each_are_served_interleaved() {
         finished_png(&events);
     }
     // Completion order from the audit trail (one record per job, in order).
-    let end = Instant::now() + Duration::from_secs(10);
+    let end = Instant::now() + Duration::from_secs(30);
     while started.len() < 20 && Instant::now() < end {
         started = setup
             .sink
@@ -274,7 +277,7 @@ fn idle_model_is_unloaded_after_the_timeout() {
         other => panic!("{other:?}"),
     };
     assert!(loaded(&mut client).is_some());
-    let end = Instant::now() + Duration::from_secs(10);
+    let end = Instant::now() + Duration::from_secs(30);
     while loaded(&mut client).is_some() {
         assert!(Instant::now() < end, "never unloaded");
         std::thread::sleep(Duration::from_millis(100));
@@ -343,7 +346,7 @@ fn client_disconnect_cancels_its_job() {
     wait_progress(&mut leaver);
     drop(leaver);
     let mut admin = Client::hello(socket);
-    let end = Instant::now() + Duration::from_secs(10);
+    let end = Instant::now() + Duration::from_secs(30);
     loop {
         match admin.call(&Request::AllJobs) {
             Response::Jobs(jobs) if jobs.is_empty() => break,

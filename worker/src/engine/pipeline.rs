@@ -1,0 +1,429 @@
+//! Text-to-image, step for step as diffusers' `StableDiffusionPipeline`.
+
+use std::ops::ControlFlow;
+
+use tch::{Device, Kind, Tensor};
+
+use super::clip::ClipTextModel;
+use super::loader::{Component, ModelParts, ModelSpec};
+use super::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
+use super::tokenizer::ClipTokenizer;
+use super::unet::UNet;
+use super::vae::VaeDecoder;
+use super::EngineError;
+
+/// Where to run: `auto` picks the first CUDA device when libtorch sees one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    /// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "cpu" => Some(Self::Cpu),
+            "cuda" => Some(Self::Cuda(0)),
+            _ => s.strip_prefix("cuda:")?.parse().ok().map(Self::Cuda),
+        }
+    }
+
+    pub fn resolve(self) -> Result<Device, EngineError> {
+        match self {
+            Self::Auto if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+            Self::Auto | Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(n) => {
+                let count = tch::Cuda::device_count();
+                if (n as i64) < count {
+                    Ok(Device::Cuda(n))
+                } else {
+                    Err(EngineError::Device(format!(
+                        "cuda:{n} requested but libtorch sees {count} CUDA device(s); use device = \"cpu\" or \"auto\", or a CUDA build of libtorch (make libtorch FLAVOR=cuda)"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// Compute precision. `auto`: fp32 on CPU, fp16 on CUDA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "auto" => Self::Auto,
+            "fp32" | "f32" | "float32" => Self::F32,
+            "fp16" | "f16" | "float16" => Self::F16,
+            "bf16" | "bfloat16" => Self::Bf16,
+            _ => return None,
+        })
+    }
+
+    fn kind(self, device: Device) -> Kind {
+        match (self, device) {
+            (Self::Auto, Device::Cpu) | (Self::F32, _) => Kind::Float,
+            (Self::Auto, _) | (Self::F16, _) => Kind::Half,
+            (Self::Bf16, _) => Kind::BFloat16,
+        }
+    }
+}
+
+/// One text-to-image request.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub prompt: String,
+    /// Empty means the unconditional (empty) prompt, as in diffusers.
+    pub negative_prompt: String,
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    /// Classifier-free guidance scale; ≤ 1 disables guidance.
+    pub guidance: f64,
+    pub seed: u64,
+    pub scheduler: SchedulerKind,
+    pub batch: u32,
+    /// Skip the last `clip_skip` text encoder layers (0 = none).
+    pub clip_skip: u32,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            width: 512,
+            height: 512,
+            steps: 20,
+            guidance: 7.5,
+            seed: 0,
+            scheduler: SchedulerKind::Euler,
+            batch: 1,
+            clip_skip: 0,
+        }
+    }
+}
+
+/// An 8-bit RGB image, rows top to bottom, `width × height × 3` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+/// libtorch's default CPU generator is process-global and tch exposes no
+/// private `torch.Generator`, so every sequence of draws that must be
+/// reproducible (seed, initial latents, ancestral noise) holds this lock.
+static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the lock over libtorch's global random generator. Code outside the
+/// pipeline that seeds or draws (tests, tools) takes it too.
+pub fn global_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    GLOBAL_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Limits the engine itself enforces (the broker validates tighter ones).
+pub const MAX_SIDE: u32 = 4096;
+pub const MAX_BATCH: u32 = 64;
+
+/// A loaded Stable Diffusion pipeline.
+pub struct Pipeline {
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextModel,
+    unet: UNet,
+    vae: VaeDecoder,
+    scheduler_config: SchedulerConfig,
+    device: Device,
+    kind: Kind,
+    memory_bytes: u64,
+}
+
+impl Pipeline {
+    /// Loads every part of the model at `spec` onto the chosen device.
+    pub fn load(
+        spec: &ModelSpec,
+        device: DeviceChoice,
+        precision: Precision,
+    ) -> Result<Self, EngineError> {
+        let _no_grad = tch::no_grad_guard();
+        let device = device.resolve()?;
+        let kind = precision.kind(device);
+        let parts = ModelParts::open(spec)?;
+        let tokenizer = ClipTokenizer::from_dir(&parts.tokenizer_dir)?;
+        let te_weights = parts.weights(Component::TextEncoder, kind, device);
+        let text_encoder = ClipTextModel::new(&te_weights.root(), &parts.text_config)?;
+        let unet_weights = parts.weights(Component::Unet, kind, device);
+        let unet = UNet::new(&unet_weights.root(), &parts.unet_config)?;
+        let vae_weights = parts.weights(Component::Vae, kind, device);
+        let vae = VaeDecoder::new(&vae_weights.root(), &parts.vae_config)?;
+        let memory_bytes =
+            te_weights.loaded_bytes() + unet_weights.loaded_bytes() + vae_weights.loaded_bytes();
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler_config: parts.scheduler_config,
+            device,
+            kind,
+            memory_bytes,
+        })
+    }
+
+    /// Bytes held by the weights on the device.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn text_encoder(&self) -> &ClipTextModel {
+        &self.text_encoder
+    }
+
+    pub fn unet(&self) -> &UNet {
+        &self.unet
+    }
+
+    pub fn vae(&self) -> &VaeDecoder {
+        &self.vae
+    }
+
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
+    }
+
+    /// The image size diffusers uses when none is given.
+    pub fn default_size(&self) -> u32 {
+        (self.unet.config().sample_size * self.vae.config().scale_factor()) as u32
+    }
+
+    /// Token ids → text embeddings `[1, 77, dim]`.
+    pub fn encode_text(&self, text: &str, clip_skip: u32) -> Result<Tensor, EngineError> {
+        let _no_grad = tch::no_grad_guard();
+        let ids = Tensor::from_slice(&self.tokenizer.encode(text))
+            .f_unsqueeze(0)?
+            .f_to_device(self.device)?;
+        Ok(self.text_encoder.forward(&ids, clip_skip as usize)?)
+    }
+
+    /// The initial latents diffusers draws for `params` with
+    /// `torch.Generator().manual_seed(seed)` (before `init_noise_sigma`).
+    pub fn initial_latents(&self, params: &GenerateParams) -> Result<Tensor, EngineError> {
+        let _rng = global_rng_lock();
+        self.draw_initial_latents(params)
+    }
+
+    /// [`Self::initial_latents`] for callers that already hold the RNG lock.
+    fn draw_initial_latents(&self, params: &GenerateParams) -> Result<Tensor, EngineError> {
+        let vsf = self.vae.config().scale_factor() as u32;
+        let shape = [
+            params.batch as i64,
+            self.unet.config().in_channels,
+            (params.height / vsf) as i64,
+            (params.width / vsf) as i64,
+        ];
+        tch::manual_seed(params.seed as i64);
+        Ok(Tensor::f_randn(shape, (self.kind, Device::Cpu))?.f_to_device(self.device)?)
+    }
+
+    fn validate(&self, p: &GenerateParams) -> Result<(), EngineError> {
+        let vsf = self.vae.config().scale_factor() as u32;
+        let bad = |m: String| Err(EngineError::InvalidParams(m));
+        if p.width == 0 || p.height == 0 || p.width > MAX_SIDE || p.height > MAX_SIDE {
+            return bad(format!(
+                "width and height must be between {vsf} and {MAX_SIDE}"
+            ));
+        }
+        if p.width % vsf != 0 || p.height % vsf != 0 {
+            return bad(format!("width and height must be multiples of {vsf}"));
+        }
+        if p.batch == 0 || p.batch > MAX_BATCH {
+            return bad(format!("batch must be between 1 and {MAX_BATCH}"));
+        }
+        if !p.guidance.is_finite() || p.guidance < 0.0 {
+            return bad("guidance must be a finite number ≥ 0".into());
+        }
+        Ok(())
+    }
+
+    /// Runs the denoising loop and returns the final latents (before the
+    /// VAE), calling `progress(step, total)` after every step; returning
+    /// `ControlFlow::Break` cancels with [`EngineError::Cancelled`].
+    pub fn generate_latents(
+        &self,
+        p: &GenerateParams,
+        progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
+    ) -> Result<Tensor, EngineError> {
+        let _no_grad = tch::no_grad_guard();
+        self.validate(p)?;
+        let batch = p.batch as i64;
+        let cfg = p.guidance > 1.0;
+        let cond = self
+            .encode_text(&p.prompt, p.clip_skip)?
+            .f_repeat([batch, 1, 1])?;
+        let context = if cfg {
+            let uncond = self
+                .encode_text(&p.negative_prompt, p.clip_skip)?
+                .f_repeat([batch, 1, 1])?;
+            Tensor::f_cat(&[uncond, cond], 0)?
+        } else {
+            cond
+        };
+        let mut scheduler = Scheduler::new(p.scheduler, &self.scheduler_config, p.steps as usize)?;
+        let _rng = global_rng_lock();
+        let mut latents = self
+            .draw_initial_latents(p)?
+            .f_mul_scalar(scheduler.init_noise_sigma())?;
+        let timesteps = scheduler.timesteps().to_vec();
+        let total = timesteps.len();
+        let (kind, device) = (self.kind, self.device);
+        // Ancestral noise continues the same CPU random stream as the
+        // initial latents, as diffusers' CPU generator does.
+        let mut draw_noise = |like: &Tensor| -> Result<Tensor, SchedulerError> {
+            Ok(Tensor::f_randn(like.size(), (kind, Device::Cpu))?.f_to_device(device)?)
+        };
+        for (i, &t) in timesteps.iter().enumerate() {
+            let input = if cfg {
+                Tensor::f_cat(&[&latents, &latents], 0)?
+            } else {
+                latents.shallow_clone()
+            };
+            let input = scheduler.scale_model_input(&input)?;
+            let noise_pred = self.unet.forward(&input, t, &context)?;
+            let noise_pred = if cfg {
+                let halves = noise_pred.f_chunk(2, 0)?;
+                let (uncond, text) = (&halves[0], &halves[1]);
+                uncond.f_add(&text.f_sub(uncond)?.f_mul_scalar(p.guidance)?)?
+            } else {
+                noise_pred
+            };
+            latents = scheduler.step(&noise_pred, &latents, &mut draw_noise)?;
+            if progress(i + 1, total).is_break() {
+                return Err(EngineError::Cancelled);
+            }
+        }
+        Ok(latents)
+    }
+
+    /// Latents → images in [-1, 1] (diffusers' `vae.decode(latents / scaling_factor)`).
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor, EngineError> {
+        let _no_grad = tch::no_grad_guard();
+        let c = self.vae.config();
+        let mut z = latents.f_div_scalar(c.scaling_factor)?;
+        if let Some(shift) = c.shift_factor {
+            z = z.f_add_scalar(shift)?;
+        }
+        Ok(self.vae.decode(&z)?)
+    }
+
+    /// Text to RGB8 images.
+    pub fn generate(
+        &self,
+        p: &GenerateParams,
+        progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
+    ) -> Result<Vec<RgbImage>, EngineError> {
+        let latents = self.generate_latents(p, progress)?;
+        let images = self.decode(&latents)?;
+        to_rgb8(&images)
+    }
+}
+
+/// `[b, 3, h, w]` in [-1, 1] → RGB8, rounding as diffusers' `numpy_to_pil`.
+pub fn to_rgb8(images: &Tensor) -> Result<Vec<RgbImage>, EngineError> {
+    let (b, c, h, w) = images.size4()?;
+    if c != 3 {
+        return Err(EngineError::InvalidParams(format!(
+            "the VAE produced {c} channels, not 3"
+        )));
+    }
+    let bytes = images
+        .f_to_device(Device::Cpu)?
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(2.0)?
+        .f_add_scalar(0.5)?
+        .f_clamp(0.0, 1.0)?
+        .f_permute([0, 2, 3, 1])?
+        .f_mul_scalar(255.0)?
+        .f_round()?
+        .f_to_kind(Kind::Uint8)?
+        .f_contiguous()?;
+    let per = (h * w * 3) as usize;
+    let mut all = vec![0u8; per * b as usize];
+    bytes.f_copy_data_u8(&mut all, per * b as usize)?;
+    Ok(all
+        .chunks(per)
+        .map(|px| RgbImage {
+            width: w as u32,
+            height: h as u32,
+            pixels: px.to_vec(),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The worker may build the pipeline on one thread and run it on another.
+    #[test]
+    fn pipeline_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Pipeline>();
+    }
+
+    #[test]
+    fn device_and_precision_parse() {
+        assert_eq!(DeviceChoice::parse("cuda:3"), Some(DeviceChoice::Cuda(3)));
+        assert_eq!(DeviceChoice::parse("cuda"), Some(DeviceChoice::Cuda(0)));
+        assert_eq!(DeviceChoice::parse("gpu"), None);
+        assert_eq!(
+            DeviceChoice::parse("cpu").map(|d| d.resolve().ok()),
+            Some(Some(Device::Cpu))
+        );
+        assert_eq!(Precision::parse("bf16"), Some(Precision::Bf16));
+        assert_eq!(Precision::Auto.kind(Device::Cpu), Kind::Float);
+        assert_eq!(Precision::Auto.kind(Device::Cuda(0)), Kind::Half);
+        if !tch::Cuda::is_available() {
+            assert!(matches!(
+                DeviceChoice::Cuda(0).resolve(),
+                Err(EngineError::Device(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn rgb8_rounds_like_diffusers() {
+        // -1 → 0, 1 → 255, 0 → 127.5 → 128 (round half to even gives 128).
+        let x = Tensor::from_slice(&[-1.0f32, 1.0, 0.0, 2.0, -3.0, 0.5]).reshape([1, 3, 1, 2]);
+        let img = to_rgb8(&x).unwrap();
+        assert_eq!((img[0].width, img[0].height), (2, 1));
+        // HWC order: pixel 0 = channels (x[0], x[2], x[4]), pixel 1 = (x[1], x[3], x[5]).
+        assert_eq!(img[0].pixels, vec![0, 128, 0, 255, 255, 191]);
+    }
+}

@@ -1,0 +1,668 @@
+//! A defensive reader for the safetensors format.
+//!
+//! Layout: `u64` little-endian header length `N`, then `N` bytes of JSON
+//! (`{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {..}}`),
+//! then the data section the offsets point into.
+//!
+//! Model files are untrusted input: everything in the header is checked against
+//! the real file size *before* any tensor byte is read, and a tensor is read
+//! with a positioned read of exactly its validated byte range (no mmap, no
+//! pointer arithmetic on attacker-controlled numbers). The file is recognized
+//! by its content, never by its extension; pickle checkpoints (zip or raw
+//! pickle) are refused with a message that says how to convert them.
+//!
+//! We do not use the `safetensors` crate so that every check is visible here
+//! and the error type is ours.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tch::{Device, Kind, Tensor};
+
+/// Largest JSON header we accept. Real SD checkpoints have headers of a few
+/// hundred KiB; anything near this is hostile or corrupt.
+pub const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Largest number of dimensions a tensor may declare.
+const MAX_RANK: usize = 8;
+
+/// Errors from reading a safetensors file. Each one names the file; none
+/// ever results from reading outside the validated ranges.
+#[derive(Debug, thiserror::Error)]
+pub enum SafetensorsError {
+    #[error("cannot read model file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is a pickle checkpoint (.ckpt/.bin/.pt); pickle checkpoints are not supported \
+         because loading them can run arbitrary code. Convert it to safetensors first, e.g. with \
+         diffusers' scripts/convert_original_stable_diffusion_to_diffusers.py --to_safetensors \
+         (on a machine you trust), and point the config at the .safetensors file"
+    )]
+    PickleCheckpoint { path: PathBuf },
+    #[error(
+        "{path} is not a safetensors file ({reason}); only safetensors model files are accepted"
+    )]
+    NotSafetensors { path: PathBuf, reason: String },
+    #[error("{path}: header length {len} exceeds the limit of {MAX_HEADER_BYTES} bytes or the file size; the file is corrupt or hostile")]
+    HeaderTooLarge { path: PathBuf, len: u64 },
+    #[error("{path}: the JSON header is invalid: {reason}")]
+    BadHeader { path: PathBuf, reason: String },
+    #[error("{path}: tensor {name:?} uses unsupported dtype {dtype:?} (supported: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)")]
+    UnsupportedDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+    #[error("{path}: tensor {name:?} is invalid: {reason}; the file is corrupt or hostile")]
+    BadTensor {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
+    #[error("{path}: tensor {name:?} not found")]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{path}: libtorch rejected tensor {name:?}: {source}")]
+    Torch {
+        path: PathBuf,
+        name: String,
+        #[source]
+        source: tch::TchError,
+    },
+}
+
+/// Element types a safetensors file may declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F64,
+    F32,
+    F16,
+    Bf16,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+impl Dtype {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "F64" => Self::F64,
+            "F32" => Self::F32,
+            "F16" => Self::F16,
+            "BF16" => Self::Bf16,
+            "I64" => Self::I64,
+            "I32" => Self::I32,
+            "I16" => Self::I16,
+            "I8" => Self::I8,
+            "U8" => Self::U8,
+            "BOOL" => Self::Bool,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            Self::F64 | Self::I64 => 8,
+            Self::F32 | Self::I32 => 4,
+            Self::F16 | Self::Bf16 | Self::I16 => 2,
+            Self::I8 | Self::U8 | Self::Bool => 1,
+        }
+    }
+
+    /// The matching libtorch element kind.
+    pub fn kind(self) -> Kind {
+        match self {
+            Self::F64 => Kind::Double,
+            Self::F32 => Kind::Float,
+            Self::F16 => Kind::Half,
+            Self::Bf16 => Kind::BFloat16,
+            Self::I64 => Kind::Int64,
+            Self::I32 => Kind::Int,
+            Self::I16 => Kind::Int16,
+            Self::I8 => Kind::Int8,
+            Self::U8 => Kind::Uint8,
+            Self::Bool => Kind::Bool,
+        }
+    }
+
+    /// Whether the values are floating point (and so follow the compute dtype).
+    pub fn is_float(self) -> bool {
+        matches!(self, Self::F64 | Self::F32 | Self::F16 | Self::Bf16)
+    }
+}
+
+/// One validated tensor entry: its byte range lies inside the file.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub dtype: Dtype,
+    pub shape: Vec<i64>,
+    /// Absolute file offset of the first byte.
+    file_offset: u64,
+    /// Length in bytes (= numel × dtype size, checked).
+    byte_len: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    dtype: String,
+    shape: Vec<u64>,
+    data_offsets: [u64; 2],
+}
+
+/// An open safetensors file whose header has been fully validated.
+pub struct SafetensorsFile {
+    path: PathBuf,
+    file: File,
+    tensors: HashMap<String, TensorInfo>,
+    metadata: HashMap<String, String>,
+}
+
+/// The first bytes of a zip archive (torch.save since 1.6).
+const ZIP_MAGIC: &[u8; 4] = b"PK\x03\x04";
+/// The pickle PROTO opcode that starts every protocol ≥ 2 pickle.
+const PICKLE_PROTO: u8 = 0x80;
+
+impl SafetensorsFile {
+    /// Opens and validates `path`. Reads only the header.
+    pub fn open(path: &Path) -> Result<Self, SafetensorsError> {
+        let io = |source| SafetensorsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut prefix = [0u8; 8];
+        let got = read_up_to(&file, &mut prefix, 0).map_err(io)?;
+        let prefix = &prefix[..got];
+        if prefix.starts_with(ZIP_MAGIC) || prefix.first() == Some(&PICKLE_PROTO) {
+            return Err(SafetensorsError::PickleCheckpoint {
+                path: path.to_path_buf(),
+            });
+        }
+        if got < 8 {
+            return Err(SafetensorsError::NotSafetensors {
+                path: path.to_path_buf(),
+                reason: format!("only {got} bytes long"),
+            });
+        }
+        let mut len_bytes = [0u8; 8];
+        len_bytes.copy_from_slice(prefix);
+        let header_len = u64::from_le_bytes(len_bytes);
+        if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
+            return Err(SafetensorsError::HeaderTooLarge {
+                path: path.to_path_buf(),
+                len: header_len,
+            });
+        }
+        // Bounded by MAX_HEADER_BYTES above, so the allocation is bounded too.
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact_at(&mut header, 8).map_err(io)?;
+        if header.first() != Some(&b'{') {
+            return Err(SafetensorsError::NotSafetensors {
+                path: path.to_path_buf(),
+                reason: "the header does not start with a JSON object".into(),
+            });
+        }
+        let data_start = 8 + header_len;
+        let data_len = file_len - data_start;
+        let (tensors, metadata) =
+            parse_header(&header, data_start, data_len).map_err(|e| match e {
+                HeaderIssue::Json(reason) => SafetensorsError::BadHeader {
+                    path: path.to_path_buf(),
+                    reason,
+                },
+                HeaderIssue::Dtype { name, dtype } => SafetensorsError::UnsupportedDtype {
+                    path: path.to_path_buf(),
+                    name,
+                    dtype,
+                },
+                HeaderIssue::Tensor { name, reason } => SafetensorsError::BadTensor {
+                    path: path.to_path_buf(),
+                    name,
+                    reason,
+                },
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            tensors,
+            metadata,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tensor names and their validated descriptions.
+    pub fn tensors(&self) -> &HashMap<String, TensorInfo> {
+        &self.tensors
+    }
+
+    /// The free-form `__metadata__` map.
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    /// Reads one tensor's bytes (exactly its validated range) into a CPU
+    /// tensor of the stored dtype.
+    pub fn read(&self, name: &str) -> Result<Tensor, SafetensorsError> {
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| SafetensorsError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
+        let len = usize::try_from(info.byte_len).map_err(|_| SafetensorsError::BadTensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+            reason: "larger than the address space".into(),
+        })?;
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(len)
+            .map_err(|e| SafetensorsError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::OutOfMemory, e),
+            })?;
+        bytes.resize(len, 0);
+        self.file
+            .read_exact_at(&mut bytes, info.file_offset)
+            .map_err(|source| SafetensorsError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        // Safetensors data is little-endian, as is every target we build for.
+        #[cfg(not(target_endian = "little"))]
+        compile_error!("the safetensors reader assumes a little-endian host");
+        // `from_data_size` trusts that the slice holds numel × element size
+        // bytes; `parse_header` proved byte_len == numel × size and we read
+        // exactly byte_len bytes.
+        Tensor::f_from_data_size(&bytes, &info.shape, info.dtype.kind()).map_err(|source| {
+            SafetensorsError::Torch {
+                path: self.path.clone(),
+                name: name.to_string(),
+                source,
+            }
+        })
+    }
+
+    /// Reads a floating-point tensor and converts it to `kind` on `device`.
+    pub fn read_as(
+        &self,
+        name: &str,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Tensor, SafetensorsError> {
+        let t = self.read(name)?;
+        t.f_to_device(device)
+            .and_then(|t| t.f_to_kind(kind))
+            .map_err(|source| SafetensorsError::Torch {
+                path: self.path.clone(),
+                name: name.to_string(),
+                source,
+            })
+    }
+}
+
+/// Fills as much of `buf` as the file has from `offset`; returns the count.
+fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+enum HeaderIssue {
+    Json(String),
+    Dtype { name: String, dtype: String },
+    Tensor { name: String, reason: String },
+}
+
+type ParsedHeader = (HashMap<String, TensorInfo>, HashMap<String, String>);
+
+/// Validates the JSON header against the data section `[data_start, data_start + data_len)`.
+fn parse_header(
+    header: &[u8],
+    data_start: u64,
+    data_len: u64,
+) -> Result<ParsedHeader, HeaderIssue> {
+    let raw: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| HeaderIssue::Json(e.to_string()))?;
+    let mut tensors = HashMap::with_capacity(raw.len());
+    let mut metadata = HashMap::new();
+    let mut ranges: Vec<(u64, u64, String)> = Vec::with_capacity(raw.len());
+    for (name, value) in raw {
+        if name == "__metadata__" {
+            let map: HashMap<String, String> = serde_json::from_value(value).map_err(|e| {
+                HeaderIssue::Json(format!("__metadata__ must map strings to strings: {e}"))
+            })?;
+            metadata = map;
+            continue;
+        }
+        let entry: RawEntry = serde_json::from_value(value).map_err(|e| HeaderIssue::Tensor {
+            name: name.clone(),
+            reason: format!("malformed entry: {e}"),
+        })?;
+        let bad = |reason: String| HeaderIssue::Tensor {
+            name: name.clone(),
+            reason,
+        };
+        let dtype = Dtype::parse(&entry.dtype).ok_or_else(|| HeaderIssue::Dtype {
+            name: name.clone(),
+            dtype: entry.dtype.clone(),
+        })?;
+        if entry.shape.len() > MAX_RANK {
+            return Err(bad(format!(
+                "rank {} exceeds {MAX_RANK}",
+                entry.shape.len()
+            )));
+        }
+        let mut numel: u64 = 1;
+        let mut shape = Vec::with_capacity(entry.shape.len());
+        for &dim in &entry.shape {
+            numel = numel
+                .checked_mul(dim)
+                .ok_or_else(|| bad("shape product overflows".into()))?;
+            shape.push(
+                i64::try_from(dim).map_err(|_| bad(format!("dimension {dim} is too large")))?,
+            );
+        }
+        let byte_len = numel
+            .checked_mul(dtype.size())
+            .ok_or_else(|| bad("byte size overflows".into()))?;
+        let [begin, end] = entry.data_offsets;
+        if begin > end {
+            return Err(bad(format!("data_offsets [{begin}, {end}] are reversed")));
+        }
+        if end > data_len {
+            return Err(bad(format!(
+                "data_offsets end {end} lies past the end of the data section ({data_len} bytes)"
+            )));
+        }
+        if end - begin != byte_len {
+            return Err(bad(format!(
+                "data_offsets cover {} bytes but shape {:?} × {:?} needs {byte_len}",
+                end - begin,
+                entry.shape,
+                dtype
+            )));
+        }
+        ranges.push((begin, end, name.clone()));
+        tensors.insert(
+            name,
+            TensorInfo {
+                dtype,
+                shape,
+                file_offset: data_start + begin,
+                byte_len,
+            },
+        );
+    }
+    // Overlapping tensors are never produced by a real writer; refuse them so
+    // one byte range cannot be two different weights.
+    ranges.sort();
+    for pair in ranges.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if b.0 < a.1 && a.0 != a.1 && b.0 != b.1 {
+            return Err(HeaderIssue::Tensor {
+                name: b.2.clone(),
+                reason: format!("its bytes overlap tensor {:?}", a.2),
+            });
+        }
+    }
+    Ok((tensors, metadata))
+}
+
+/// Serializes tensors in the safetensors format. Used by tests and tools to
+/// build files; production code never writes files.
+pub fn serialize(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>, SafetensorsError> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, t) in tensors {
+        let (dtype, kind) = match t.kind() {
+            Kind::Float => ("F32", Kind::Float),
+            Kind::Half => ("F16", Kind::Half),
+            Kind::BFloat16 => ("BF16", Kind::BFloat16),
+            Kind::Int64 => ("I64", Kind::Int64),
+            _ => ("F32", Kind::Float),
+        };
+        let torch = |source| SafetensorsError::Torch {
+            path: PathBuf::new(),
+            name: name.to_string(),
+            source,
+        };
+        let t = t
+            .f_to_kind(kind)
+            .and_then(|t| t.f_contiguous())
+            .map_err(torch)?;
+        let numel = t.numel();
+        let mut bytes = vec![0u8; numel * kind.elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut bytes, numel).map_err(torch)?;
+        let begin = data.len();
+        data.extend_from_slice(&bytes);
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": t.size(), "data_offsets": [begin, data.len()]}),
+        );
+    }
+    let header = serde_json::Value::Object(header).to_string().into_bytes();
+    let mut out = Vec::with_capacity(8 + header.len() + data.len());
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&data);
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_tmp(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        f.flush().unwrap();
+        f
+    }
+
+    fn file_with_header(header: &str, data: &[u8]) -> tempfile::NamedTempFile {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        write_tmp(&bytes)
+    }
+
+    #[test]
+    fn round_trip_f32_f16_bf16() {
+        let a = Tensor::from_slice(&[1.0f32, -2.5, 3.25, 4.0]).reshape([2, 2]);
+        let h = a.to_kind(Kind::Half);
+        let b = a.to_kind(Kind::BFloat16);
+        let bytes = serialize(&[("a", &a), ("h", &h), ("b", &b)]).unwrap();
+        let f = write_tmp(&bytes);
+        let st = SafetensorsFile::open(f.path()).unwrap();
+        for name in ["a", "h", "b"] {
+            let t = st.read_as(name, Kind::Float, Device::Cpu).unwrap();
+            assert_eq!(t.size(), vec![2, 2]);
+            let diff = (&t - &a).abs().max().double_value(&[]);
+            assert_eq!(diff, 0.0, "{name}");
+        }
+        assert_eq!(st.tensors()["h"].dtype, Dtype::F16);
+    }
+
+    #[test]
+    fn refuses_zip_pickle() {
+        let f = write_tmp(b"PK\x03\x04rest-of-a-torch-zip");
+        let err = SafetensorsFile::open(f.path()).err().unwrap();
+        assert!(
+            matches!(err, SafetensorsError::PickleCheckpoint { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("convert"), "{err}");
+    }
+
+    #[test]
+    fn refuses_raw_pickle() {
+        let f = write_tmp(b"\x80\x02}q\x00.");
+        let err = SafetensorsFile::open(f.path()).err().unwrap();
+        assert!(
+            matches!(err, SafetensorsError::PickleCheckpoint { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_huge_header_length() {
+        let mut bytes = u64::MAX.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{}");
+        let err = SafetensorsFile::open(write_tmp(&bytes).path())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, SafetensorsError::HeaderTooLarge { .. }),
+            "{err}"
+        );
+        // Below the cap but beyond the file.
+        let mut bytes = 1000u64.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{}");
+        let err = SafetensorsFile::open(write_tmp(&bytes).path())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, SafetensorsError::HeaderTooLarge { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_truncated_files() {
+        let err = SafetensorsFile::open(write_tmp(b"\x05\x00").path())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, SafetensorsError::NotSafetensors { .. }),
+            "{err}"
+        );
+        let a = Tensor::from_slice(&[1.0f32; 16]);
+        let bytes = serialize(&[("a", &a)]).unwrap();
+        let err = SafetensorsFile::open(write_tmp(&bytes[..bytes.len() - 4]).path())
+            .err()
+            .unwrap();
+        assert!(matches!(err, SafetensorsError::BadTensor { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_offsets_past_eof() {
+        let f = file_with_header(
+            r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+            &[0u8; 8],
+        );
+        let err = SafetensorsFile::open(f.path()).err().unwrap();
+        assert!(matches!(err, SafetensorsError::BadTensor { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_reversed_and_mismatched_offsets() {
+        let f = file_with_header(
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}"#,
+            &[0u8; 8],
+        );
+        assert!(matches!(
+            SafetensorsFile::open(f.path()).err().unwrap(),
+            SafetensorsError::BadTensor { .. }
+        ));
+        let f = file_with_header(
+            r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+            &[0u8; 8],
+        );
+        assert!(matches!(
+            SafetensorsFile::open(f.path()).err().unwrap(),
+            SafetensorsError::BadTensor { .. }
+        ));
+    }
+
+    #[test]
+    fn refuses_shape_overflow() {
+        let f = file_with_header(
+            r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}}"#,
+            &[],
+        );
+        let err = SafetensorsFile::open(f.path()).err().unwrap();
+        assert!(err.to_string().contains("overflow"), "{err}");
+        let f = file_with_header(
+            r#"{"a":{"dtype":"F32","shape":[18446744073709551615],"data_offsets":[0,0]}}"#,
+            &[],
+        );
+        assert!(matches!(
+            SafetensorsFile::open(f.path()).err().unwrap(),
+            SafetensorsError::BadTensor { .. }
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_dtype_and_bad_json() {
+        let f = file_with_header(
+            r#"{"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,1]}}"#,
+            &[0u8],
+        );
+        assert!(matches!(
+            SafetensorsFile::open(f.path()).err().unwrap(),
+            SafetensorsError::UnsupportedDtype { .. }
+        ));
+        let f = file_with_header(r#"{"a":{"dtype":"F32","shape":[1],"#, &[0u8; 4]);
+        assert!(matches!(
+            SafetensorsFile::open(f.path()).err().unwrap(),
+            SafetensorsError::BadHeader { .. }
+        ));
+        let f = file_with_header(r#"{"a":[1,2,3]}"#, &[]);
+        assert!(matches!(
+            SafetensorsFile::open(f.path()).err().unwrap(),
+            SafetensorsError::BadTensor { .. }
+        ));
+        let f = file_with_header(r#"["not","an","object"]"#, &[]);
+        assert!(matches!(
+            SafetensorsFile::open(f.path()).err().unwrap(),
+            SafetensorsError::NotSafetensors { .. }
+        ));
+    }
+
+    #[test]
+    fn refuses_overlapping_tensors() {
+        let f = file_with_header(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            &[0u8; 12],
+        );
+        let err = SafetensorsFile::open(f.path()).err().unwrap();
+        assert!(err.to_string().contains("overlap"), "{err}");
+    }
+
+    #[test]
+    fn missing_tensor_is_an_error() {
+        let a = Tensor::from_slice(&[1.0f32]);
+        let f = write_tmp(&serialize(&[("a", &a)]).unwrap());
+        let st = SafetensorsFile::open(f.path()).unwrap();
+        assert!(matches!(
+            st.read("nope").err().unwrap(),
+            SafetensorsError::MissingTensor { .. }
+        ));
+    }
+}

@@ -10,8 +10,7 @@ use std::io::Cursor;
 
 use libfuzzer_sys::fuzz_target;
 use weave_common::proto::{
-    decode_response, encode_response, read_response, DEFAULT_MAX_RESPONSE_FRAME,
-    FRAME_PREFIX_LEN,
+    decode_response, encode_response, read_response, DEFAULT_MAX_RESPONSE_FRAME, FRAME_PREFIX_LEN,
 };
 
 /// Body limits a client may use: none allowed, tiny, typical, the default.

@@ -38,7 +38,10 @@ fuzz_target!(|body: &[u8]| {
         let encoded = encode_response(&response).expect("a decoded response re-encodes");
         let canonical = postcard::to_stdvec(&response).expect("a decoded response serializes");
         if canonical == body {
-            assert_eq!(encoded, frame, "response {response:?} is not byte-identical");
+            assert_eq!(
+                encoded, frame,
+                "response {response:?} is not byte-identical"
+            );
         }
         let again = decode_response(&encoded, u32::MAX).expect("a re-encoded response decodes");
         assert_eq!(

@@ -139,9 +139,7 @@ impl Channel {
     fn key(&mut self, generation_pick: u8) -> &ChannelKey {
         let wanted = usize::from(generation_pick % 3);
         while self.keys.len() <= wanted {
-            let next = self.keys[self.keys.len() - 1]
-                .rotate()
-                .expect("random key");
+            let next = self.keys[self.keys.len() - 1].rotate().expect("random key");
             self.keys.push(next);
         }
         &self.keys[wanted]
@@ -218,8 +216,8 @@ impl Channel {
             3 => {
                 // Flip bits of the ciphertext or tag.
                 let (index, mut slot) = self.slot(program.u8());
-                let offset =
-                    SLOT_HEADER_LEN + usize::from(program.u16()) % (self.slot_size - SLOT_HEADER_LEN);
+                let offset = SLOT_HEADER_LEN
+                    + usize::from(program.u16()) % (self.slot_size - SLOT_HEADER_LEN);
                 slot[offset] ^= program.u8() | 1;
                 self.writer.write_slot_bytes_for_test(index, &slot);
             }

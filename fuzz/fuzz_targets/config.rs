@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         xdg_config_home: None,
         xdg_runtime_dir: Some("/run/user/1000".into()),
     };
-    let mode = if data.len() % 2 == 0 {
+    let mode = if data.len().is_multiple_of(2) {
         Mode::User
     } else {
         Mode::System

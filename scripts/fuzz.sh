@@ -4,7 +4,7 @@
 # coverage, -Zsanitizer=address).
 #
 #   scripts/fuzz.sh run [TARGET...]     each target for $FUZZ_SECONDS (default 300), then a table
-#   scripts/fuzz.sh smoke               each target for $FUZZ_SECONDS (default 15), from the seeds only
+#   scripts/fuzz.sh smoke               each target for $FUZZ_SECONDS (default 10), from the seeds only
 #   scripts/fuzz.sh repro TARGET FILE   replay one input (a crash artifact) against TARGET
 #   scripts/fuzz.sh seed                regenerate fuzz/corpus/ from docs/ and packaging/
 #
@@ -121,7 +121,7 @@ PY
 
 case ${1:-} in
 run) shift; run_all "${FUZZ_SECONDS:-300}" no "$@" ;;
-smoke) shift; run_all "${FUZZ_SECONDS:-15}" yes "$@" ;;
+smoke) shift; run_all "${FUZZ_SECONDS:-10}" yes "$@" ;;
 repro)
     [[ $# -eq 3 ]] || { echo "usage: $0 repro TARGET FILE" >&2; exit 2; }
     ensure_cargo_fuzz

@@ -9,7 +9,7 @@ export WEAVE_TORCH_FLAVOR := $(FLAVOR)
 export WEAVE_TEST_PYTHON := $(ROOT)/.cache/venv/bin/python
 CARGO ?= cargo
 
-.PHONY: all build release test deps libtorch demo bench fmt clippy generated deb rpm seccomp-trace
+.PHONY: all build release test deps libtorch demo bench fmt clippy fuzz fuzz-smoke generated deb rpm seccomp-trace
 
 all: build
 
@@ -39,6 +39,16 @@ test: deps libtorch
 	$(CARGO) build --workspace --release --bins
 	$(CARGO) test --workspace --release
 	scripts/check-packaging.sh
+	$(MAKE) fuzz-smoke
+
+# Fuzzing (docs/RELIABILITY.md): every cargo-fuzz target for FUZZ_SECONDS
+# each (default 300), then executions per target. fuzz-smoke (in `test`)
+# gives each FUZZ_SMOKE_SECONDS from the committed seeds; a crash fails it.
+fuzz: deps
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} scripts/fuzz.sh run
+
+fuzz-smoke: deps
+	FUZZ_SECONDS=$${FUZZ_SMOKE_SECONDS:-10} scripts/fuzz.sh smoke
 
 bench: deps libtorch
 	$(CARGO) build --workspace --release --bins  # the broker bench starts the real binaries

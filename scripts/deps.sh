@@ -10,6 +10,7 @@ VENV="$ROOT/.cache/venv"
 APT_PACKAGES=(
 	libsodium-dev # interop test: libsodium's XChaCha20-Poly1305 opens what we seal
 	pkg-config
+	g++ # libfuzzer-sys compiles libFuzzer (make fuzz, fuzz-smoke)
 	unzip      # scripts/libtorch.sh unpacks the wheels
 	passwd     # useradd/groupadd for the real-user tests
 	procps     # ps/pgrep in the cross-process tests

@@ -9,7 +9,7 @@ export WEAVE_TORCH_FLAVOR := $(FLAVOR)
 export WEAVE_TEST_PYTHON := $(ROOT)/.cache/venv/bin/python
 CARGO ?= cargo
 
-.PHONY: all build release test deps libtorch demo bench fmt clippy fuzz fuzz-smoke generated deb rpm seccomp-trace
+.PHONY: all build release test deps libtorch demo bench fmt clippy fuzz fuzz-smoke generated deb rpm package-test seccomp-trace
 
 all: build
 
@@ -39,6 +39,7 @@ test: deps libtorch
 	$(CARGO) build --workspace --release --bins
 	$(CARGO) test --workspace --release
 	scripts/check-packaging.sh
+	$(MAKE) package-test
 	$(MAKE) fuzz-smoke
 
 # Fuzzing (docs/RELIABILITY.md): every cargo-fuzz target for FUZZ_SECONDS
@@ -59,9 +60,10 @@ demo: libtorch
 	scripts/demo.sh
 
 TOOLS := $(ROOT)/.cache/tools/bin
-# Packages carry libtorch in /usr/lib/weave/lib; the worker's rpath names it
-# (next to the build tree's own libtorch folder, which comes first).
-export WEAVE_LIBDIR := /usr/lib/weave/lib
+# Where the packages put libtorch. The packaged worker's rpath names only this
+# folder (patchelf below), so an installed package never reaches back into a
+# build tree.
+PKG_LIBDIR := /usr/lib/weave
 
 $(TOOLS)/cargo-deb:
 	$(CARGO) install cargo-deb --version 3.8.0 --locked --root $(ROOT)/.cache/tools
@@ -80,12 +82,24 @@ generated: release
 	cp selinux/weave.te selinux/weave.if selinux/weave.fc target/generated/selinux/
 	$(MAKE) -s -C target/generated/selinux -f /usr/share/selinux/devel/Makefile weave.pp
 	cp target/generated/selinux/weave.pp target/generated/weave.pp
+	rm -rf target/package && mkdir -p target/package
+	cp target/release/weave-broker target/release/weave-worker target/release/sshmctl target/package/
+	patchelf --set-rpath $(PKG_LIBDIR) target/package/weave-worker
 
 deb: generated $(TOOLS)/cargo-deb
+	rm -rf target/debian
 	$(TOOLS)/cargo-deb -p weave-broker --no-build --fast --no-strip -o target/debian/
 
 rpm: generated $(TOOLS)/cargo-generate-rpm
+	rm -rf target/rpm
 	$(TOOLS)/cargo-generate-rpm -p broker -o target/rpm/
+
+# Builds both packages, installs the .deb, runs the daemon from it in system
+# mode and generates an image as a client-group member, then purges it;
+# checks the .rpm's files, scriptlets and config files (make test runs this).
+package-test: deb rpm
+	scripts/test-deb.sh
+	scripts/test-rpm.sh
 
 # Regenerates the worker's seccomp allowlist evidence from the real workload:
 # the demo (broker + sandboxed worker, load + generate of models/digits) under

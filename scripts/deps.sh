@@ -16,6 +16,7 @@ APT_PACKAGES=(
 	procps     # ps/pgrep in the cross-process tests
 	systemd    # systemd-socket-activate: the broker socket-activation test
 	util-linux # setpriv: run test clients as other users with their groups
+	patchelf   # make package: the packaged worker's rpath names only /usr/lib/weave
 	# scripts/check-packaging.sh validates the MAC policies offline:
 	apparmor               # apparmor_parser
 	selinux-policy-dev     # the refpolicy devel Makefile

@@ -32,7 +32,7 @@ getent group weave-clients >/dev/null || fail "postinst did not create weave-cli
 getent group weave-admins >/dev/null || fail "postinst did not create weave-admins"
 [[ "$(stat -c '%U:%G %a' /etc/weave/weave.toml)" == "root:root 644" ]] || fail "config owner/mode wrong"
 for f in /usr/bin/weave-broker /usr/bin/sshmctl /usr/libexec/weave/weave-worker \
-	/usr/lib/weave/lib/libtorch_cpu.so /usr/share/weave/models/digits/model_index.json \
+	/usr/lib/weave/libtorch_cpu.so /usr/share/weave/models/digits/model_index.json \
 	/lib/systemd/system/weave.service /lib/systemd/system/weave.socket \
 	/etc/apparmor.d/usr.bin.weave-broker /usr/share/man/man1/sshmctl.1; do
 	[[ -e "$f" ]] || fail "package lacks $f"

@@ -10,7 +10,7 @@ fail() {
 }
 files="$(rpm -qlp "$RPM" 2>/dev/null)"
 for f in /usr/bin/weave-broker /usr/bin/sshmctl /usr/libexec/weave/weave-worker \
-	/usr/lib/weave/lib/libtorch_cpu.so /etc/weave/weave.toml \
+	/usr/lib/weave/libtorch_cpu.so /etc/weave/weave.toml \
 	/usr/share/selinux/packages/weave.pp /usr/lib/systemd/system/weave.service \
 	/usr/share/weave/models/digits/model_index.json /usr/share/man/man1/sshmctl.1; do
 	grep -qx "$f" <<<"$files" || fail "rpm lacks $f"

@@ -3,11 +3,8 @@
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=WEAVE_TORCH_FLAVOR");
-    println!("cargo:rerun-if-env-changed=WEAVE_LIBDIR");
-    // Packages install libtorch next to the binary; the build tree uses LIBTORCH.
-    if let Ok(dir) = std::env::var("WEAVE_LIBDIR") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
-    }
+    // The build tree's libtorch; `make deb`/`make rpm` rewrite the packaged
+    // copy's rpath to /usr/lib/weave with patchelf.
     if let Ok(libtorch) = std::env::var("LIBTORCH") {
         let lib = std::path::Path::new(&libtorch).join("lib");
         let lib = lib.canonicalize().unwrap_or(lib);

@@ -24,23 +24,28 @@ const BUILD_LIBTORCH_LIB: Option<&str> = option_env!("WEAVE_BUILD_LIBTORCH_LIB")
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerSetupError {
     #[error(
-        "the worker executable {0} is missing; install weave-worker next to weave-broker \
-         (cargo build --bins builds both)"
+        "the worker executable {0} is missing (nor in <prefix>/libexec/weave/); install \
+         weave-worker next to weave-broker (cargo build --bins builds both)"
     )]
     MissingWorker(PathBuf),
     #[error("cannot locate the broker executable: {0}")]
     CurrentExe(std::io::Error),
 }
 
-/// `weave-worker` next to the running `weave-broker`.
+/// `weave-worker` next to the running `weave-broker` (the build tree), or in
+/// `<prefix>/libexec/weave/` (the packages: `/usr/bin/weave-broker` and
+/// `/usr/libexec/weave/weave-worker`, so the worker is not on `$PATH`).
 pub fn worker_executable() -> Result<PathBuf, WorkerSetupError> {
     let exe = std::env::current_exe().map_err(WorkerSetupError::CurrentExe)?;
-    let worker = exe.with_file_name("weave-worker");
-    if worker.is_file() {
-        Ok(worker)
-    } else {
-        Err(WorkerSetupError::MissingWorker(worker))
-    }
+    let sibling = exe.with_file_name("weave-worker");
+    let libexec = exe
+        .parent()
+        .and_then(|bin| bin.parent())
+        .map(|prefix| prefix.join("libexec/weave/weave-worker"));
+    std::iter::once(sibling.clone())
+        .chain(libexec)
+        .find(|candidate| candidate.is_file())
+        .ok_or(WorkerSetupError::MissingWorker(sibling))
 }
 
 fn library_dirs(worker: &std::path::Path) -> Vec<PathBuf> {

@@ -168,9 +168,8 @@ fn two_tags_submitting_ten_jobs_each_are_served_interleaved() {
     let blocker_id = submit(
         &mut blocker,
         GenerateRequest {
-            width: Some(512),
-            height: Some(512),
-            batch: 4,
+            width: Some(128),
+            height: Some(128),
             ..slow_request(Some("z"))
         },
     );

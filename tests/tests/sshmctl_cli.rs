@@ -306,9 +306,7 @@ fn ctrl_c_cancels_the_job_on_the_daemon() {
         .arg("--socket")
         .arg(daemon.socket())
         .args(["generate", "--model", "digits", "--prompt", "the number 3"])
-        .args([
-            "--steps", "150", "--width", "256", "--height", "256", "--batch", "2",
-        ])
+        .args(["--steps", "150", "--width", "64", "--height", "64"])
         .arg("-o")
         .arg(&out)
         .stdout(Stdio::piped())

@@ -74,7 +74,8 @@ $(TOOLS)/cargo-generate-rpm:
 # Man page and completions, generated from sshmctl's clap definitions.
 generated: release
 	mkdir -p target/generated
-	target/release/sshmctl man > target/generated/sshmctl.1
+	mkdir -p target/generated/man
+	target/release/sshmctl man target/generated/man
 	target/release/sshmctl completions bash > target/generated/sshmctl.bash
 	target/release/sshmctl completions zsh > target/generated/_sshmctl
 	target/release/sshmctl completions fish > target/generated/sshmctl.fish

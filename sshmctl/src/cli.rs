@@ -83,8 +83,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), or with a folder write it and one page per
+    /// subcommand there (`sshmctl.1`, `sshmctl-generate.1`, …).
+    Man {
+        /// Folder to write every page into.
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

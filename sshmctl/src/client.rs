@@ -87,7 +87,7 @@ impl Connection {
         })?;
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
-            client_name: format!("sshmctl {}", env!("CARGO_PKG_VERSION")),
+            client_name: format!("sshmctl-{}", env!("CARGO_PKG_VERSION")),
         };
         // An unauthorized caller is closed without a byte: the write may
         // fail with EPIPE or the read see a clean EOF. Both mean "rejected".

@@ -40,13 +40,18 @@ fn run(cli: &Cli, out: &Renderer) -> Result<u8, CliError> {
             clap_complete::generate(*shell, &mut cmd, "sshmctl", &mut std::io::stdout());
             return Ok(0);
         }
-        Command::Man => {
+        Command::Man { dir: None } => {
             let page = clap_mangen::Man::new(Cli::command());
             let mut buf = Vec::new();
             page.render(&mut buf).map_err(CliError::Output)?;
             std::io::stdout()
                 .write_all(&buf)
                 .map_err(CliError::Output)?;
+            return Ok(0);
+        }
+        Command::Man { dir: Some(dir) } => {
+            // The top page refers to `sshmctl-<verb>(1)`; write those too.
+            clap_mangen::generate_to(Cli::command(), dir).map_err(CliError::Output)?;
             return Ok(0);
         }
         Command::Config {
@@ -128,7 +133,7 @@ fn run(cli: &Cli, out: &Renderer) -> Result<u8, CliError> {
             })?;
             out.done(&format!("{model} released from quarantine"));
         }
-        Command::Completions { .. } | Command::Man | Command::Config { .. } => {}
+        Command::Completions { .. } | Command::Man { .. } | Command::Config { .. } => {}
     }
     Ok(0)
 }

@@ -421,7 +421,13 @@ fn man_page_and_completions_come_from_the_cli_definition() {
         "{}",
         &man[..man.len().min(200)]
     );
-    assert!(man.contains("rotate-keys"));
+    assert!(man.contains("rotate\\-keys"), "subcommands are not listed");
+    let scratch = Scratch::new("sshmctl-man");
+    ok(&run(&["man", scratch.path.to_str().unwrap()]));
+    for page in ["sshmctl.1", "sshmctl-generate.1", "sshmctl-rotate-keys.1"] {
+        let text = std::fs::read_to_string(scratch.join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is not a man page");
+    }
     let bash = ok(&run(&["completions", "bash"]));
     assert!(bash.contains("sshmctl") && bash.contains("generate"));
 }

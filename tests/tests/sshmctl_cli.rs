@@ -194,7 +194,7 @@ fn bad_requests_map_to_documented_exit_codes() {
     let out = daemon.sshmctl(&["generate", "--model", "nope", "--prompt", "x"]);
     assert_eq!(out.status.code(), Some(5));
     assert!(
-        text(&out.stderr).contains("sshmctl models"),
+        text(&out.stderr).contains("unknown model"),
         "{}",
         text(&out.stderr)
     );

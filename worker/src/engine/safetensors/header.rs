@@ -177,9 +177,12 @@ pub fn parse_header(
                 dtype
             )));
         }
-        let file_offset = data_start
-            .checked_add(begin)
+        // The reader seeks to data_start + begin and reads through
+        // data_start + end; both must be representable file offsets.
+        data_start
+            .checked_add(end)
             .ok_or_else(|| bad("file offset overflows".into()))?;
+        let file_offset = data_start + begin;
         ranges.push((begin, end, name.clone()));
         tensors.insert(
             name,

@@ -21,7 +21,7 @@ export PATH=$TOOLS/bin:$PATH
 export RUSTC_BOOTSTRAP=1
 # ASan on by default; FUZZ_SANITIZER=none for a plain (faster) build.
 SANITIZER=${FUZZ_SANITIZER:-address}
-TARGETS=(proto_request proto_response proto_roundtrip shm_slot config tokenizer tokenizer_merges)
+TARGETS=(proto_request proto_response proto_roundtrip shm_slot config tokenizer tokenizer_merges safetensors_header)
 
 ensure_cargo_fuzz() {
     if ! command -v cargo-fuzz >/dev/null; then
@@ -81,7 +81,7 @@ run_all() {
 
 seed() {
     local corpus=$FUZZ_DIR/corpus
-    mkdir -p "$corpus"/{proto_request,proto_response,proto_roundtrip,config,shm_slot,tokenizer,tokenizer_merges}
+    mkdir -p "$corpus"/{proto_request,proto_response,proto_roundtrip,config,shm_slot,tokenizer,tokenizer_merges,safetensors_header}
     python3 - "$ROOT/docs/PROTOCOL.md" "$corpus" <<'PY'
 import pathlib, re, sys
 doc, corpus = pathlib.Path(sys.argv[1]).read_text(), pathlib.Path(sys.argv[2])
@@ -117,6 +117,22 @@ PY
     printf '<|startoftext|>The  CAT\n\tsat on 42 mats!! <|endoftext|> caf\xc3\xa9 \xe2\x84\xab' >"$corpus/tokenizer/specials_and_unicode"
     printf '#version: 0.2\na t</w>\nc a\nc at</w>\n\x00the cat' >"$corpus/tokenizer_merges/valid"
     printf 'a b c\n\x00abc' >"$corpus/tokenizer_merges/three_symbols"
+    # safetensors_header: each real model file's first 8 + N bytes (length,
+    # JSON header), then its data section's length as a u64 LE.
+    python3 - "$ROOT" "$corpus/safetensors_header" <<'PY'
+import pathlib, struct, sys
+root, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+for old in out.glob("*"):
+    old.unlink()
+files = sorted(root.glob("models/*/*/*.safetensors")) + sorted(root.glob("worker/tests/fixtures/**/*.safetensors"))
+for path in files:
+    with path.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = f.read(n)
+    data_len = path.stat().st_size - 8 - n
+    name = str(path.relative_to(root)).replace("/", "_").removesuffix(".safetensors")
+    (out / name).write_bytes(struct.pack("<Q", n) + header + struct.pack("<Q", data_len))
+PY
 }
 
 case ${1:-} in

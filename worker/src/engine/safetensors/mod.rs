@@ -12,22 +12,22 @@
 //! pickle) are refused with a message that says how to convert them.
 //!
 //! We do not use the `safetensors` crate so that every check is visible here
-//! and the error type is ours.
+//! and the error type is ours. The header checks themselves live in
+//! [`header`], which has no libtorch dependency so that it can be fuzzed.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
+
+pub mod header;
+pub use header::{parse_header, Dtype, HeaderIssue, ParsedHeader, TensorInfo};
 
 /// Largest JSON header we accept. Real SD checkpoints have headers of a few
 /// hundred KiB; anything near this is hostile or corrupt.
 pub const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
-
-/// Largest number of dimensions a tensor may declare.
-const MAX_RANK: usize = 8;
 
 /// Errors from reading a safetensors file. Each one names the file; none
 /// ever results from reading outside the validated ranges.
@@ -77,48 +77,7 @@ pub enum SafetensorsError {
     },
 }
 
-/// Element types a safetensors file may declare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dtype {
-    F64,
-    F32,
-    F16,
-    Bf16,
-    I64,
-    I32,
-    I16,
-    I8,
-    U8,
-    Bool,
-}
-
 impl Dtype {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "F64" => Self::F64,
-            "F32" => Self::F32,
-            "F16" => Self::F16,
-            "BF16" => Self::Bf16,
-            "I64" => Self::I64,
-            "I32" => Self::I32,
-            "I16" => Self::I16,
-            "I8" => Self::I8,
-            "U8" => Self::U8,
-            "BOOL" => Self::Bool,
-            _ => return None,
-        })
-    }
-
-    /// Bytes per element.
-    pub fn size(self) -> u64 {
-        match self {
-            Self::F64 | Self::I64 => 8,
-            Self::F32 | Self::I32 => 4,
-            Self::F16 | Self::Bf16 | Self::I16 => 2,
-            Self::I8 | Self::U8 | Self::Bool => 1,
-        }
-    }
-
     /// The matching libtorch element kind.
     pub fn kind(self) -> Kind {
         match self {
@@ -134,30 +93,6 @@ impl Dtype {
             Self::Bool => Kind::Bool,
         }
     }
-
-    /// Whether the values are floating point (and so follow the compute dtype).
-    pub fn is_float(self) -> bool {
-        matches!(self, Self::F64 | Self::F32 | Self::F16 | Self::Bf16)
-    }
-}
-
-/// One validated tensor entry: its byte range lies inside the file.
-#[derive(Debug, Clone)]
-pub struct TensorInfo {
-    pub dtype: Dtype,
-    pub shape: Vec<i64>,
-    /// Absolute file offset of the first byte.
-    file_offset: u64,
-    /// Length in bytes (= numel × dtype size, checked).
-    byte_len: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEntry {
-    dtype: String,
-    shape: Vec<u64>,
-    data_offsets: [u64; 2],
 }
 
 /// An open safetensors file whose header has been fully validated.
@@ -265,7 +200,7 @@ impl SafetensorsFile {
                 path: self.path.clone(),
                 name: name.to_string(),
             })?;
-        let len = usize::try_from(info.byte_len).map_err(|_| SafetensorsError::BadTensor {
+        let len = usize::try_from(info.byte_len()).map_err(|_| SafetensorsError::BadTensor {
             path: self.path.clone(),
             name: name.to_string(),
             reason: "larger than the address space".into(),
@@ -279,7 +214,7 @@ impl SafetensorsFile {
             })?;
         bytes.resize(len, 0);
         self.file
-            .read_exact_at(&mut bytes, info.file_offset)
+            .read_exact_at(&mut bytes, info.file_offset())
             .map_err(|source| SafetensorsError::Io {
                 path: self.path.clone(),
                 source,
@@ -329,107 +264,6 @@ fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize
         }
     }
     Ok(filled)
-}
-
-enum HeaderIssue {
-    Json(String),
-    Dtype { name: String, dtype: String },
-    Tensor { name: String, reason: String },
-}
-
-type ParsedHeader = (HashMap<String, TensorInfo>, HashMap<String, String>);
-
-/// Validates the JSON header against the data section `[data_start, data_start + data_len)`.
-fn parse_header(
-    header: &[u8],
-    data_start: u64,
-    data_len: u64,
-) -> Result<ParsedHeader, HeaderIssue> {
-    let raw: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(header).map_err(|e| HeaderIssue::Json(e.to_string()))?;
-    let mut tensors = HashMap::with_capacity(raw.len());
-    let mut metadata = HashMap::new();
-    let mut ranges: Vec<(u64, u64, String)> = Vec::with_capacity(raw.len());
-    for (name, value) in raw {
-        if name == "__metadata__" {
-            let map: HashMap<String, String> = serde_json::from_value(value).map_err(|e| {
-                HeaderIssue::Json(format!("__metadata__ must map strings to strings: {e}"))
-            })?;
-            metadata = map;
-            continue;
-        }
-        let entry: RawEntry = serde_json::from_value(value).map_err(|e| HeaderIssue::Tensor {
-            name: name.clone(),
-            reason: format!("malformed entry: {e}"),
-        })?;
-        let bad = |reason: String| HeaderIssue::Tensor {
-            name: name.clone(),
-            reason,
-        };
-        let dtype = Dtype::parse(&entry.dtype).ok_or_else(|| HeaderIssue::Dtype {
-            name: name.clone(),
-            dtype: entry.dtype.clone(),
-        })?;
-        if entry.shape.len() > MAX_RANK {
-            return Err(bad(format!(
-                "rank {} exceeds {MAX_RANK}",
-                entry.shape.len()
-            )));
-        }
-        let mut numel: u64 = 1;
-        let mut shape = Vec::with_capacity(entry.shape.len());
-        for &dim in &entry.shape {
-            numel = numel
-                .checked_mul(dim)
-                .ok_or_else(|| bad("shape product overflows".into()))?;
-            shape.push(
-                i64::try_from(dim).map_err(|_| bad(format!("dimension {dim} is too large")))?,
-            );
-        }
-        let byte_len = numel
-            .checked_mul(dtype.size())
-            .ok_or_else(|| bad("byte size overflows".into()))?;
-        let [begin, end] = entry.data_offsets;
-        if begin > end {
-            return Err(bad(format!("data_offsets [{begin}, {end}] are reversed")));
-        }
-        if end > data_len {
-            return Err(bad(format!(
-                "data_offsets end {end} lies past the end of the data section ({data_len} bytes)"
-            )));
-        }
-        if end - begin != byte_len {
-            return Err(bad(format!(
-                "data_offsets cover {} bytes but shape {:?} × {:?} needs {byte_len}",
-                end - begin,
-                entry.shape,
-                dtype
-            )));
-        }
-        ranges.push((begin, end, name.clone()));
-        tensors.insert(
-            name,
-            TensorInfo {
-                dtype,
-                shape,
-                file_offset: data_start + begin,
-                byte_len,
-            },
-        );
-    }
-    // Overlapping tensors are never produced by a real writer; refuse them so
-    // one byte range cannot be two different weights.
-    ranges.sort();
-    for pair in ranges.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
-        if b.0 < a.1 && a.0 != a.1 && b.0 != b.1 {
-            return Err(HeaderIssue::Tensor {
-                name: b.2.clone(),
-                reason: format!("its bytes overlap tensor {:?}", a.2),
-            });
-        }
-    }
-    Ok((tensors, metadata))
 }
 
 /// Serializes tensors in the safetensors format. Used by tests and tools to

@@ -41,6 +41,7 @@ test: deps libtorch
 	scripts/check-packaging.sh
 
 bench: deps libtorch
+	$(CARGO) build --workspace --release --bins  # the broker bench starts the real binaries
 	$(CARGO) bench --workspace
 
 demo: libtorch

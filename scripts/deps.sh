@@ -20,6 +20,8 @@ APT_PACKAGES=(
 	semodule-utils         # semodule -n -i (link check)
 	checkpolicy
 	policycoreutils
+	systemd    # systemd-socket-activate: the broker socket-activation test
+	util-linux # setpriv: run test clients as other users with their groups
 )
 
 missing=()

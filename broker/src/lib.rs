@@ -1,4 +1,19 @@
-//! weave-broker as a library: the parts the daemon binary and the
-//! cross-process tests share.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+//! weave-broker: the only process callers reach. Authenticates callers with
+//! `SO_PEERCRED`, validates and admits requests, schedules them onto the
+//! sandboxed worker, encodes PNGs and writes the audit trail.
 
+pub mod admission;
+pub mod audit;
+pub mod auth;
+pub mod daemon;
+pub mod modes;
+pub mod output;
+pub mod runner;
+pub mod scheduler;
+pub mod server;
+pub mod settings;
 pub mod supervisor;
+pub mod sys;
+pub mod validation;
+pub mod worker_runner;

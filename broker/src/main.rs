@@ -1,4 +1,16 @@
+//! `weave-broker` entry point; see `weave_broker::daemon`.
+
 fn main() {
-    eprintln!("weave-broker: not built yet");
-    std::process::exit(1);
+    let euid = weave_broker::sys::effective_uid();
+    let options = match weave_broker::modes::Options::parse(std::env::args().skip(1), euid) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("{error}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(error) = weave_broker::daemon::run(&options) {
+        eprintln!("weave-broker: {error}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,242 @@
+//! User and system mode: where the config and the socket live, who owns
+//! them, and how the listening socket is created (or taken from systemd).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use weave_common::config::{default_socket_path, Config, EnvPaths};
+use weave_common::proto::Mode;
+
+use crate::settings::config_mode;
+use crate::sys;
+
+/// Why the daemon cannot set itself up.
+#[derive(Debug, thiserror::Error)]
+pub enum ModeError {
+    #[error("{0}")]
+    Usage(String),
+    /// A default path needs an environment variable that is not set
+    /// (the message says which and what to pass instead).
+    #[error("{0}")]
+    Environment(String),
+    #[error("system mode must be started as root (it drops to the service user itself)")]
+    SystemNeedsRoot,
+    #[error("another broker is already listening on {0}; stop it first")]
+    AlreadyRunning(PathBuf),
+    #[error("{path} exists and is not a socket; remove it or choose another --socket")]
+    NotASocket { path: PathBuf },
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("group {0:?} does not exist; create it (groupadd) or change daemon.client_group")]
+    NoSuchGroup(String),
+    #[error("user {0:?} does not exist; create it (useradd --system) or change daemon.user")]
+    NoSuchUser(String),
+}
+
+/// Parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub mode: Mode,
+    pub config: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+}
+
+pub const USAGE: &str = "usage: weave-broker [--user | --system] [--config PATH] [--socket PATH]
+
+  --user           run for the current user (default unless started as root)
+  --system         run as the system service (start as root; drops to the service user)
+  --config PATH    read this config instead of the mode's default
+  --socket PATH    listen on this path instead of the mode's default";
+
+impl Options {
+    /// Parses arguments (without the program name). `euid` picks the default mode.
+    pub fn parse(args: impl IntoIterator<Item = String>, euid: u32) -> Result<Self, ModeError> {
+        let mut mode = None;
+        let mut config = None;
+        let mut socket = None;
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--user" => mode = Some(Mode::User),
+                "--system" => mode = Some(Mode::System),
+                "--config" | "--socket" => {
+                    let value = args
+                        .next()
+                        .ok_or_else(|| ModeError::Usage(format!("{arg} needs a PATH\n{USAGE}")))?;
+                    let target = if arg == "--config" {
+                        &mut config
+                    } else {
+                        &mut socket
+                    };
+                    *target = Some(PathBuf::from(value));
+                }
+                "--help" | "-h" => return Err(ModeError::Usage(USAGE.to_owned())),
+                other => {
+                    return Err(ModeError::Usage(format!(
+                        "unknown argument {other:?}\n{USAGE}"
+                    )))
+                }
+            }
+        }
+        let mode = mode.unwrap_or(if euid == 0 { Mode::System } else { Mode::User });
+        Ok(Self {
+            mode,
+            config,
+            socket,
+        })
+    }
+
+    /// The config path: `--config`, else the mode's default.
+    pub fn config_path(&self) -> Result<PathBuf, ModeError> {
+        if let Some(path) = &self.config {
+            return Ok(path.clone());
+        }
+        Config::default_path(config_mode(self.mode), &EnvPaths::from_process())
+            .map_err(|problem| ModeError::Environment(problem.to_string()))
+    }
+
+    /// The socket path: `--socket`, else the config's, else the mode default.
+    pub fn socket_path(&self, configured: Option<&Path>) -> Result<PathBuf, ModeError> {
+        if let Some(path) = self.socket.as_deref().or(configured) {
+            return Ok(path.to_owned());
+        }
+        default_socket_path(config_mode(self.mode), &EnvPaths::from_process())
+            .map_err(|problem| ModeError::Environment(problem.to_string()))
+    }
+}
+
+/// Ownership of the socket in system mode.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemOwnership {
+    pub service_uid: u32,
+    pub client_gid: u32,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ModeError + '_ {
+    move |source| ModeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates the socket directory (if missing) and binds the socket with the
+/// mode's permissions: user 0700/0600; system dir 0750 and socket 0660 owned
+/// by the service user with group `client_group`.
+pub fn bind_socket(
+    path: &Path,
+    system: Option<SystemOwnership>,
+) -> Result<UnixListener, ModeError> {
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let mode = if system.is_some() { 0o750 } else { 0o700 };
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .map_err(io_error(dir))?;
+        if let Some(owners) = system {
+            std::os::unix::fs::chown(dir, Some(owners.service_uid), Some(owners.client_gid))
+                .map_err(io_error(dir))?;
+        }
+    }
+    remove_stale_socket(path)?;
+    // Create the socket 0600 from the start (no window where it is more
+    // open), then widen in system mode once the group is right.
+    let previous = sys::set_umask(0o177);
+    let bound = UnixListener::bind(path);
+    sys::set_umask(previous);
+    let listener = bound.map_err(io_error(path))?;
+    if let Some(owners) = system {
+        std::os::unix::fs::chown(path, Some(owners.service_uid), Some(owners.client_gid))
+            .map_err(io_error(path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(io_error(path))?;
+    }
+    Ok(listener)
+}
+
+/// Removes a socket left by a broker that is gone; refuses when one answers.
+fn remove_stale_socket(path: &Path) -> Result<(), ModeError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(io_error(path)(source)),
+    };
+    use std::os::unix::fs::FileTypeExt;
+    if !meta.file_type().is_socket() {
+        return Err(ModeError::NotASocket {
+            path: path.to_owned(),
+        });
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(ModeError::AlreadyRunning(path.to_owned()));
+    }
+    std::fs::remove_file(path).map_err(io_error(path))
+}
+
+/// Removes our socket at shutdown, if it is still the one we bound.
+pub fn remove_socket(path: &Path, bound_ino: Option<u64>) {
+    if let (Ok(meta), Some(ino)) = (std::fs::symlink_metadata(path), bound_ino) {
+        if meta.ino() == ino {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The listening socket systemd passed (`LISTEN_FDS`), if any.
+pub fn activated_listener() -> Result<Option<UnixListener>, ModeError> {
+    let fds = match sd_notify::listen_fds() {
+        Ok(fds) => fds.collect::<Vec<_>>(),
+        Err(_) => return Ok(None),
+    };
+    let Some(&fd) = fds.first() else {
+        return Ok(None);
+    };
+    sys::listener_from_activation(fd)
+        .map(Some)
+        .map_err(io_error(Path::new("<LISTEN_FDS>")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn default_mode_follows_euid_and_flags_override() {
+        assert_eq!(Options::parse(args(&[]), 1000).unwrap().mode, Mode::User);
+        assert_eq!(Options::parse(args(&[]), 0).unwrap().mode, Mode::System);
+        let options = Options::parse(args(&["--user", "--socket", "/tmp/s"]), 0).unwrap();
+        assert_eq!(options.mode, Mode::User);
+        assert_eq!(options.socket_path(None).unwrap(), PathBuf::from("/tmp/s"));
+        assert!(Options::parse(args(&["--config"]), 0).is_err());
+        assert!(Options::parse(args(&["--tcp"]), 0).is_err());
+    }
+
+    #[test]
+    fn user_socket_is_private_and_stale_sockets_are_replaced() {
+        let dir = std::env::temp_dir().join(format!("weave-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("weave/weave.sock");
+        let listener = bind_socket(&path, None).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        assert!(matches!(
+            bind_socket(&path, None),
+            Err(ModeError::AlreadyRunning(_))
+        ));
+        drop(listener);
+        bind_socket(&path, None).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

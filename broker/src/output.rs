@@ -1,0 +1,176 @@
+//! Checks the worker's pixels against the request and encodes them as PNG,
+//! with an AUTOMATIC1111-style `parameters` text chunk.
+
+use crate::runner::{RawImage, WorkerJob};
+
+/// Why the worker's output cannot be delivered. Any of these means the
+/// worker misbehaved: the scheduler treats it as a crash.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("the worker returned {got} images for a batch of {want}")]
+    WrongCount { got: usize, want: u32 },
+    #[error(
+        "the worker returned an image of {got_w}x{got_h}, the job asked for {want_w}x{want_h}"
+    )]
+    WrongSize {
+        got_w: u32,
+        got_h: u32,
+        want_w: u32,
+        want_h: u32,
+    },
+    #[error("the worker returned {got} bytes of pixels, {want} expected")]
+    WrongLength { got: usize, want: usize },
+    #[error("PNG encoding failed: {0}")]
+    Encode(#[from] png::EncodingError),
+}
+
+/// Checks count, dimensions and buffer length of every image.
+pub fn check_images(job: &WorkerJob, images: &[RawImage]) -> Result<(), OutputError> {
+    if images.len() != job.batch as usize {
+        return Err(OutputError::WrongCount {
+            got: images.len(),
+            want: job.batch,
+        });
+    }
+    for image in images {
+        if image.width != job.width || image.height != job.height {
+            return Err(OutputError::WrongSize {
+                got_w: image.width,
+                got_h: image.height,
+                want_w: job.width,
+                want_h: job.height,
+            });
+        }
+        let want = job.width as usize * job.height as usize * 3;
+        if image.rgb.len() != want {
+            return Err(OutputError::WrongLength {
+                got: image.rgb.len(),
+                want,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The A1111 `parameters` text for image `seed`.
+pub fn parameters_text(job: &WorkerJob, seed: u64) -> String {
+    let mut text = job.prompt.clone();
+    if !job.negative_prompt.is_empty() {
+        text.push_str("\nNegative prompt: ");
+        text.push_str(&job.negative_prompt);
+    }
+    text.push_str(&format!(
+        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
+        job.steps,
+        job.scheduler.a1111_name(),
+        job.guidance,
+        seed,
+        job.width,
+        job.height,
+        job.model_id
+    ));
+    text
+}
+
+/// Encodes one checked image.
+pub fn encode_png(
+    job: &WorkerJob,
+    image: &RawImage,
+    seed: u64,
+    with_parameters: bool,
+) -> Result<Vec<u8>, OutputError> {
+    let mut out = Vec::with_capacity(image.rgb.len() / 2 + 1024);
+    {
+        let mut encoder = png::Encoder::new(&mut out, image.width, image.height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        if with_parameters {
+            // tEXt is Latin-1; A1111 readers also accept iTXt, which keeps
+            // any UTF-8 prompt intact.
+            let text = parameters_text(job, seed);
+            if text.is_ascii() {
+                encoder.add_text_chunk("parameters".to_owned(), text)?;
+            } else {
+                encoder.add_itxt_chunk("parameters".to_owned(), text)?;
+            }
+        }
+        let mut writer = encoder.write_header()?;
+        writer.write_image_data(&image.rgb)?;
+        writer.finish()?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use weave_common::proto::Scheduler;
+
+    fn job() -> WorkerJob {
+        WorkerJob {
+            job_id: 1,
+            model_id: "digits".into(),
+            prompt: "a 7".into(),
+            negative_prompt: "blurry".into(),
+            width: 8,
+            height: 16,
+            steps: 12,
+            guidance: 7.5,
+            seed: 42,
+            scheduler: Scheduler::EulerAncestral,
+            batch: 1,
+        }
+    }
+
+    fn image(width: u32, height: u32, len: usize) -> RawImage {
+        RawImage {
+            width,
+            height,
+            rgb: (0..len).map(|i| (i % 251) as u8).collect(),
+        }
+    }
+
+    #[test]
+    fn bad_output_is_refused() {
+        let job = job();
+        assert!(check_images(&job, &[image(8, 16, 384)]).is_ok());
+        assert!(matches!(
+            check_images(&job, &[image(16, 8, 384)]),
+            Err(OutputError::WrongSize { .. })
+        ));
+        assert!(matches!(
+            check_images(&job, &[image(8, 16, 383)]),
+            Err(OutputError::WrongLength { .. })
+        ));
+        assert!(matches!(
+            check_images(&job, &[]),
+            Err(OutputError::WrongCount { .. })
+        ));
+    }
+
+    #[test]
+    fn png_round_trips_with_parameters() {
+        let job = job();
+        let raw = image(8, 16, 384);
+        let bytes = encode_png(&job, &raw, 42, true).unwrap();
+        let decoder = png::Decoder::new(std::io::Cursor::new(&bytes));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (8, 16));
+        assert_eq!(&buf[..info.buffer_size()], &raw.rgb[..]);
+        let text = &reader.info().uncompressed_latin1_text[0];
+        assert_eq!(text.keyword, "parameters");
+        assert_eq!(
+            text.text,
+            "a 7\nNegative prompt: blurry\nSteps: 12, Sampler: Euler a, CFG scale: 7.5, \
+             Seed: 42, Size: 8x16, Model: digits"
+        );
+        let plain = encode_png(&job, &raw, 42, false).unwrap();
+        let reader = png::Decoder::new(std::io::Cursor::new(&plain))
+            .read_info()
+            .unwrap();
+        assert!(reader.info().uncompressed_latin1_text.is_empty());
+    }
+}

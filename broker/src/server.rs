@@ -1,0 +1,379 @@
+//! The socket server: accept loop, authentication before any read, and one
+//! thread per connection speaking the framed protocol.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weave_common::proto::{
+    read_request, write_response, ErrorCode, FrameError, Request, Response, Role, PROTOCOL_VERSION,
+};
+
+use crate::audit::{AuditRecord, Severity};
+use crate::auth::Authorizer;
+use crate::scheduler::Broker;
+use crate::sys::{self, PeerCredentials};
+
+/// A connection may stay silent this long between requests.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A client that does not take our bytes for this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a streaming connection checks whether its peer hung up.
+const HANGUP_POLL: Duration = Duration::from_millis(50);
+/// Connections served at once; more are closed (and audited).
+const MAX_CONNECTIONS: usize = 512;
+
+/// Serves `listener` until the broker shuts down.
+pub fn serve(listener: &UnixListener, broker: &Arc<Broker>, authorizer: &Arc<Authorizer>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        if broker.is_shutting_down() {
+            break;
+        }
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                eprintln!("weave-broker: accept failed: {error}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        // Credentials first: nothing is read before the peer is known.
+        let peer = match sys::peer_credentials(&stream) {
+            Ok(peer) => peer,
+            Err(error) => {
+                eprintln!("weave-broker: SO_PEERCRED failed: {error}");
+                continue;
+            }
+        };
+        let Some(role) = authorizer.role_of(&peer) else {
+            broker.audit().record(
+                Severity::Warning,
+                &AuditRecord::new("connection_rejected")
+                    .field("uid", peer.uid)
+                    .field("gid", peer.gid)
+                    .field("pid", peer.pid),
+            );
+            // Dropping closes without a byte written.
+            drop(stream);
+            continue;
+        };
+        if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            broker.audit().record(
+                Severity::Warning,
+                &AuditRecord::new("connection_limit")
+                    .field("uid", peer.uid)
+                    .field("pid", peer.pid),
+            );
+            continue;
+        }
+        active.fetch_add(1, Ordering::SeqCst);
+        let broker = Arc::clone(broker);
+        let active_for_thread = Arc::clone(&active);
+        let spawned = std::thread::Builder::new()
+            .name(format!("conn-{}", peer.pid))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                Connection {
+                    stream,
+                    peer,
+                    role,
+                    broker,
+                }
+                .run();
+                active_for_thread.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(error) = spawned {
+            active.fetch_sub(1, Ordering::SeqCst);
+            eprintln!("weave-broker: cannot start a connection thread: {error}");
+        }
+    }
+}
+
+struct Connection {
+    stream: UnixStream,
+    peer: PeerCredentials,
+    role: Role,
+    broker: Arc<Broker>,
+}
+
+/// The connection ends after this.
+struct Closed;
+
+impl Connection {
+    fn run(mut self) {
+        if self.stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err()
+            || self.stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
+        {
+            return;
+        }
+        let mut greeted = false;
+        loop {
+            let request = match read_request(&mut self.stream) {
+                Ok(request) => request,
+                Err(error) => {
+                    self.frame_error(&error);
+                    return;
+                }
+            };
+            let result = if greeted {
+                self.dispatch(request)
+            } else {
+                greeted = true;
+                self.hello(request)
+            };
+            if result.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn send(&mut self, response: &Response) -> Result<(), Closed> {
+        write_response(&mut self.stream, response).map_err(|_| Closed)
+    }
+
+    fn frame_error(&mut self, error: &FrameError) {
+        let Some(code) = error.to_error_code() else {
+            return;
+        };
+        self.broker.audit().record(
+            Severity::Notice,
+            &AuditRecord::new("invalid_request")
+                .field("uid", self.peer.uid)
+                .field("pid", self.peer.pid)
+                .field("field", "frame")
+                .field(
+                    "reason",
+                    match &code {
+                        ErrorCode::ProtocolError { reason } => reason.as_str(),
+                        _ => "encoding",
+                    },
+                ),
+        );
+        let _ = self.send(&Response::Error(code));
+    }
+
+    fn hello(&mut self, request: Request) -> Result<(), Closed> {
+        let Request::Hello {
+            version,
+            client_name,
+        } = request
+        else {
+            self.protocol_error("the first request must be Hello")?;
+            return Err(Closed);
+        };
+        if version != PROTOCOL_VERSION {
+            self.protocol_error("unsupported protocol version")?;
+            return Err(Closed);
+        }
+        if let Err(error) = weave_common::validate::validate_client_name(&client_name) {
+            self.broker.audit().record(
+                Severity::Notice,
+                &AuditRecord::new("invalid_request")
+                    .field("uid", self.peer.uid)
+                    .field("pid", self.peer.pid)
+                    .field("field", error.field()),
+            );
+            self.send(&Response::Error(error.into()))?;
+            return Err(Closed);
+        }
+        self.send(&Response::Hello {
+            version: PROTOCOL_VERSION,
+            server_version: env!("CARGO_PKG_VERSION").to_owned(),
+            role: self.role,
+            mode: self.broker.mode(),
+        })
+    }
+
+    fn protocol_error(&mut self, reason: &str) -> Result<(), Closed> {
+        self.broker.audit().record(
+            Severity::Notice,
+            &AuditRecord::new("invalid_request")
+                .field("uid", self.peer.uid)
+                .field("pid", self.peer.pid)
+                .field("field", "message")
+                .field("reason", reason),
+        );
+        self.send(&Response::Error(ErrorCode::ProtocolError {
+            reason: reason.to_owned(),
+        }))
+    }
+
+    fn admin_audit(&self, verb: &str, target: Option<&str>, result: &Result<(), ErrorCode>) {
+        let mut record = AuditRecord::new("admin")
+            .field("uid", self.peer.uid)
+            .field("pid", self.peer.pid)
+            .field("verb", verb);
+        if let Some(target) = target {
+            record = record.field("model", target);
+        }
+        let outcome = match result {
+            Ok(()) => "ok",
+            Err(code) => code.name(),
+        };
+        self.broker
+            .audit()
+            .record(Severity::Notice, &record.field("outcome", outcome));
+    }
+
+    fn dispatch(&mut self, request: Request) -> Result<(), Closed> {
+        let is_admin = self.role == Role::Admin;
+        if request.requires_admin() && !is_admin {
+            self.broker.audit().record(
+                Severity::Warning,
+                &AuditRecord::new("not_permitted")
+                    .field("uid", self.peer.uid)
+                    .field("pid", self.peer.pid)
+                    .field("verb", request.verb()),
+            );
+            return self.send(&Response::Error(ErrorCode::NotPermitted {
+                verb: request.verb().to_owned(),
+            }));
+        }
+        let uid = self.peer.uid;
+        let broker = Arc::clone(&self.broker);
+        let response = match request {
+            Request::Hello { .. } => {
+                self.protocol_error("Hello was already sent")?;
+                return Err(Closed);
+            }
+            Request::ListModels => Response::Models(broker.models()),
+            Request::Status => Response::Status(broker.status()),
+            Request::Generate(generate) => return self.generate(&generate),
+            Request::Cancel { job_id } => {
+                if broker.cancel(uid, is_admin, job_id) {
+                    Response::Ok
+                } else {
+                    // Same answer for "no such job" and "not yours".
+                    Response::Error(ErrorCode::InvalidParameter {
+                        field: "job_id".to_owned(),
+                        allowed: "the id of one of your queued or running jobs".to_owned(),
+                    })
+                }
+            }
+            Request::Jobs => Response::Jobs(broker.jobs(uid, false)),
+            Request::AllJobs => {
+                self.admin_audit("all_jobs", None, &Ok(()));
+                Response::Jobs(broker.jobs(uid, true))
+            }
+            Request::ChannelStats => {
+                self.admin_audit("channel_stats", None, &Ok(()));
+                Response::ChannelStats(broker.runner_status().channel)
+            }
+            Request::Load { model_id } => {
+                let result = broker.load(&model_id);
+                self.admin_audit("load", Some(&model_id), &result);
+                to_response(result)
+            }
+            Request::Unload => {
+                let result = broker.unload();
+                self.admin_audit("unload", None, &result);
+                to_response(result)
+            }
+            Request::Pin { model_id } => {
+                let result = broker.pin(&model_id, true);
+                self.admin_audit("pin", Some(&model_id), &result);
+                to_response(result)
+            }
+            Request::Unpin { model_id } => {
+                let result = broker.pin(&model_id, false);
+                self.admin_audit("unpin", Some(&model_id), &result);
+                to_response(result)
+            }
+            Request::Drain => {
+                broker.set_draining(true);
+                self.admin_audit("drain", None, &Ok(()));
+                Response::Ok
+            }
+            Request::Resume => {
+                broker.set_draining(false);
+                self.admin_audit("resume", None, &Ok(()));
+                Response::Ok
+            }
+            Request::RotateKeys => {
+                let result = broker.rotate_keys();
+                self.admin_audit("rotate_keys", None, &result);
+                to_response(result)
+            }
+            Request::QuarantineClear { model_id } => {
+                let result = broker.clear_quarantine(&model_id);
+                self.admin_audit("quarantine_clear", Some(&model_id), &result);
+                to_response(result)
+            }
+        };
+        self.send(&response)
+    }
+
+    fn generate(&mut self, request: &weave_common::proto::GenerateRequest) -> Result<(), Closed> {
+        let admission = match self.broker.submit(self.peer.uid, request) {
+            Ok(admission) => admission,
+            Err(code) => {
+                let mut record = AuditRecord::new("generate_refused")
+                    .field("uid", self.peer.uid)
+                    .field("pid", self.peer.pid)
+                    .field("error", code.name());
+                if let ErrorCode::InvalidParameter { field, .. } = &code {
+                    record = record.field("field", field);
+                }
+                if let ErrorCode::UnknownModel { .. } = &code {
+                    record = record.field("field", "model_id");
+                }
+                self.broker.audit().record(Severity::Notice, &record);
+                return self.send(&Response::Error(code));
+            }
+        };
+        let broker = Arc::clone(&self.broker);
+        let _streaming = broker.stream_guard();
+        let job_id = admission.job_id;
+        let queued = Response::Queued {
+            job_id,
+            position: admission.position,
+        };
+        if self.send(&queued).is_err() {
+            self.broker.cancel(self.peer.uid, true, job_id);
+            return Err(Closed);
+        }
+        let fd = self.stream.as_raw_fd();
+        loop {
+            match admission.events.recv_timeout(HANGUP_POLL) {
+                Ok(event) => {
+                    let done = event.ends_generate_stream();
+                    if self.send(&event).is_err() {
+                        self.broker.cancel(self.peer.uid, true, job_id);
+                        return Err(Closed);
+                    }
+                    if done {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if sys::peer_hung_up(fd) {
+                        self.broker.cancel(self.peer.uid, true, job_id);
+                        self.broker.audit().record(
+                            Severity::Info,
+                            &AuditRecord::new("client_disconnected")
+                                .field("uid", self.peer.uid)
+                                .field("job", job_id),
+                        );
+                        return Err(Closed);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.send(&Response::Error(ErrorCode::Internal));
+                    return Err(Closed);
+                }
+            }
+        }
+    }
+}
+
+fn to_response(result: Result<(), ErrorCode>) -> Response {
+    match result {
+        Ok(()) => Response::Ok,
+        Err(code) => Response::Error(code),
+    }
+}

@@ -1,0 +1,39 @@
+//! Turns a caller's `GenerateRequest` into a resolved [`WorkerJob`]: model by
+//! id only, defaults applied, every bound checked before anything is queued.
+
+use weave_common::proto::{ErrorCode, GenerateRequest};
+use weave_common::validate::{validate_generate, ParamBounds};
+
+use crate::runner::WorkerJob;
+use crate::settings::{self, ModelConfig};
+
+/// Checks `request` against `bounds` (common rules) and resolves the
+/// model's defaults. `random_seed` is used when the request has none.
+pub fn resolve(
+    request: &GenerateRequest,
+    model: &ModelConfig,
+    bounds: &ParamBounds,
+    job_id: u64,
+    random_seed: u64,
+) -> Result<WorkerJob, ErrorCode> {
+    validate_generate(request, bounds)?;
+    let defaults = settings::generation_defaults(model);
+    // Defaults were checked against the bounds when the config loaded.
+    Ok(WorkerJob {
+        job_id,
+        model_id: model.id.clone(),
+        prompt: request.prompt.clone(),
+        negative_prompt: if request.negative_prompt.is_empty() {
+            settings::default_negative_prompt(model)
+        } else {
+            request.negative_prompt.clone()
+        },
+        width: request.width.unwrap_or(defaults.width),
+        height: request.height.unwrap_or(defaults.height),
+        steps: request.steps.unwrap_or(defaults.steps),
+        guidance: request.guidance.unwrap_or(defaults.guidance),
+        seed: request.seed.unwrap_or(random_seed),
+        scheduler: request.scheduler.unwrap_or(defaults.scheduler),
+        batch: request.batch,
+    })
+}

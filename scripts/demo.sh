@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# End-to-end demo (run by `make demo` after `cargo build --release --bins`):
+# starts a user-mode weave-broker on a private socket with the digits demo
+# model, generates one digit through the socket, prints where the PNG is,
+# and stops the broker.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="${WEAVE_BIN_DIR:-$ROOT/target/release}"
+MODEL="$ROOT/models/digits"
+OUT_DIR="${WEAVE_DEMO_OUT:-$ROOT/target/demo}"
+DIGIT="${DIGIT:-7}"
+
+for exe in weave-broker weave-worker weave-probe-client; do
+	if [[ ! -x "$BIN/$exe" ]]; then
+		echo "demo: $BIN/$exe is missing; run 'cargo build --release --bins' (make demo does)" >&2
+		exit 1
+	fi
+done
+if [[ ! -d "$MODEL" ]]; then
+	echo "demo: $MODEL is missing; the digits demo model is produced by tools/ (see docs/ENGINE.md)" >&2
+	exit 1
+fi
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/weave-demo.XXXXXX")"
+chmod 700 "$WORK"
+mkdir -m 700 "$WORK/config"
+CONFIG="$WORK/config/weave.toml"
+SOCKET="$WORK/run/weave.sock"
+LOG="$WORK/broker.log"
+# Audit records go to syslog when there is one; otherwise the broker writes
+# them to its log (stderr).
+SINK=/dev/log
+[[ -S $SINK ]] || SINK="$WORK/no-syslog.sock"
+
+cat >"$CONFIG" <<TOML
+# weave-broker demo config (user mode), written by scripts/demo.sh
+[limits]
+job_timeout_s = 120
+
+[audit]
+sink = "$SINK"
+
+[worker]
+device = "cpu"
+
+[[model]]
+id = "digits"
+kind = "digits"
+path = "$MODEL"
+
+[model.defaults]
+width = 32
+height = 32
+steps = 20
+guidance = 1.0
+scheduler = "ddim"
+TOML
+chmod 600 "$CONFIG"
+
+"$BIN/weave-broker" --user --config "$CONFIG" --socket "$SOCKET" >"$LOG" 2>&1 &
+BROKER=$!
+cleanup() {
+	if kill -0 "$BROKER" 2>/dev/null; then
+		kill -TERM "$BROKER"
+		wait "$BROKER" || true
+	fi
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+for _ in $(seq 1 300); do
+	[[ -S $SOCKET ]] && break
+	if ! kill -0 "$BROKER" 2>/dev/null; then
+		echo "demo: the broker exited during start-up:" >&2
+		cat "$LOG" >&2
+		exit 1
+	fi
+	sleep 0.1
+done
+[[ -S $SOCKET ]] || { echo "demo: the broker socket never appeared" >&2; cat "$LOG" >&2; exit 1; }
+echo "demo: broker pid $BROKER listening on $SOCKET"
+
+mkdir -p "$OUT_DIR"
+PNG="$OUT_DIR/digit-$DIGIT.png"
+if ! "$BIN/weave-probe-client" --socket "$SOCKET" generate --prompt "$DIGIT" --seed 42 --out "$PNG"; then
+	echo "demo: generation failed; broker log:" >&2
+	cat "$LOG" >&2
+	exit 1
+fi
+echo "demo: the PNG is at $PNG"
+kill -TERM "$BROKER"
+wait "$BROKER" && echo "demo: broker stopped cleanly"

@@ -1,0 +1,72 @@
+//! User mode as an ordinary user: default config and socket paths from the
+//! XDG variables, a private socket, and only that uid gets in (root too is
+//! closed without a byte).
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+use std::time::Duration;
+
+use weave_tests::{
+    ensure_user, probe_as_user, require_root, target_bin, AuditSink, BrokerProcess, Client,
+    Scratch, TestConfig,
+};
+
+const USER: &str = "weave-t-desktop";
+
+#[test]
+fn user_mode_uses_xdg_paths_and_serves_only_its_own_uid() {
+    if !require_root("user_mode_uses_xdg_paths_and_serves_only_its_own_uid") {
+        return;
+    }
+    let user = ensure_user(USER, &[]);
+    let scratch = Scratch::new("usermode");
+    let sink = AuditSink::bind(scratch.join("audit.sock"));
+    let run = scratch.join("xdg-run");
+    let config_home = scratch.join("xdg-config");
+    let config_dir = config_home.join("weave");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let config = TestConfig::new(&sink.path).write(&config_dir);
+    for path in [&run, &config_home, &config_dir, &config] {
+        std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // The scratch root is root's and 0755: safe above the user's config.
+
+    let socket = run.join("weave/weave.sock");
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={USER}"))
+        .arg(format!("--regid={USER}"))
+        .arg("--init-groups")
+        .arg("--")
+        .arg(target_bin("weave-broker"))
+        .env("XDG_RUNTIME_DIR", &run)
+        .env("XDG_CONFIG_HOME", &config_home);
+    let mut broker = BrokerProcess::start_command(command, &socket, &scratch.join("broker.log"));
+
+    let dir = std::fs::metadata(socket.parent().unwrap()).unwrap();
+    assert_eq!(dir.mode() & 0o7777, 0o700);
+    assert_eq!(dir.uid(), user.uid);
+    let sock = std::fs::metadata(&socket).unwrap();
+    assert_eq!(sock.mode() & 0o7777, 0o600);
+    assert_eq!(sock.uid(), user.uid);
+
+    let own = probe_as_user(USER, &socket, &["status"]);
+    assert!(own.contains("role=Admin"), "{own}\n{}", broker.log_text());
+
+    // Root can open the file but is not the user: no byte, one record.
+    let mut root = Client::connect(&socket);
+    assert!(root.read_to_end().is_empty());
+    assert!(sink
+        .wait_for(
+            &["event=connection_rejected", "uid=0 "],
+            Duration::from_secs(5)
+        )
+        .is_some());
+
+    let status = broker.stop();
+    assert!(status.success(), "{status}: {}", broker.log_text());
+    assert!(!socket.exists());
+}

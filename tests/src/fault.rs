@@ -391,6 +391,9 @@ impl Rig {
         let etc = scratch.join("etc");
         std::fs::create_dir(&etc).unwrap();
         let mut config = crate::TestConfig::digits(audit.unwrap_or(&sink.path));
+        // The digits model is a diffusers SD 1.x folder; the config knows
+        // the kinds sd1/sd2/sdxl only.
+        config.model_kind = "sd1".into();
         config.limits = limits.to_owned();
         config.steps = steps;
         let config = config.write(&etc);

@@ -42,7 +42,10 @@ fn key_rotation_under_load_loses_no_job() {
             std::thread::spawn(move || {
                 let mut client = Client::hello(&socket);
                 for job in 0..10 {
-                    let run = run_job(&mut client, small_request(&((index + job) % 10).to_string(), 4));
+                    let run = run_job(
+                        &mut client,
+                        small_request(&((index + job) % 10).to_string(), 4),
+                    );
                     runs.lock().unwrap().push(run);
                 }
             })
@@ -86,7 +89,8 @@ fn audit_sink_disappearing_and_coming_back_resumes_the_records() {
     if !require_root(name) || !require_digits(name) {
         return;
     }
-    let scratch_sink = std::env::temp_dir().join(format!("weave-fault-syslog-{}.sock", std::process::id()));
+    let scratch_sink =
+        std::env::temp_dir().join(format!("weave-fault-syslog-{}.sock", std::process::id()));
     let sink = ClosableSink::bind(&scratch_sink);
     let mut rig = Rig::start_with_audit(
         name,
@@ -99,7 +103,11 @@ fn audit_sink_disappearing_and_coming_back_resumes_the_records() {
     let first = run_job(&mut client, small_request("1", 4));
     assert!(first.finished());
     let job = |run: &JobRun| format!("job={}", run.job_id.unwrap());
-    let has = |records: &[String], needle: &str| records.iter().any(|r| r.contains(needle) && r.contains("event=job "));
+    let has = |records: &[String], needle: &str| {
+        records
+            .iter()
+            .any(|r| r.contains(needle) && r.contains("event=job "))
+    };
     let end = Instant::now() + Duration::from_secs(5);
     while !has(&sink.records(), &job(&first)) {
         assert!(Instant::now() < end, "no record before the outage");
@@ -113,7 +121,10 @@ fn audit_sink_disappearing_and_coming_back_resumes_the_records() {
     let outage = Instant::now();
     for _ in 0..5 {
         let run = run_job(&mut client, small_request("2", 4));
-        assert!(run.finished(), "a job failed while the sink was away: {run:?}");
+        assert!(
+            run.finished(),
+            "a job failed while the sink was away: {run:?}"
+        );
         during.push(run);
     }
     let outage_s = outage.elapsed().as_secs_f64();
@@ -135,7 +146,10 @@ fn audit_sink_disappearing_and_coming_back_resumes_the_records() {
     let end = Instant::now() + Duration::from_secs(5);
     loop {
         let records = sink.records();
-        let missing: Vec<_> = after_runs.iter().filter(|r| !has(&records, &job(r))).collect();
+        let missing: Vec<_> = after_runs
+            .iter()
+            .filter(|r| !has(&records, &job(r)))
+            .collect();
         if missing.is_empty() {
             break;
         }

@@ -19,7 +19,10 @@ use crate::{AuditSink, Client};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Footprint {
     pub fds: usize,
+    /// `VmRSS`: everything resident, binary pages included.
     pub rss_kib: u64,
+    /// `RssAnon`: the heap and stacks, where a leak would show.
+    pub anon_kib: u64,
 }
 
 /// Reads `/proc/<pid>/fd` and `VmRSS` of `/proc/<pid>/status`.
@@ -28,12 +31,18 @@ pub fn footprint(pid: u32) -> Footprint {
         .unwrap()
         .count();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    Footprint { fds, rss_kib }
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    Footprint {
+        fds,
+        rss_kib: field("VmRSS:"),
+        anon_kib: field("RssAnon:"),
+    }
 }
 
 /// Fails when `after` has more descriptors than `before` (a small slack for
@@ -45,6 +54,13 @@ pub fn assert_no_leak(before: Footprint, after: Footprint, what: &str) {
         "{what}: broker fds grew from {} to {}",
         before.fds,
         after.fds
+    );
+    let anon_limit = before.anon_kib + before.anon_kib / 10 + 1024;
+    assert!(
+        after.anon_kib <= anon_limit,
+        "{what}: broker heap (RssAnon) grew from {} KiB to {} KiB (limit {anon_limit} KiB)",
+        before.anon_kib,
+        after.anon_kib
     );
     let limit = before.rss_kib + before.rss_kib / 10 + 2048;
     assert!(

@@ -402,6 +402,7 @@ fn run(options: &Options) -> ExitCode {
     let _ = weave_tests::fault::run_job(&mut warm, small_request("0", 4));
     drop(warm);
 
+    let initial = footprint(pid);
     let total = Duration::from_secs(options.seconds);
     let baseline_len = total / 3;
     let start = Instant::now();
@@ -528,6 +529,8 @@ fn run(options: &Options) -> ExitCode {
         .filter(|r| r.contains("event=connection_rejected"))
         .count();
 
+    let finished = counts.get("generate: Finished").copied().unwrap_or(0);
+    let served: u64 = counts.values().sum::<u64>() + (base.len() + flooded.len()) as u64;
     println!(
         "## weave-load: {:.1} s against a user-mode broker (digits, 32x32, 4 steps, queue_depth 8)",
         elapsed.as_secs_f64()
@@ -541,6 +544,12 @@ fn run(options: &Options) -> ExitCode {
         other.uid,
         options.malformed,
         options.slow
+    );
+    println!();
+    println!(
+        "requests answered: {served} ({:.0}/s), generations finished: {finished} ({:.1}/s)",
+        served as f64 / elapsed.as_secs_f64(),
+        finished as f64 / elapsed.as_secs_f64()
     );
     println!();
     println!("| outcome | count |\n|---|---|");
@@ -573,7 +582,7 @@ fn run(options: &Options) -> ExitCode {
         ms(flooded.last().copied().unwrap_or_default())
     );
     println!();
-    let stat = |f: fn(&Footprint) -> u64| {
+    let stat = |samples: &[(f64, Footprint)], f: fn(&Footprint) -> u64| {
         let values: Vec<u64> = samples.iter().map(|(_, s)| f(s)).collect();
         (
             values.iter().copied().min().unwrap_or(0),
@@ -582,20 +591,65 @@ fn run(options: &Options) -> ExitCode {
             values.last().copied().unwrap_or(0),
         )
     };
-    let rss = stat(|s| s.rss_kib);
-    let fds = stat(|s| s.fds as u64);
+    let rss = stat(&samples, |s| s.rss_kib);
+    let fds = stat(&samples, |s| s.fds as u64);
+    // Steady state: the flood phase once every client has connected.
+    let steady_from = baseline_len.as_secs_f64() + 5.0;
+    let steady: Vec<_> = samples
+        .iter()
+        .filter(|(t, _)| *t >= steady_from)
+        .cloned()
+        .collect();
+    let steady_rss = stat(&steady, |s| s.rss_kib);
+    let steady_fds = stat(&steady, |s| s.fds as u64);
     println!(
-        "| broker ({} samples, 1 s apart) | min | max | first | last |\n|---|---|---|---|---|",
-        samples.len()
+        "| broker, sampled every 1 s | samples | min | max | first | last | (max-min)/first |\n|---|---|---|---|---|---|---|"
+    );
+    let spread = |v: (u64, u64, u64, u64)| {
+        if v.2 == 0 {
+            0.0
+        } else {
+            (v.1 - v.0) as f64 * 100.0 / v.2 as f64
+        }
+    };
+    println!(
+        "| RSS KiB, whole run | {} | {} | {} | {} | {} | {:.1} % |",
+        samples.len(),
+        rss.0,
+        rss.1,
+        rss.2,
+        rss.3,
+        spread(rss)
     );
     println!(
-        "| RSS KiB | {} | {} | {} | {} |",
-        rss.0, rss.1, rss.2, rss.3
+        "| RSS KiB, flood steady state (t ≥ {steady_from:.0} s) | {} | {} | {} | {} | {} | {:.1} % |",
+        steady.len(), steady_rss.0, steady_rss.1, steady_rss.2, steady_rss.3, spread(steady_rss)
     );
     println!(
-        "| open fds | {} | {} | {} | {} |",
-        fds.0, fds.1, fds.2, fds.3
+        "| open fds, whole run | {} | {} | {} | {} | {} | {:.1} % |",
+        samples.len(),
+        fds.0,
+        fds.1,
+        fds.2,
+        fds.3,
+        spread(fds)
     );
+    println!(
+        "| open fds, flood steady state | {} | {} | {} | {} | {} | {:.1} % |",
+        steady.len(),
+        steady_fds.0,
+        steady_fds.1,
+        steady_fds.2,
+        steady_fds.3,
+        spread(steady_fds)
+    );
+    if alive {
+        let settled = weave_tests::fault::settled_footprint(pid, initial);
+        println!(
+            "\nbroker before the run: {} KiB, {} fds; after every client left: {} KiB, {} fds",
+            initial.rss_kib, initial.fds, settled.rss_kib, settled.fds
+        );
+    }
     if let Some(status) = &final_status {
         println!();
         println!(
@@ -624,7 +678,7 @@ fn run(options: &Options) -> ExitCode {
         if !intruders_ok {
             failures.push("an unauthorized client got bytes back".to_owned());
         }
-        if counts.get("generate: Finished").copied().unwrap_or(0) == 0 {
+        if finished == 0 {
             failures.push("no generation finished".to_owned());
         }
         let limit = p99b * 2 + Duration::from_millis(1);

@@ -18,6 +18,8 @@ use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
 
 type SyslogLogger = Logger<LoggerBackend, Formatter3164>;
 
+/// Longest a record may wait for room in the sink's queue before it goes
+/// to stderr instead (records that are not flood-prone; those never wait).
 const SEND_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Events any connected peer can cause once per connection or request, as
@@ -41,9 +43,6 @@ fn is_flood_prone(record: &AuditRecord) -> bool {
         .unwrap_or("");
     FLOOD_PRONE_EVENTS.contains(&event)
 }
-
-/// Longest a record may wait for room in the sink's queue before it goes
-/// to stderr instead.
 
 /// How serious a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -126,9 +126,9 @@ fn lie(ch: &mut WorkerEndpoint, job_id: u64, p: &WorkerGenerateParams) {
         "short-pixels" => ch.send(&image(0, p.width, p.height, vec![128; len - 1])),
         "oversized" => ch.send(&image(0, p.width, p.height, vec![128; len * 16])),
         "huge-dims" => ch.send(&image(0, 4096, 4096, vec![128; len])),
-        "extra-images" => (0..=p.batch)
-            .map(|i| ch.send(&image(i, p.width, p.height, vec![128; len])))
-            .collect(),
+        "extra-images" => {
+            (0..=p.batch).try_for_each(|i| ch.send(&image(i, p.width, p.height, vec![128; len])))
+        }
         _ => ch.send(&image(0, p.width, p.height, vec![128; len])),
     };
     let _ = ch.send(&FromWorker::Finished { job_id });

@@ -9,7 +9,7 @@ export WEAVE_TORCH_FLAVOR := $(FLAVOR)
 export WEAVE_TEST_PYTHON := $(ROOT)/.cache/venv/bin/python
 CARGO ?= cargo
 
-.PHONY: all build release test deps libtorch demo bench fmt clippy fuzz fuzz-smoke generated deb rpm package-test seccomp-trace
+.PHONY: all build release test deps libtorch demo bench load fmt clippy fuzz fuzz-smoke generated deb rpm package-test seccomp-trace
 
 all: build
 
@@ -54,6 +54,14 @@ fuzz-smoke: deps
 bench: deps libtorch
 	$(CARGO) build --workspace --release --bins  # the broker bench starts the real binaries
 	$(CARGO) bench --workspace
+
+# The load harness (docs/RELIABILITY.md): 60 s of valid, invalid,
+# unauthorized, malformed and slow-reader clients against a user-mode broker.
+# Needs root and models/digits. LOAD_SECONDS=600 for the long run.
+LOAD_SECONDS ?= 60
+load: deps libtorch
+	$(CARGO) build --release --bins
+	target/release/weave-load --seconds $(LOAD_SECONDS) --assert
 
 demo: libtorch
 	$(CARGO) build --release --bins

@@ -9,7 +9,9 @@
 use std::fmt::Write as _;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
 use std::time::Duration;
 
 use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
@@ -17,8 +19,30 @@ use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
 type SyslogLogger = Logger<LoggerBackend, Formatter3164>;
 
 /// Longest a record may wait for room in the sink's queue before it goes
-/// to stderr instead.
+/// to stderr instead (records that are not flood-prone; those never wait).
 const SEND_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Events any connected peer can cause once per connection or request, as
+/// fast as it likes. They are sent without waiting: when the sink is full
+/// they are counted and reported as `event=audit_dropped count=N` by the
+/// next record that gets through.
+const FLOOD_PRONE_EVENTS: [&str; 6] = [
+    "connection_rejected",
+    "connection_limit",
+    "invalid_request",
+    "generate_refused",
+    "not_permitted",
+    "client_disconnected",
+];
+
+fn is_flood_prone(record: &AuditRecord) -> bool {
+    let event = record
+        .as_str()
+        .strip_prefix("event=")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or("");
+    FLOOD_PRONE_EVENTS.contains(&event)
+}
 
 /// How serious a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +58,8 @@ pub struct AuditLog {
     facility: Facility,
     log_prompts: bool,
     logger: Mutex<Option<SyslogLogger>>,
+    /// Records the sink had no room for since the last one it took.
+    dropped: AtomicU64,
 }
 
 /// A record under construction: `AuditRecord::new("event").field("uid", 5)`.
@@ -93,6 +119,7 @@ impl AuditLog {
             facility,
             log_prompts,
             logger: Mutex::new(None),
+            dropped: AtomicU64::new(0),
         }
     }
 
@@ -113,16 +140,44 @@ impl AuditLog {
                 *guard = self.connect();
             }
             let Some(logger) = guard.as_mut() else { break };
+            let best_effort = is_flood_prone(record);
+            if let LoggerBackend::Unix(socket) = &logger.backend {
+                // Records a caller can trigger at will never wait for room
+                // in the sink (see below); the others wait SEND_TIMEOUT.
+                if socket.set_nonblocking(best_effort).is_err() {
+                    *guard = None;
+                    continue;
+                }
+            }
+            let dropped = self.dropped.load(Ordering::Relaxed);
+            if dropped > 0 {
+                let note = AuditRecord::new("audit_dropped").field("count", dropped);
+                if logger.warning(note.as_str()).is_ok() {
+                    self.dropped.fetch_sub(dropped, Ordering::Relaxed);
+                }
+            }
             let sent = match severity {
                 Severity::Info => logger.info(record.as_str()),
                 Severity::Notice => logger.notice(record.as_str()),
                 Severity::Warning => logger.warning(record.as_str()),
             };
-            if sent.is_ok() {
-                return;
+            match sent {
+                Ok(()) => return,
+                // The sink is alive but full (a slow or flooded syslog) and
+                // the record is one a caller can trigger at will: count it
+                // and move on. Waiting here, under the lock every
+                // connection thread and the scheduler share, let a flood of
+                // rejected connections stall the job queue for seconds.
+                Err(syslog::Error::Io(e) | syslog::Error::Write(e))
+                    if best_effort && e.kind() == std::io::ErrorKind::WouldBlock =>
+                {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                // The sink went away (e.g. syslog restarted): reconnect
+                // once now.
+                Err(_) => *guard = None,
             }
-            // The sink went away (e.g. syslog restarted): reconnect once now.
-            *guard = None;
         }
         eprintln!("weave-broker audit (sink unavailable): {}", record.as_str());
     }
@@ -186,6 +241,48 @@ mod tests {
         let n = sink.recv(&mut buf).unwrap();
         let text = String::from_utf8_lossy(&buf[..n]).into_owned();
         assert!(text.ends_with("event=two"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_sink_never_stalls_flood_prone_records_and_the_loss_is_reported() {
+        let dir = std::env::temp_dir().join(format!("weave-audit-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.sock");
+        let _ = std::fs::remove_file(&path);
+        // A sink that does not read: its queue fills after a few records.
+        let sink = UnixDatagram::bind(&path).unwrap();
+        let audit = AuditLog::new(path.clone(), Facility::LOG_AUTH, false);
+        let flood = AuditRecord::new("connection_rejected").field("uid", 1);
+        assert!(is_flood_prone(&flood));
+        assert!(!is_flood_prone(&AuditRecord::new("job")));
+        let start = std::time::Instant::now();
+        for _ in 0..500 {
+            audit.record(Severity::Warning, &flood);
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(400),
+            "500 records into a full sink took {:?}",
+            start.elapsed()
+        );
+        let dropped = audit.dropped.load(Ordering::Relaxed);
+        assert!(dropped > 0, "the kernel queued all 500 records?");
+        // The sink drains: the next record reports the loss first.
+        sink.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 1024];
+        while sink.recv(&mut buf).is_ok() {}
+        audit.record(Severity::Info, &AuditRecord::new("job").field("job", 1));
+        sink.set_nonblocking(false).unwrap();
+        sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let n = sink.recv(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(
+            text.ends_with(&format!("event=audit_dropped count={dropped}")),
+            "{text}"
+        );
+        let n = sink.recv(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).ends_with("event=job job=1"));
+        assert_eq!(audit.dropped.load(Ordering::Relaxed), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -581,6 +581,13 @@ impl Broker {
             }
             Err(RunnerError::Quarantined) => Err(ErrorCode::ModelQuarantined),
             Err(RunnerError::WorkerCrashed) => Err(ErrorCode::WorkerCrashed),
+            // A worker that dies while it starts (before or during the
+            // bootstrap) is a worker crash like any other: the supervisor
+            // has scheduled the restart, the caller may retry.
+            Err(error @ RunnerError::Unavailable) => {
+                eprintln!("weave-broker: loading model {model_id:?} failed: {error}");
+                Err(ErrorCode::WorkerCrashed)
+            }
             Err(error) => {
                 eprintln!("weave-broker: loading model {model_id:?} failed: {error}");
                 Err(ErrorCode::Internal)

@@ -4,6 +4,8 @@
 //! real Unix datagram socket.
 #![allow(clippy::unwrap_used)]
 
+pub mod fault;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};

@@ -212,6 +212,20 @@ pub fn chown_group(path: &std::path::Path, gid: u32) -> io::Result<()> {
     std::os::unix::fs::chown(path, None, Some(gid))
 }
 
+/// Caps glibc's malloc arenas. The broker serves each connection on its own
+/// thread; by default glibc gives contending threads arenas of their own
+/// (up to 8 per core) and keeps their pages after the threads exit, so a
+/// burst of connections would raise the resident size for good. Two arenas
+/// keep the footprint flat (docs/RELIABILITY.md). Called first in `main`,
+/// while single-threaded.
+pub fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator tunable; M_ARENA_MAX with a
+    // positive value is always valid, and no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// The effective uid of this process.
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -11,9 +11,17 @@ Arguments: model device threads steps guidance size prompt
 """
 import sys
 import time
+import warnings
 
+import diffusers
 import torch
+import transformers
 from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+# Only the timings go to stdout; keep stderr to real errors.
+warnings.filterwarnings("ignore", category=FutureWarning)
+diffusers.utils.logging.disable_progress_bar()
+transformers.utils.logging.disable_progress_bar()
 
 
 def main() -> None:

@@ -55,6 +55,11 @@ impl Diffusers {
             ])
             // Same OpenMP pool size as ours before torch.set_num_threads.
             .env("OMP_NUM_THREADS", threads.to_string())
+            // A local folder: no hub look-ups, no progress bars.
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            .env("DIFFUSERS_VERBOSITY", "error")
+            .env("TRANSFORMERS_VERBOSITY", "error")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -192,7 +192,10 @@ fn main() {
     let m: Vec<f64> = times.iter().map(|t| median(t)).collect();
     println!("engine vs diffusers, seconds per image, median of {rounds} interleaved rounds:");
     println!("  oneDNN on : ours {:.4} s", m[0]);
-    println!("  oneDNN off: ours {:.4} s (the sandboxed worker's setting)", m[1]);
+    println!(
+        "  oneDNN off: ours {:.4} s (the sandboxed worker's setting)",
+        m[1]
+    );
     if diffusers.is_some() {
         println!("  oneDNN on : diffusers {:.4} s", m[2]);
         println!("  oneDNN off: diffusers {:.4} s", m[3]);

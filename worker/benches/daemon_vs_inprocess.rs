@@ -6,8 +6,14 @@
 //! `Generate` to `Finished`, PNG included), one in-process
 //! `Pipeline::generate` with oneDNN off (the sandboxed worker's setting, the
 //! fair comparison) and one with oneDNN on (libtorch's default). The
-//! in-process side keeps libtorch's default thread count, as the worker does
-//! when the config sets no `torch_threads`; both counts are printed.
+//! worker keeps libtorch's default thread count (the config has no
+//! `torch_threads`), which is one per CPU it may run on; so the bench pins
+//! itself, and with it the broker and worker it starts, to one CPU and runs
+//! the in-process side with one thread too. Both sides then do the same
+//! arithmetic on the same core, and the ratio is the daemon's own cost. (On
+//! a shared, loaded 2-core machine two OpenMP threads per side made the
+//! timings swing by 2× between rounds.) `WEAVE_BENCH_PIN=0` leaves the
+//! affinity alone and both sides at libtorch's default.
 //!
 //! Needs root (the broker's user mode here runs as the caller and the
 //! sandbox needs it) and `cargo build --release --bins` first.
@@ -82,7 +88,39 @@ fn in_process(pipe: &Pipeline, seed: u64, onednn: bool) -> f64 {
     elapsed
 }
 
+/// Restricts this thread (and every thread and process it starts later) to
+/// the last CPU it may run on; returns that CPU.
+fn pin_to_one_cpu() -> Option<usize> {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: an all-zero `cpu_set_t` is a valid empty set; the affinity
+    // calls read or write only the set passed with its exact size, and
+    // `CPU_ISSET`/`CPU_SET` index below `CPU_SETSIZE`.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size, &mut allowed) != 0 {
+            return None;
+        }
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .rev()
+            .find(|&cpu| libc::CPU_ISSET(cpu, &allowed))?;
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        (libc::sched_setaffinity(0, size, &one) == 0).then_some(cpu)
+    }
+}
+
 fn main() {
+    // First, while this is the only thread: everything started later
+    // inherits the mask.
+    let pinned = if std::env::var("WEAVE_BENCH_PIN").as_deref() == Ok("0") {
+        None
+    } else {
+        pin_to_one_cpu()
+    };
+    if pinned.is_some() {
+        // libgomp sized its pool when it loaded, before the pin.
+        tch::set_num_threads(1);
+    }
     let Some(model) = digits_model() else {
         eprintln!("daemon bench: no models/digits; nothing to measure");
         return;
@@ -126,7 +164,8 @@ fn main() {
     let pipe = Pipeline::load(&ModelSpec::new(&model), DeviceChoice::Cpu, Precision::Auto).unwrap();
     println!(
         "daemon vs in-process: {SIZE}x{SIZE}, DDIM {STEPS} steps, guidance {GUIDANCE}, batch 1, \
-         cpu; in-process torch threads {} (worker: libtorch default, {worker_threads} OS threads)",
+         cpu {}; in-process torch threads {} (worker: libtorch default, {worker_threads} OS threads)",
+        pinned.map_or_else(|| "affinity as inherited".into(), |cpu| format!("pinned to CPU {cpu}")),
         tch::get_num_threads()
     );
     in_process(&pipe, 0, false);

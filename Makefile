@@ -51,9 +51,12 @@ fuzz: deps
 fuzz-smoke: deps
 	FUZZ_SECONDS=$${FUZZ_SMOKE_SECONDS:-10} scripts/fuzz.sh smoke
 
+# docs/PERFORMANCE.md: every bench, ratios measured within one run. The
+# engine-vs-diffusers bench needs diffusers (tools/bench/venv.sh installs it
+# into .cache/venv-bench; WEAVE_BENCH_PYTHON=... uses another Python).
 bench: deps libtorch
-	$(CARGO) build --workspace --release --bins  # the broker bench starts the real binaries
-	$(CARGO) bench --workspace
+	$(CARGO) build --workspace --release --bins  # the broker benches start the real binaries
+	python="$$(tools/bench/venv.sh)" && WEAVE_BENCH_PYTHON="$$python" $(CARGO) bench --workspace
 
 # The load harness (docs/RELIABILITY.md): 60 s of valid, invalid,
 # unauthorized, malformed and slow-reader clients against a user-mode broker.

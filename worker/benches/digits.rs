@@ -2,8 +2,9 @@
 //!
 //! `WEAVE_BENCH_MODEL` overrides the model folder (default `models/digits`),
 //! `WEAVE_BENCH_DEVICE` the device (`auto`, `cpu`, `cuda`, `cuda:N`),
-//! `WEAVE_BENCH_THREADS` libtorch's intra-op thread count. The
-//! diffusers side of the comparison is recorded in docs/ENGINE.md.
+//! `WEAVE_BENCH_THREADS` libtorch's intra-op thread count. The comparison
+//! with diffusers in the same run is `engine_vs_diffusers`
+//! (docs/PERFORMANCE.md).
 #![allow(clippy::unwrap_used)]
 
 use std::ops::ControlFlow;

@@ -212,17 +212,23 @@ pub fn chown_group(path: &std::path::Path, gid: u32) -> io::Result<()> {
     std::os::unix::fs::chown(path, None, Some(gid))
 }
 
-/// Caps glibc's malloc arenas. The broker serves each connection on its own
-/// thread; by default glibc gives contending threads arenas of their own
-/// (up to 8 per core) and keeps their pages after the threads exit, so a
-/// burst of connections would raise the resident size for good. Two arenas
-/// keep the footprint flat (docs/RELIABILITY.md). Called first in `main`,
-/// while single-threaded.
-pub fn limit_malloc_arenas() {
-    // SAFETY: mallopt only sets an allocator tunable; M_ARENA_MAX with a
-    // positive value is always valid, and no other thread exists yet.
+/// Keeps the broker's heap from growing for good after bursts. Called first
+/// in `main`, while single-threaded.
+///
+/// - The broker serves each connection on its own thread; glibc gives
+///   contending threads arenas of their own (up to 8 per core) and keeps
+///   their pages after the threads exit. Two arenas are plenty here.
+/// - Image-sized buffers (raw pixels from the worker, PNGs) are allocated
+///   and freed per job. glibc raises its mmap threshold to the size of the
+///   largest block freed, after which such buffers come from the heap and
+///   their pages stay resident. A fixed threshold keeps every block of
+///   256 KiB or more in its own mapping, returned to the kernel on free.
+pub fn limit_malloc_retention() {
+    // SAFETY: mallopt only sets allocator tunables; both values are valid
+    // (positive), and no other thread exists yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 

@@ -190,9 +190,9 @@ fn lies_through_the_socket_are_typed_errors() {
             outcomes.push(lie);
         }
         if round == 0 {
-            // The baseline once every path has run: the first kills and
-            // respawns grow the broker's heap once (by about 3 MiB, the
-            // allocator keeping freed image-sized buffers), flat afterwards.
+            // The baseline once every path has run. (Before the broker fixed
+            // glibc's mmap threshold, freed image-sized buffers stayed in
+            // its heap: about 3 MiB of RssAnon that this test caught.)
             before = footprint(rig.pid());
         }
     }

@@ -67,18 +67,8 @@ fn main() {
     let etc = scratch.join("etc");
     std::fs::create_dir(&etc).unwrap();
     let config = TestConfig::new(&sink.path).write(&etc);
-    let socket = scratch.join("run/weave.sock");
-    let broker = BrokerProcess::start(
-        &[
-            "--user",
-            "--config",
-            config.to_str().unwrap(),
-            "--socket",
-            socket.to_str().unwrap(),
-        ],
-        &socket,
-        &scratch.join("broker.log"),
-    );
+    let broker = BrokerProcess::start_user(&scratch, &config);
+    let socket = broker.socket.clone();
     let mut client = Client::hello(&socket);
     let status = client.call(&Request::Status);
     let request = encode_request(&Request::Status).unwrap();

@@ -352,6 +352,20 @@ impl BrokerProcess {
         Self::wait_ready(child, socket, log)
     }
 
+    /// Starts a user-mode broker with `config`, its socket at
+    /// `<scratch>/run/weave.sock` and its log at `<scratch>/broker.log`.
+    pub fn start_user(scratch: &Scratch, config: &Path) -> Self {
+        let socket = scratch.join("run/weave.sock");
+        let args = [
+            "--user",
+            "--config",
+            config.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+        ];
+        Self::start(&args, &socket, &scratch.join("broker.log"))
+    }
+
     /// Starts `command` (which must exec the broker in place, like
     /// `setpriv`) with its output to `log`, and waits for `socket`.
     pub fn start_command(mut command: Command, socket: &Path, log: &Path) -> Self {

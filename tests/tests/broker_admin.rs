@@ -21,18 +21,8 @@ fn admin_verbs_drive_the_real_worker_and_are_audited() {
     let etc = scratch.join("etc");
     std::fs::create_dir(&etc).unwrap();
     let config = TestConfig::new(&sink.path).write(&etc);
-    let socket = scratch.join("run/weave.sock");
-    let broker = BrokerProcess::start(
-        &[
-            "--user",
-            "--config",
-            config.to_str().unwrap(),
-            "--socket",
-            socket.to_str().unwrap(),
-        ],
-        &socket,
-        &scratch.join("broker.log"),
-    );
+    let broker = BrokerProcess::start_user(&scratch, &config);
+    let socket = broker.socket.clone();
     let mut admin = Client::hello(&socket);
 
     // The placeholder model cannot load, but the worker starts and stays.

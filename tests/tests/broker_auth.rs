@@ -35,18 +35,8 @@ fn another_uid_is_closed_without_a_byte_and_audited() {
     let etc = scratch.join("etc");
     std::fs::create_dir(&etc).unwrap();
     let config = TestConfig::new(&sink.path).write(&etc);
-    let socket = scratch.join("run/weave.sock");
-    let broker = BrokerProcess::start(
-        &[
-            "--user",
-            "--config",
-            config.to_str().unwrap(),
-            "--socket",
-            socket.to_str().unwrap(),
-        ],
-        &socket,
-        &scratch.join("broker.log"),
-    );
+    let broker = BrokerProcess::start_user(&scratch, &config);
+    let socket = broker.socket.clone();
     // User mode: dir 0700, socket 0600, owner = the broker's uid (root).
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(&scratch.join("run")), 0o700);

@@ -29,18 +29,7 @@ fn start(name: &str, limits: &str) -> Option<Setup> {
     let mut config = TestConfig::new(&sink.path);
     config.limits = limits.to_owned();
     let config = config.write(&etc);
-    let socket = scratch.join("run/weave.sock");
-    let broker = BrokerProcess::start(
-        &[
-            "--user",
-            "--config",
-            config.to_str().unwrap(),
-            "--socket",
-            socket.to_str().unwrap(),
-        ],
-        &socket,
-        &scratch.join("broker.log"),
-    );
+    let broker = BrokerProcess::start_user(&scratch, &config);
     Some(Setup {
         broker,
         sink,

@@ -33,18 +33,7 @@ impl Daemon {
         let mut config = TestConfig::digits(&sink.path);
         config.steps = 4;
         let config = config.write(&etc);
-        let socket = scratch.join("run/weave.sock");
-        let broker = BrokerProcess::start(
-            &[
-                "--user",
-                "--config",
-                config.to_str().unwrap(),
-                "--socket",
-                socket.to_str().unwrap(),
-            ],
-            &socket,
-            &scratch.join("broker.log"),
-        );
+        let broker = BrokerProcess::start_user(&scratch, &config);
         Some(Self {
             broker,
             _sink: sink,

@@ -141,18 +141,8 @@ fn main() {
         "queue_depth = 8\nper_client_queue_depth = 8\nrate_burst = 100\nrate_per_minute = 600"
             .into();
     let config = config.write(&etc);
-    let socket = scratch.join("run/weave.sock");
-    let mut broker = BrokerProcess::start(
-        &[
-            "--user",
-            "--config",
-            config.to_str().unwrap(),
-            "--socket",
-            socket.to_str().unwrap(),
-        ],
-        &socket,
-        &scratch.join("broker.log"),
-    );
+    let mut broker = BrokerProcess::start_user(&scratch, &config);
+    let socket = broker.socket.clone();
     let mut client = Client::hello(&socket);
     // The first request starts the worker and loads the model.
     through_daemon(&mut client, 0);

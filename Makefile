@@ -106,7 +106,7 @@ deb: generated $(TOOLS)/cargo-deb
 # package-test; releases keep the default zstd.
 RPM_COMPRESS ?= zstd
 rpm: generated $(TOOLS)/cargo-generate-rpm
-	rm -rf target/rpm
+	rm -rf target/rpm && mkdir -p target/rpm
 	$(TOOLS)/cargo-generate-rpm -p broker -o target/rpm/ --payload-compress $(RPM_COMPRESS)
 
 # Builds both packages, installs the .deb, runs the daemon from it in system

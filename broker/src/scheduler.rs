@@ -12,21 +12,25 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use weave_common::proto::{
-    ErrorCode, GenerateRequest, JobInfo, JobState, LoadedModel, Mode, ModelInfo, Response,
-    StatusReport,
+    ChannelStatsReport, ErrorCode, GenerateRequest, JobInfo, JobState, LoadedModel, Mode,
+    ModelInfo, Response, StatusReport,
 };
 
 use crate::admission::{AdmissionError, AdmissionQueue, Owner, RateLimiter};
 use crate::audit::{AuditLog, AuditRecord, Severity};
 use crate::output;
-use crate::runner::{JobRunner, RunnerError, RunnerStatus, StatusSource, WorkerJob};
+use weave_common::worker_proto::WorkerGenerateParams;
+
+use crate::job_runner::JobRunner;
 use crate::settings::Config;
+use crate::supervisor::{JobEvent, SupervisorError, SupervisorHandle};
 use crate::validation;
 
 /// A queued job's payload.
 #[derive(Debug)]
 struct PendingJob {
-    job: WorkerJob,
+    job_id: u64,
+    params: WorkerGenerateParams,
     events: Sender<Response>,
     cancel: Arc<AtomicBool>,
     submitted: Instant,
@@ -79,7 +83,7 @@ pub struct Broker {
     audit: Arc<AuditLog>,
     state: Mutex<State>,
     wake: Condvar,
-    status: Arc<dyn StatusSource>,
+    status: SupervisorHandle,
     /// Connections currently streaming a job's events; shutdown waits (a
     /// little) for them to deliver their final event.
     streams: std::sync::atomic::AtomicUsize,
@@ -97,7 +101,7 @@ impl Broker {
         settings: Config,
         mode: Mode,
         audit: Arc<AuditLog>,
-        status: Arc<dyn StatusSource>,
+        status: SupervisorHandle,
     ) -> Arc<Self> {
         let limits = &settings.limits;
         let state = State {
@@ -156,8 +160,7 @@ impl Broker {
                 })?;
         let mut state = self.lock();
         let job_id = state.next_job_id;
-        let job =
-            validation::resolve(request, model, &self.settings.bounds, job_id, random_seed())?;
+        let params = validation::resolve(request, model, &self.settings.bounds, random_seed())?;
         if state.shutting_down || state.draining {
             return Err(ErrorCode::ShuttingDown);
         }
@@ -165,7 +168,7 @@ impl Broker {
             uid,
             tag: request.tag.clone(),
         };
-        if self.status.snapshot().quarantined.contains(&model.id) {
+        if self.status.is_quarantined(&model.id) {
             return Err(ErrorCode::ModelQuarantined);
         }
         let running_uid = state.running.as_ref().map(|running| running.owner.uid);
@@ -185,7 +188,8 @@ impl Broker {
             .map_err(|retry_after_ms| ErrorCode::RateLimited { retry_after_ms })?;
         let (sender, receiver) = mpsc::channel();
         let pending = PendingJob {
-            job,
+            job_id,
+            params,
             events: sender,
             cancel: Arc::new(AtomicBool::new(false)),
             submitted: now,
@@ -225,7 +229,7 @@ impl Broker {
                 .item
                 .events
                 .send(Response::Error(ErrorCode::Cancelled));
-            self.record_outcome(&entry.item.job, &entry.owner, "cancelled", None);
+            self.record_outcome(&entry.item, &entry.owner, "cancelled", None);
             send_position_changes(&mut state);
         }
         true
@@ -262,7 +266,7 @@ impl Broker {
                 job_id: entry.id,
                 owner_uid: entry.owner.uid,
                 tag: entry.owner.tag.clone(),
-                model_id: entry.item.job.model_id.clone(),
+                model_id: entry.item.params.model_id.clone(),
                 state: JobState::Queued,
                 position: Some(u32::try_from(position).unwrap_or(u32::MAX)),
                 submitted_s_ago: now
@@ -276,7 +280,7 @@ impl Broker {
     /// The configured models with their current state.
     pub fn models(&self) -> Vec<ModelInfo> {
         let state = self.lock();
-        let snapshot = self.status.snapshot();
+        let snapshot = self.status.state();
         self.settings
             .models
             .iter()
@@ -296,7 +300,7 @@ impl Broker {
     }
 
     pub fn status(&self) -> StatusReport {
-        let snapshot = self.status.snapshot();
+        let snapshot = self.status.state();
         let state = self.lock();
         let now = Instant::now();
         StatusReport {
@@ -311,18 +315,19 @@ impl Broker {
                 } else {
                     now.saturating_duration_since(loaded.last_use).as_secs()
                 },
-                memory_bytes: snapshot.memory_bytes,
+                memory_bytes: snapshot.loaded.as_ref().map_or(0, |info| info.memory_bytes),
             }),
             queue_depth: u32::try_from(state.queue.len()).unwrap_or(u32::MAX),
             draining: state.draining,
             worker: snapshot.state,
             worker_restarts: snapshot.restarts,
-            sandbox: snapshot.sandbox,
+            sandbox: snapshot.sandbox_summary(),
         }
     }
 
-    pub fn runner_status(&self) -> RunnerStatus {
-        self.status.snapshot()
+    /// The channel counters for the admin `segments` verb.
+    pub fn channel_report(&self) -> ChannelStatsReport {
+        self.status.state().channel_report()
     }
 
     pub fn set_draining(&self, draining: bool) {
@@ -397,7 +402,7 @@ impl Broker {
                 .item
                 .events
                 .send(Response::Error(ErrorCode::ShuttingDown));
-            self.record_outcome(&entry.item.job, &entry.owner, "shutting_down", None);
+            self.record_outcome(&entry.item, &entry.owner, "shutting_down", None);
         }
         if let Some(running) = &state.running {
             running.cancel.store(true, Ordering::SeqCst);
@@ -427,21 +432,22 @@ impl Broker {
         self.lock().shutting_down
     }
 
-    fn record_outcome(&self, job: &WorkerJob, owner: &Owner, outcome: &str, ms: Option<u128>) {
+    fn record_outcome(&self, job: &PendingJob, owner: &Owner, outcome: &str, ms: Option<u128>) {
+        let params = &job.params;
         let mut record = AuditRecord::new("job")
             .field("job", job.job_id)
             .field("uid", owner.uid)
             .field("tag", owner.tag.as_deref().unwrap_or("-"))
-            .field("model", &job.model_id)
+            .field("model", &params.model_id)
             .field("outcome", outcome)
-            .field("size", format!("{}x{}", job.width, job.height))
-            .field("steps", job.steps)
-            .field("batch", job.batch);
+            .field("size", format!("{}x{}", params.width, params.height))
+            .field("steps", params.steps)
+            .field("batch", params.batch);
         if let Some(ms) = ms {
             record = record.field("ms", ms);
         }
         if self.audit.log_prompts() {
-            record = record.field("prompt", &job.prompt);
+            record = record.field("prompt", &params.prompt);
         }
         self.audit.record(Severity::Info, &record);
     }
@@ -459,7 +465,7 @@ impl Broker {
             let now = Instant::now();
             for entry in state.queue.expire(now, deadline) {
                 let _ = entry.item.events.send(Response::Error(ErrorCode::TimedOut));
-                self.record_outcome(&entry.item.job, &entry.owner, "queue_deadline", None);
+                self.record_outcome(&entry.item, &entry.owner, "queue_deadline", None);
                 send_position_changes(&mut state);
             }
             if !state.commands.is_empty() {
@@ -475,7 +481,7 @@ impl Broker {
                 state.running = Some(RunningJob {
                     job_id: entry.id,
                     owner: entry.owner.clone(),
-                    model_id: entry.item.job.model_id.clone(),
+                    model_id: entry.item.params.model_id.clone(),
                     submitted: entry.item.submitted,
                     cancel: entry.item.cancel.clone(),
                 });
@@ -484,7 +490,7 @@ impl Broker {
                 let outcome = self.run_one(runner, &entry.item);
                 let elapsed = started.elapsed();
                 self.record_outcome(
-                    &entry.item.job,
+                    &entry.item,
                     &entry.owner,
                     outcome,
                     Some(elapsed.as_millis()),
@@ -536,27 +542,26 @@ impl Broker {
     }
 
     fn execute(&self, runner: &mut dyn JobRunner, command: &Command) -> Result<(), ErrorCode> {
-        let result = match command {
+        match command {
             Command::Load(model_id) => self.ensure_loaded(runner, model_id),
             Command::Unload => {
-                let result = runner.unload().map_err(|_| ErrorCode::Internal);
+                let result = runner.unload();
                 self.lock().loaded = None;
-                result
+                result.map_err(|error| failure_code("unload", &error))
             }
-            Command::RotateKeys => runner.rotate_keys().map_err(|_| ErrorCode::Internal),
+            Command::RotateKeys => runner
+                .rotate_keys()
+                .map(|_| ())
+                .map_err(|error| failure_code("key rotation", &error)),
             Command::ClearQuarantine(model_id) => {
                 runner.clear_quarantine(model_id);
                 Ok(())
             }
-        };
-        if let Err(error) = &result {
-            eprintln!("weave-broker: admin command {command:?} failed: {error}");
         }
-        result
     }
 
     fn ensure_loaded(&self, runner: &mut dyn JobRunner, model_id: &str) -> Result<(), ErrorCode> {
-        if runner.is_quarantined(model_id) {
+        if self.status.is_quarantined(model_id) {
             return Err(ErrorCode::ModelQuarantined);
         }
         let resident = self
@@ -564,40 +569,26 @@ impl Broker {
             .loaded
             .as_ref()
             .is_some_and(|loaded| loaded.model_id == model_id)
-            && self.status.snapshot().loaded_model.as_deref() == Some(model_id);
+            && self.status.state().loaded_model() == Some(model_id);
         if resident {
             return Ok(());
         }
         self.lock().loaded = None;
-        match runner.load(model_id) {
-            Ok(()) => {
-                let now = Instant::now();
-                self.lock().loaded = Some(LoadedState {
-                    model_id: model_id.to_owned(),
-                    since: now,
-                    last_use: now,
-                });
-                Ok(())
-            }
-            Err(RunnerError::Quarantined) => Err(ErrorCode::ModelQuarantined),
-            Err(RunnerError::WorkerCrashed) => Err(ErrorCode::WorkerCrashed),
-            // A worker that dies while it starts (before or during the
-            // bootstrap) is a worker crash like any other: the supervisor
-            // has scheduled the restart, the caller may retry.
-            Err(error @ RunnerError::Unavailable) => {
-                eprintln!("weave-broker: loading model {model_id:?} failed: {error}");
-                Err(ErrorCode::WorkerCrashed)
-            }
-            Err(error) => {
-                eprintln!("weave-broker: loading model {model_id:?} failed: {error}");
-                Err(ErrorCode::Internal)
-            }
-        }
+        runner
+            .load(model_id)
+            .map_err(|error| failure_code("load", &error))?;
+        let now = Instant::now();
+        self.lock().loaded = Some(LoadedState {
+            model_id: model_id.to_owned(),
+            since: now,
+            last_use: now,
+        });
+        Ok(())
     }
 
     /// Runs one job to its end; returns the outcome name for the audit.
     fn run_one(&self, runner: &mut dyn JobRunner, pending: &PendingJob) -> &'static str {
-        let job = &pending.job;
+        let (job_id, params) = (pending.job_id, &pending.params);
         let send = |response: Response| {
             let _ = pending.events.send(response);
         };
@@ -609,34 +600,31 @@ impl Broker {
         if pending.cancel.load(Ordering::SeqCst) {
             return fail(ErrorCode::Cancelled);
         }
-        if let Err(code) = self.ensure_loaded(runner, &job.model_id) {
+        if let Err(code) = self.ensure_loaded(runner, &params.model_id) {
             return fail(code);
         }
         send(Response::Started {
-            job_id: job.job_id,
-            seed: job.seed,
+            job_id,
+            seed: params.seed,
         });
         let deadline = Instant::now() + self.settings.limits.job_timeout();
-        let mut on_progress = |step: u32, total: u32| {
-            send(Response::Progress {
-                job_id: job.job_id,
-                step,
-                total,
-            });
+        let mut on_event = |event: JobEvent| {
+            if let JobEvent::Progress { step, total } = event {
+                send(Response::Progress {
+                    job_id,
+                    step,
+                    total,
+                });
+            }
         };
-        let images = match runner.run_job(job, deadline, &mut on_progress, &pending.cancel) {
+        let images = match runner.run_job(job_id, params, deadline, &pending.cancel, &mut on_event)
+        {
             Ok(images) => images,
+            Err(SupervisorError::Cancelled) if self.is_shutting_down() => {
+                return fail(ErrorCode::ShuttingDown)
+            }
             Err(error) => {
-                let code = match error {
-                    RunnerError::Cancelled if self.is_shutting_down() => ErrorCode::ShuttingDown,
-                    RunnerError::Cancelled => ErrorCode::Cancelled,
-                    RunnerError::TimedOut => ErrorCode::TimedOut,
-                    RunnerError::Quarantined => ErrorCode::ModelQuarantined,
-                    RunnerError::WorkerCrashed | RunnerError::Unavailable => {
-                        ErrorCode::WorkerCrashed
-                    }
-                    RunnerError::LoadFailed | RunnerError::Engine => ErrorCode::Internal,
-                };
+                let code = failure_code("job", &error);
                 if matches!(code, ErrorCode::WorkerCrashed) {
                     // The worker restarted without the model.
                     self.lock().loaded = None;
@@ -644,22 +632,18 @@ impl Broker {
                 return fail(code);
             }
         };
-        if let Err(error) = output::check_images(job, &images) {
-            eprintln!(
-                "weave-broker: job {} rejected worker output: {error}",
-                job.job_id
-            );
+        if let Err(error) = output::check_images(params, &images) {
+            eprintln!("weave-broker: job {job_id} rejected worker output: {error}");
             self.lock().loaded = None;
             runner.unload().ok();
             return fail(ErrorCode::WorkerCrashed);
         }
         let with_parameters = self.settings.output.png_parameters;
-        for (index, image) in images.iter().enumerate() {
-            let index = u32::try_from(index).unwrap_or(u32::MAX);
-            let seed = job.seed.wrapping_add(u64::from(index));
-            match output::encode_png(job, image, seed, with_parameters) {
+        for (index, image) in (0u32..).zip(&images) {
+            let seed = params.seed.wrapping_add(u64::from(index));
+            match output::encode_png(params, image, seed, with_parameters) {
                 Ok(png) => send(Response::Image {
-                    job_id: job.job_id,
+                    job_id,
                     index,
                     seed,
                     width: image.width,
@@ -667,14 +651,23 @@ impl Broker {
                     png,
                 }),
                 Err(error) => {
-                    eprintln!("weave-broker: job {}: {error}", job.job_id);
+                    eprintln!("weave-broker: job {job_id}: {error}");
                     return fail(ErrorCode::Internal);
                 }
             }
         }
-        send(Response::Finished { job_id: job.job_id });
+        send(Response::Finished { job_id });
         "finished"
     }
+}
+
+/// The caller's code for a failed worker operation; the broker's log
+/// (stderr / journal) gets the detail, callers only the typed code.
+fn failure_code(what: &str, error: &SupervisorError) -> ErrorCode {
+    if !matches!(error, SupervisorError::Cancelled) {
+        eprintln!("weave-broker: worker {what} failed: {error}");
+    }
+    error.error_code()
 }
 
 /// See [`Broker::stream_guard`].
@@ -710,7 +703,7 @@ fn random_seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::RawImage;
+    use crate::supervisor::{Image, LoadInfo};
     use std::path::Path;
     use std::sync::atomic::AtomicU32;
 
@@ -733,69 +726,66 @@ mod tests {
         step_ms: u64,
     }
 
-    struct Idle;
-    impl StatusSource for Idle {
-        fn snapshot(&self) -> RunnerStatus {
-            RunnerStatus::default()
-        }
-    }
-
     impl JobRunner for ScriptedRunner {
-        fn load(&mut self, _model_id: &str) -> Result<(), RunnerError> {
+        fn load(&mut self, model_id: &str) -> Result<LoadInfo, SupervisorError> {
             self.log.loads.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+            Ok(LoadInfo {
+                model_id: model_id.to_owned(),
+                memory_bytes: 1,
+                load_ms: 1,
+                since: std::time::SystemTime::now(),
+            })
         }
-        fn unload(&mut self) -> Result<(), RunnerError> {
+        fn unload(&mut self) -> Result<(), SupervisorError> {
             self.log.unloads.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
         fn run_job(
             &mut self,
-            job: &WorkerJob,
+            job_id: u64,
+            job: &WorkerGenerateParams,
             _deadline: Instant,
-            on_progress: &mut dyn FnMut(u32, u32),
             cancel: &AtomicBool,
-        ) -> Result<Vec<RawImage>, RunnerError> {
+            on_event: &mut dyn FnMut(JobEvent),
+        ) -> Result<Vec<Image>, SupervisorError> {
             let mut open = self.log.gate.lock().unwrap();
             while !*open {
                 open = self.log.gate_open.wait(open).unwrap();
             }
             drop(open);
-            let tag = self
-                .tags
-                .lock()
-                .unwrap()
-                .get(&job.job_id)
-                .cloned()
-                .flatten();
-            self.log.ran.lock().unwrap().push((job.job_id, tag));
+            let tag = self.tags.lock().unwrap().get(&job_id).cloned().flatten();
+            self.log.ran.lock().unwrap().push((job_id, tag));
             if self.log.crash_next.swap(false, Ordering::SeqCst) {
-                return Err(RunnerError::WorkerCrashed);
+                return Err(SupervisorError::WorkerCrashed(
+                    crate::supervisor::CrashCause::Died("scripted".into()),
+                ));
             }
             for step in 1..=job.steps {
                 if cancel.load(Ordering::SeqCst) {
                     self.log.saw_cancel.store(true, Ordering::SeqCst);
-                    return Err(RunnerError::Cancelled);
+                    return Err(SupervisorError::Cancelled);
                 }
                 std::thread::sleep(Duration::from_millis(self.step_ms));
-                on_progress(step, job.steps);
+                on_event(JobEvent::Progress {
+                    step,
+                    total: job.steps,
+                });
             }
-            let image = RawImage {
+            let image = Image {
                 width: job.width,
                 height: job.height,
                 rgb: vec![128; (job.width * job.height * 3) as usize],
             };
             Ok(vec![image; job.batch as usize])
         }
-        fn rotate_keys(&mut self) -> Result<(), RunnerError> {
-            Ok(())
+        fn rotate_keys(&mut self) -> Result<u64, SupervisorError> {
+            Ok(1)
         }
-        fn is_quarantined(&self, _model_id: &str) -> bool {
+        fn clear_quarantine(&mut self, _model_id: &str) -> bool {
             false
         }
-        fn clear_quarantine(&mut self, _model_id: &str) {}
-        fn status_source(&self) -> Arc<dyn StatusSource> {
-            Arc::new(Idle)
+        fn handle(&self) -> SupervisorHandle {
+            SupervisorHandle::detached()
         }
         fn shutdown(&mut self) {}
     }
@@ -825,7 +815,7 @@ mod tests {
             let log = Arc::new(ScriptLog::default());
             *log.gate.lock().unwrap() = true;
             let tags = Arc::new(Mutex::new(HashMap::new()));
-            let broker = Broker::new(settings, Mode::User, audit, Arc::new(Idle));
+            let broker = Broker::new(settings, Mode::User, audit, SupervisorHandle::detached());
             let mut runner = ScriptedRunner {
                 log: Arc::clone(&log),
                 tags: Arc::clone(&tags),

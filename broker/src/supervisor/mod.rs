@@ -29,8 +29,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use weave_common::config::Device;
-use weave_common::proto::ErrorCode;
+use weave_common::proto::{
+    ChannelDirection, ChannelStatsReport, ErrorCode, SegmentStats, WorkerState,
+};
 use weave_common::worker_proto::channel::{BrokerEndpoint, ChannelError, EndpointStats};
+
+use crate::job_runner::JobRunner;
 use weave_common::worker_proto::{
     FromWorker, ModelEntry, SandboxReport, ToWorker, WorkerFailure, WorkerGenerateParams,
 };
@@ -54,7 +58,7 @@ pub struct SupervisorConfig {
     pub worker_exe: PathBuf,
     /// The model table (id, kind, path), from the broker's config only.
     pub models: Vec<ModelEntry>,
-    /// Never `Auto`: the broker resolves it (see `worker_runner`).
+    /// Never `Auto`: the broker resolves it (see `worker_setup`).
     pub device: Device,
     pub torch_threads: Option<u32>,
     pub allow_degraded_sandbox: bool,
@@ -158,45 +162,26 @@ pub enum SupervisorError {
 }
 
 impl SupervisorError {
-    /// What a client sees. Never carries paths, keys or internal ids.
+    /// What a client sees: the one conversion from supervisor errors to the
+    /// wire. Never carries paths, keys or internal ids.
     pub fn error_code(&self) -> ErrorCode {
         match self {
             SupervisorError::UnknownModel { model_id } => ErrorCode::UnknownModel {
                 model_id: model_id.clone(),
             },
             SupervisorError::Quarantined { .. } => ErrorCode::ModelQuarantined,
-            SupervisorError::WorkerCrashed(_) => ErrorCode::WorkerCrashed,
+            // A worker that dies while it starts (before or during the
+            // bootstrap) is a worker crash like any other: the restart is
+            // scheduled and the caller may retry.
+            SupervisorError::WorkerCrashed(_)
+            | SupervisorError::Spawn(_)
+            | SupervisorError::Handshake(_) => ErrorCode::WorkerCrashed,
             SupervisorError::TimedOut => ErrorCode::TimedOut,
             SupervisorError::Cancelled => ErrorCode::Cancelled,
             SupervisorError::ShutDown => ErrorCode::ShuttingDown,
             SupervisorError::LoadFailed { .. }
             | SupervisorError::EngineError { .. }
-            | SupervisorError::Unsupported { .. }
-            | SupervisorError::Spawn(_)
-            | SupervisorError::Handshake(_) => ErrorCode::Internal,
-        }
-    }
-}
-
-/// Lifecycle of the worker process as status reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerRunState {
-    /// Spawned, waiting for `Ready`.
-    Starting,
-    Ready,
-    /// Died or was killed; the next operation respawns it after the backoff.
-    Restarting,
-    /// Not started yet, or shut down.
-    Down,
-}
-
-impl From<WorkerRunState> for weave_common::proto::WorkerState {
-    fn from(s: WorkerRunState) -> Self {
-        match s {
-            WorkerRunState::Starting => Self::Starting,
-            WorkerRunState::Ready => Self::Ready,
-            WorkerRunState::Restarting => Self::Restarting,
-            WorkerRunState::Down => Self::Down,
+            | SupervisorError::Unsupported { .. } => ErrorCode::Internal,
         }
     }
 }
@@ -213,7 +198,7 @@ pub struct LoadInfo {
 /// A snapshot of the supervisor; cheap to clone, never waits on the worker.
 #[derive(Debug, Clone)]
 pub struct SupervisorStatus {
-    pub state: WorkerRunState,
+    pub state: WorkerState,
     /// Worker starts after the first.
     pub restarts: u32,
     pub worker_pid: Option<u32>,
@@ -233,7 +218,7 @@ pub struct SupervisorStatus {
 impl SupervisorStatus {
     fn new() -> Self {
         Self {
-            state: WorkerRunState::Down,
+            state: WorkerState::Down,
             restarts: 0,
             worker_pid: None,
             loaded: None,
@@ -250,13 +235,17 @@ impl SupervisorStatus {
 
 impl SupervisorStatus {
     /// The channel counters in the client protocol's shape (admin
-    /// `segments` verb). The worker's side of each ring (what it consumed,
-    /// what it published) is its own counter in shared memory: shown, not
-    /// trusted.
-    pub fn channel_report(&self) -> Option<weave_common::proto::ChannelStatsReport> {
-        use weave_common::proto::{ChannelDirection, ChannelStatsReport, SegmentStats};
-        let c = self.channel?;
-        Some(ChannelStatsReport {
+    /// `segments` verb); no segments before the first worker start. The
+    /// worker's side of each ring (what it consumed, what it published) is
+    /// its own counter in shared memory: shown, not trusted.
+    pub fn channel_report(&self) -> ChannelStatsReport {
+        let Some(c) = self.channel else {
+            return ChannelStatsReport {
+                key_generation: 0,
+                segments: Vec::new(),
+            };
+        };
+        ChannelStatsReport {
             key_generation: c.key_generation,
             segments: vec![
                 SegmentStats {
@@ -280,7 +269,32 @@ impl SupervisorStatus {
                     replays_rejected: c.received.replays_rejected,
                 },
             ],
-        })
+        }
+    }
+
+    /// One line for `status`, e.g. `landlock FullyEnforced (abi 5) +
+    /// seccomp mode 2, enforced`.
+    pub fn sandbox_summary(&self) -> String {
+        match &self.sandbox {
+            Some(report) => format!(
+                "landlock {} (abi {}) + seccomp mode {}{}{}",
+                report.landlock,
+                report.landlock_abi,
+                report.seccomp_mode,
+                if report.seccomp_debug { " (debug)" } else { "" },
+                if report.fully_enforced {
+                    ", enforced"
+                } else {
+                    ", DEGRADED"
+                }
+            ),
+            None => "not started".to_owned(),
+        }
+    }
+
+    /// The model the worker has loaded, if any.
+    pub fn loaded_model(&self) -> Option<&str> {
+        self.loaded.as_ref().map(|info| info.model_id.as_str())
     }
 }
 
@@ -297,6 +311,15 @@ fn lock(status: &Mutex<SupervisorStatus>) -> MutexGuard<'_, SupervisorStatus> {
 }
 
 impl SupervisorHandle {
+    /// A handle on no supervisor (worker `Down`), for unit tests of the
+    /// modules that read status.
+    #[cfg(test)]
+    pub(crate) fn detached() -> Self {
+        Self {
+            status: Arc::new(Mutex::new(SupervisorStatus::new())),
+        }
+    }
+
     pub fn state(&self) -> SupervisorStatus {
         lock(&self.status).clone()
     }
@@ -431,12 +454,12 @@ impl WorkerSupervisor {
         if self.not_before > now {
             std::thread::sleep(self.not_before - now);
         }
-        self.update(|s| s.state = WorkerRunState::Starting);
+        self.update(|s| s.state = WorkerState::Starting);
         let started = self.start_worker();
         if let Err(e) = &started {
             eprintln!("weave-broker: worker start failed: {e}");
             self.schedule_restart();
-            self.update(|s| s.state = WorkerRunState::Restarting);
+            self.update(|s| s.state = WorkerState::Restarting);
         }
         started
     }
@@ -516,7 +539,7 @@ impl WorkerSupervisor {
             ));
         }
         self.update(|s| {
-            s.state = WorkerRunState::Ready;
+            s.state = WorkerState::Ready;
             s.sandbox = Some(sandbox);
         });
         self.refresh_channel_stats();
@@ -575,7 +598,7 @@ impl WorkerSupervisor {
         let quarantine_after = self.config.quarantine_after;
         let stats = worker.channel.stats();
         self.update(|s| {
-            s.state = WorkerRunState::Restarting;
+            s.state = WorkerState::Restarting;
             s.worker_pid = None;
             s.loaded = None;
             s.last_exit = Some(exit);
@@ -967,10 +990,47 @@ impl WorkerSupervisor {
         }
         self.loaded = None;
         self.update(|s| {
-            s.state = WorkerRunState::Down;
+            s.state = WorkerState::Down;
             s.worker_pid = None;
             s.loaded = None;
         });
+    }
+}
+
+impl JobRunner for WorkerSupervisor {
+    fn load(&mut self, model_id: &str) -> Result<LoadInfo, SupervisorError> {
+        WorkerSupervisor::load(self, model_id)
+    }
+
+    fn unload(&mut self) -> Result<(), SupervisorError> {
+        WorkerSupervisor::unload(self)
+    }
+
+    fn run_job(
+        &mut self,
+        job_id: u64,
+        params: &WorkerGenerateParams,
+        deadline: Instant,
+        cancel: &AtomicBool,
+        on_event: &mut dyn FnMut(JobEvent),
+    ) -> Result<Vec<Image>, SupervisorError> {
+        WorkerSupervisor::run_job(self, job_id, params, deadline, cancel, on_event)
+    }
+
+    fn rotate_keys(&mut self) -> Result<u64, SupervisorError> {
+        WorkerSupervisor::rotate_keys(self)
+    }
+
+    fn clear_quarantine(&mut self, model_id: &str) -> bool {
+        WorkerSupervisor::clear_quarantine(self, model_id)
+    }
+
+    fn handle(&self) -> SupervisorHandle {
+        WorkerSupervisor::handle(self)
+    }
+
+    fn shutdown(&mut self) {
+        WorkerSupervisor::shutdown(self)
     }
 }
 
@@ -1077,6 +1137,21 @@ mod tests {
             reason: "/secret/path".into(),
         };
         assert_eq!(load.error_code(), ErrorCode::Internal);
+        let unknown = SupervisorError::UnknownModel {
+            model_id: "m".into(),
+        };
+        assert_eq!(
+            unknown.error_code(),
+            ErrorCode::UnknownModel {
+                model_id: "m".into()
+            }
+        );
+        let spawn = SupervisorError::Spawn("no such file".into());
+        assert_eq!(spawn.error_code(), ErrorCode::WorkerCrashed);
+        assert_eq!(
+            SupervisorError::ShutDown.error_code(),
+            ErrorCode::ShuttingDown
+        );
     }
 
     #[test]
@@ -1109,7 +1184,7 @@ mod tests {
             sup.load("nope"),
             Err(SupervisorError::UnknownModel { .. })
         ));
-        assert_eq!(sup.state().state, WorkerRunState::Down);
+        assert_eq!(sup.state().state, WorkerState::Down);
     }
 
     #[test]
@@ -1123,6 +1198,6 @@ mod tests {
         config.backoff_initial = Duration::from_millis(1);
         let mut sup = WorkerSupervisor::new(config);
         assert!(matches!(sup.load("m"), Err(SupervisorError::Spawn(_))));
-        assert_eq!(sup.state().state, WorkerRunState::Restarting);
+        assert_eq!(sup.state().state, WorkerState::Restarting);
     }
 }

@@ -39,7 +39,7 @@ use super::doorbell::{Doorbell, DoorbellError};
 use super::key::ChannelKey;
 use super::segment::{Direction, RingGeometry, SealedSegment, SegmentError, SegmentId};
 use super::slot::{self, AadFields, HeaderFault, SlotHeader, NONCE_LEN, SLOT_HEADER_LEN, TAG_LEN};
-use super::sys;
+use super::syscalls;
 
 /// Errors sending or receiving on the channel.
 #[derive(Debug, Error)]

@@ -162,7 +162,7 @@ impl Reader {
         let mut raw_header = [0u8; SLOT_HEADER_LEN];
         // SAFETY: the header is the first SLOT_HEADER_LEN bytes of a slot in
         // our mapping; the destination is a local array of that size.
-        unsafe { sys::copy_from_shared(raw_header.as_mut_ptr(), slot, SLOT_HEADER_LEN) };
+        unsafe { syscalls::copy_from_shared(raw_header.as_mut_ptr(), slot, SLOT_HEADER_LEN) };
         let claimed_len = u32::from_le_bytes([
             raw_header[16],
             raw_header[17],
@@ -174,7 +174,7 @@ impl Reader {
         // SLOT_HEADER_LEN, so the range stays inside the slot; scratch has
         // exactly max_message + TAG_LEN bytes.
         unsafe {
-            sys::copy_from_shared(
+            syscalls::copy_from_shared(
                 self.end.scratch.as_mut_ptr(),
                 slot.add(SLOT_HEADER_LEN),
                 body_len,

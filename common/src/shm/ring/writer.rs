@@ -206,8 +206,8 @@ impl Writer {
         // len + TAG_LEN <= slot_size - SLOT_HEADER_LEN bytes at offset 64;
         // sources are our own arrays of those lengths.
         unsafe {
-            sys::copy_to_shared(slot.add(8), header[8..].as_ptr(), SLOT_HEADER_LEN - 8);
-            sys::copy_to_shared(
+            syscalls::copy_to_shared(slot.add(8), header[8..].as_ptr(), SLOT_HEADER_LEN - 8);
+            syscalls::copy_to_shared(
                 slot.add(SLOT_HEADER_LEN),
                 self.end.scratch.as_ptr(),
                 len + TAG_LEN,
@@ -256,9 +256,9 @@ impl Writer {
         // SAFETY: byte < slot_size, so the address lies in our writable
         // mapping; both copies are one byte to/from a local array.
         unsafe {
-            sys::copy_from_shared(value.as_mut_ptr(), ptr.add(byte), 1);
+            syscalls::copy_from_shared(value.as_mut_ptr(), ptr.add(byte), 1);
             value[0] ^= 1 << (bit % 8);
-            sys::copy_to_shared(ptr.add(byte), value.as_ptr(), 1);
+            syscalls::copy_to_shared(ptr.add(byte), value.as_ptr(), 1);
         }
     }
 
@@ -269,7 +269,7 @@ impl Writer {
         // SAFETY: the slot is slot_size bytes inside our mapping; `out` has
         // the same length.
         unsafe {
-            sys::copy_from_shared(
+            syscalls::copy_from_shared(
                 out.as_mut_ptr(),
                 self.end.segment.slot_ptr(index),
                 out.len(),
@@ -285,7 +285,7 @@ impl Writer {
         // SAFETY: bytes.len() <= slot_size, so the destination lies in our
         // writable mapping.
         unsafe {
-            sys::copy_to_shared(
+            syscalls::copy_to_shared(
                 self.end.segment.slot_ptr(index),
                 bytes.as_ptr(),
                 bytes.len(),

@@ -3,6 +3,8 @@
 SHELL := /bin/bash
 FLAVOR ?= cpu
 ROOT := $(CURDIR)
+# Cargo tools `make` installs for itself (cargo-deb, cargo-machete, ...).
+TOOLS := $(ROOT)/.cache/tools/bin
 export LIBTORCH := $(ROOT)/.cache/libtorch/$(FLAVOR)
 export LIBTORCH_CXX11_ABI := 1
 export WEAVE_TORCH_FLAVOR := $(FLAVOR)
@@ -33,9 +35,10 @@ clippy: libtorch
 
 # The full gate CI runs: formatting, lints, every test (unit, cross-process,
 # sandbox death tests, the digits quality gate).
-test: deps libtorch
+test: deps libtorch $(TOOLS)/cargo-machete
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(TOOLS)/cargo-machete
 	$(CARGO) build --workspace --release --bins
 	$(CARGO) test --workspace --release
 	scripts/check-packaging.sh
@@ -70,7 +73,6 @@ demo: libtorch
 	$(CARGO) build --release --bins
 	scripts/demo.sh
 
-TOOLS := $(ROOT)/.cache/tools/bin
 # Where the packages put libtorch. The packaged worker's rpath names only this
 # folder (patchelf below), so an installed package never reaches back into a
 # build tree.
@@ -78,6 +80,11 @@ PKG_LIBDIR := /usr/lib/weave
 
 $(TOOLS)/cargo-deb:
 	$(CARGO) install cargo-deb --version 3.8.0 --locked --root $(ROOT)/.cache/tools
+
+# Unused dependencies fail `make test` (cargo-machete reads the sources, so
+# it is fast and needs no nightly toolchain).
+$(TOOLS)/cargo-machete:
+	$(CARGO) install cargo-machete --version 0.9.2 --locked --root $(ROOT)/.cache/tools
 
 $(TOOLS)/cargo-generate-rpm:
 	$(CARGO) install cargo-generate-rpm --locked --root $(ROOT)/.cache/tools

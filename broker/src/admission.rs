@@ -3,6 +3,7 @@
 //!
 //! Pure data structures driven by the scheduler under its lock; no threads,
 //! no I/O, so every rule is unit-tested here.
+#![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};

@@ -5,6 +5,7 @@
 //! config says so. The `syslog` crate does not reconnect, so a failed send
 //! drops the logger and the next record builds a fresh one: audit resumes as
 //! soon as the sink is back.
+#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 use std::os::unix::net::UnixDatagram;

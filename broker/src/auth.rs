@@ -1,5 +1,6 @@
 //! Who may talk to the broker, decided from `SO_PEERCRED` alone, before a
 //! single byte of the connection is read.
+#![forbid(unsafe_code)]
 
 use weave_common::accounts;
 use weave_common::proto::{Mode, Role};

@@ -2,6 +2,7 @@
 //!
 //! Order matters: config (checked) → audit → socket → privilege drop while
 //! still single-threaded → worker → threads → READY.
+#![forbid(unsafe_code)]
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;

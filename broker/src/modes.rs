@@ -1,5 +1,6 @@
 //! User and system mode: where the config and the socket live, who owns
 //! them, and how the listening socket is created (or taken from systemd).
+#![forbid(unsafe_code)]
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -1,5 +1,6 @@
 //! Checks the worker's pixels against the request and encodes them as PNG,
 //! with an AUTOMATIC1111-style `parameters` text chunk.
+#![forbid(unsafe_code)]
 
 use weave_common::worker_proto::WorkerGenerateParams;
 

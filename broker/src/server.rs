@@ -1,5 +1,6 @@
 //! The socket server: accept loop, authentication before any read, and one
 //! thread per connection speaking the framed protocol.
+#![forbid(unsafe_code)]
 
 use std::io::BufReader;
 use std::os::fd::AsRawFd;

@@ -2,6 +2,7 @@
 //! owners, and the config's syslog facility as the syslog crate's.
 //!
 //! The file decides model paths and the audit sink; a caller decides neither.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 

@@ -1,6 +1,7 @@
 //! Turns a caller's `GenerateRequest` into the worker's resolved
 //! [`WorkerGenerateParams`]: model by id only, defaults applied, every bound
 //! checked before anything is queued.
+#![forbid(unsafe_code)]
 
 use weave_common::proto::{ErrorCode, GenerateRequest};
 use weave_common::validate::{validate_generate, ParamBounds};

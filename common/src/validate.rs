@@ -1,5 +1,6 @@
 //! Bounds for every generation parameter, checked by the broker before a job
 //! is queued. An error names the field and the allowed range, never the value.
+#![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
 

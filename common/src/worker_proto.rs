@@ -16,6 +16,7 @@
 //! position. Broker and worker ship together and check
 //! [`WORKER_PROTOCOL_VERSION`] in the bootstrap, so reordering is allowed as
 //! long as the version is bumped.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::path::PathBuf;

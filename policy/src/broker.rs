@@ -2,6 +2,7 @@
 //! privilege drop (system mode), empty capability sets, `no_new_privs`, not
 //! dumpable. The broker's seccomp allowlist is drafted in
 //! [`crate::seccomp::broker_filter`] but not applied yet.
+#![forbid(unsafe_code)]
 
 use crate::capabilities::{self, CapabilityError};
 use crate::privileges::{self, PrivilegeError, TargetUser};

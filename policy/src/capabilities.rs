@@ -3,6 +3,7 @@
 //! The bounding set is cleared first because dropping from it needs
 //! CAP_SETPCAP in the effective set; then effective, permitted, inheritable
 //! and ambient. The result is read back from `/proc/self/status`, not assumed.
+#![forbid(unsafe_code)]
 
 use crate::process::{ProcessError, ProcessStatus};
 use crate::syscalls;

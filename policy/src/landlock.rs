@@ -10,6 +10,7 @@
 //!
 //! Landlock applies to the calling thread (and threads it creates later), so
 //! it must be applied while the process is single-threaded.
+#![forbid(unsafe_code)]
 
 use crate::process::{self, ProcessError};
 use crate::syscalls;

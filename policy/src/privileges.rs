@@ -6,6 +6,7 @@
 //! thread keeps running with the old credentials (glibc broadcasts id changes
 //! to all threads, but code may run between the steps). Afterwards the kernel
 //! is asked what the ids are, and `setuid(0)` must fail.
+#![forbid(unsafe_code)]
 
 use crate::process::{self, ProcessError};
 use crate::syscalls;

@@ -1,6 +1,7 @@
 //! What the kernel says about this process: `/proc/self/status` and
 //! `/proc/self/task`. Verification reads these instead of trusting the
 //! return values of the calls that were supposed to change them.
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::path::Path;

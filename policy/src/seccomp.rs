@@ -13,6 +13,7 @@
 //! The errno filter is installed first so that installing the allowlist is
 //! still permitted; the allowlist itself does not allow `seccomp`, so no
 //! further filter (or a filter replacement) can follow.
+#![forbid(unsafe_code)]
 
 use crate::syscalls;
 use seccompiler::{

@@ -6,6 +6,7 @@
 //! 2. libtorch / CUDA initialization, model loading;
 //! 3. [`lock_syscalls`] at the marked *initialization complete* boundary:
 //!    the seccomp allowlist on every thread (TSYNC).
+#![forbid(unsafe_code)]
 
 use crate::capabilities::{self, CapabilityError};
 use crate::landlock::{self, LandlockError, LandlockReport, PathAccess, PathRule, Presence};

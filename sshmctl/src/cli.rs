@@ -1,5 +1,6 @@
 //! The command line, as clap definitions. Completions and the man page are
 //! generated from these same definitions (`sshmctl completions`, `sshmctl man`).
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

@@ -1,4 +1,5 @@
 //! One connection to the broker: connect, handshake, request/response.
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::os::unix::net::UnixStream;

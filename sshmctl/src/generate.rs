@@ -1,5 +1,6 @@
 //! `sshmctl generate`: submit, follow the event stream with a progress bar,
 //! write the PNGs. Ctrl-C cancels the job on the daemon.
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //!
 //! JSON output is the protocol's own types serialized with serde, one object
 //! per line, so its field names are the ones `docs/PROTOCOL.md` documents.
+#![forbid(unsafe_code)]
 
 use serde::Serialize;
 use serde_json::json;

@@ -1,6 +1,7 @@
 //! The scheduler against a scripted runner: fairness, limits, cancel,
 //! crash, idle unload, shutdown.
 #![allow(clippy::unwrap_used)]
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -7,6 +7,7 @@
 //! entry) removed, until it succeeds. Each error is mapped back to the
 //! original file by its key path, so line and column always refer to what
 //! the user wrote.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::ops::Range;

@@ -18,6 +18,7 @@
 //!
 //! POSIX ACLs show up in the group bits (the ACL mask), so an ACL that grants
 //! someone write access is reported as group-writable.
+#![forbid(unsafe_code)]
 
 use std::collections::HashSet;
 use std::fs::Metadata;

@@ -1,6 +1,7 @@
 //! What a well-typed config must also satisfy: values that make sense on
 //! their own and together. Every rule names the key, the file position and a
 //! fix.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! Every error path of the config with the message the user sees, the
 //! shipped examples, and the permission rules on real files.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};

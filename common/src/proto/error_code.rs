@@ -1,4 +1,5 @@
 //! Typed errors a caller can receive in `Response::Error`.
+#![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
 

@@ -6,6 +6,7 @@
 //! not the canonical one, so that one message has exactly one byte form.
 //! After any [`FrameError`] the stream position is unknown: close the
 //! connection.
+#![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
 

@@ -1,5 +1,6 @@
 //! The messages themselves. Field and variant order is the wire format:
 //! append only (see the module docs of [`crate::proto`]).
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::str::FromStr;

@@ -9,6 +9,7 @@
 //! struct by its field order, with no names on the wire. Variants and fields
 //! are therefore **append-only**: never reorder, remove or retype one; add new
 //! ones at the end and bump [`PROTOCOL_VERSION`].
+#![forbid(unsafe_code)]
 
 mod error_code;
 mod frame;

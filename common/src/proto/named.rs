@@ -2,6 +2,7 @@
 //! command line and messages use. The wire (postcard) carries the variant
 //! index instead, and `--json` output the Rust variant name, so these names
 //! can be given without touching either.
+#![forbid(unsafe_code)]
 
 /// A closed set of values, each with one name.
 pub trait Named: Copy + Sized + 'static {

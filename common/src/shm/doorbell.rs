@@ -4,6 +4,7 @@
 //! eventfd counter persists, so a ring that lands before the reader starts
 //! waiting is not lost. It carries no data: everything the reader trusts
 //! comes from the ring and is verified there.
+#![forbid(unsafe_code)]
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;

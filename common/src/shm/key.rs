@@ -1,4 +1,5 @@
 //! Per-segment channel keys.
+#![forbid(unsafe_code)]
 
 use thiserror::Error;
 use zeroize::{Zeroize, ZeroizeOnDrop};

@@ -21,6 +21,7 @@
 //! reserved u32 (0), all little-endian. The layout is what libsodium's
 //! `crypto_aead_xchacha20poly1305_ietf_*` sees as `ad`; ciphertext ‖ tag is
 //! its combined `c`.
+#![forbid(unsafe_code)]
 
 use chacha20poly1305::{AeadInOut, Tag, XChaCha20Poly1305, XNonce};
 

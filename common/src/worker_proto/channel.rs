@@ -1,6 +1,7 @@
 //! Both ends of the broker ↔ worker channel: [`crate::shm`] rings carrying
 //! [`ToWorker`] and [`FromWorker`] messages, plus the key-rotation sequence
 //! point both sides agree on.
+#![forbid(unsafe_code)]
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! The CLIP text encoder (transformers' `CLIPTextModel`), driven by its
 //! `config.json`. Parameter names are transformers' without the
 //! `text_model.` prefix (the loader strips it where a file has it).
+#![forbid(unsafe_code)]
 
 use serde::Deserialize;
 use tch::{Kind, Tensor};

@@ -15,6 +15,7 @@
 //!   inferred from the text encoder's shapes. The tokenizer is then the
 //!   `tokenizer/` folder next to the checkpoint (copy the project's CLIP
 //!   vocabulary, e.g. `models/digits/tokenizer`, there).
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

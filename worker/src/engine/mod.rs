@@ -14,6 +14,7 @@
 //! let images = pipe.generate(&params, &mut |_step, _total| ControlFlow::Continue(()))?;
 //! # Ok::<(), weave_worker::engine::EngineError>(())
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod clip;
 pub mod loader;

@@ -7,6 +7,7 @@
 //! and converted to the compute dtype and device. A wrong or missing weight is
 //! therefore a typed error at load time, and no forward pass can meet a weight
 //! of an unexpected shape.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,4 +1,5 @@
 //! Text-to-image, step for step as diffusers' `StableDiffusionPipeline`.
+#![forbid(unsafe_code)]
 
 use std::ops::ControlFlow;
 

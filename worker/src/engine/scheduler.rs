@@ -5,6 +5,7 @@
 //!
 //! The training-time tables (betas, cumulative alphas) are computed with
 //! libtorch in fp32 as diffusers does; the per-step scalars are f64.
+#![forbid(unsafe_code)]
 
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};

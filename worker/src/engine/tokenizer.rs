@@ -3,6 +3,7 @@
 //! to one space, lowercase; CLIP's pre-tokenizer regex; bytes mapped to
 //! unicode as GPT-2 does; BPE with `</w>` marking the end of a word; then
 //! `<|startoftext|>` + at most 75 tokens + `<|endoftext|>`, padded to 77.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

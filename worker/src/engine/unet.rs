@@ -1,5 +1,6 @@
 //! diffusers' `UNet2DConditionModel` for SD 1.x/2.x, driven by `config.json`,
 //! with diffusers' parameter names (`down_blocks.0.resnets.0.conv1.weight`, ...).
+#![forbid(unsafe_code)]
 
 use serde::Deserialize;
 use tch::{Kind, Tensor};

@@ -1,5 +1,6 @@
 //! The decoder half of diffusers' `AutoencoderKL` (latents → RGB in [-1, 1]).
 //! Text-to-image never encodes, so the encoder's weights are not loaded.
+#![forbid(unsafe_code)]
 
 use serde::Deserialize;
 use tch::Tensor;

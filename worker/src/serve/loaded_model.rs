@@ -1,6 +1,7 @@
 //! The seam between the channel loop and `weave_worker::engine`: loading a
 //! model from a table entry, generating with a per-step callback, and turning
 //! engine errors into path-free [`WorkerFailure`]s.
+#![forbid(unsafe_code)]
 
 use std::ops::ControlFlow;
 

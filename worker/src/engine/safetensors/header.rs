@@ -6,6 +6,7 @@
 //! of the data section that follows it. An accepted header guarantees that
 //! each tensor's byte range lies inside the data section, that its length is
 //! exactly `numel × dtype size`, and that no two non-empty ranges overlap.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 

@@ -14,6 +14,7 @@
 //! We do not use the `safetensors` crate so that every check is visible here
 //! and the error type is ours. The header checks themselves live in
 //! [`header`], which has no libtorch dependency so that it can be fuzzed.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -13,6 +13,12 @@ pub fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// The calling process's real uid.
+pub fn real_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -293,15 +293,14 @@ pub fn worker_filter(options: WorkerSyscallOptions) -> SyscallPolicy {
     // why: raise()/abort()/pthread_kill, only towards this process.
     p.allow_when(libc::SYS_tgkill, vec![arg_eq(0, own_pid)]);
     // why: naming threads (PR_SET_NAME) and reading names; reading the
-    // dumpable flag for the SandboxReport. No prctl that changes anything
-    // else.
+    // dumpable flag (read-only). No prctl that changes anything else.
     p.allow_when(libc::SYS_prctl, vec![arg_eq(0, libc::PR_SET_NAME as u64)]);
     p.allow_when(libc::SYS_prctl, vec![arg_eq(0, libc::PR_GET_NAME as u64)]);
     p.allow_when(
         libc::SYS_prctl,
         vec![arg_eq(0, libc::PR_GET_DUMPABLE as u64)],
     );
-    // why: the SandboxReport and logging read the process's ids (read-only).
+    // why: id queries (read-only; none of these can change an id).
     p.allow(libc::SYS_getresuid);
     p.allow(libc::SYS_getresgid);
     p.allow(libc::SYS_getuid);
@@ -387,9 +386,9 @@ pub fn worker_filter(options: WorkerSyscallOptions) -> SyscallPolicy {
     p
 }
 
-/// The broker's allowlist: not applied yet. The broker runs tokio, accepts
-/// connections, encodes PNGs, supervises (forks and execs) the worker and
-/// writes to syslog; its allowlist is drafted here but the broker calls
+/// The broker's allowlist: not applied yet. The broker runs std threads (one
+/// per connection, one scheduler thread), accepts connections, encodes PNGs,
+/// supervises (forks and execs) the worker and writes to syslog; its allowlist is drafted here but the broker calls
 /// [`crate::broker::confine`] only for privileges, capabilities and flags
 /// until the broker's own traces exist (see docs/SANDBOX.md).
 pub fn broker_filter() -> SyscallPolicy {
@@ -416,15 +415,10 @@ pub fn broker_filter() -> SyscallPolicy {
     ] {
         p.allow(nr);
     }
-    // why: tokio's reactor and waker.
-    for nr in [
-        libc::SYS_epoll_create1,
-        libc::SYS_epoll_ctl,
-        libc::SYS_epoll_pwait,
-        libc::SYS_eventfd2,
-    ] {
-        p.allow(nr);
-    }
+    // why: the channel's doorbells are eventfds the broker creates (waiting
+    // on them and polling connections for a hang-up is `poll`/`ppoll`,
+    // already allowed above).
+    p.allow(libc::SYS_eventfd2);
     // why: creating, sealing and passing the shm segments.
     p.allow(libc::SYS_memfd_create);
     p.allow(libc::SYS_ftruncate);

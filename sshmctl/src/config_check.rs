@@ -1,5 +1,6 @@
 //! `sshmctl config check`: the daemon's own config checks, run offline, with
 //! every problem reported at once.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 
@@ -77,8 +78,7 @@ fn report(out: &Renderer, path: Option<&Path>, problems: &[String]) {
 }
 
 fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+    weave_common::syscall::real_uid()
 }
 
 /// The uid of a system account, from the passwd database.

@@ -2,6 +2,7 @@
 //!
 //! Protocol code lives in `weave_common::proto`; this crate only renders
 //! answers and maps failures to messages and exit codes.
+#![forbid(unsafe_code)]
 
 mod cli;
 mod client;

@@ -13,7 +13,7 @@
 //! lib dir for the Landlock rule; default $LIBTORCH/lib).
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
-use weave_policy::{worker, SandboxReport, SeccompMode, WorkerSyscallOptions};
+use weave_policy::{worker, ProcessStatus, SeccompMode, WorkerSyscallOptions};
 
 /// at::globalContext().setUserEnabledMkldnn(false): tch has no binding, so
 /// call the C++ symbols directly (x86_64 Itanium mangling).
@@ -162,7 +162,10 @@ fn main() {
             },
         )
         .expect("seccomp");
-        eprintln!("report: {:?}", SandboxReport::current(ll).unwrap());
+        eprintln!(
+            "report: {:?}, landlock {ll:?}",
+            ProcessStatus::current().unwrap()
+        );
     }
     // ---- steady state: new shapes, extra threads ----
     let mut total = 0.0;

@@ -157,7 +157,7 @@ fn sandbox_report(
     landlock: &LandlockReport,
     seccomp_debug: bool,
 ) -> Result<SandboxReport, ServeError> {
-    // /proc/self/status only: getresuid and prctl are outside the allowlist.
+    // From /proc/self/status: the kernel's own account of this process.
     let seen = weave_policy::ProcessStatus::current()
         .map_err(|e| ServeError::Sandbox(format!("cannot read the sandbox state back: {e}")))?;
     let landlock_full = landlock.status == EnforcementStatus::FullyEnforced;

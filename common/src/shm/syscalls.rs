@@ -235,16 +235,14 @@ pub fn dup_inheritable(src: RawFd, dst: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Copies `len` bytes out of memory another process may be writing at the
-/// same time. The copy is opaque to the compiler (like a volatile access):
-/// it cannot be split, repeated or assumed stable, and no Rust reference to
-/// the shared bytes is ever formed.
+/// `len` bytes from `src` to `dst` with `rep movsb`, a copy the compiler
+/// cannot split, repeat or see into.
 ///
 /// # Safety
-/// `src` must be valid for reads of `len` bytes (inside a live mapping) and
-/// `dst` valid for writes of `len` bytes, not overlapping `src`.
-pub unsafe fn copy_from_shared(dst: *mut u8, src: *const u8, len: usize) {
-    #[cfg(target_arch = "x86_64")]
+/// `src` valid for reads and `dst` for writes of `len` bytes, not
+/// overlapping.
+#[cfg(target_arch = "x86_64")]
+unsafe fn rep_movsb(dst: *mut u8, src: *const u8, len: usize) {
     // SAFETY: the caller guarantees both ranges are valid; `rep movsb`
     // copies exactly rcx bytes from rsi to rdi with the direction flag clear
     // (the ABI guarantees DF=0 on entry to asm).
@@ -257,6 +255,22 @@ pub unsafe fn copy_from_shared(dst: *mut u8, src: *const u8, len: usize) {
             options(nostack, preserves_flags)
         );
     }
+}
+
+/// Copies `len` bytes out of memory another process may be writing at the
+/// same time. The copy is opaque to the compiler (like a volatile access):
+/// it cannot be split, repeated or assumed stable, and no Rust reference to
+/// the shared bytes is ever formed.
+///
+/// # Safety
+/// `src` must be valid for reads of `len` bytes (inside a live mapping) and
+/// `dst` valid for writes of `len` bytes, not overlapping `src`.
+pub unsafe fn copy_from_shared(dst: *mut u8, src: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's guarantees are `rep_movsb`'s.
+    unsafe {
+        rep_movsb(dst, src, len)
+    };
     #[cfg(not(target_arch = "x86_64"))]
     for i in 0..len {
         // SAFETY: the caller guarantees both ranges are valid for `len` bytes.
@@ -272,16 +286,10 @@ pub unsafe fn copy_from_shared(dst: *mut u8, src: *const u8, len: usize) {
 /// mapping) and `src` valid for reads of `len` bytes, not overlapping.
 pub unsafe fn copy_to_shared(dst: *mut u8, src: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as in `copy_from_shared`, with the caller's guarantees.
+    // SAFETY: the caller's guarantees are `rep_movsb`'s.
     unsafe {
-        std::arch::asm!(
-            "rep movsb",
-            inout("rcx") len => _,
-            inout("rsi") src => _,
-            inout("rdi") dst => _,
-            options(nostack, preserves_flags)
-        );
-    }
+        rep_movsb(dst, src, len)
+    };
     #[cfg(not(target_arch = "x86_64"))]
     for i in 0..len {
         // SAFETY: the caller guarantees both ranges are valid for `len` bytes.

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use weave_common::config::{default_socket_path, Config, EnvPaths};
 use weave_common::proto::Mode;
 
-use crate::settings::config_mode;
 use crate::sys;
 
 /// Why the daemon cannot set itself up.
@@ -95,7 +94,7 @@ impl Options {
         if let Some(path) = &self.config {
             return Ok(path.clone());
         }
-        Config::default_path(config_mode(self.mode), &EnvPaths::from_process())
+        Config::default_path(self.mode, &EnvPaths::from_process())
             .map_err(|problem| ModeError::Environment(problem.to_string()))
     }
 
@@ -104,7 +103,7 @@ impl Options {
         if let Some(path) = self.socket.as_deref().or(configured) {
             return Ok(path.to_owned());
         }
-        default_socket_path(config_mode(self.mode), &EnvPaths::from_process())
+        default_socket_path(self.mode, &EnvPaths::from_process())
             .map_err(|problem| ModeError::Environment(problem.to_string()))
     }
 }

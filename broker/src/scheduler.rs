@@ -20,7 +20,7 @@ use crate::admission::{AdmissionError, AdmissionQueue, Owner, RateLimiter};
 use crate::audit::{AuditLog, AuditRecord, Severity};
 use crate::output;
 use crate::runner::{JobRunner, RunnerError, RunnerStatus, StatusSource, WorkerJob};
-use crate::settings::{self, Config};
+use crate::settings::Config;
 use crate::validation;
 
 /// A queued job's payload.
@@ -289,7 +289,7 @@ impl Broker {
                     .is_some_and(|l| l.model_id == model.id),
                 pinned: state.pinned.contains(&model.id),
                 quarantined: snapshot.quarantined.contains(&model.id),
-                defaults: settings::generation_defaults(model),
+                defaults: model.defaults(),
                 bounds: self.settings.bounds.clone(),
             })
             .collect()
@@ -815,12 +815,8 @@ mod tests {
                  [model.defaults]\nwidth = 32\nheight = 32\nsteps = 3\nguidance = 1.0\n\
                  scheduler = \"ddim\"\n"
             );
-            let settings = Config::from_toml_str(
-                &toml,
-                Path::new("/test.toml"),
-                weave_common::config::Mode::User,
-            )
-            .unwrap();
+            let settings =
+                Config::from_toml_str(&toml, Path::new("/test.toml"), Mode::User).unwrap();
             let audit = Arc::new(AuditLog::new(
                 "/nonexistent/weave-test-sink".into(),
                 syslog::Facility::LOG_DAEMON,

@@ -1,53 +1,18 @@
 //! The broker's view of `common::config`: loading with the mode's trusted
-//! owners, and conversions from config types to wire and syslog types.
+//! owners, and the config's syslog facility as the syslog crate's.
 //!
 //! The file decides model paths and the audit sink; a caller decides neither.
 
 use std::path::Path;
 
+use weave_common::config::Facility;
 pub use weave_common::config::{Config, ConfigErrors, ModelConfig};
-use weave_common::config::{Facility, Mode as ConfigMode, Scheduler as ConfigScheduler};
-use weave_common::proto::{GenerationDefaults, Mode, Scheduler};
-
-/// The config's mode type for a wire mode.
-pub fn config_mode(mode: Mode) -> ConfigMode {
-    match mode {
-        Mode::User => ConfigMode::User,
-        Mode::System => ConfigMode::System,
-    }
-}
+use weave_common::proto::Mode;
 
 /// Loads and checks `path`: user mode trusts only `euid`; system mode root
 /// and the service account (`service_uid`), never a name from the file.
 pub fn load(path: &Path, mode: Mode, trusted_uids: &[u32]) -> Result<Config, ConfigErrors> {
-    Config::load(path, config_mode(mode), trusted_uids)
-}
-
-pub fn wire_scheduler(scheduler: ConfigScheduler) -> Scheduler {
-    match scheduler {
-        ConfigScheduler::Ddim => Scheduler::Ddim,
-        ConfigScheduler::Euler => Scheduler::Euler,
-        ConfigScheduler::EulerAncestral => Scheduler::EulerAncestral,
-        ConfigScheduler::DpmPp2m => Scheduler::DpmPp2m,
-        ConfigScheduler::DpmPp2mKarras => Scheduler::DpmPp2mKarras,
-    }
-}
-
-/// A model's defaults in wire form.
-pub fn generation_defaults(model: &ModelConfig) -> GenerationDefaults {
-    let defaults = model.defaults();
-    GenerationDefaults {
-        width: defaults.width,
-        height: defaults.height,
-        steps: defaults.steps,
-        guidance: defaults.guidance,
-        scheduler: wire_scheduler(defaults.scheduler),
-    }
-}
-
-/// The model's default negative prompt (used when a request sends none).
-pub fn default_negative_prompt(model: &ModelConfig) -> String {
-    model.defaults().negative_prompt
+    Config::load(path, mode, trusted_uids)
 }
 
 pub fn syslog_facility(facility: Facility) -> syslog::Facility {
@@ -71,6 +36,7 @@ pub fn syslog_facility(facility: Facility) -> syslog::Facility {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use weave_common::proto::Scheduler;
 
     const SAMPLE: &str = r#"
 [limits]
@@ -93,9 +59,9 @@ scheduler = "ddim"
 
     #[test]
     fn sample_converts() {
-        let config = Config::from_toml_str(SAMPLE, Path::new("/x.toml"), ConfigMode::User).unwrap();
+        let config = Config::from_toml_str(SAMPLE, Path::new("/x.toml"), Mode::User).unwrap();
         assert_eq!(config.limits.queue_depth, 4);
-        let defaults = generation_defaults(config.model("tiny").unwrap());
+        let defaults = config.model("tiny").unwrap().defaults();
         assert_eq!(defaults.scheduler, Scheduler::Ddim);
         assert_eq!((defaults.width, defaults.steps), (64, 10));
         assert_eq!(

@@ -5,7 +5,7 @@ use weave_common::proto::{ErrorCode, GenerateRequest};
 use weave_common::validate::{validate_generate, ParamBounds};
 
 use crate::runner::WorkerJob;
-use crate::settings::{self, ModelConfig};
+use crate::settings::ModelConfig;
 
 /// Checks `request` against `bounds` (common rules) and resolves the
 /// model's defaults. `random_seed` is used when the request has none.
@@ -17,14 +17,14 @@ pub fn resolve(
     random_seed: u64,
 ) -> Result<WorkerJob, ErrorCode> {
     validate_generate(request, bounds)?;
-    let defaults = settings::generation_defaults(model);
+    let defaults = model.defaults();
     // Defaults were checked against the bounds when the config loaded.
     Ok(WorkerJob {
         job_id,
         model_id: model.id.clone(),
         prompt: request.prompt.clone(),
         negative_prompt: if request.negative_prompt.is_empty() {
-            settings::default_negative_prompt(model)
+            model.default_negative_prompt().to_owned()
         } else {
             request.negative_prompt.clone()
         },

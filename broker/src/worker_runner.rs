@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use weave_common::config::{Config, Device};
 use weave_common::proto::{ChannelDirection, ChannelStatsReport, SegmentStats};
-use weave_common::worker_proto::{ModelEntry, WorkerDevice, WorkerGenerateParams};
+use weave_common::worker_proto::{ModelEntry, WorkerGenerateParams};
 
 use crate::runner::{JobRunner, RawImage, RunnerError, RunnerStatus, StatusSource, WorkerJob};
 use crate::supervisor::{
@@ -69,7 +69,7 @@ pub fn supervisor_config(config: &Config, worker: PathBuf) -> SupervisorConfig {
         .iter()
         .map(|model| ModelEntry {
             id: model.id.clone(),
-            kind: model.kind.to_string(),
+            kind: model.kind,
             path: model.path.clone(),
         })
         .collect();
@@ -77,10 +77,10 @@ pub fn supervisor_config(config: &Config, worker: PathBuf) -> SupervisorConfig {
     let mut supervisor = SupervisorConfig::new(worker, models);
     supervisor.library_dirs = library_dirs;
     supervisor.device = match config.worker.device {
-        Device::Cuda(index) => WorkerDevice::Cuda(index),
         // The worker decides `auto` itself only where it can; CPU is the
         // safe reading until CUDA detection lives in the worker.
-        Device::Auto | Device::Cpu => WorkerDevice::Cpu,
+        Device::Auto => Device::Cpu,
+        device @ (Device::Cpu | Device::Cuda(_)) => device,
     };
     supervisor.allow_degraded_sandbox = config.worker.allow_degraded_sandbox;
     supervisor.seccomp_debug = config.worker.seccomp_debug;

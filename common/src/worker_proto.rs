@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::config::{Device, ModelKind};
 use crate::proto::Scheduler;
 
 pub mod channel;
@@ -30,7 +31,7 @@ pub mod channel;
 /// Version of the broker ↔ worker protocol. The worker refuses a bootstrap
 /// with any other version (broker and worker binaries must come from the same
 /// build).
-pub const WORKER_PROTOCOL_VERSION: u32 = 1;
+pub const WORKER_PROTOCOL_VERSION: u32 = 2;
 
 /// Largest bootstrap the worker accepts from the pipe. A model table of a few
 /// hundred entries with long paths fits comfortably.
@@ -92,16 +93,10 @@ pub struct SegmentGeometry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelEntry {
     pub id: String,
-    /// Engine kind, e.g. `digits`, `sd15`, `sd21`, `sdxl`.
-    pub kind: String,
+    /// The family the config names (`kind`); the worker maps it to the
+    /// engine's, and refuses one its engine does not implement.
+    pub kind: ModelKind,
     pub path: PathBuf,
-}
-
-/// Where the worker runs the models.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WorkerDevice {
-    Cpu,
-    Cuda(u32),
 }
 
 /// Everything the worker needs to start, sent once through fd 7.
@@ -113,7 +108,8 @@ pub struct WorkerBootstrap {
     pub to_worker_key: DirectionKey,
     pub to_broker_key: DirectionKey,
     pub models: Vec<ModelEntry>,
-    pub device: WorkerDevice,
+    /// The config's `worker.device`, as the broker resolved it.
+    pub device: Device,
     /// libtorch intra-op threads; `None` keeps libtorch's default.
     pub torch_threads: Option<u32>,
     /// Run even when landlock is only partially enforced (config opt-in).
@@ -407,10 +403,10 @@ mod tests {
             },
             models: vec![ModelEntry {
                 id: "digits".into(),
-                kind: "digits".into(),
+                kind: ModelKind::Sd1,
                 path: "/srv/models/digits".into(),
             }],
-            device: WorkerDevice::Cpu,
+            device: Device::Cpu,
             torch_threads: Some(2),
             allow_degraded_sandbox: false,
             seccomp_debug: false,

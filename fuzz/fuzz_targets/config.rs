@@ -10,7 +10,8 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use weave_common::config::{Config, EnvPaths, Mode};
+use weave_common::config::{Config, EnvPaths};
+use weave_common::proto::Mode;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use weave_common::proto::Scheduler;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand};
+use weave_common::proto::{Named, Scheduler};
 
 /// Drive the weave-compute daemon: generate images, inspect and administer it.
 ///
@@ -134,8 +136,8 @@ pub struct GenerateArgs {
     pub width: Option<u32>,
     #[arg(long)]
     pub height: Option<u32>,
-    #[arg(long, value_enum)]
-    pub scheduler: Option<SchedulerArg>,
+    #[arg(long, value_parser = NameParser::<Scheduler>::new())]
+    pub scheduler: Option<Scheduler>,
     /// Images to generate.
     #[arg(long, default_value_t = 1)]
     pub batch: u32,
@@ -147,27 +149,64 @@ pub struct GenerateArgs {
     pub output: PathBuf,
 }
 
-/// Scheduler names as typed on the command line.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SchedulerArg {
-    Ddim,
-    Euler,
-    #[value(name = "euler_a")]
-    EulerA,
-    #[value(name = "dpmpp_2m")]
-    DpmPp2m,
-    #[value(name = "dpmpp_2m_karras")]
-    DpmPp2mKarras,
+/// Parses a [`Named`] value (`--scheduler euler_a`) with the names the
+/// config uses, and lists them for `--help`, completions and the man page.
+#[derive(Clone, Copy)]
+pub struct NameParser<T>(std::marker::PhantomData<T>);
+
+impl<T> NameParser<T> {
+    pub fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
 }
 
-impl From<SchedulerArg> for Scheduler {
-    fn from(arg: SchedulerArg) -> Self {
-        match arg {
-            SchedulerArg::Ddim => Scheduler::Ddim,
-            SchedulerArg::Euler => Scheduler::Euler,
-            SchedulerArg::EulerA => Scheduler::EulerAncestral,
-            SchedulerArg::DpmPp2m => Scheduler::DpmPp2m,
-            SchedulerArg::DpmPp2mKarras => Scheduler::DpmPp2mKarras,
+impl<T: Named + Send + Sync> TypedValueParser for NameParser<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let names = PossibleValuesParser::new(T::NAMES.iter().copied());
+        let name = names.parse_ref(cmd, arg, value)?;
+        T::from_name(&name).ok_or_else(|| clap::Error::new(ErrorKind::InvalidValue).with_cmd(cmd))
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(T::NAMES.iter().copied().map(PossibleValue::new)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn generate(scheduler: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from([
+            "sshmctl",
+            "generate",
+            "-m",
+            "digits",
+            "-p",
+            "7",
+            "--scheduler",
+            scheduler,
+        ])
+    }
+
+    #[test]
+    fn scheduler_flag_takes_the_config_names() {
+        for scheduler in Scheduler::ALL {
+            let Command::Generate(args) = generate(scheduler.as_str()).unwrap().command else {
+                panic!("not generate");
+            };
+            assert_eq!(args.scheduler, Some(scheduler));
         }
+        let error = generate("EulerAncestral").unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidValue);
+        assert!(error.to_string().contains("euler_a"), "{error}");
     }
 }

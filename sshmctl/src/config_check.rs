@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use serde_json::json;
-use weave_common::config::{Config, EnvPaths, Mode, DEFAULT_DAEMON_USER};
+use weave_common::config::{Config, EnvPaths, DEFAULT_DAEMON_USER};
+use weave_common::proto::Mode;
 
 use crate::render::Renderer;
 

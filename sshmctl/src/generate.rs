@@ -36,7 +36,7 @@ pub fn run(
         steps: args.steps,
         guidance: args.cfg,
         seed: args.seed,
-        scheduler: args.scheduler.map(Into::into),
+        scheduler: args.scheduler,
         batch: args.batch,
         tag: args.tag.clone(),
     };

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use weave_broker::supervisor::{
     CrashCause, JobEvent, SupervisorConfig, SupervisorError, WorkerRunState, WorkerSupervisor,
 };
+use weave_common::config::ModelKind;
 use weave_common::proto::{ErrorCode, Scheduler};
 use weave_common::worker_proto::{ModelEntry, WorkerGenerateParams};
 
@@ -97,7 +98,7 @@ fn scratch_supervisor(name: &str) -> (WorkerSupervisor, PathBuf) {
     let dir = scratch_model_dir(name);
     let sup = WorkerSupervisor::new(config(vec![ModelEntry {
         id: "m".into(),
-        kind: "digits".into(),
+        kind: ModelKind::Sd1,
         path: dir.clone(),
     }]));
     (sup, dir)
@@ -269,7 +270,7 @@ fn digits_generate_under_the_sandbox_with_progress_per_step() {
     };
     let mut sup = WorkerSupervisor::new(config(vec![ModelEntry {
         id: "digits".into(),
-        kind: "digits".into(),
+        kind: ModelKind::Sd1,
         path,
     }]));
     let info = sup.load("digits").unwrap();

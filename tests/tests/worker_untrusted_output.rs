@@ -6,8 +6,9 @@
 //!
 //! This file has its own `main` (`harness = false`): started through a
 //! symlink named `fake-weave-worker`, the same executable becomes the
-//! misbehaving worker. The misbehaviour is chosen by the model's `kind` in
-//! the bootstrap, which the supervisor sends like any model table.
+//! misbehaving worker. The misbehaviour is chosen by the model's `path` in
+//! the bootstrap (the fake opens no file), which the supervisor sends like
+//! any model table.
 
 #![allow(clippy::unwrap_used)]
 
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use weave_broker::supervisor::{
     CrashCause, SupervisorConfig, SupervisorError, WorkerRunState, WorkerSupervisor,
 };
+use weave_common::config::ModelKind;
 use weave_common::proto::{ErrorCode, Scheduler};
 use weave_common::worker_proto::channel::WorkerEndpoint;
 use weave_common::worker_proto::{
@@ -103,7 +105,7 @@ fn fake_worker() {
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut &pipe, &mut bytes).unwrap();
     let bootstrap = worker_proto::decode_bootstrap(&bytes).unwrap();
-    let mode = bootstrap.models[0].kind.clone();
+    let mode = bootstrap.models[0].path.to_string_lossy().into_owned();
     let mut ch = WorkerEndpoint::from_inherited(
         &bootstrap,
         take(fds::TO_WORKER_SEGMENT),
@@ -217,8 +219,8 @@ fn fake_exe() -> PathBuf {
 fn supervisor(mode: &str) -> WorkerSupervisor {
     let models = vec![ModelEntry {
         id: "m".into(),
-        kind: mode.into(),
-        path: "/nonexistent".into(),
+        kind: ModelKind::Sd1,
+        path: mode.into(),
     }];
     let mut c = SupervisorConfig::new(fake_exe(), models);
     c.backoff_initial = Duration::from_millis(5);

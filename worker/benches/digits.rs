@@ -11,9 +11,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use weave_worker::engine::{
-    DeviceChoice, GenerateParams, ModelSpec, Pipeline, Precision, SchedulerKind,
-};
+use weave_worker::engine::{GenerateParams, ModelSpec, Pipeline, Precision, SchedulerKind};
 
 fn main() {
     let model = std::env::var_os("WEAVE_BENCH_MODEL")
@@ -25,7 +23,12 @@ fn main() {
     }
     let device = std::env::var("WEAVE_BENCH_DEVICE")
         .ok()
-        .and_then(|d| DeviceChoice::parse(&d))
+        .map(|d| {
+            let device = d
+                .parse()
+                .unwrap_or_else(|e| panic!("WEAVE_BENCH_DEVICE {e}"));
+            weave_worker::to_engine::device(device)
+        })
         .unwrap_or_default();
     if let Some(n) = std::env::var("WEAVE_BENCH_THREADS")
         .ok()

@@ -23,9 +23,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use support::{env_count, median, set_onednn};
-use weave_worker::engine::{
-    DeviceChoice, GenerateParams, ModelSpec, Pipeline, Precision, SchedulerKind,
-};
+use weave_worker::engine::{GenerateParams, ModelSpec, Pipeline, Precision, SchedulerKind};
 
 const STEPS: u32 = 20;
 const GUIDANCE: f64 = 5.0;
@@ -121,8 +119,11 @@ fn main() {
         return;
     }
     let device_name = std::env::var("WEAVE_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
-    let device = DeviceChoice::parse(&device_name)
-        .unwrap_or_else(|| panic!("WEAVE_BENCH_DEVICE={device_name}: use cpu, cuda or cuda:N"));
+    let device = weave_worker::to_engine::device(
+        device_name
+            .parse()
+            .unwrap_or_else(|e| panic!("WEAVE_BENCH_DEVICE {e}")),
+    );
     let threads = env_count("WEAVE_BENCH_THREADS", 1);
     let rounds = env_count("WEAVE_BENCH_ROUNDS", 9);
     tch::set_num_threads(i32::try_from(threads).unwrap());

@@ -1,3 +1,4 @@
-//! The diffusion engine and the worker channel loop.
+//! The diffusion engine and the mapping from `weave_common`'s types to it.
 
 pub mod engine;
+pub mod to_engine;

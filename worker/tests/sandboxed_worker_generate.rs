@@ -19,6 +19,7 @@ use common::{write_tiny_model, TinyOptions};
 use weave_broker::supervisor::{
     JobEvent, SupervisorConfig, SupervisorError, WorkerRunState, WorkerSupervisor,
 };
+use weave_common::config::ModelKind;
 use weave_common::proto::{ErrorCode, Scheduler};
 use weave_common::worker_proto::{ModelEntry, WorkerGenerateParams};
 use weave_worker::engine::{
@@ -40,7 +41,7 @@ fn libtorch_lib() -> PathBuf {
 fn supervisor(model_dir: &Path) -> WorkerSupervisor {
     let models = vec![ModelEntry {
         id: "tiny".into(),
-        kind: "auto".into(),
+        kind: ModelKind::Sd1,
         path: model_dir.to_path_buf(),
     }];
     let mut c = SupervisorConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_weave-worker")), models);

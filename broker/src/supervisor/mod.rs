@@ -28,11 +28,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use weave_common::config::Device;
 use weave_common::proto::ErrorCode;
 use weave_common::worker_proto::channel::{BrokerEndpoint, ChannelError, EndpointStats};
 use weave_common::worker_proto::{
-    FromWorker, ModelEntry, SandboxReport, ToWorker, WorkerDevice, WorkerFailure,
-    WorkerGenerateParams,
+    FromWorker, ModelEntry, SandboxReport, ToWorker, WorkerFailure, WorkerGenerateParams,
 };
 
 /// How often a wait for the worker also checks whether it is still alive.
@@ -54,7 +54,8 @@ pub struct SupervisorConfig {
     pub worker_exe: PathBuf,
     /// The model table (id, kind, path), from the broker's config only.
     pub models: Vec<ModelEntry>,
-    pub device: WorkerDevice,
+    /// Never `Auto`: the broker resolves it (see `worker_runner`).
+    pub device: Device,
     pub torch_threads: Option<u32>,
     pub allow_degraded_sandbox: bool,
     pub seccomp_debug: bool,
@@ -86,7 +87,7 @@ impl SupervisorConfig {
         Self {
             worker_exe,
             models,
-            device: WorkerDevice::Cpu,
+            device: Device::Cpu,
             torch_threads: None,
             allow_degraded_sandbox: false,
             seccomp_debug: false,
@@ -1115,7 +1116,7 @@ mod tests {
     fn a_missing_worker_executable_is_a_spawn_error_and_backs_off() {
         let models = vec![ModelEntry {
             id: "m".into(),
-            kind: "digits".into(),
+            kind: weave_common::config::ModelKind::Sd1,
             path: "/tmp".into(),
         }];
         let mut config = SupervisorConfig::new("/nonexistent/weave-worker".into(), models);

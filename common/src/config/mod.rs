@@ -22,6 +22,7 @@
 //! Looking up user and group names is the caller's business: it passes the
 //! uids allowed to own the config.
 
+mod by_name;
 mod document;
 mod permissions;
 mod rules;
@@ -35,6 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::proto::{GenerationDefaults, Mode, Scheduler};
 use crate::validate::ParamBounds;
 
 pub use permissions::check_permissions;
@@ -52,39 +54,6 @@ pub const DEFAULT_DAEMON_USER: &str = "weave";
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// `sun_path` holds 108 bytes including the terminating NUL.
 pub const MAX_SOCKET_PATH_BYTES: usize = 107;
-
-/// How the daemon runs; see DESIGN.md "Modes". The broker's `--user` /
-/// `--system` flag wins over the `mode` key in the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Runs as the installing user; only that uid may connect.
-    User,
-    /// Starts as root, drops to `daemon.user`; groups decide who may connect.
-    System,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::User => "user",
-            Mode::System => "system",
-        })
-    }
-}
-
-impl FromStr for Mode {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "user" => Ok(Mode::User),
-            "system" => Ok(Mode::System),
-            _ => Err(format!(
-                "`{text}` is not a mode: use \"user\" or \"system\""
-            )),
-        }
-    }
-}
 
 /// `[daemon]`: where to listen and, in system mode, who is who.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,33 +293,6 @@ impl fmt::Display for ModelKind {
     }
 }
 
-/// Sampler used for a generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Scheduler {
-    #[serde(rename = "ddim")]
-    Ddim,
-    #[serde(rename = "euler")]
-    Euler,
-    #[serde(rename = "euler_a")]
-    EulerAncestral,
-    #[serde(rename = "dpmpp_2m")]
-    DpmPp2m,
-    #[serde(rename = "dpmpp_2m_karras")]
-    DpmPp2mKarras,
-}
-
-impl fmt::Display for Scheduler {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Scheduler::Ddim => "ddim",
-            Scheduler::Euler => "euler",
-            Scheduler::EulerAncestral => "euler_a",
-            Scheduler::DpmPp2m => "dpmpp_2m",
-            Scheduler::DpmPp2mKarras => "dpmpp_2m_karras",
-        })
-    }
-}
-
 /// `[model.defaults]`: what a request that leaves a parameter out gets.
 /// Absent keys fall back to the model kind's defaults
 /// ([`ModelConfig::defaults`]).
@@ -361,19 +303,9 @@ pub struct ModelDefaults {
     pub guidance: Option<f32>,
     pub width: Option<u32>,
     pub height: Option<u32>,
+    #[serde(with = "by_name")]
     pub scheduler: Option<Scheduler>,
     pub negative_prompt: Option<String>,
-}
-
-/// Generation defaults of one model with every value filled in.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerationDefaults {
-    pub steps: u32,
-    pub guidance: f32,
-    pub width: u32,
-    pub height: u32,
-    pub scheduler: Scheduler,
-    pub negative_prompt: String,
 }
 
 /// One `[[model]]`: clients name models by `id`; the path never leaves the
@@ -415,8 +347,12 @@ impl ModelConfig {
             width: given.width.unwrap_or(size),
             height: given.height.unwrap_or(size),
             scheduler: given.scheduler.unwrap_or(Scheduler::Euler),
-            negative_prompt: given.negative_prompt.clone().unwrap_or_default(),
         }
+    }
+
+    /// The negative prompt a request without one gets (empty: none).
+    pub fn default_negative_prompt(&self) -> &str {
+        self.defaults.negative_prompt.as_deref().unwrap_or_default()
     }
 }
 
@@ -428,6 +364,7 @@ pub(crate) fn is_safetensors_name(path: &Path) -> bool {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct ConfigFile {
+    #[serde(with = "by_name")]
     mode: Option<Mode>,
     daemon: DaemonConfig,
     limits: Limits,

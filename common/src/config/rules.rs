@@ -531,7 +531,7 @@ fn check_model_defaults(
             ),
         );
     }
-    let negative_len = defaults.negative_prompt.len();
+    let negative_len = model.default_negative_prompt().len();
     if negative_len > bounds.max_negative_prompt_len as usize {
         report.invalid(
             &key("negative_prompt"),

@@ -81,9 +81,13 @@ fn user_example_parses_in_user_mode_with_paths_from_its_directory() {
     );
     assert!(config.models[1].is_single_file());
     assert_eq!(config.limits.queue_depth, 8);
-    let sd15 = config.model("sd15").unwrap().defaults();
-    assert_eq!((sd15.width, sd15.steps, sd15.guidance), (512, 30, 7.5));
-    assert_eq!(sd15.negative_prompt, "blurry, low quality");
+    let sd15 = config.model("sd15").unwrap();
+    let defaults = sd15.defaults();
+    assert_eq!(
+        (defaults.width, defaults.steps, defaults.guidance),
+        (512, 30, 7.5)
+    );
+    assert_eq!(sd15.default_negative_prompt(), "blurry, low quality");
 }
 
 #[test]
@@ -107,9 +111,9 @@ fn a_model_alone_gets_the_documented_defaults() {
             width: 512,
             height: 512,
             scheduler: Scheduler::Euler,
-            negative_prompt: String::new(),
         }
     );
+    assert_eq!(config.models[0].default_negative_prompt(), "");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::ErrorCode;
+use super::{ErrorCode, Named};
 use crate::validate::ParamBounds;
 
 /// What a caller sends. The first request on a connection must be `Hello`.
@@ -119,7 +119,9 @@ pub struct GenerateRequest {
     pub tag: Option<String>,
 }
 
-/// Sampling schedulers the engine implements.
+/// Sampling schedulers the engine implements. On the wire and in `--json`
+/// output a variant is its index / its Rust name; configs and the command
+/// line use [`Named::name`] (`ddim`, `euler_a`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Scheduler {
     Ddim,
@@ -162,6 +164,15 @@ impl Scheduler {
     }
 }
 
+impl Named for Scheduler {
+    const ALL: &'static [Self] = &Scheduler::ALL;
+    const NAMES: &'static [&'static str] =
+        &["ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras"];
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
 impl fmt::Display for Scheduler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -177,10 +188,7 @@ impl FromStr for Scheduler {
     type Err = ParseSchedulerError;
 
     fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Scheduler::ALL
-            .into_iter()
-            .find(|scheduler| scheduler.as_str() == name)
-            .ok_or(ParseSchedulerError)
+        Scheduler::from_name(name).ok_or(ParseSchedulerError)
     }
 }
 
@@ -250,11 +258,39 @@ pub enum Role {
     Admin,
 }
 
-/// How the daemon runs (see DESIGN.md, "Modes").
+/// How the daemon runs (see DESIGN.md, "Modes"). The broker's `--user` /
+/// `--system` flag wins over the config's `mode` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Mode {
+    /// Runs as the installing user; only that uid may connect.
     User,
+    /// Starts as root, drops to `daemon.user`; groups decide who may connect.
     System,
+}
+
+impl Named for Mode {
+    const ALL: &'static [Self] = &[Mode::User, Mode::System];
+    const NAMES: &'static [&'static str] = &["user", "system"];
+    fn name(self) -> &'static str {
+        match self {
+            Mode::User => "user",
+            Mode::System => "system",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        Mode::from_name(text)
+            .ok_or_else(|| format!("`{text}` is not a mode: use \"user\" or \"system\""))
+    }
 }
 
 /// Defaults applied to the `None` fields of a `GenerateRequest`.
@@ -271,7 +307,7 @@ pub struct GenerationDefaults {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub id: String,
-    /// Model family as configured, e.g. `sd15`, `sd2`, `sdxl`.
+    /// Model family as configured (`ModelKind`'s name): `sd1`, `sd2`, `sdxl`.
     pub kind: String,
     pub loaded: bool,
     pub pinned: bool,
@@ -382,6 +418,23 @@ mod tests {
         }
         assert_eq!("DDIM".parse::<Scheduler>(), Err(ParseSchedulerError));
         assert_eq!("".parse::<Scheduler>(), Err(ParseSchedulerError));
+    }
+
+    #[test]
+    fn names_list_every_variant_in_order() {
+        fn check<T: Named + std::fmt::Debug + PartialEq>() {
+            assert_eq!(T::ALL.len(), T::NAMES.len());
+            for (value, name) in T::ALL.iter().zip(T::NAMES) {
+                assert_eq!(value.name(), *name);
+                assert_eq!(T::from_name(name).as_ref(), Some(value));
+            }
+        }
+        check::<Scheduler>();
+        check::<Mode>();
+        for mode in [Mode::User, Mode::System] {
+            assert_eq!(mode.to_string().parse::<Mode>(), Ok(mode));
+        }
+        assert!("root".parse::<Mode>().is_err());
     }
 
     #[test]

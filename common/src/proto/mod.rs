@@ -13,6 +13,7 @@
 mod error_code;
 mod frame;
 mod messages;
+mod named;
 
 pub use error_code::ErrorCode;
 pub use frame::{
@@ -25,6 +26,7 @@ pub use messages::{
     LoadedModel, Mode, ModelInfo, ParseSchedulerError, Request, Response, Role, Scheduler,
     SegmentStats, StatusReport, WorkerState,
 };
+pub use named::Named;
 
 /// Version of this protocol, exchanged in the `Hello` handshake. The broker
 /// accepts only its own version.

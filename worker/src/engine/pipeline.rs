@@ -22,16 +22,6 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
-    /// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "auto" => Some(Self::Auto),
-            "cpu" => Some(Self::Cpu),
-            "cuda" => Some(Self::Cuda(0)),
-            _ => s.strip_prefix("cuda:")?.parse().ok().map(Self::Cuda),
-        }
-    }
-
     pub fn resolve(self) -> Result<Device, EngineError> {
         match self {
             Self::Auto if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
@@ -399,13 +389,7 @@ mod tests {
 
     #[test]
     fn device_and_precision_parse() {
-        assert_eq!(DeviceChoice::parse("cuda:3"), Some(DeviceChoice::Cuda(3)));
-        assert_eq!(DeviceChoice::parse("cuda"), Some(DeviceChoice::Cuda(0)));
-        assert_eq!(DeviceChoice::parse("gpu"), None);
-        assert_eq!(
-            DeviceChoice::parse("cpu").map(|d| d.resolve().ok()),
-            Some(Some(Device::Cpu))
-        );
+        assert_eq!(DeviceChoice::Cpu.resolve().ok(), Some(Device::Cpu));
         assert_eq!(Precision::parse("bf16"), Some(Precision::Bf16));
         assert_eq!(Precision::Auto.kind(Device::Cpu), Kind::Float);
         assert_eq!(Precision::Auto.kind(Device::Cuda(0)), Kind::Half);

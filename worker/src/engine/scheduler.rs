@@ -41,17 +41,6 @@ impl SchedulerKind {
             Self::DpmPlusPlus2MKarras => "dpmpp_2m_karras",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "ddim" => Self::Ddim,
-            "euler" => Self::Euler,
-            "euler_a" | "euler_ancestral" => Self::EulerAncestral,
-            "dpmpp_2m" | "dpm++2m" => Self::DpmPlusPlus2M,
-            "dpmpp_2m_karras" | "dpm++2m_karras" => Self::DpmPlusPlus2MKarras,
-            _ => return None,
-        })
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

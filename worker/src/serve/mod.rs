@@ -20,9 +20,10 @@ use std::ops::ControlFlow;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use weave_common::config::Device;
 use weave_common::worker_proto::channel::{ChannelError, WorkerEndpoint};
 use weave_common::worker_proto::{
-    FromWorker, ModelEntry, SandboxReport, ToWorker, WorkerBootstrap, WorkerDevice, WorkerFailure,
+    FromWorker, ModelEntry, SandboxReport, ToWorker, WorkerBootstrap, WorkerFailure,
     WorkerGenerateParams,
 };
 use weave_policy::worker as worker_policy;
@@ -110,7 +111,7 @@ fn run_inner() -> Result<(), ServeError> {
     } else {
         SeccompMode::Enforce
     };
-    let gpu = matches!(bootstrap.device, WorkerDevice::Cuda(_));
+    let gpu = matches!(bootstrap.device, Device::Cuda(_));
     worker_policy::lock_syscalls(
         mode,
         WorkerSyscallOptions {
@@ -143,7 +144,7 @@ fn confine_filesystem(bootstrap: &WorkerBootstrap) -> Result<LandlockReport, Ser
     let paths = worker_policy::WorkerPaths {
         models: bootstrap.models.iter().map(|m| m.path.clone()).collect(),
         libraries: bootstrap.library_dirs.clone(),
-        gpu: matches!(bootstrap.device, WorkerDevice::Cuda(_)),
+        gpu: matches!(bootstrap.device, Device::Cuda(_)),
         // Read by `lock_syscalls` (capability clearing) after Landlock is on.
         extra_read_only: vec!["/proc/sys/kernel/cap_last_cap".into()],
     };
@@ -180,7 +181,7 @@ fn sandbox_report(
 struct Server {
     channel: WorkerEndpoint,
     models: HashMap<String, ModelEntry>,
-    device: WorkerDevice,
+    device: Device,
     loaded: Option<(String, engine_glue::LoadedModel)>,
     /// Messages that arrived during a generation and are not a `Cancel`.
     backlog: VecDeque<ToWorker>,
@@ -316,7 +317,7 @@ impl Server {
                         index,
                         width: image.width,
                         height: image.height,
-                        rgb: image.rgb,
+                        rgb: image.pixels,
                     })?;
                 }
                 self.channel.send(&FromWorker::Finished { job_id })?;

@@ -1,0 +1,65 @@
+//! The one place `weave_common`'s words become the engine's. The engine
+//! keeps its own enums (it does not depend on `common`); every match here
+//! is exhaustive, so a new scheduler, device or model kind in `common`
+//! breaks the build until the engine handles it or refuses it here.
+#![forbid(unsafe_code)]
+
+use weave_common::config::{Device, ModelKind};
+use weave_common::proto::Scheduler;
+
+use crate::engine;
+
+pub fn scheduler(scheduler: Scheduler) -> engine::SchedulerKind {
+    match scheduler {
+        Scheduler::Ddim => engine::SchedulerKind::Ddim,
+        Scheduler::Euler => engine::SchedulerKind::Euler,
+        Scheduler::EulerAncestral => engine::SchedulerKind::EulerAncestral,
+        Scheduler::DpmPp2m => engine::SchedulerKind::DpmPlusPlus2M,
+        Scheduler::DpmPp2mKarras => engine::SchedulerKind::DpmPlusPlus2MKarras,
+    }
+}
+
+pub fn device(device: Device) -> engine::DeviceChoice {
+    match device {
+        Device::Auto => engine::DeviceChoice::Auto,
+        Device::Cpu => engine::DeviceChoice::Cpu,
+        Device::Cuda(index) => {
+            engine::DeviceChoice::Cuda(usize::try_from(index).unwrap_or(usize::MAX))
+        }
+    }
+}
+
+/// The engine's family for a configured kind, or why this engine cannot
+/// load it.
+pub fn model_kind(kind: ModelKind) -> Result<engine::ModelKind, String> {
+    match kind {
+        ModelKind::Sd1 => Ok(engine::ModelKind::Sd1),
+        ModelKind::Sd2 => Ok(engine::ModelKind::Sd2),
+        ModelKind::Sdxl => Err(format!(
+            "model kind \"{kind}\" is not implemented by this engine yet; use a \"sd1\" or \
+             \"sd2\" model"
+        )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_common_scheduler_has_the_engines_name() {
+        for s in Scheduler::ALL {
+            assert_eq!(scheduler(s).name(), s.as_str());
+        }
+    }
+
+    #[test]
+    fn sdxl_is_refused_with_what_to_do() {
+        assert!(model_kind(ModelKind::Sdxl)
+            .unwrap_err()
+            .contains("not implemented"));
+        assert_eq!(model_kind(ModelKind::Sd2), Ok(engine::ModelKind::Sd2));
+        assert_eq!(device(Device::Cuda(1)), engine::DeviceChoice::Cuda(1));
+    }
+}

@@ -104,13 +104,13 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
         }
     }
 
-    let mut runner = crate::worker_runner::start(&settings)
+    let mut supervisor = crate::worker_setup::start(&settings)
         .map_err(|error| DaemonError::Worker(error.to_string()))?;
     let broker = Broker::new(
         settings,
         options.mode,
         Arc::clone(&audit),
-        runner.status_source(),
+        supervisor.handle(),
     );
     audit.record(
         Severity::Notice,
@@ -123,7 +123,7 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
         let broker = Arc::clone(&broker);
         std::thread::Builder::new()
             .name("scheduler".into())
-            .spawn(move || broker.run_scheduler(runner.as_mut()))
+            .spawn(move || broker.run_scheduler(&mut supervisor))
             .map_err(DaemonError::Thread)?
     };
 

@@ -1,7 +1,9 @@
 //! Checks the worker's pixels against the request and encodes them as PNG,
 //! with an AUTOMATIC1111-style `parameters` text chunk.
 
-use crate::runner::{RawImage, WorkerJob};
+use weave_common::worker_proto::WorkerGenerateParams;
+
+use crate::supervisor::Image;
 
 /// Why the worker's output cannot be delivered. Any of these means the
 /// worker misbehaved: the scheduler treats it as a crash.
@@ -25,7 +27,7 @@ pub enum OutputError {
 }
 
 /// Checks count, dimensions and buffer length of every image.
-pub fn check_images(job: &WorkerJob, images: &[RawImage]) -> Result<(), OutputError> {
+pub fn check_images(job: &WorkerGenerateParams, images: &[Image]) -> Result<(), OutputError> {
     if images.len() != job.batch as usize {
         return Err(OutputError::WrongCount {
             got: images.len(),
@@ -53,7 +55,7 @@ pub fn check_images(job: &WorkerJob, images: &[RawImage]) -> Result<(), OutputEr
 }
 
 /// The A1111 `parameters` text for image `seed`.
-pub fn parameters_text(job: &WorkerJob, seed: u64) -> String {
+pub fn parameters_text(job: &WorkerGenerateParams, seed: u64) -> String {
     let mut text = job.prompt.clone();
     if !job.negative_prompt.is_empty() {
         text.push_str("\nNegative prompt: ");
@@ -74,8 +76,8 @@ pub fn parameters_text(job: &WorkerJob, seed: u64) -> String {
 
 /// Encodes one checked image.
 pub fn encode_png(
-    job: &WorkerJob,
-    image: &RawImage,
+    job: &WorkerGenerateParams,
+    image: &Image,
     seed: u64,
     with_parameters: bool,
 ) -> Result<Vec<u8>, OutputError> {
@@ -107,9 +109,8 @@ mod tests {
     use super::*;
     use weave_common::proto::Scheduler;
 
-    fn job() -> WorkerJob {
-        WorkerJob {
-            job_id: 1,
+    fn job() -> WorkerGenerateParams {
+        WorkerGenerateParams {
             model_id: "digits".into(),
             prompt: "a 7".into(),
             negative_prompt: "blurry".into(),
@@ -123,8 +124,8 @@ mod tests {
         }
     }
 
-    fn image(width: u32, height: u32, len: usize) -> RawImage {
-        RawImage {
+    fn image(width: u32, height: u32, len: usize) -> Image {
+        Image {
             width,
             height,
             rgb: (0..len).map(|i| (i % 251) as u8).collect(),

@@ -271,7 +271,7 @@ impl Connection {
             }
             Request::ChannelStats => {
                 self.admin_audit("channel_stats", None, &Ok(()));
-                Response::ChannelStats(broker.runner_status().channel)
+                Response::ChannelStats(broker.channel_report())
             }
             Request::Load { model_id } => {
                 let result = broker.load(&model_id);

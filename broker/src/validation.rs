@@ -1,10 +1,12 @@
-//! Turns a caller's `GenerateRequest` into a resolved [`WorkerJob`]: model by
-//! id only, defaults applied, every bound checked before anything is queued.
+//! Turns a caller's `GenerateRequest` into the worker's resolved
+//! [`WorkerGenerateParams`]: model by id only, defaults applied, every bound
+//! checked before anything is queued.
 
 use weave_common::proto::{ErrorCode, GenerateRequest};
 use weave_common::validate::{validate_generate, ParamBounds};
 
-use crate::runner::WorkerJob;
+use weave_common::worker_proto::WorkerGenerateParams;
+
 use crate::settings::ModelConfig;
 
 /// Checks `request` against `bounds` (common rules) and resolves the
@@ -13,14 +15,12 @@ pub fn resolve(
     request: &GenerateRequest,
     model: &ModelConfig,
     bounds: &ParamBounds,
-    job_id: u64,
     random_seed: u64,
-) -> Result<WorkerJob, ErrorCode> {
+) -> Result<WorkerGenerateParams, ErrorCode> {
     validate_generate(request, bounds)?;
     let defaults = model.defaults();
     // Defaults were checked against the bounds when the config loaded.
-    Ok(WorkerJob {
-        job_id,
+    Ok(WorkerGenerateParams {
         model_id: model.id.clone(),
         prompt: request.prompt.clone(),
         negative_prompt: if request.negative_prompt.is_empty() {

@@ -58,6 +58,18 @@ fn admin_verbs_drive_the_real_worker_and_are_audited() {
     );
     let after = generation(&mut admin);
     assert!(after > before, "key generation {before} -> {after}");
+    // `sshmctl segments`: both ends of each ring as the supervisor counts
+    // them. Every message so far was answered, so each ring is consumed up
+    // to what was written (the load and the rekey went each way at least).
+    let segments = match admin.call(&Request::ChannelStats) {
+        Response::ChannelStats(stats) => stats.segments,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(segments.len(), 2, "{segments:?}");
+    for segment in &segments {
+        assert!(segment.write_seq >= 2, "{segment:?}");
+        assert_eq!(segment.read_seq, segment.write_seq, "{segment:?}");
+    }
 
     assert_eq!(
         admin.call(&Request::Pin {

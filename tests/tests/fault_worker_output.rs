@@ -8,21 +8,27 @@
 //! This file has its own `main` (`harness = false`): started as
 //! `weave-worker` (through a symlink), the same executable is the lying
 //! worker. The prompt chooses the lie; prompt `ok` gets a correct image.
+//! While a file named [`FORGET_MODELS`] lies next to it, the worker answers
+//! every `Load` with `UnknownModel`, which the caller must see as that.
 #![allow(clippy::unwrap_used)]
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
-use weave_common::proto::{ErrorCode, Response};
+use weave_common::proto::{ErrorCode, Request, Response};
 use weave_common::worker_proto::channel::WorkerEndpoint;
 use weave_common::worker_proto::{
-    self, fds, FromWorker, SandboxReport, ToWorker, WorkerGenerateParams,
+    self, fds, FromWorker, SandboxReport, ToWorker, WorkerFailure, WorkerGenerateParams,
 };
 use weave_tests::fault::{
     assert_no_leak, footprint, run_job, settled_footprint, small_request, Ledger, Rig, OPEN_LIMITS,
 };
 use weave_tests::{require_root, target_bin, Client, Scratch};
+
+/// Marker file next to the fake `weave-worker`: while it exists, the fake
+/// claims not to know any model.
+const FORGET_MODELS: &str = "forget-models";
 
 fn main() {
     let argv0 = std::env::args_os().next().unwrap_or_default();
@@ -44,6 +50,8 @@ fn main() {
 }
 
 fn lying_worker() {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let forget_models = Path::new(&argv0).with_file_name(FORGET_MODELS);
     let take = |fd| {
         // SAFETY: the supervisor's spawn contract places exactly these
         // descriptors in this process; each is wrapped once.
@@ -80,6 +88,12 @@ fn lying_worker() {
             continue;
         };
         match msg {
+            ToWorker::Load { .. } if forget_models.exists() => ch
+                .send(&FromWorker::Failed {
+                    job_id: None,
+                    failure: WorkerFailure::UnknownModel,
+                })
+                .unwrap(),
             ToWorker::Load { model_id } => ch
                 .send(&FromWorker::Loaded {
                     model_id,
@@ -213,4 +227,28 @@ fn lies_through_the_socket_are_typed_errors() {
     assert!(status.worker_restarts as usize >= outcomes.len());
     ledger.assert_exactly_once(&rig.sink);
     assert_no_leak(before, after, name);
+
+    // A worker that does not know a configured model: the caller gets
+    // `UnknownModel`, not `Internal`, and the worker keeps serving.
+    let mut client = Client::hello(rig.socket());
+    assert_eq!(client.call(&Request::Unload), Response::Ok);
+    std::fs::write(bin.join(FORGET_MODELS), b"").unwrap();
+    let unknown = ErrorCode::UnknownModel {
+        model_id: "digits".into(),
+    };
+    let run = run_job(&mut client, small_request("ok", 4));
+    assert_eq!(
+        run.terminal,
+        Response::Error(unknown.clone()),
+        "{run:?}\n{}",
+        rig.broker.log_text()
+    );
+    let load = client.call(&Request::Load {
+        model_id: "digits".into(),
+    });
+    assert_eq!(load, Response::Error(unknown));
+    std::fs::remove_file(bin.join(FORGET_MODELS)).unwrap();
+    let next = run_job(&mut client, small_request("ok", 4));
+    assert!(next.finished() && next.has_one_png(), "{next:?}");
+    rig.assert_alive(name);
 }

@@ -13,10 +13,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use weave_broker::supervisor::{
-    CrashCause, JobEvent, SupervisorConfig, SupervisorError, WorkerRunState, WorkerSupervisor,
+    CrashCause, JobEvent, SupervisorConfig, SupervisorError, WorkerSupervisor,
 };
 use weave_common::config::ModelKind;
-use weave_common::proto::{ErrorCode, Scheduler};
+use weave_common::proto::{ErrorCode, Scheduler, WorkerState};
 use weave_common::worker_proto::{ModelEntry, WorkerGenerateParams};
 
 fn repo_root() -> PathBuf {
@@ -134,7 +134,7 @@ fn worker_runs_under_the_full_sandbox() {
         panic!("the worker must start under the full sandbox (landlock + seccomp); CI requires it: {e}")
     });
     let state = sup.state();
-    assert_eq!(state.state, WorkerRunState::Ready);
+    assert_eq!(state.state, WorkerState::Ready);
     let sandbox = state.sandbox.clone().unwrap();
     assert!(sandbox.fully_enforced, "{sandbox:?}");
     assert_eq!(sandbox.landlock, "FullyEnforced");
@@ -156,7 +156,7 @@ fn worker_runs_under_the_full_sandbox() {
         String::from_utf8_lossy(&environ)
     );
     sup.shutdown();
-    assert_eq!(sup.state().state, WorkerRunState::Down);
+    assert_eq!(sup.state().state, WorkerState::Down);
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -175,7 +175,7 @@ fn kill_9_is_a_typed_crash_and_the_worker_is_respawned() {
     }
     assert_eq!(err.error_code(), ErrorCode::WorkerCrashed);
     let state = sup.state();
-    assert_eq!(state.state, WorkerRunState::Restarting);
+    assert_eq!(state.state, WorkerState::Restarting);
     assert!(state.last_exit.unwrap().contains("signal 9"));
     // The next operation respawns with fresh keys and works.
     let generation_before = sup.state().channel.unwrap().key_generation;
@@ -203,7 +203,7 @@ fn keys_rotate_without_restarting_the_worker() {
     let state = sup.state();
     assert_eq!(state.restarts, 0);
     assert_eq!(state.channel.unwrap().received.tag_failures, 0);
-    let report = state.channel_report().unwrap();
+    let report = state.channel_report();
     assert_eq!(report.key_generation, before + 2);
     // Every message was answered, so both rings are fully consumed.
     for seg in &report.segments {
@@ -231,7 +231,7 @@ fn unknown_and_unloadable_models_fail_typed() {
         other => panic!("expected LoadFailed, got {other:?}"),
     }
     // The worker survives a failed load.
-    assert_eq!(sup.state().state, WorkerRunState::Ready);
+    assert_eq!(sup.state().state, WorkerState::Ready);
     assert_eq!(sup.state().restarts, 0);
     std::fs::remove_dir_all(dir).ok();
 }

@@ -17,11 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use weave_broker::supervisor::{
-    CrashCause, SupervisorConfig, SupervisorError, WorkerRunState, WorkerSupervisor,
-};
+use weave_broker::supervisor::{CrashCause, SupervisorConfig, SupervisorError, WorkerSupervisor};
 use weave_common::config::ModelKind;
-use weave_common::proto::{ErrorCode, Scheduler};
+use weave_common::proto::{ErrorCode, Scheduler, WorkerState};
 use weave_common::worker_proto::channel::WorkerEndpoint;
 use weave_common::worker_proto::{
     self, fds, FromWorker, ModelEntry, SandboxReport, ToWorker, WorkerGenerateParams,
@@ -276,7 +274,7 @@ fn assert_killed_for_bad_output(mode: &str, bad_output: bool) {
         "worker {pid} still alive"
     );
     let state = sup.state();
-    assert_eq!(state.state, WorkerRunState::Restarting);
+    assert_eq!(state.state, WorkerState::Restarting);
     assert!(state.last_exit.unwrap().contains("signal 9"));
 }
 
@@ -353,7 +351,7 @@ fn a_worker_that_skips_the_handshake_is_refused() {
     let mut sup = supervisor("no-ready");
     let err = sup.ensure_running().unwrap_err();
     assert!(matches!(err, SupervisorError::Handshake(_)), "{err:?}");
-    assert_eq!(sup.state().state, WorkerRunState::Restarting);
+    assert_eq!(sup.state().state, WorkerState::Restarting);
 }
 
 fn a_degraded_sandbox_report_is_refused() {

@@ -16,11 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{write_tiny_model, TinyOptions};
-use weave_broker::supervisor::{
-    JobEvent, SupervisorConfig, SupervisorError, WorkerRunState, WorkerSupervisor,
-};
+use weave_broker::supervisor::{JobEvent, SupervisorConfig, SupervisorError, WorkerSupervisor};
 use weave_common::config::ModelKind;
-use weave_common::proto::{ErrorCode, Scheduler};
+use weave_common::proto::{ErrorCode, Scheduler, WorkerState};
 use weave_common::worker_proto::{ModelEntry, WorkerGenerateParams};
 use weave_worker::engine::{
     DeviceChoice, GenerateParams, ModelSpec, Pipeline, Precision, SchedulerKind,
@@ -121,7 +119,7 @@ fn sandboxed_generation_matches_the_engine_in_process() {
         .unwrap_or_else(|e| panic!("load under the full sandbox failed: {e}"));
     assert!(info.memory_bytes > 100_000, "{info:?}");
     let state = sup.state();
-    assert_eq!(state.state, WorkerRunState::Ready);
+    assert_eq!(state.state, WorkerState::Ready);
     assert!(state.sandbox.unwrap().fully_enforced);
     let pid = sup.worker_pid().unwrap();
     assert_eq!(proc_status_field(pid, "Seccomp"), "2");

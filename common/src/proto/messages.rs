@@ -345,11 +345,15 @@ pub struct LoadedModel {
     pub memory_bytes: u64,
 }
 
+/// Lifecycle of the worker process (the broker's supervisor keeps it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum WorkerState {
+    /// Spawned, waiting for its `Ready`.
     Starting,
     Ready,
+    /// Died or was killed; the next operation respawns it after the backoff.
     Restarting,
+    /// Not started yet, or shut down.
     Down,
 }
 

@@ -1,0 +1,128 @@
+//! Running one job: its model loaded, the worker's events streamed to the
+//! caller, the images checked and PNG-encoded, every failure typed.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use weave_common::proto::{ErrorCode, Response};
+
+use super::{Broker, LoadedState, PendingJob};
+use crate::job_runner::JobRunner;
+use crate::output;
+use crate::supervisor::{JobEvent, SupervisorError};
+
+impl Broker {
+    pub(super) fn ensure_loaded(
+        &self,
+        runner: &mut dyn JobRunner,
+        model_id: &str,
+    ) -> Result<(), ErrorCode> {
+        if self.status.is_quarantined(model_id) {
+            return Err(ErrorCode::ModelQuarantined);
+        }
+        let resident = self
+            .lock()
+            .loaded
+            .as_ref()
+            .is_some_and(|loaded| loaded.model_id == model_id)
+            && self.status.state().loaded_model() == Some(model_id);
+        if resident {
+            return Ok(());
+        }
+        self.lock().loaded = None;
+        runner
+            .load(model_id)
+            .map_err(|error| failure_code("load", &error))?;
+        let now = Instant::now();
+        self.lock().loaded = Some(LoadedState {
+            model_id: model_id.to_owned(),
+            since: now,
+            last_use: now,
+        });
+        Ok(())
+    }
+
+    /// Runs one job to its end; returns the outcome name for the audit.
+    pub(super) fn run_one(&self, runner: &mut dyn JobRunner, pending: &PendingJob) -> &'static str {
+        let (job_id, params) = (pending.job_id, &pending.params);
+        let send = |response: Response| {
+            let _ = pending.events.send(response);
+        };
+        let fail = |code: ErrorCode| {
+            let name = code.name();
+            send(Response::Error(code));
+            name
+        };
+        if pending.cancel.load(Ordering::SeqCst) {
+            return fail(ErrorCode::Cancelled);
+        }
+        if let Err(code) = self.ensure_loaded(runner, &params.model_id) {
+            return fail(code);
+        }
+        send(Response::Started {
+            job_id,
+            seed: params.seed,
+        });
+        let deadline = Instant::now() + self.settings.limits.job_timeout();
+        let mut on_event = |event: JobEvent| {
+            if let JobEvent::Progress { step, total } = event {
+                send(Response::Progress {
+                    job_id,
+                    step,
+                    total,
+                });
+            }
+        };
+        let images = match runner.run_job(job_id, params, deadline, &pending.cancel, &mut on_event)
+        {
+            Ok(images) => images,
+            Err(SupervisorError::Cancelled) if self.is_shutting_down() => {
+                return fail(ErrorCode::ShuttingDown)
+            }
+            Err(error) => {
+                let code = failure_code("job", &error);
+                if matches!(code, ErrorCode::WorkerCrashed) {
+                    // The worker restarted without the model.
+                    self.lock().loaded = None;
+                }
+                return fail(code);
+            }
+        };
+        if let Err(error) = output::check_images(params, &images) {
+            eprintln!("weave-broker: job {job_id} rejected worker output: {error}");
+            self.lock().loaded = None;
+            runner.unload().ok();
+            return fail(ErrorCode::WorkerCrashed);
+        }
+        let with_parameters = self.settings.output.png_parameters;
+        for (index, image) in (0u32..).zip(&images) {
+            let seed = params.seed.wrapping_add(u64::from(index));
+            match output::encode_png(params, image, seed, with_parameters) {
+                Ok(png) => send(Response::Image {
+                    job_id,
+                    index,
+                    seed,
+                    width: image.width,
+                    height: image.height,
+                    png,
+                }),
+                Err(error) => {
+                    eprintln!("weave-broker: job {job_id}: {error}");
+                    return fail(ErrorCode::Internal);
+                }
+            }
+        }
+        send(Response::Finished { job_id });
+        "finished"
+    }
+}
+
+/// The caller's code for a failed worker operation; the broker's log
+/// (stderr / journal) gets the detail, callers only the typed code.
+pub(super) fn failure_code(what: &str, error: &SupervisorError) -> ErrorCode {
+    if !matches!(error, SupervisorError::Cancelled) {
+        eprintln!("weave-broker: worker {what} failed: {error}");
+    }
+    error.error_code()
+}

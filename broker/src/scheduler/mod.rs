@@ -1,0 +1,213 @@
+//! The broker's job state and the one thread that feeds the worker.
+//!
+//! Connection threads call [`Broker`] methods (submit, cancel, list, admin
+//! commands); the scheduler thread pops jobs in fair order, loads models on
+//! demand, unloads them when idle, and streams each job's events back to its
+//! connection through a channel.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use weave_common::proto::{ErrorCode, Mode, Response};
+use weave_common::worker_proto::WorkerGenerateParams;
+
+use crate::admission::{AdmissionQueue, Owner, RateLimiter};
+use crate::audit::{AuditLog, AuditRecord, Severity};
+use crate::settings::Config;
+use crate::supervisor::SupervisorHandle;
+
+mod commands;
+mod job;
+mod reports;
+mod run_loop;
+mod submit;
+#[cfg(test)]
+mod tests;
+
+use commands::Command;
+use job::failure_code;
+
+/// A queued job's payload.
+#[derive(Debug)]
+struct PendingJob {
+    job_id: u64,
+    params: WorkerGenerateParams,
+    events: Sender<Response>,
+    cancel: Arc<AtomicBool>,
+    submitted: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct RunningJob {
+    job_id: u64,
+    owner: Owner,
+    model_id: String,
+    submitted: Instant,
+    cancel: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone)]
+struct LoadedState {
+    model_id: String,
+    since: Instant,
+    last_use: Instant,
+}
+
+struct State {
+    queue: AdmissionQueue<PendingJob>,
+    rate: RateLimiter,
+    running: Option<RunningJob>,
+    loaded: Option<LoadedState>,
+    pinned: HashSet<String>,
+    commands: Vec<(Command, Sender<Result<(), ErrorCode>>)>,
+    draining: bool,
+    shutting_down: bool,
+    next_job_id: u64,
+    /// Rough duration of a job, for `Busy` retry hints.
+    recent_job_ms: u32,
+}
+
+/// Shared broker state. Cheap to clone through `Arc`.
+pub struct Broker {
+    settings: Config,
+    mode: Mode,
+    started: Instant,
+    audit: Arc<AuditLog>,
+    state: Mutex<State>,
+    wake: Condvar,
+    status: SupervisorHandle,
+    /// Connections currently streaming a job's events; shutdown waits (a
+    /// little) for them to deliver their final event.
+    streams: std::sync::atomic::AtomicUsize,
+}
+
+/// A job accepted by [`Broker::submit`].
+pub struct Admission {
+    pub job_id: u64,
+    pub position: u32,
+    pub events: Receiver<Response>,
+}
+
+impl Broker {
+    pub fn new(
+        settings: Config,
+        mode: Mode,
+        audit: Arc<AuditLog>,
+        status: SupervisorHandle,
+    ) -> Arc<Self> {
+        let limits = &settings.limits;
+        let state = State {
+            queue: AdmissionQueue::new(limits.queue_depth, limits.per_client_queue_depth),
+            rate: RateLimiter::new(limits.rate_per_minute, limits.rate_burst),
+            running: None,
+            loaded: None,
+            pinned: HashSet::new(),
+            commands: Vec::new(),
+            draining: false,
+            shutting_down: false,
+            next_job_id: 1,
+            recent_job_ms: 1000,
+        };
+        Arc::new(Self {
+            settings,
+            mode,
+            started: Instant::now(),
+            audit,
+            state: Mutex::new(state),
+            wake: Condvar::new(),
+            status,
+            streams: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep
+        // serving rather than take the broker down.
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn settings(&self) -> &Config {
+        &self.settings
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.lock().draining = draining;
+        self.wake.notify_all();
+    }
+
+    /// Marks one connection as streaming until the guard drops.
+    pub fn stream_guard(&self) -> StreamGuard<'_> {
+        self.streams.fetch_add(1, Ordering::SeqCst);
+        StreamGuard { broker: self }
+    }
+
+    /// Waits up to `limit` for every streaming connection to finish.
+    pub fn wait_streams(&self, limit: Duration) {
+        let end = Instant::now() + limit;
+        while self.streams.load(Ordering::SeqCst) > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.lock().shutting_down
+    }
+
+    fn record_outcome(&self, job: &PendingJob, owner: &Owner, outcome: &str, ms: Option<u128>) {
+        let params = &job.params;
+        let mut record = AuditRecord::new("job")
+            .field("job", job.job_id)
+            .field("uid", owner.uid)
+            .field("tag", owner.tag.as_deref().unwrap_or("-"))
+            .field("model", &params.model_id)
+            .field("outcome", outcome)
+            .field("size", format!("{}x{}", params.width, params.height))
+            .field("steps", params.steps)
+            .field("batch", params.batch);
+        if let Some(ms) = ms {
+            record = record.field("ms", ms);
+        }
+        if self.audit.log_prompts() {
+            record = record.field("prompt", &params.prompt);
+        }
+        self.audit.record(Severity::Info, &record);
+    }
+}
+
+/// See [`Broker::stream_guard`].
+pub struct StreamGuard<'a> {
+    broker: &'a Broker,
+}
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        self.broker.streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn send_position_changes(state: &mut State) {
+    for (job_id, position) in state.queue.take_position_changes() {
+        if let Some(entry) = state.queue.find_mut(job_id) {
+            let _ = entry
+                .item
+                .events
+                .send(Response::Position { job_id, position });
+        }
+    }
+}

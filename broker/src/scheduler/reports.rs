@@ -1,0 +1,110 @@
+//! What callers may see: their jobs (admins: all), the models, the daemon's
+//! status and the channel counters. Reads only; never waits on the worker.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use weave_common::proto::{
+    ChannelStatsReport, JobInfo, JobState, LoadedModel, ModelInfo, StatusReport,
+};
+
+use super::Broker;
+
+impl Broker {
+    /// Jobs the caller may see: its own, or all for `all`.
+    pub fn jobs(&self, uid: u32, all: bool) -> Vec<JobInfo> {
+        let state = self.lock();
+        let now = Instant::now();
+        let order = state.queue.service_order();
+        let mut list = Vec::new();
+        if let Some(running) = state.running.as_ref().filter(|r| all || r.owner.uid == uid) {
+            list.push(JobInfo {
+                job_id: running.job_id,
+                owner_uid: running.owner.uid,
+                tag: running.owner.tag.clone(),
+                model_id: running.model_id.clone(),
+                state: if running.cancel.load(Ordering::SeqCst) {
+                    JobState::Cancelling
+                } else {
+                    JobState::Running
+                },
+                position: None,
+                submitted_s_ago: now.saturating_duration_since(running.submitted).as_secs(),
+            });
+        }
+        let by_id: HashMap<u64, _> = state.queue.iter().map(|e| (e.id, e)).collect();
+        for (position, id) in order.iter().enumerate() {
+            let Some(entry) = by_id.get(id) else { continue };
+            if !all && entry.owner.uid != uid {
+                continue;
+            }
+            list.push(JobInfo {
+                job_id: entry.id,
+                owner_uid: entry.owner.uid,
+                tag: entry.owner.tag.clone(),
+                model_id: entry.item.params.model_id.clone(),
+                state: JobState::Queued,
+                position: Some(u32::try_from(position).unwrap_or(u32::MAX)),
+                submitted_s_ago: now
+                    .saturating_duration_since(entry.item.submitted)
+                    .as_secs(),
+            });
+        }
+        list
+    }
+
+    /// The configured models with their current state.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let state = self.lock();
+        let snapshot = self.status.state();
+        self.settings
+            .models
+            .iter()
+            .map(|model| ModelInfo {
+                id: model.id.clone(),
+                kind: model.kind.to_string(),
+                loaded: state
+                    .loaded
+                    .as_ref()
+                    .is_some_and(|l| l.model_id == model.id),
+                pinned: state.pinned.contains(&model.id),
+                quarantined: snapshot.quarantined.contains(&model.id),
+                defaults: model.defaults(),
+                bounds: self.settings.bounds.clone(),
+            })
+            .collect()
+    }
+
+    pub fn status(&self) -> StatusReport {
+        let snapshot = self.status.state();
+        let state = self.lock();
+        let now = Instant::now();
+        StatusReport {
+            daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
+            mode: self.mode,
+            uptime_s: now.saturating_duration_since(self.started).as_secs(),
+            loaded: state.loaded.as_ref().map(|loaded| LoadedModel {
+                model_id: loaded.model_id.clone(),
+                loaded_for_s: now.saturating_duration_since(loaded.since).as_secs(),
+                idle_for_s: if state.running.is_some() {
+                    0
+                } else {
+                    now.saturating_duration_since(loaded.last_use).as_secs()
+                },
+                memory_bytes: snapshot.loaded.as_ref().map_or(0, |info| info.memory_bytes),
+            }),
+            queue_depth: u32::try_from(state.queue.len()).unwrap_or(u32::MAX),
+            draining: state.draining,
+            worker: snapshot.state,
+            worker_restarts: snapshot.restarts,
+            sandbox: snapshot.sandbox_summary(),
+        }
+    }
+
+    /// The channel counters for the admin `segments` verb.
+    pub fn channel_report(&self) -> ChannelStatsReport {
+        self.status.state().channel_report()
+    }
+}

@@ -1,0 +1,102 @@
+//! The scheduler thread: expires overdue jobs, runs admin commands, pops
+//! jobs in fair order, unloads an idle model, sleeps until there is work.
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+use weave_common::proto::{ErrorCode, Response};
+
+use super::{send_position_changes, Broker, RunningJob};
+use crate::audit::{AuditRecord, Severity};
+use crate::job_runner::JobRunner;
+
+impl Broker {
+    /// The scheduler thread's body; returns after `begin_shutdown`, with the
+    /// worker stopped.
+    pub fn run_scheduler(&self, runner: &mut dyn JobRunner) {
+        let idle = self.settings.limits.idle_unload();
+        let deadline = self.settings.limits.queue_deadline();
+        let mut state = self.lock();
+        loop {
+            if state.shutting_down {
+                break;
+            }
+            let now = Instant::now();
+            for entry in state.queue.expire(now, deadline) {
+                let _ = entry.item.events.send(Response::Error(ErrorCode::TimedOut));
+                self.record_outcome(&entry.item, &entry.owner, "queue_deadline", None);
+                send_position_changes(&mut state);
+            }
+            if !state.commands.is_empty() {
+                let (command, reply) = state.commands.remove(0);
+                drop(state);
+                let result = self.execute(runner, &command);
+                let _ = reply.send(result);
+                state = self.lock();
+                continue;
+            }
+            if let Some(entry) = state.queue.pop() {
+                send_position_changes(&mut state);
+                state.running = Some(RunningJob {
+                    job_id: entry.id,
+                    owner: entry.owner.clone(),
+                    model_id: entry.item.params.model_id.clone(),
+                    submitted: entry.item.submitted,
+                    cancel: entry.item.cancel.clone(),
+                });
+                drop(state);
+                let started = Instant::now();
+                let outcome = self.run_one(runner, &entry.item);
+                let elapsed = started.elapsed();
+                self.record_outcome(
+                    &entry.item,
+                    &entry.owner,
+                    outcome,
+                    Some(elapsed.as_millis()),
+                );
+                state = self.lock();
+                state.running = None;
+                state.recent_job_ms = u32::try_from(elapsed.as_millis())
+                    .unwrap_or(u32::MAX)
+                    .max(100);
+                if let Some(loaded) = state.loaded.as_mut() {
+                    loaded.last_use = Instant::now();
+                }
+                continue;
+            }
+            // Idle unload: never while a job runs (none does here) and never
+            // a pinned model.
+            let mut wait = Duration::from_secs(1);
+            if let Some(loaded) = state.loaded.clone() {
+                if !state.pinned.contains(&loaded.model_id) {
+                    let idle_for = now.saturating_duration_since(loaded.last_use);
+                    if idle_for >= idle {
+                        drop(state);
+                        let result = runner.unload();
+                        self.audit.record(
+                            Severity::Info,
+                            &AuditRecord::new("idle_unload")
+                                .field("model", &loaded.model_id)
+                                .field("ok", result.is_ok()),
+                        );
+                        state = self.lock();
+                        state.loaded = None;
+                        continue;
+                    }
+                    wait = wait.min(idle - idle_for);
+                }
+            }
+            if let Some(oldest) = state.queue.oldest() {
+                let due = (oldest + deadline).saturating_duration_since(now);
+                wait = wait.min(due.max(Duration::from_millis(1)));
+            }
+            state.rate.forget_full(now);
+            state = match self.wake.wait_timeout(state, wait) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        drop(state);
+        runner.shutdown();
+    }
+}

@@ -1,0 +1,68 @@
+//! How the supervisor starts and treats the worker.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weave_common::config::Device;
+use weave_common::worker_proto::ModelEntry;
+
+/// How the supervisor starts and treats the worker; built by the broker
+/// from its configuration.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// Path of the `weave-worker` executable.
+    pub worker_exe: PathBuf,
+    /// The model table (id, kind, path), from the broker's config only.
+    pub models: Vec<ModelEntry>,
+    /// Never `Auto`: the broker resolves it (see `worker_setup`).
+    pub device: Device,
+    pub torch_threads: Option<u32>,
+    pub allow_degraded_sandbox: bool,
+    pub seccomp_debug: bool,
+    pub seccomp_exec_mappings: bool,
+    /// libtorch/CUDA library folders the worker may read.
+    pub library_dirs: Vec<PathBuf>,
+    /// Environment of the worker (it starts from an empty one), e.g.
+    /// `OMP_NUM_THREADS`. Never keys.
+    pub worker_env: Vec<(OsString, OsString)>,
+    /// Largest image the broker admits (`max_width × max_height`); sizes the
+    /// worker → broker slots.
+    pub max_image_pixels: usize,
+    /// Time for a fresh worker to confine itself and say `Ready`.
+    pub handshake_timeout: Duration,
+    /// Time for a model load.
+    pub load_timeout: Duration,
+    /// Time for an acknowledgement (`Unloaded`, `RekeyAck`) or for a job to
+    /// stop after a cancel.
+    pub reply_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Consecutive crashes with a model loaded before it is quarantined.
+    pub quarantine_after: u32,
+}
+
+impl SupervisorConfig {
+    /// Sensible timings for a worker executable and model table.
+    pub fn new(worker_exe: PathBuf, models: Vec<ModelEntry>) -> Self {
+        Self {
+            worker_exe,
+            models,
+            device: Device::Cpu,
+            torch_threads: None,
+            allow_degraded_sandbox: false,
+            seccomp_debug: false,
+            seccomp_exec_mappings: false,
+            library_dirs: Vec::new(),
+            worker_env: Vec::new(),
+            max_image_pixels: 1024 * 1024,
+            handshake_timeout: Duration::from_secs(30),
+            load_timeout: Duration::from_secs(300),
+            reply_timeout: Duration::from_secs(30),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            quarantine_after: 3,
+        }
+    }
+}

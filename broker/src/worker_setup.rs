@@ -1,0 +1,89 @@
+//! Setting up the production worker: where `weave-worker` and its libtorch
+//! libraries are, and the supervisor's configuration from the broker's.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use weave_common::config::{Config, Device};
+use weave_common::worker_proto::ModelEntry;
+
+use crate::supervisor::{SupervisorConfig, WorkerSupervisor};
+
+/// libtorch's library folder as known when the broker was built (the worker
+/// is linked against the same one); packages put it in `<prefix>/lib/weave`.
+const BUILD_LIBTORCH_LIB: Option<&str> = option_env!("WEAVE_BUILD_LIBTORCH_LIB");
+
+/// Why the worker could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerSetupError {
+    #[error(
+        "the worker executable {0} is missing (nor in <prefix>/libexec/weave/); install \
+         weave-worker next to weave-broker (cargo build --bins builds both)"
+    )]
+    MissingWorker(PathBuf),
+    #[error("cannot locate the broker executable: {0}")]
+    CurrentExe(std::io::Error),
+}
+
+/// `weave-worker` next to the running `weave-broker` (the build tree), or in
+/// `<prefix>/libexec/weave/` (the packages: `/usr/bin/weave-broker` and
+/// `/usr/libexec/weave/weave-worker`, so the worker is not on `$PATH`).
+pub fn worker_executable() -> Result<PathBuf, WorkerSetupError> {
+    let exe = std::env::current_exe().map_err(WorkerSetupError::CurrentExe)?;
+    let sibling = exe.with_file_name("weave-worker");
+    let libexec = exe
+        .parent()
+        .and_then(|bin| bin.parent())
+        .map(|prefix| prefix.join("libexec/weave/weave-worker"));
+    std::iter::once(sibling.clone())
+        .chain(libexec)
+        .find(|candidate| candidate.is_file())
+        .ok_or(WorkerSetupError::MissingWorker(sibling))
+}
+
+fn library_dirs(worker: &std::path::Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = BUILD_LIBTORCH_LIB.map(PathBuf::from) {
+        dirs.push(dir);
+    }
+    if let Some(prefix) = worker.parent().and_then(|bin| bin.parent()) {
+        dirs.push(prefix.join("lib/weave"));
+    }
+    dirs.into_iter()
+        .filter(|dir| dir.is_dir())
+        .filter_map(|dir| dir.canonicalize().ok())
+        .collect()
+}
+
+/// The supervisor configuration for `config`.
+pub fn supervisor_config(config: &Config, worker: PathBuf) -> SupervisorConfig {
+    let models = config
+        .models
+        .iter()
+        .map(|model| ModelEntry {
+            id: model.id.clone(),
+            kind: model.kind,
+            path: model.path.clone(),
+        })
+        .collect();
+    let library_dirs = library_dirs(&worker);
+    let mut supervisor = SupervisorConfig::new(worker, models);
+    supervisor.library_dirs = library_dirs;
+    supervisor.device = match config.worker.device {
+        // The worker decides `auto` itself only where it can; CPU is the
+        // safe reading until CUDA detection lives in the worker.
+        Device::Auto => Device::Cpu,
+        device @ (Device::Cpu | Device::Cuda(_)) => device,
+    };
+    supervisor.allow_degraded_sandbox = config.worker.allow_degraded_sandbox;
+    supervisor.seccomp_debug = config.worker.seccomp_debug;
+    supervisor.max_image_pixels =
+        config.bounds.max_width as usize * config.bounds.max_height as usize;
+    supervisor
+}
+
+/// The supervisor for `config`; the worker itself starts on first use.
+pub fn start(config: &Config) -> Result<WorkerSupervisor, WorkerSetupError> {
+    let worker = worker_executable()?;
+    Ok(WorkerSupervisor::new(supervisor_config(config, worker)))
+}

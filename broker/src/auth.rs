@@ -1,9 +1,10 @@
 //! Who may talk to the broker, decided from `SO_PEERCRED` alone, before a
 //! single byte of the connection is read.
 
+use weave_common::accounts;
 use weave_common::proto::{Mode, Role};
 
-use crate::sys::{self, PeerCredentials};
+use crate::syscalls::PeerCredentials;
 
 /// Why the role table could not be built at startup.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +41,7 @@ impl Authorizer {
     /// A group that does not exist grants nobody anything.
     pub fn system_mode(client_group: &str, admin_group: &str) -> Result<Self, AuthError> {
         let lookup = |name: &str| {
-            sys::group_id_by_name(name).map_err(|source| AuthError::GroupLookup {
+            accounts::group_id_by_name(name).map_err(|source| AuthError::GroupLookup {
                 name: name.to_owned(),
                 source,
             })
@@ -83,8 +84,8 @@ impl Authorizer {
 /// database. A uid without a passwd entry gets only its primary gid.
 fn peer_groups(peer: &PeerCredentials) -> Vec<u32> {
     let mut groups = vec![peer.gid];
-    if let Ok(Some(user)) = sys::user_by_uid(peer.uid) {
-        if let Ok(list) = sys::groups_of_user(&user.name, user.gid) {
+    if let Ok(Some(user)) = accounts::user_by_uid(peer.uid) {
+        if let Ok(list) = accounts::groups_of_user(&user.name, user.gid) {
             groups.extend(list);
         }
     }

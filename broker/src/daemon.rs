@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
+use weave_common::accounts;
 use weave_common::proto::Mode;
 
 use crate::audit::{AuditLog, AuditRecord, Severity};
@@ -17,7 +18,7 @@ use crate::modes::{self, ModeError, Options, SystemOwnership};
 use crate::scheduler::Broker;
 use crate::server;
 use crate::settings::{self, Config, ConfigErrors};
-use crate::sys;
+use crate::syscalls;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +43,7 @@ pub enum DaemonError {
 const SERVICE_ACCOUNT: &str = "weave";
 
 pub fn run(options: &Options) -> Result<(), DaemonError> {
-    let euid = sys::effective_uid();
+    let euid = syscalls::effective_uid();
     if options.mode == Mode::System && euid != 0 {
         return Err(ModeError::SystemNeedsRoot.into());
     }
@@ -53,7 +54,7 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
             // Root or the `weave` service account, never a name taken from
             // the file being checked.
             let mut uids = vec![0];
-            if let Ok(Some(user)) = sys::user_by_name(SERVICE_ACCOUNT) {
+            if let Ok(Some(user)) = accounts::user_by_name(SERVICE_ACCOUNT) {
                 uids.push(user.uid);
             }
             uids
@@ -116,7 +117,7 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
         Severity::Notice,
         &AuditRecord::new("start")
             .field("mode", format!("{:?}", options.mode).to_lowercase())
-            .field("uid", sys::effective_uid()),
+            .field("uid", syscalls::effective_uid()),
     );
 
     let scheduler = {
@@ -139,7 +140,7 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
                     eprintln!("weave-broker: signal {signal}, shutting down");
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
                     broker.begin_shutdown();
-                    let _ = sys::shutdown_listener(listener_fd);
+                    let _ = syscalls::shutdown_listener(listener_fd);
                 }
             })
             .map_err(DaemonError::Thread)?;
@@ -177,12 +178,12 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
 
 fn system_ownership(settings: &Config) -> Result<SystemOwnership, DaemonError> {
     let user_name = settings.daemon_user();
-    let user = sys::user_by_name(user_name)
+    let user = accounts::user_by_name(user_name)
         .ok()
         .flatten()
         .ok_or_else(|| ModeError::NoSuchUser(user_name.to_owned()))?;
     let group = settings.daemon.client_group.clone().unwrap_or_default();
-    let client_gid = sys::group_id_by_name(&group)
+    let client_gid = accounts::group_id_by_name(&group)
         .ok()
         .flatten()
         .ok_or(ModeError::NoSuchGroup(group))?;

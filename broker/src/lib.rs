@@ -14,6 +14,6 @@ pub mod scheduler;
 pub mod server;
 pub mod settings;
 pub mod supervisor;
-pub mod sys;
+pub mod syscalls;
 pub mod validation;
 pub mod worker_setup;

@@ -1,8 +1,8 @@
 //! `weave-broker` entry point; see `weave_broker::daemon`.
 
 fn main() {
-    weave_broker::sys::limit_malloc_retention();
-    let euid = weave_broker::sys::effective_uid();
+    weave_broker::syscalls::limit_malloc_retention();
+    let euid = weave_broker::syscalls::effective_uid();
     let options = match weave_broker::modes::Options::parse(std::env::args().skip(1), euid) {
         Ok(options) => options,
         Err(error) => {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use weave_common::config::{default_socket_path, Config, EnvPaths};
 use weave_common::proto::Mode;
 
-use crate::sys;
+use crate::syscalls;
 
 /// Why the daemon cannot set itself up.
 #[derive(Debug, thiserror::Error)]
@@ -146,9 +146,9 @@ pub fn bind_socket(
     remove_stale_socket(path)?;
     // Create the socket 0600 from the start (no window where it is more
     // open), then widen in system mode once the group is right.
-    let previous = sys::set_umask(0o177);
+    let previous = syscalls::set_umask(0o177);
     let bound = UnixListener::bind(path);
-    sys::set_umask(previous);
+    syscalls::set_umask(previous);
     let listener = bound.map_err(io_error(path))?;
     if let Some(owners) = system {
         std::os::unix::fs::chown(path, Some(owners.service_uid), Some(owners.client_gid))
@@ -196,7 +196,7 @@ pub fn activated_listener() -> Result<Option<UnixListener>, ModeError> {
     let Some(&fd) = fds.first() else {
         return Ok(None);
     };
-    sys::listener_from_activation(fd)
+    syscalls::listener_from_activation(fd)
         .map(Some)
         .map_err(io_error(Path::new("<LISTEN_FDS>")))
 }

@@ -16,7 +16,7 @@ use weave_common::proto::{
 use crate::audit::{AuditRecord, Severity};
 use crate::auth::Authorizer;
 use crate::scheduler::Broker;
-use crate::sys::{self, PeerCredentials};
+use crate::syscalls::{self, PeerCredentials};
 
 /// A connection may stay silent this long between requests.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -46,7 +46,7 @@ pub fn serve(listener: &UnixListener, broker: &Arc<Broker>, authorizer: &Arc<Aut
             }
         };
         // Credentials first: nothing is read before the peer is known.
-        let peer = match sys::peer_credentials(&stream) {
+        let peer = match syscalls::peer_credentials(&stream) {
             Ok(peer) => peer,
             Err(error) => {
                 eprintln!("weave-broker: SO_PEERCRED failed: {error}");
@@ -360,7 +360,7 @@ impl Connection {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    if sys::peer_hung_up(fd) {
+                    if syscalls::peer_hung_up(fd) {
                         self.broker.cancel(self.peer.uid, true, job_id);
                         self.broker.audit().record(
                             Severity::Info,

@@ -78,7 +78,7 @@ scheduler = "ddim"
         let path = dir.join("weave.toml");
         std::fs::write(&path, SAMPLE).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let me = crate::sys::effective_uid();
+        let me = crate::syscalls::effective_uid();
         let error = load(&path, Mode::User, &[me]).unwrap_err().to_string();
         assert!(error.contains("fix:"), "{error}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -3,8 +3,10 @@
 //! No heavy dependencies and no I/O policy: what to open, log or allow is
 //! decided by the broker and the worker, not here.
 
+pub mod accounts;
 pub mod config;
 pub mod proto;
 pub mod shm;
+pub mod syscall;
 pub mod validate;
 pub mod worker_proto;

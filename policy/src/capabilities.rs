@@ -5,7 +5,7 @@
 //! and ambient. The result is read back from `/proc/self/status`, not assumed.
 
 use crate::process::{ProcessError, ProcessStatus};
-use crate::sys;
+use crate::syscalls;
 use caps::CapSet;
 use std::io;
 
@@ -52,7 +52,8 @@ pub fn clear_bounding_set() -> Result<(), CapabilityError> {
     }
     for cap in 0..64u32 {
         if status.cap_bounding & (1u64 << cap) != 0 {
-            sys::capbset_drop(cap).map_err(|source| CapabilityError::Bounding { cap, source })?;
+            syscalls::capbset_drop(cap)
+                .map_err(|source| CapabilityError::Bounding { cap, source })?;
         }
     }
     Ok(())
@@ -80,7 +81,7 @@ pub fn clear_process_sets() -> Result<(), CapabilityError> {
     ] {
         caps::clear(None, set).map_err(|source| CapabilityError::Clear { set: name, source })?;
     }
-    sys::cap_ambient_clear_all().map_err(CapabilityError::Ambient)?;
+    syscalls::cap_ambient_clear_all().map_err(CapabilityError::Ambient)?;
     let s = ProcessStatus::current()?;
     if s.cap_inheritable | s.cap_permitted | s.cap_effective | s.cap_ambient != 0 {
         return Err(not_empty(&s));
@@ -123,8 +124,8 @@ pub fn verify_empty() -> Result<(), CapabilityError> {
 /// file capabilities); also the precondition for an unprivileged seccomp
 /// filter and for Landlock.
 pub fn set_no_new_privs() -> Result<(), CapabilityError> {
-    sys::set_no_new_privs().map_err(|e| CapabilityError::Prctl("PR_SET_NO_NEW_PRIVS", e))?;
-    match sys::no_new_privs() {
+    syscalls::set_no_new_privs().map_err(|e| CapabilityError::Prctl("PR_SET_NO_NEW_PRIVS", e))?;
+    match syscalls::no_new_privs() {
         Ok(true) => Ok(()),
         Ok(false) => Err(CapabilityError::NotSet("PR_SET_NO_NEW_PRIVS")),
         Err(e) => Err(CapabilityError::Prctl("PR_GET_NO_NEW_PRIVS", e)),
@@ -136,8 +137,8 @@ pub fn set_no_new_privs() -> Result<(), CapabilityError> {
 /// `/proc/<pid>/mem`. Must be called after the last uid change, which resets
 /// the flag.
 pub fn set_not_dumpable() -> Result<(), CapabilityError> {
-    sys::set_dumpable(false).map_err(|e| CapabilityError::Prctl("PR_SET_DUMPABLE", e))?;
-    match sys::dumpable() {
+    syscalls::set_dumpable(false).map_err(|e| CapabilityError::Prctl("PR_SET_DUMPABLE", e))?;
+    match syscalls::dumpable() {
         Ok(false) => Ok(()),
         Ok(true) => Err(CapabilityError::NotSet("PR_SET_DUMPABLE 0")),
         Err(e) => Err(CapabilityError::Prctl("PR_GET_DUMPABLE", e)),

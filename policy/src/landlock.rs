@@ -12,7 +12,7 @@
 //! it must be applied while the process is single-threaded.
 
 use crate::process::{self, ProcessError};
-use crate::sys;
+use crate::syscalls;
 use landlock::{
     Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, RestrictionStatus,
     Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
@@ -192,7 +192,7 @@ pub fn restrict_self(
         }
     }
 
-    let kernel_abi = sys::landlock_abi_version().ok();
+    let kernel_abi = syscalls::landlock_abi_version().ok();
     let mut created = Ruleset::default()
         .set_compatibility(level)
         .handle_access(AccessFs::from_all(TARGET_ABI))?

@@ -12,7 +12,7 @@ pub mod landlock;
 pub mod privileges;
 pub mod process;
 pub mod seccomp;
-mod sys;
+mod syscalls;
 pub mod worker;
 
 pub use crate::landlock::{EnforcementStatus, LandlockReport};
@@ -46,8 +46,8 @@ impl SandboxReport {
     /// [`worker::confine_filesystem`] returned, if any.
     pub fn current(landlock: Option<LandlockReport>) -> Result<Self, ProcessError> {
         let status = ProcessStatus::current()?;
-        let (_, euid, _) = sys::getresuid().unwrap_or((u32::MAX, u32::MAX, u32::MAX));
-        let (_, egid, _) = sys::getresgid().unwrap_or((u32::MAX, u32::MAX, u32::MAX));
+        let (_, euid, _) = syscalls::getresuid().unwrap_or((u32::MAX, u32::MAX, u32::MAX));
+        let (_, egid, _) = syscalls::getresgid().unwrap_or((u32::MAX, u32::MAX, u32::MAX));
         Ok(Self {
             uid: euid,
             gid: egid,
@@ -60,7 +60,7 @@ impl SandboxReport {
             no_new_privs: status.no_new_privs,
             seccomp_mode: status.seccomp_mode,
             seccomp_filters: status.seccomp_filters,
-            dumpable: sys::dumpable().unwrap_or(true),
+            dumpable: syscalls::dumpable().unwrap_or(true),
             landlock,
         })
     }
@@ -73,7 +73,7 @@ mod tests {
     #[test]
     fn report_reads_this_process() {
         let report = SandboxReport::current(None).unwrap();
-        assert_eq!(report.uid, sys::geteuid());
+        assert_eq!(report.uid, syscalls::geteuid());
         assert!(report.seccomp_mode <= 2);
     }
 }

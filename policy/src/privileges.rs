@@ -8,7 +8,7 @@
 //! is asked what the ids are, and `setuid(0)` must fail.
 
 use crate::process::{self, ProcessError};
-use crate::sys;
+use crate::syscalls;
 use std::io;
 
 /// Errors of the privilege drop.
@@ -59,7 +59,7 @@ pub struct TargetUser {
 impl TargetUser {
     /// Resolves `name` with `getpwnam_r`. A root target is refused.
     pub fn lookup(name: &str) -> Result<Self, PrivilegeError> {
-        let entry = sys::getpwnam(name)
+        let entry = weave_common::accounts::user_by_name(name)
             .map_err(|source| PrivilegeError::Lookup {
                 user: name.to_owned(),
                 source,
@@ -88,15 +88,15 @@ pub fn require_single_threaded() -> Result<(), PrivilegeError> {
 /// `setgroups([gid])` → `setresgid(gid)` → `setresuid(uid)`, then
 /// [`verify_dropped`]. Needs root and a single thread.
 pub fn drop_to(user: &TargetUser) -> Result<(), PrivilegeError> {
-    let euid = sys::geteuid();
+    let euid = syscalls::geteuid();
     if euid != 0 {
         return Err(PrivilegeError::NotRoot { euid });
     }
     require_single_threaded()?;
     let call = |call: &'static str| move |source| PrivilegeError::Call { call, source };
-    sys::setgroups(&[user.gid]).map_err(call("setgroups"))?;
-    sys::setresgid(user.gid).map_err(call("setresgid"))?;
-    sys::setresuid(user.uid).map_err(call("setresuid"))?;
+    syscalls::setgroups(&[user.gid]).map_err(call("setgroups"))?;
+    syscalls::setresgid(user.gid).map_err(call("setresgid"))?;
+    syscalls::setresuid(user.uid).map_err(call("setresuid"))?;
     verify_dropped(user)
 }
 
@@ -105,7 +105,7 @@ pub fn drop_to(user: &TargetUser) -> Result<(), PrivilegeError> {
 /// `setuid(0)` nor `setgid(0)` works any more.
 pub fn verify_dropped(user: &TargetUser) -> Result<(), PrivilegeError> {
     let call = |call: &'static str| move |source| PrivilegeError::Call { call, source };
-    let (ruid, euid, suid) = sys::getresuid().map_err(call("getresuid"))?;
+    let (ruid, euid, suid) = syscalls::getresuid().map_err(call("getresuid"))?;
     if [ruid, euid, suid] != [user.uid; 3] {
         return Err(PrivilegeError::NotApplied {
             what: "uid (real, effective, saved)",
@@ -113,7 +113,7 @@ pub fn verify_dropped(user: &TargetUser) -> Result<(), PrivilegeError> {
             expected: vec![user.uid; 3],
         });
     }
-    let (rgid, egid, sgid) = sys::getresgid().map_err(call("getresgid"))?;
+    let (rgid, egid, sgid) = syscalls::getresgid().map_err(call("getresgid"))?;
     if [rgid, egid, sgid] != [user.gid; 3] {
         return Err(PrivilegeError::NotApplied {
             what: "gid (real, effective, saved)",
@@ -121,7 +121,7 @@ pub fn verify_dropped(user: &TargetUser) -> Result<(), PrivilegeError> {
             expected: vec![user.gid; 3],
         });
     }
-    let groups = sys::getgroups().map_err(call("getgroups"))?;
+    let groups = syscalls::getgroups().map_err(call("getgroups"))?;
     if groups != [user.gid] {
         return Err(PrivilegeError::NotApplied {
             what: "supplementary groups",
@@ -129,10 +129,10 @@ pub fn verify_dropped(user: &TargetUser) -> Result<(), PrivilegeError> {
             expected: vec![user.gid],
         });
     }
-    if sys::setuid(0).is_ok() {
+    if syscalls::setuid(0).is_ok() {
         return Err(PrivilegeError::Regained { call: "setuid(0)" });
     }
-    if sys::setgid(0).is_ok() {
+    if syscalls::setgid(0).is_ok() {
         return Err(PrivilegeError::Regained { call: "setgid(0)" });
     }
     Ok(())
@@ -167,7 +167,7 @@ mod tests {
             uid: 65534,
             gid: 65534,
         };
-        let before = sys::getresuid().unwrap();
+        let before = syscalls::getresuid().unwrap();
         let err = drop_to(&user).unwrap_err();
         assert!(
             matches!(
@@ -176,6 +176,6 @@ mod tests {
             ),
             "{err}"
         );
-        assert_eq!(sys::getresuid().unwrap(), before);
+        assert_eq!(syscalls::getresuid().unwrap(), before);
     }
 }

@@ -14,7 +14,7 @@
 //! still permitted; the allowlist itself does not allow `seccomp`, so no
 //! further filter (or a filter replacement) can follow.
 
-use crate::sys;
+use crate::syscalls;
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen as ArgLen, SeccompCmpOp as Op, SeccompCondition,
     SeccompFilter, SeccompRule, TargetArch,
@@ -195,7 +195,7 @@ impl SyscallPolicy {
     pub fn apply(&self, mode: SeccompMode) -> Result<(), SeccompError> {
         let (errno_filter, allow_filter) = self.compile(mode)?;
         if mode == SeccompMode::Trap {
-            sys::install_sigsys_reporter().map_err(SeccompError::Handler)?;
+            syscalls::install_sigsys_reporter().map_err(SeccompError::Handler)?;
         }
         let install = |source| SeccompError::Install {
             process: self.process,
@@ -235,7 +235,7 @@ fn arg_masked_zero(arg: u8, mask: u64) -> SeccompCondition {
 /// `tools/seccomp-trace.sh` runs; see docs/SANDBOX.md.
 pub fn worker_filter(options: WorkerSyscallOptions) -> SyscallPolicy {
     let mut p = SyscallPolicy::new("worker");
-    let own_pid = u64::try_from(sys::getpid()).unwrap_or(u64::MAX);
+    let own_pid = u64::try_from(syscalls::getpid()).unwrap_or(u64::MAX);
     let prot_exec = libc::PROT_EXEC as u64;
 
     // ---- memory ----

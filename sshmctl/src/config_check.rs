@@ -83,22 +83,8 @@ fn current_uid() -> u32 {
 
 /// The uid of a system account, from the passwd database.
 fn lookup_uid(name: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(name).ok()?;
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: an all-zero passwd is a valid value for an out-parameter.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call: `name` is NUL-terminated,
-    // `buf` is writable for `buf.len()` bytes, `pwd` and `result` are owned
-    // locals; getpwnam_r writes only through them.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            name.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
+    weave_common::accounts::user_by_name(name)
+        .ok()
+        .flatten()
+        .map(|user| user.uid)
 }

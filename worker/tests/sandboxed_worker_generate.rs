@@ -80,26 +80,6 @@ fn proc_status_field(pid: u32, field: &str) -> String {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-// The symbols the worker uses (worker/src/serve/sys.rs) to switch oneDNN off.
-extern "C" {
-    #[link_name = "_ZN2at13globalContextEv"]
-    fn at_global_context() -> *mut std::ffi::c_void;
-    #[link_name = "_ZN2at7Context20setUserEnabledMkldnnEb"]
-    fn at_context_set_user_enabled_mkldnn(context: *mut std::ffi::c_void, enabled: bool);
-    #[link_name = "_ZNK2at7Context17userEnabledMkldnnEv"]
-    fn at_context_user_enabled_mkldnn(context: *const std::ffi::c_void) -> bool;
-}
-
-fn disable_onednn_like_the_worker() -> bool {
-    // SAFETY: libtorch's process-wide context lives for the whole process;
-    // the setter and getter only touch a flag and do not throw.
-    unsafe {
-        let context = at_global_context();
-        at_context_set_user_enabled_mkldnn(context, false);
-        !at_context_user_enabled_mkldnn(context)
-    }
-}
-
 fn kill9(pid: u32) {
     assert!(std::process::Command::new("kill")
         .arg("-9")
@@ -147,7 +127,7 @@ fn sandboxed_generation_matches_the_engine_in_process() {
 
     // The same engine in this (unsandboxed) process, with the worker's
     // libtorch settings (oneDNN off: the sandbox refuses PROT_EXEC).
-    assert!(disable_onednn_like_the_worker());
+    assert!(weave_worker::onednn::set_enabled(false));
     let pipe = Pipeline::load(
         &ModelSpec::new(dir.path()),
         DeviceChoice::Cpu,

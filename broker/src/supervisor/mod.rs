@@ -23,8 +23,8 @@ mod job_check;
 mod lifecycle;
 mod operations;
 mod spawn;
+mod spawn_syscalls;
 mod status;
-mod sys;
 
 use std::collections::HashMap;
 use std::process::Child;

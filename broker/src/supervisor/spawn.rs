@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use weave_common::worker_proto::channel::BrokerEndpoint;
 use weave_common::worker_proto::{self, fds, WorkerBootstrap, WORKER_PROTOCOL_VERSION};
 
-use super::{sys, SupervisorConfig, SupervisorError};
+use super::{spawn_syscalls, SupervisorConfig, SupervisorError};
 
 /// Duplicates are numbered from here so none sits on 3..=7 in the child
 /// before it is placed there.
@@ -24,12 +24,12 @@ pub fn spawn_worker(
 ) -> Result<Child, SupervisorError> {
     let spawn_err = |what: &str, e: std::io::Error| SupervisorError::Spawn(format!("{what}: {e}"));
     let (pipe_read, pipe_write) =
-        sys::pipe_cloexec().map_err(|e| spawn_err("bootstrap pipe", e))?;
+        spawn_syscalls::pipe_cloexec().map_err(|e| spawn_err("bootstrap pipe", e))?;
 
     let [seg_out, seg_in, bell_out, bell_in] = channel.worker_fds();
     let staged: Vec<OwnedFd> = [seg_out, seg_in, bell_out, bell_in, pipe_read.as_fd()]
         .into_iter()
-        .map(|fd| sys::dup_at_least(fd, STAGING_FD_MIN))
+        .map(|fd| spawn_syscalls::dup_at_least(fd, STAGING_FD_MIN))
         .collect::<Result<_, _>>()
         .map_err(|e| spawn_err("staging descriptors", e))?;
     // Plain numbers, captured by value: the pre_exec closure must not
@@ -60,10 +60,10 @@ pub fn spawn_worker(
     unsafe {
         command.pre_exec(move || {
             for (src, dst) in placement {
-                sys::child_dup2(src, dst)?;
+                spawn_syscalls::child_dup2(src, dst)?;
             }
-            sys::child_cloexec_from(fds::FIRST_UNUSED)?;
-            sys::child_die_with_parent()?;
+            spawn_syscalls::child_cloexec_from(fds::FIRST_UNUSED)?;
+            spawn_syscalls::child_die_with_parent()?;
             Ok(())
         });
     }

@@ -9,7 +9,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+use std::time::Duration;
+
 use super::*;
+use crate::proto::{GenerationDefaults, Scheduler};
 
 const SYSTEM_PATH: &str = "/etc/weave/weave.toml";
 const MODEL: &str = "[[model]]\nid = \"digits\"\nkind = \"sd1\"\npath = \"/models/digits\"\n";

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use super::sys;
+use super::syscalls;
 
 /// Errors from the doorbell.
 #[derive(Debug, Error)]
@@ -39,7 +39,7 @@ impl Doorbell {
     /// A new non-blocking, close-on-exec eventfd.
     pub fn new() -> Result<Self, DoorbellError> {
         Ok(Self {
-            fd: sys::eventfd().map_err(DoorbellError::Create)?,
+            fd: syscalls::eventfd().map_err(DoorbellError::Create)?,
         })
     }
 
@@ -62,19 +62,19 @@ impl Doorbell {
 
     /// Wakes the reader.
     pub fn ring(&self) -> Result<(), DoorbellError> {
-        sys::eventfd_signal(self.fd.as_fd()).map_err(DoorbellError::Ring)
+        syscalls::eventfd_signal(self.fd.as_fd()).map_err(DoorbellError::Ring)
     }
 
     /// Waits until rung or `timeout` passes; `Ok(false)` on timeout. Consumes
     /// pending rings.
     pub fn wait(&self, timeout: Duration) -> Result<bool, DoorbellError> {
-        if sys::eventfd_drain(self.fd.as_fd()).map_err(DoorbellError::Wait)? {
+        if syscalls::eventfd_drain(self.fd.as_fd()).map_err(DoorbellError::Wait)? {
             return Ok(true);
         }
-        if !sys::poll_readable(self.fd.as_fd(), timeout).map_err(DoorbellError::Wait)? {
+        if !syscalls::poll_readable(self.fd.as_fd(), timeout).map_err(DoorbellError::Wait)? {
             return Ok(false);
         }
-        sys::eventfd_drain(self.fd.as_fd()).map_err(DoorbellError::Wait)?;
+        syscalls::eventfd_drain(self.fd.as_fd()).map_err(DoorbellError::Wait)?;
         Ok(true)
     }
 

@@ -37,7 +37,7 @@ mod key;
 mod ring;
 mod segment;
 pub mod slot;
-mod sys;
+mod syscalls;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -55,5 +55,5 @@ pub use segment::{
 /// (without close-on-exec). Only async-signal-safe calls, so it is meant for
 /// `std::os::unix::process::CommandExt::pre_exec` in the broker's spawn.
 pub fn inherit_fd_as(fd: std::os::fd::RawFd, target: std::os::fd::RawFd) -> std::io::Result<()> {
-    sys::dup_inheritable(fd, target)
+    syscalls::dup_inheritable(fd, target)
 }

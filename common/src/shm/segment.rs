@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::slot::{SLOT_HEADER_LEN, TAG_LEN};
-use super::sys;
+use super::syscalls;
 
 /// Bytes before the first slot.
 pub const CONTROL_PAGE_LEN: usize = 4096;
@@ -172,7 +172,7 @@ pub enum SegmentError {
 #[derive(Debug)]
 pub struct SealedSegment {
     fd: OwnedFd,
-    map: sys::SharedMapping,
+    map: syscalls::SharedMapping,
     id: SegmentId,
     direction: Direction,
     geometry: RingGeometry,
@@ -191,10 +191,10 @@ impl SealedSegment {
             CString::new(format!("weave-shm-{}", id.0)).map_err(|_| SegmentError::Geometry {
                 reason: "segment name",
             })?;
-        let fd = sys::memfd_create_sealable(&name).map_err(SegmentError::Create)?;
-        sys::set_len(fd.as_fd(), len).map_err(SegmentError::Seal)?;
-        sys::add_seals(fd.as_fd(), sys::REQUIRED_SEALS).map_err(SegmentError::Seal)?;
-        let map = sys::SharedMapping::map(fd.as_fd(), len).map_err(SegmentError::Map)?;
+        let fd = syscalls::memfd_create_sealable(&name).map_err(SegmentError::Create)?;
+        syscalls::set_len(fd.as_fd(), len).map_err(SegmentError::Seal)?;
+        syscalls::add_seals(fd.as_fd(), syscalls::REQUIRED_SEALS).map_err(SegmentError::Seal)?;
+        let map = syscalls::SharedMapping::map(fd.as_fd(), len).map_err(SegmentError::Map)?;
         let seg = Self {
             fd,
             map,
@@ -217,20 +217,20 @@ impl SealedSegment {
         geometry: RingGeometry,
     ) -> Result<Self, SegmentError> {
         let expected = geometry.segment_len()?;
-        let (size, mode) = sys::file_size_and_mode(fd.as_fd()).map_err(SegmentError::Stat)?;
+        let (size, mode) = syscalls::file_size_and_mode(fd.as_fd()).map_err(SegmentError::Stat)?;
         if mode & libc::S_IFMT != libc::S_IFREG {
             return Err(SegmentError::NotMemfd);
         }
-        let seals = match sys::get_seals(fd.as_fd()) {
+        let seals = match syscalls::get_seals(fd.as_fd()) {
             Ok(s) => s,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Err(SegmentError::NotMemfd),
             Err(e) => return Err(SegmentError::Stat(e)),
         };
-        let missing = sys::REQUIRED_SEALS & !seals;
+        let missing = syscalls::REQUIRED_SEALS & !seals;
         if missing != 0 {
             return Err(SegmentError::MissingSeals { missing });
         }
-        if seals & sys::FORBIDDEN_SEALS != 0 {
+        if seals & syscalls::FORBIDDEN_SEALS != 0 {
             return Err(SegmentError::WriteSealed { seals });
         }
         if size != expected as u64 {
@@ -239,7 +239,7 @@ impl SealedSegment {
                 actual: size,
             });
         }
-        let map = sys::SharedMapping::map(fd.as_fd(), expected).map_err(SegmentError::Map)?;
+        let map = syscalls::SharedMapping::map(fd.as_fd(), expected).map_err(SegmentError::Map)?;
         let seg = Self {
             fd,
             map,
@@ -287,7 +287,7 @@ impl SealedSegment {
             // SAFETY: the slot pointer is inside our mapping and the header
             // is SLOT_HEADER_LEN bytes long; `&mut self` and the documented
             // precondition mean nobody else is using the ring.
-            unsafe { sys::copy_to_shared(self.slot_ptr(i), zero.as_ptr(), zero.len()) };
+            unsafe { syscalls::copy_to_shared(self.slot_ptr(i), zero.as_ptr(), zero.len()) };
         }
         Ok(())
     }
@@ -305,14 +305,14 @@ impl SealedSegment {
             .copy_from_slice(&self.geometry.slot_size.to_le_bytes());
         // SAFETY: the first 64 bytes of the control page are inside our
         // mapping; the segment was just created, so no peer maps it yet.
-        unsafe { sys::copy_to_shared(self.map.base(), page.as_ptr(), page.len()) };
+        unsafe { syscalls::copy_to_shared(self.map.base(), page.as_ptr(), page.len()) };
     }
 
     fn check_control_page(&self) -> Result<(), SegmentError> {
         let mut page = [0u8; 64];
         // SAFETY: 64 bytes at the start of our mapping are readable; the
         // copy is opaque and lands in a local array.
-        unsafe { sys::copy_from_shared(page.as_mut_ptr(), self.map.base(), page.len()) };
+        unsafe { syscalls::copy_from_shared(page.as_mut_ptr(), self.map.base(), page.len()) };
         let u32_at = |off: usize| {
             u32::from_le_bytes([page[off], page[off + 1], page[off + 2], page[off + 3]])
         };

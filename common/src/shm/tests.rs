@@ -365,10 +365,10 @@ fn garbage_slots_and_counters_never_panic_or_get_accepted() {
 // ---- segment refusal -------------------------------------------------------
 
 fn raw_memfd(len: usize, seals: libc::c_int) -> OwnedFd {
-    let fd = sys::memfd_create_sealable(c"weave-test").unwrap();
-    sys::set_len(fd.as_fd_for_test(), len).unwrap();
+    let fd = syscalls::memfd_create_sealable(c"weave-test").unwrap();
+    syscalls::set_len(fd.as_fd_for_test(), len).unwrap();
     if seals != 0 {
-        sys::add_seals(fd.as_fd_for_test(), seals).unwrap();
+        syscalls::add_seals(fd.as_fd_for_test(), seals).unwrap();
     }
     fd
 }
@@ -391,9 +391,9 @@ fn segment_with_wrong_size_or_missing_seals_is_refused() {
 
     let good = SealedSegment::create(id, dir, g).unwrap();
     // The seals hold: the kernel refuses to shrink or grow it.
-    let err = sys::set_len(good.fd(), len / 2).unwrap_err();
+    let err = syscalls::set_len(good.fd(), len / 2).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EPERM));
-    let err = sys::set_len(good.fd(), len * 2).unwrap_err();
+    let err = syscalls::set_len(good.fd(), len * 2).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EPERM));
 
     let bigger = RingGeometry { slot_count: 4, ..g };
@@ -404,7 +404,7 @@ fn segment_with_wrong_size_or_missing_seals_is_refused() {
     let unsealed = raw_memfd(len, 0);
     let err = SealedSegment::from_fd(unsealed, id, dir, g).unwrap_err();
     assert!(
-        matches!(err, SegmentError::MissingSeals { missing } if missing == sys::REQUIRED_SEALS),
+        matches!(err, SegmentError::MissingSeals { missing } if missing == syscalls::REQUIRED_SEALS),
         "{err}"
     );
 
@@ -415,7 +415,7 @@ fn segment_with_wrong_size_or_missing_seals_is_refused() {
         "{err}"
     );
 
-    let write_sealed = raw_memfd(len, sys::REQUIRED_SEALS | libc::F_SEAL_WRITE);
+    let write_sealed = raw_memfd(len, syscalls::REQUIRED_SEALS | libc::F_SEAL_WRITE);
     let err = SealedSegment::from_fd(write_sealed, id, dir, g).unwrap_err();
     assert!(matches!(err, SegmentError::WriteSealed { .. }), "{err}");
 

@@ -11,9 +11,9 @@
 //!
 //! The worker never opens a socket or writes a file; it logs to stderr only.
 
-mod engine_glue;
+mod loaded_model;
 mod startup;
-mod sys;
+mod syscalls;
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
@@ -91,12 +91,12 @@ fn run_inner() -> Result<(), ServeError> {
 
     // 4. libtorch and the model table. Without the executable-mapping
     // opt-in, oneDNN (which JIT-compiles kernels) is switched off first.
-    if !bootstrap.seccomp_exec_mappings && !sys::disable_onednn() {
+    if !bootstrap.seccomp_exec_mappings && !weave_worker::onednn::set_enabled(false) {
         return Err(ServeError::Torch(
             "could not switch oneDNN off; set seccomp_exec_mappings to run with it".into(),
         ));
     }
-    engine_glue::init_torch(&bootstrap).map_err(ServeError::Torch)?;
+    loaded_model::init_torch(&bootstrap).map_err(ServeError::Torch)?;
     let models: HashMap<String, ModelEntry> = bootstrap
         .models
         .iter()
@@ -182,7 +182,7 @@ struct Server {
     channel: WorkerEndpoint,
     models: HashMap<String, ModelEntry>,
     device: Device,
-    loaded: Option<(String, engine_glue::LoadedModel)>,
+    loaded: Option<(String, loaded_model::LoadedModel)>,
     /// Messages that arrived during a generation and are not a `Cancel`.
     backlog: VecDeque<ToWorker>,
 }
@@ -231,7 +231,7 @@ impl Server {
         // Free the old model first: two models may not fit in memory.
         self.loaded = None;
         let started = Instant::now();
-        match engine_glue::LoadedModel::load(entry, self.device) {
+        match loaded_model::LoadedModel::load(entry, self.device) {
             Ok(model) => {
                 let memory_bytes = model.memory_bytes();
                 let load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -6,7 +6,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use weave_common::worker_proto::{self, fds, WorkerBootstrap, WorkerProtoError};
 
-use super::sys;
+use super::syscalls;
 
 /// What a human who ran `weave-worker` by hand needs to hear.
 pub const STARTED_BY_BROKER: &str =
@@ -42,11 +42,11 @@ fn not_started(fd: RawFd, problem: impl Into<String>) -> StartupError {
 }
 
 fn check_segment(fd: RawFd) -> Result<(), StartupError> {
-    let ty = sys::file_type(fd).map_err(|e| not_started(fd, format!("is not open: {e}")))?;
+    let ty = syscalls::file_type(fd).map_err(|e| not_started(fd, format!("is not open: {e}")))?;
     if ty != libc::S_IFREG {
         return Err(not_started(fd, "is not a memfd"));
     }
-    let seals = sys::seals(fd).map_err(|_| not_started(fd, "is not a sealable memfd"))?;
+    let seals = syscalls::seals(fd).map_err(|_| not_started(fd, "is not a sealable memfd"))?;
     let required = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
     if seals & required != required {
         return Err(not_started(
@@ -58,7 +58,7 @@ fn check_segment(fd: RawFd) -> Result<(), StartupError> {
 }
 
 fn check_eventfd(fd: RawFd) -> Result<(), StartupError> {
-    sys::file_type(fd).map_err(|e| not_started(fd, format!("is not open: {e}")))?;
+    syscalls::file_type(fd).map_err(|e| not_started(fd, format!("is not open: {e}")))?;
     // An eventfd is an anonymous inode; its /proc link names the kind.
     let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))
         .map_err(|e| not_started(fd, format!("cannot be inspected through /proc: {e}")))?;
@@ -69,7 +69,7 @@ fn check_eventfd(fd: RawFd) -> Result<(), StartupError> {
 }
 
 fn check_pipe(fd: RawFd) -> Result<(), StartupError> {
-    let ty = sys::file_type(fd).map_err(|e| not_started(fd, format!("is not open: {e}")))?;
+    let ty = syscalls::file_type(fd).map_err(|e| not_started(fd, format!("is not open: {e}")))?;
     if ty != libc::S_IFIFO {
         return Err(not_started(fd, "is not a pipe"));
     }
@@ -84,7 +84,7 @@ pub fn take_inherited_fds() -> Result<InheritedFds, StartupError> {
     check_eventfd(fds::TO_WORKER_DOORBELL)?;
     check_eventfd(fds::TO_BROKER_DOORBELL)?;
     check_pipe(fds::BOOTSTRAP_PIPE)?;
-    sys::close_from(fds::FIRST_UNUSED).map_err(StartupError::CloseStray)?;
+    syscalls::close_from(fds::FIRST_UNUSED).map_err(StartupError::CloseStray)?;
     let take = |fd: RawFd| {
         // SAFETY: the checks above proved each descriptor is open, the spawn
         // contract makes this process its only user, and each number below

@@ -4,71 +4,11 @@
 //! result into `io::Result`, and nothing else; the policy decisions live in
 //! the modules that call them.
 
-use std::ffi::{CStr, CString};
 use std::io;
 
-/// One `/etc/passwd` entry, as much of it as a privilege drop needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PasswdEntry {
-    pub name: String,
-    pub uid: libc::uid_t,
-    pub gid: libc::gid_t,
-}
-
-/// Looks `name` up with `getpwnam_r` (reentrant, unlike `getpwnam`).
-/// `Ok(None)` when no such user exists.
-pub fn getpwnam(name: &str) -> io::Result<Option<PasswdEntry>> {
-    let c_name = CString::new(name).map_err(|_| {
-        io::Error::new(io::ErrorKind::InvalidInput, "user name contains a NUL byte")
-    })?;
-    let mut buf_len = 1024usize;
-    loop {
-        let mut buf = vec![0u8; buf_len];
-        // SAFETY: `passwd` is plain old data; an all-zero value is valid and
-        // getpwnam_r overwrites it.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call: `c_name` is a
-        // NUL-terminated string, `pwd` and `result` are live locals, and `buf`
-        // is a writable buffer of exactly `buf.len()` bytes.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                c_name.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf_len < (1 << 20) {
-            buf_len *= 4;
-            continue;
-        }
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        if result.is_null() {
-            return Ok(None);
-        }
-        // SAFETY: getpwnam_r succeeded, so `pwd.pw_name` points to a
-        // NUL-terminated string inside `buf`, which is still alive here.
-        let entry_name = unsafe { CStr::from_ptr(pwd.pw_name) }
-            .to_string_lossy()
-            .into_owned();
-        return Ok(Some(PasswdEntry {
-            name: entry_name,
-            uid: pwd.pw_uid,
-            gid: pwd.pw_gid,
-        }));
-    }
-}
-
+/// The calls here return 0 or -1; what they return on success is not used.
 fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    weave_common::syscall::check(rc).map(drop)
 }
 
 /// `setgroups(2)`: replaces the supplementary group list.
@@ -324,13 +264,5 @@ mod tests {
         assert_eq!(&out[..len], b"weave-policy: seccomp blocked syscall 0\n");
         let len = format_blocked(-1, &mut out);
         assert_eq!(&out[..len], b"weave-policy: seccomp blocked syscall -1\n");
-    }
-
-    #[test]
-    fn root_exists_in_passwd_and_nonsense_does_not() {
-        let root = getpwnam("root").unwrap().unwrap();
-        assert_eq!((root.uid, root.gid), (0, 0));
-        assert_eq!(getpwnam("no-such-user-weave-xyz").unwrap(), None);
-        assert!(getpwnam("a\0b").is_err());
     }
 }

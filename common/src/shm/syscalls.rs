@@ -4,6 +4,7 @@
 //! Rust over raw pointers it got from here, and an auditor reads the unsafe
 //! surface in one sitting.
 
+use crate::syscall::check;
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -18,14 +19,6 @@ pub const REQUIRED_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW 
 /// Seals that would make the segment unusable as a ring (no shared writable
 /// mapping possible).
 pub const FORBIDDEN_SEALS: libc::c_int = libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE;
-
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
 
 /// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)`.
 pub fn memfd_create_sealable(name: &CStr) -> io::Result<OwnedFd> {

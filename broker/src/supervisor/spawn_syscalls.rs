@@ -4,14 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
+use weave_common::syscall::check;
 
 /// `pipe2(O_CLOEXEC)` → (read end, write end).
 pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {

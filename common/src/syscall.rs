@@ -1,0 +1,29 @@
+//! The result convention of raw system calls, in one place for every crate:
+//! a negative return means failure, and `errno` says why.
+
+use std::io;
+
+/// `ret` if it is not negative, else the calling thread's `errno`. Read
+/// right after the call: anything in between may overwrite `errno`.
+pub fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negative_is_errno_and_the_rest_passes_through() {
+        assert_eq!(check(7).ok(), Some(7));
+        // SAFETY: close(-1) only fails with EBADF; it touches no memory.
+        let ret = unsafe { libc::close(-1) };
+        let error = check(ret).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EBADF));
+    }
+}

@@ -20,6 +20,18 @@ for tool in apparmor_parser checkmodule semodule systemd-analyze; do
 	command -v "$tool" >/dev/null || fail "$tool is missing; run scripts/deps.sh"
 done
 
+# --- scripts/deps.sh's self-check ---------------------------------------------
+# It must name a missing command and its package (shown on an empty PATH, where
+# only sbin is searched), and pass on this machine's PATH.
+mkdir -p "$WORK/empty-path"
+if out="$(PATH="$WORK/empty-path" /bin/bash "$ROOT/scripts/deps.sh" --self-check 2>&1)"; then
+	fail "deps.sh --self-check passed with an empty PATH"
+fi
+grep -qF "'rpm' (Debian package rpm)" <<<"$out" || fail "deps.sh --self-check did not name rpm and its package: $out"
+grep -qF "'setpriv' (Debian package util-linux)" <<<"$out" || fail "deps.sh --self-check did not name setpriv: $out"
+"$ROOT/scripts/deps.sh" --self-check >/dev/null || fail "deps.sh --self-check fails on this machine"
+echo "deps: self-check names what is missing, passes here"
+
 # --- AppArmor -------------------------------------------------------------
 aa_check() {
 	apparmor_parser -Q -K -M /etc/apparmor.d/abi/3.0 --Werror \

@@ -15,20 +15,6 @@ use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 use weave_policy::{worker, ProcessStatus, SeccompMode, WorkerSyscallOptions};
 
-/// at::globalContext().setUserEnabledMkldnn(false): tch has no binding, so
-/// call the C++ symbols directly (x86_64 Itanium mangling).
-fn disable_mkldnn() {
-    extern "C" {
-        #[link_name = "_ZN2at13globalContextEv"]
-        fn global_context() -> *mut std::ffi::c_void;
-        #[link_name = "_ZN2at7Context20setUserEnabledMkldnnEb"]
-        fn set_user_enabled_mkldnn(ctx: *mut std::ffi::c_void, on: bool);
-    }
-    // SAFETY: both symbols are exported by libtorch_cpu with these
-    // signatures (checked with `nm -D`); globalContext() never returns null.
-    unsafe { set_user_enabled_mkldnn(global_context(), false) };
-}
-
 fn mmap_model(path: &str) -> Tensor {
     let f = std::fs::File::open(path).expect("open model");
     let len = f.metadata().unwrap().len() as usize;
@@ -94,7 +80,7 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("bench") {
         // conv2d at an SD 1.x UNet-like size, to weigh disabling oneDNN.
         if std::env::var("PROBE_NO_MKLDNN").is_ok() {
-            disable_mkldnn();
+            assert!(weave_worker::onednn::set_enabled(false), "oneDNN stays on");
         }
         tch::set_num_threads(2);
         let x = Tensor::randn([1, 320, 64, 64], (Kind::Float, Device::Cpu));
@@ -138,7 +124,7 @@ fn main() {
     }
     // ---- init: libtorch threads, load "model" ----
     if std::env::var("PROBE_NO_MKLDNN").is_ok() {
-        disable_mkldnn();
+        assert!(weave_worker::onednn::set_enabled(false), "oneDNN stays on");
         eprintln!("mkldnn disabled");
     }
     tch::set_num_threads(2);

@@ -60,7 +60,7 @@ pub fn spawn_worker(
     unsafe {
         command.pre_exec(move || {
             for (src, dst) in placement {
-                spawn_syscalls::child_dup2(src, dst)?;
+                weave_common::shm::inherit_fd_as(src, dst)?;
             }
             spawn_syscalls::child_cloexec_from(fds::FIRST_UNUSED)?;
             spawn_syscalls::child_die_with_parent()?;

@@ -26,15 +26,6 @@ pub fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-/// In the child: `dup2(src, dst)`; the new descriptor is inherited across
-/// exec (dup2 never copies FD_CLOEXEC).
-pub fn child_dup2(src: RawFd, dst: RawFd) -> io::Result<()> {
-    // SAFETY: dup2 only edits this (child) process's descriptor table; the
-    // caller owns `dst` in the child being set up.
-    check(unsafe { libc::dup2(src, dst) })?;
-    Ok(())
-}
-
 /// In the child: marks every descriptor from `first` up close-on-exec, so
 /// whatever the broker had open (sockets, the audit log) never reaches the
 /// worker. CLOEXEC rather than close: std's own exec-error pipe must stay

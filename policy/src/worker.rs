@@ -71,6 +71,9 @@ pub const LOADER_READ_ONLY: &[&str] = &[
     "/usr/lib",
     "/usr/lib64",
     "/usr/local/cuda",
+    // Where container runtimes mount the driver's user-space libraries
+    // (libcuda.so.1), read-only; the lent GPU machine has it there.
+    "/usr/local/nvidia",
 ];
 
 impl WorkerPaths {

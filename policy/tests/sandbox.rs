@@ -841,7 +841,12 @@ fn run_case(case: &Case, fixture: &Fixture) -> Outcome {
                 }
             }
             if case.name == "seccomp_trap_mode_reports_and_continues" {
-                let line = format!("weave-policy: seccomp blocked syscall {}", libc::SYS_socket);
+                // The number and the first three arguments as the probe
+                // passed them: socket(AF_INET = 2, SOCK_STREAM = 1, 0).
+                let line = format!(
+                    "weave-policy: seccomp blocked syscall {} args 0x2 0x1 0x0",
+                    libc::SYS_socket
+                );
                 if !stderr.lines().any(|l| l == line) {
                     return Outcome::Failed(format!("no `{line}` on stderr\n{}", detail()));
                 }

@@ -42,7 +42,17 @@ OUT="${OUT:-$ROOT/target/gpu-check-out}"
 ROUNDS="${ROUNDS:-5}"
 BUDGET_S="${BUDGET_S:-460}" # the 8 minutes, minus the summary
 if ((REHEARSAL)); then
+	# A Python like the GPU machine's: the same torch build, transformers,
+	# safetensors, Pillow (from the wheels scripts/libtorch.sh cuda keeps).
 	PY="${GPU_PYTHON:-$ROOT/.cache/venv-gpucheck/bin/python}"
+	if [[ -z "${GPU_PYTHON:-}" ]] && [[ ! -f "$ROOT/.cache/venv-gpucheck/.complete" ]]; then
+		echo "check: creating $ROOT/.cache/venv-gpucheck (torch 2.11.0 + transformers, once)" >&2
+		python3 -m venv "$ROOT/.cache/venv-gpucheck" &&
+			"$PY" -m pip install --quiet --disable-pip-version-check \
+				--find-links "$ROOT/.cache/wheels" --find-links "$ROOT/.cache/wheels/cuda-2.11.0" \
+				torch==2.11.0 transformers safetensors pillow &&
+			touch "$ROOT/.cache/venv-gpucheck/.complete" || exit 1
+	fi
 	SIZE=64 DEVICE=cpu MODEL_FLAGS=(--tiny --device cpu)
 else
 	PY="${GPU_PYTHON:-/opt/torch/.venv/bin/python3}"

@@ -9,9 +9,24 @@ export LIBTORCH := $(ROOT)/.cache/libtorch/$(FLAVOR)
 export LIBTORCH_CXX11_ABI := 1
 export WEAVE_TORCH_FLAVOR := $(FLAVOR)
 export WEAVE_TEST_PYTHON := $(ROOT)/.cache/venv/bin/python
+ifeq ($(FLAVOR),cuda)
+# The cuda flavor is torch 2.11.0 by default (the GPU check machine's build,
+# see scripts/libtorch.sh), not the 2.13.0 tch 0.26 is generated from: skip
+# tch's version check, and force-include the stubs for the few 2.13-only ops
+# into tch's C++ wrappers (scripts/tch-compat/).
+export CUDA_TORCH_VERSION ?= 2.11.0
+export LIBTORCH_BYPASS_VERSION_CHECK := 1
+# Its own target folder, so switching flavors does not rebuild torch-sys and
+# the workspace each time: binaries land in target/cuda/release/.
+export CARGO_TARGET_DIR ?= $(ROOT)/target/cuda
+TCH_COMPAT := $(wildcard $(ROOT)/scripts/tch-compat/torch-$(CUDA_TORCH_VERSION).h)
+ifneq ($(TCH_COMPAT),)
+export CXXFLAGS += -include $(TCH_COMPAT)
+endif
+endif
 CARGO ?= cargo
 
-.PHONY: all build release test deps libtorch demo bench load fmt clippy fuzz fuzz-smoke generated deb rpm package-test seccomp-trace
+.PHONY: all build release test deps libtorch demo bench load fmt clippy fuzz fuzz-smoke generated deb rpm package-test seccomp-trace gpu-bundle
 
 all: build
 
@@ -130,3 +145,14 @@ package-test: deb
 seccomp-trace: release
 	command -v strace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace
 	tools/seccomp-trace.sh --after seccomp -- scripts/demo.sh
+
+# What tools/gpu/check.sh needs on the lent GPU machine, built here
+# (docs/PERFORMANCE.md, "GPU check"): the FLAVOR=cuda binaries, stripped and
+# compressed, and a slimmed diffusers, in target/gpu-check/.
+gpu-bundle:
+	$(MAKE) FLAVOR=cuda libtorch
+	$(MAKE) FLAVOR=cuda CARGO_TARGET_DIR=$(ROOT)/target/cuda gpu-bins
+	tools/gpu/bundle.sh $(ROOT)/target/cuda/release
+
+gpu-bins:
+	$(CARGO) build --release -p weave-worker -p weave-broker -p sshmctl --bins

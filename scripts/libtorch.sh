@@ -8,7 +8,16 @@
 # cpu  : .cache/libtorch/cpu  — include/ + lib/ without the CUDA libraries, plus
 #        libcudart/libcupti (libtorch_cpu has a NEEDED entry for them even on CPU).
 # cuda : .cache/libtorch/cuda — the whole lib/ plus every nvidia-* runtime wheel
-#        torch depends on; the Makefile force-links torch_cuda for this flavor.
+#        torch's metadata names (≈ 2 GB of wheels, ≈ 4.5 GB laid out); the
+#        worker's build.rs force-links torch_cuda for this flavor.
+#
+# Versions: cpu is torch 2.13.0, the release tch 0.26 is written against.
+# cuda defaults to 2.11.0 (CUDA 13.0), the torch of the GPU machine
+# tools/gpu/check.sh runs on: libtorch is too big to carry there, so the worker
+# built here must link against the same build as the one installed there
+# (docs/PERFORMANCE.md, "GPU check"). tch's C++ wrappers compile against 2.11's
+# headers; the Makefile sets LIBTORCH_BYPASS_VERSION_CHECK for this flavor.
+# CUDA_TORCH_VERSION=2.13.0 lays out the version tch expects instead.
 set -euo pipefail
 
 FLAVOR="${1:-cpu}"
@@ -16,11 +25,11 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="$ROOT/.cache"
 WHEELS="$CACHE/wheels"
 DEST="$CACHE/libtorch/$FLAVOR"
-TORCH_VERSION="2.13.0" # the version tch 0.26 is written against
 PY="${PYTHON:-python3}"
 
 case "$FLAVOR" in
-cpu | cuda) ;;
+cpu) TORCH_VERSION="2.13.0" ;;
+cuda) TORCH_VERSION="${CUDA_TORCH_VERSION:-2.11.0}" ;;
 *)
 	echo "libtorch.sh: unknown flavor '$FLAVOR' (use cpu or cuda)" >&2
 	exit 2
@@ -28,8 +37,11 @@ cpu | cuda) ;;
 esac
 
 if [[ -f "$DEST/.complete" ]]; then
-	echo "libtorch ($FLAVOR) already laid out in $DEST"
-	exit 0
+	if [[ "$(cat "$DEST/.complete")" == "$TORCH_VERSION" ]]; then
+		echo "libtorch ($FLAVOR) already laid out in $DEST"
+		exit 0
+	fi
+	echo "libtorch ($FLAVOR): $DEST holds torch $(cat "$DEST/.complete"), want $TORCH_VERSION; laying it out again" >&2
 fi
 
 mkdir -p "$WHEELS"
@@ -71,11 +83,24 @@ extract_nvidia_libs "$(ls "$WHEELS"/nvidia_cuda_runtime-13.0.*.whl | head -1)"
 extract_nvidia_libs "$(ls "$WHEELS"/nvidia_cuda_cupti-13.0.*.whl | head -1)"
 
 if [[ "$FLAVOR" == cuda ]]; then
-	# The full runtime set torch's metadata asks for; pip resolves the versions.
-	"$PY" -m pip download --quiet --only-binary=:all: \
-		-d "$WHEELS/cuda" "torch==$TORCH_VERSION"
-	for w in "$WHEELS"/cuda/nvidia_*.whl "$WHEELS"/cuda/cuda_*.whl; do
-		[[ -f "$w" ]] && unzip -q -o "$w" -d "$STAGE/nv"
+	# The CUDA runtime set torch's own metadata pins (the Linux-only nvidia-*
+	# and cuda-toolkit requirements; not triton or cuda-bindings, which are
+	# Python-only). --no-deps on torch keeps sympy & co. out; the cuda-toolkit
+	# meta package's extras resolve to the nvidia-* wheels.
+	CUDA_WHEELS="$WHEELS/cuda-$TORCH_VERSION"
+	if [[ ! -f "$CUDA_WHEELS/.complete" ]]; then
+		mapfile -t specs < <(unzip -p "$WHEELS"/torch-"$TORCH_VERSION"-*.whl "torch-$TORCH_VERSION.dist-info/METADATA" |
+			sed -n 's/^Requires-Dist: \(\(nvidia-\|cuda-toolkit\)[^;]*\); platform_system == "Linux"$/\1/p' | tr -d ' ')
+		if [[ ${#specs[@]} -eq 0 ]]; then
+			echo "libtorch.sh: torch $TORCH_VERSION names no nvidia runtime wheels; is it a CPU-only build?" >&2
+			exit 1
+		fi
+		mkdir -p "$CUDA_WHEELS"
+		"$PY" -m pip download --quiet --only-binary=:all: -d "$CUDA_WHEELS" "${specs[@]}"
+		printf '%s\n' "${specs[@]}" >"$CUDA_WHEELS/.complete"
+	fi
+	for w in "$CUDA_WHEELS"/nvidia_*.whl; do
+		unzip -q -o "$w" -d "$STAGE/nv"
 	done
 fi
 
@@ -93,6 +118,8 @@ if [[ "$FLAVOR" == cpu ]]; then
 fi
 rm -rf "$STAGE/wheel" "$STAGE/nv"
 
+# torch-sys compares this with the version tch expects (unless bypassed).
+echo "$TORCH_VERSION" >"$STAGE/build-version"
 rm -rf "$DEST"
 mv "$STAGE" "$DEST"
 echo "$TORCH_VERSION" >"$DEST/.complete"

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use weave_common::config::{Config, Device};
+use weave_common::config::Config;
 use weave_common::worker_proto::ModelEntry;
 
 use crate::supervisor::{SupervisorConfig, WorkerSupervisor};
@@ -69,14 +69,13 @@ pub fn supervisor_config(config: &Config, worker: PathBuf) -> SupervisorConfig {
     let library_dirs = library_dirs(&worker);
     let mut supervisor = SupervisorConfig::new(worker, models);
     supervisor.library_dirs = library_dirs;
-    supervisor.device = match config.worker.device {
-        // The worker decides `auto` itself only where it can; CPU is the
-        // safe reading until CUDA detection lives in the worker.
-        Device::Auto => Device::Cpu,
-        device @ (Device::Cpu | Device::Cuda(_)) => device,
-    };
+    // `auto` goes to the worker as it is: only the worker's libtorch can say
+    // whether it sees a CUDA device (it reports what it chose in `Ready`).
+    supervisor.device = config.worker.device;
+    supervisor.torch_threads = config.worker.torch_threads;
     supervisor.allow_degraded_sandbox = config.worker.allow_degraded_sandbox;
     supervisor.seccomp_debug = config.worker.seccomp_debug;
+    supervisor.seccomp_exec_mappings = config.worker.seccomp_exec_mappings;
     supervisor.max_image_pixels =
         config.bounds.max_width as usize * config.bounds.max_height as usize;
     supervisor

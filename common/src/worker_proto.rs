@@ -32,7 +32,7 @@ pub mod channel;
 /// Version of the broker ↔ worker protocol. The worker refuses a bootstrap
 /// with any other version (broker and worker binaries must come from the same
 /// build).
-pub const WORKER_PROTOCOL_VERSION: u32 = 2;
+pub const WORKER_PROTOCOL_VERSION: u32 = 3;
 
 /// Largest bootstrap the worker accepts from the pipe. A model table of a few
 /// hundred entries with long paths fits comfortably.
@@ -240,6 +240,10 @@ pub enum FromWorker {
     /// Sent once, after seccomp is on and before the worker reads anything.
     Ready {
         sandbox: SandboxReport,
+        /// Where the worker's libtorch runs the models: the configured device,
+        /// with `auto` resolved (`cuda:0` when libtorch saw a CUDA device,
+        /// else `cpu`); never `auto`.
+        device: Device,
     },
     Loaded {
         model_id: String,

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::ser::{self, Serialize};
+use weave_common::config::Device;
 use weave_common::proto::{
     decode_request, decode_response, encode_request, encode_response, ChannelDirection,
     ChannelStatsReport, ErrorCode, GenerateRequest, GenerationDefaults, JobInfo, JobState,
@@ -206,6 +207,7 @@ fn examples() -> BTreeMap<&'static str, Example> {
             worker: WorkerState::Ready,
             worker_restarts: 0,
             sandbox: "landlock+seccomp".into(),
+            device: Some(Device::Cuda(0)),
         }),
     );
     response(

@@ -224,32 +224,68 @@ pub fn restrict_self(
     Ok(report)
 }
 
-/// The directories of `/dev` entries whose names start with `nvidia`, plus
-/// `/dev/dri`: the GPU device nodes CUDA (and DRM render nodes) open.
+/// What a GPU worker may do with the `/dev` entry `name`, or `None` to leave
+/// it out. **Unverified** until `tools/gpu/check.sh` runs on a GPU (the list
+/// follows the NVIDIA driver's documented nodes, docs/SANDBOX.md "GPU"):
+///
+/// - `nvidiactl`, `nvidia0`…: the driver's control and per-GPU nodes; CUDA
+///   opens them `O_RDWR` and talks to them with ioctls, so `Device` (read,
+///   write, ioctl);
+/// - `nvidia-uvm`: unified memory, likewise;
+/// - `nvidia-caps` (folder): MIG capability nodes, opened read-only;
+/// - not `nvidia-uvm-tools` (profilers), `nvidia-modeset` (display) or
+///   anything else.
+pub fn gpu_node_access(name: &str) -> Option<PathAccess> {
+    let per_gpu = name
+        .strip_prefix("nvidia")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    match name {
+        "nvidiactl" | "nvidia-uvm" => Some(PathAccess::Device),
+        "nvidia-caps" => Some(PathAccess::ReadOnly),
+        _ if per_gpu => Some(PathAccess::Device),
+        _ => None,
+    }
+}
+
+/// Files the CUDA driver reads at initialisation and when it creates a
+/// context (**unverified**, as above): its parameters and version under
+/// `/proc/driver/nvidia`, the kernel modules' parameters, `/proc/devices`
+/// (the major number of `nvidia-caps`), and the PCI devices' sysfs entries
+/// (NUMA node, BARs; `/sys/bus/pci/devices/*` are links into
+/// `/sys/devices/pci*`, and Landlock checks the resolved path).
+pub const GPU_DRIVER_READ_ONLY: &[&str] = &[
+    "/proc/driver/nvidia",
+    "/proc/devices",
+    "/sys/module/nvidia",
+    "/sys/module/nvidia_uvm",
+    "/sys/bus/pci/devices",
+];
+
+/// The GPU device nodes present under `/dev` (see [`gpu_node_access`]) and
+/// the driver files of [`GPU_DRIVER_READ_ONLY`], plus `/sys/devices/pci*`.
 pub fn gpu_device_rules() -> Vec<PathRule> {
     let mut rules = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/dev") {
-        let mut nodes: Vec<PathBuf> = entries
+    let mut listed = |dir: &str, pick: &dyn Fn(&str) -> Option<PathAccess>| {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut found: Vec<(PathBuf, PathAccess)> = entries
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("nvidia"))
-            .map(|e| e.path())
+            .filter_map(|e| Some((e.path(), pick(&e.file_name().to_string_lossy())?)))
             .collect();
-        nodes.sort();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
         rules.extend(
-            nodes
+            found
                 .into_iter()
-                .map(|p| PathRule::new(p, PathAccess::Device, Presence::Optional)),
+                .map(|(p, access)| PathRule::new(p, access, Presence::Optional)),
         );
-    }
-    rules.push(PathRule::new(
-        "/dev/dri",
-        PathAccess::Device,
-        Presence::Optional,
-    ));
-    // Read by the CUDA driver at initialisation (not traced on a GPU here
-    // yet; see docs/SANDBOX.md).
-    for p in ["/proc/driver/nvidia", "/sys/module/nvidia"] {
-        rules.push(PathRule::new(p, PathAccess::ReadOnly, Presence::Optional));
+    };
+    listed("/dev", &gpu_node_access);
+    listed("/sys/devices", &|name| {
+        name.starts_with("pci").then_some(PathAccess::ReadOnly)
+    });
+    for p in GPU_DRIVER_READ_ONLY {
+        rules.push(PathRule::new(*p, PathAccess::ReadOnly, Presence::Optional));
     }
     rules
 }
@@ -276,6 +312,26 @@ mod tests {
     fn nothing_writable_outside_devices() {
         let ro = access_for(PathAccess::ReadOnly, true);
         assert!((ro & AccessFs::from_write(TARGET_ABI)).is_empty());
+    }
+
+    #[test]
+    fn gpu_nodes_are_the_compute_ones_only() {
+        for name in ["nvidiactl", "nvidia0", "nvidia7", "nvidia15", "nvidia-uvm"] {
+            assert_eq!(gpu_node_access(name), Some(PathAccess::Device), "{name}");
+        }
+        assert_eq!(gpu_node_access("nvidia-caps"), Some(PathAccess::ReadOnly));
+        for name in [
+            "nvidia",
+            "nvidia-uvm-tools",
+            "nvidia-modeset",
+            "nvidia0x",
+            "nvidia-nvswitchctl",
+            "dri",
+            "null",
+            "mem",
+        ] {
+            assert_eq!(gpu_node_access(name), None, "{name}");
+        }
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! return values of the calls that were supposed to change them.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeSet;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Errors reading the process's own status.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +97,40 @@ pub fn thread_count() -> Result<usize, ProcessError> {
     Ok(entries.filter(|e| e.is_ok()).count())
 }
 
+/// The folders of the shared objects this process has mapped executable
+/// (`/proc/self/maps`): where the dynamic loader found libtorch and the CUDA
+/// libraries, so the libraries they `dlopen` later from the same folders
+/// (cuDNN's engine libraries, NVRTC) stay readable under Landlock.
+pub fn mapped_library_dirs() -> Result<Vec<PathBuf>, ProcessError> {
+    let text = std::fs::read_to_string("/proc/self/maps").map_err(|source| ProcessError::Read {
+        path: "/proc/self/maps",
+        source,
+    })?;
+    Ok(parse_mapped_library_dirs(&text))
+}
+
+/// [`mapped_library_dirs`] on the text of a `maps` file: executable,
+/// file-backed mappings of `*.so*` files; sorted, without duplicates.
+pub fn parse_mapped_library_dirs(maps: &str) -> Vec<PathBuf> {
+    let mut dirs = BTreeSet::new();
+    for line in maps.lines() {
+        // address perms offset dev inode [path]; the path may hold spaces.
+        let mut fields = line.splitn(6, ' ');
+        let perms = fields.nth(1).unwrap_or("");
+        let path = fields.nth(3).unwrap_or("").trim_start();
+        let file = Path::new(path);
+        let is_library = file
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().contains(".so"));
+        if perms.contains('x') && file.is_absolute() && is_library {
+            if let Some(dir) = file.parent() {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+    }
+    dirs.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +157,40 @@ NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t3\n";
             ProcessStatus::parse(&text),
             Err(ProcessError::MissingField { field: "CapBnd" })
         ));
+    }
+
+    #[test]
+    fn library_dirs_are_those_of_executable_shared_objects() {
+        let maps = "\
+55d0c0a00000-55d0c0a20000 r-xp 00000000 fd:00 11 /usr/bin/weave-worker
+7f0000000000-7f0000100000 r--p 00000000 fd:00 12 /opt/torch/lib/libtorch_cpu.so
+7f0000100000-7f0000900000 r-xp 00100000 fd:00 12 /opt/torch/lib/libtorch_cpu.so
+7f0000900000-7f0000a00000 r-xp 00000000 fd:00 13 /opt/nvidia/cudnn/lib/libcudnn.so.9
+7f0000a00000-7f0000b00000 r-xp 00000000 fd:00 14 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f0000b00000-7f0000c00000 rw-p 00000000 fd:00 15 /srv/models/unet.so.safetensors
+7f0000c00000-7f0000d00000 r-xp 00000000 00:00 0 
+7f0000d00000-7f0000e00000 r-xp 00000000 fd:00 16 /opt/with space/libx.so
+7ffd00000000-7ffd00001000 r-xp 00000000 00:00 0                          [vdso]
+";
+        assert_eq!(
+            parse_mapped_library_dirs(maps),
+            [
+                "/opt/nvidia/cudnn/lib",
+                "/opt/torch/lib",
+                "/opt/with space",
+                "/usr/lib/x86_64-linux-gnu"
+            ]
+            .map(PathBuf::from)
+        );
+    }
+
+    #[test]
+    fn own_library_dirs_include_libc() {
+        let dirs = mapped_library_dirs().unwrap();
+        assert!(
+            dirs.iter().any(|d| d.join("libc.so.6").exists()),
+            "{dirs:?}"
+        );
     }
 
     #[test]

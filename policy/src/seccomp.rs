@@ -212,15 +212,46 @@ impl SyscallPolicy {
 /// Options of the worker allowlist that depend on the deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct WorkerSyscallOptions {
-    /// CUDA: any `ioctl` (the NVIDIA driver's request numbers are not a
-    /// stable public list) and `openat` with write flags (the driver opens
-    /// its device nodes `O_RDWR`). Off for CPU workers.
+    /// CUDA: `ioctl` with the request numbers shaped like the NVIDIA and UVM
+    /// drivers' ([`NVIDIA_IOCTL_MASKS`]) and `openat` with write flags (the
+    /// driver opens its device nodes `O_RDWR`). Off for CPU workers.
     pub gpu: bool,
     /// Allow `PROT_EXEC` in `mmap`/`mprotect` after initialization. Needed
     /// when libtorch JIT-compiles kernels at run time (oneDNN) or dlopens
     /// lazily; see docs/SANDBOX.md for the measurement.
     pub exec_mappings: bool,
 }
+
+/// `ioctl` request numbers a CUDA worker may pass, as (mask, value) pairs
+/// compared on the low 32 bits of the request: `request & mask == value`.
+///
+/// **Unverified**: written from the drivers' public headers (the open
+/// kernel modules' `nv-ioctl-numbers.h`, `nv_escape.h`, `uvm_ioctl.h`,
+/// `uvm_linux_ioctl.h`), not yet from a trace; `tools/gpu/check.sh` runs the
+/// worker in trap mode on a GPU and lists any request outside these masks
+/// (docs/SANDBOX.md, "GPU").
+///
+/// The low 32 bits only: the kernel's `ioctl` takes an `unsigned int`
+/// request, so the upper half of the register is ignored by the kernel and
+/// may hold a sign extension (`_IOWR` numbers have bit 31 set).
+pub const NVIDIA_IOCTL_MASKS: &[(u32, u32)] = &[
+    // /dev/nvidiactl, /dev/nvidiaN: every request is _IOWR('F', nr, size)
+    // with the size of its parameter struct (any size, so the size bits are
+    // not compared). nr 0x20..=0x5f: the resource-manager escapes (RM_ALLOC,
+    // RM_CONTROL, RM_FREE, RM_MAP_MEMORY, ...).
+    (0xc000_ffe0, 0xc000_4620),
+    (0xc000_ffe0, 0xc000_4640),
+    // nr 200..=223 (NV_IOCTL_BASE + 0..23): CARD_INFO, CHECK_VERSION_STR,
+    // REGISTER_FD, ATTACH_GPUS_TO_FD, SYS_PARAMS, WAIT_OPEN_COMPLETE, ...
+    (0xc000_fff8, 0xc000_46c8),
+    (0xc000_fff8, 0xc000_46d0),
+    (0xc000_fff8, 0xc000_46d8),
+    // /dev/nvidia-uvm: plain numbers, not _IOC-encoded: 1..=127 (UVM_IOCTL_BASE(i) = i) ...
+    (0xffff_ff80, 0),
+    // ... and UVM_INITIALIZE / UVM_DEINITIALIZE.
+    (0xffff_ffff, 0x3000_0001),
+    (0xffff_ffff, 0x3000_0002),
+];
 
 fn arg_eq(arg: u8, value: u64) -> SeccompCondition {
     condition(arg, ArgLen::Qword, Op::Eq, value)
@@ -360,14 +391,24 @@ pub fn worker_filter(options: WorkerSyscallOptions) -> SyscallPolicy {
         p.allow(libc::SYS_lstat);
         p.allow(libc::SYS_readlink);
     }
+    // why: isatty() on stdout/stderr (TCGETS) when logging; nothing else.
+    p.allow_when(libc::SYS_ioctl, vec![arg_eq(1, libc::TCGETS)]);
     if options.gpu {
-        // why: the CUDA driver talks to /dev/nvidia* only through ioctls
-        // whose request numbers are not a stable, public list; the device
-        // nodes themselves are limited by Landlock.
-        p.allow(libc::SYS_ioctl);
-    } else {
-        // why: isatty() on stdout/stderr (TCGETS) when logging; nothing else.
-        p.allow_when(libc::SYS_ioctl, vec![arg_eq(1, libc::TCGETS)]);
+        // why: the CUDA driver talks to /dev/nvidia* through ioctls; only
+        // request numbers of the NVIDIA and UVM shapes (unverified, see
+        // NVIDIA_IOCTL_MASKS). Which device nodes can be opened with the
+        // ioctl right at all is Landlock's decision.
+        for &(mask, value) in NVIDIA_IOCTL_MASKS {
+            p.allow_when(
+                libc::SYS_ioctl,
+                vec![condition(
+                    1,
+                    ArgLen::Dword,
+                    Op::MaskedEq(u64::from(mask)),
+                    u64::from(value),
+                )],
+            );
+        }
     }
 
     // ---- time, randomness, limits ----
@@ -476,7 +517,12 @@ mod tests {
             gpu: true,
             exec_mappings: false,
         });
-        assert!(!gpu.is_conditional(libc::SYS_ioctl));
+        // Never "any ioctl": only the NVIDIA/UVM masks on top of TCGETS.
+        assert!(gpu.is_conditional(libc::SYS_ioctl));
+        assert_eq!(
+            gpu.allowed[&libc::SYS_ioctl].len(),
+            1 + NVIDIA_IOCTL_MASKS.len()
+        );
         assert!(gpu.is_conditional(libc::SYS_mmap));
         let exec = worker_filter(WorkerSyscallOptions {
             gpu: false,
@@ -484,6 +530,49 @@ mod tests {
         });
         assert!(!exec.is_conditional(libc::SYS_mmap));
         assert!(exec.is_conditional(libc::SYS_ioctl));
+    }
+
+    /// The driver headers' numbers the masks are written for, and neighbours
+    /// that must stay outside them.
+    #[test]
+    fn nvidia_masks_cover_the_driver_shapes_and_nothing_terminal() {
+        let allowed = |req: u32| {
+            NVIDIA_IOCTL_MASKS
+                .iter()
+                .any(|&(mask, value)| req & mask == value)
+        };
+        let iowr = |nr: u32, size: u32| 0xc000_0000 | (size << 16) | (0x46 << 8) | nr;
+        for (nr, size) in [
+            (0x2a, 0x20),
+            (0x2b, 0x30),
+            (0x29, 0x10),
+            (0x4e, 0x38),
+            (0x5f, 8),
+        ] {
+            assert!(allowed(iowr(nr, size)), "RM escape {nr:#x}");
+        }
+        for nr in 200..=223 {
+            assert!(allowed(iowr(nr, 0x48)), "NV_IOCTL_BASE + {}", nr - 200);
+        }
+        for req in [1, 39, 75, 127, 0x3000_0001, 0x3000_0002] {
+            assert!(allowed(req), "UVM {req:#x}");
+        }
+        // Outside: other 'F' numbers, _IO-style 'F' (fbdev FBIOGET_*),
+        // terminal and socket ioctls, larger plain numbers.
+        for req in [
+            iowr(0x1f, 8),
+            iowr(0x60, 8),
+            iowr(224, 8),
+            0x4600,
+            0x4602,
+            0x5401,
+            0x541b,
+            0x8912,
+            128,
+            0x3000_0003,
+        ] {
+            assert!(!allowed(req), "{req:#x} must not pass");
+        }
     }
 
     #[test]

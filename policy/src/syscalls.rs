@@ -166,9 +166,16 @@ fn write_stderr(bytes: &[u8]) {
     let _ = unsafe { libc::write(libc::STDERR_FILENO, bytes.as_ptr().cast(), bytes.len()) };
 }
 
-/// Formats "weave-policy: seccomp blocked syscall N\n" without allocating.
-fn format_blocked(nr: i64, out: &mut [u8; 64]) -> usize {
+/// Room for the longest line [`format_blocked`] writes.
+const BLOCKED_LINE: usize = 160;
+
+/// Formats "weave-policy: seccomp blocked syscall N args 0xA 0xB 0xC\n"
+/// (the first three arguments: an ioctl's request, mmap's/mprotect's
+/// protection, openat's flags — what an allowlist condition looks at)
+/// without allocating.
+fn format_blocked(nr: i64, args: [u64; 3], out: &mut [u8; BLOCKED_LINE]) -> usize {
     const PREFIX: &[u8] = b"weave-policy: seccomp blocked syscall ";
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out[..PREFIX.len()].copy_from_slice(PREFIX);
     let mut len = PREFIX.len();
     let mut digits = [0u8; 20];
@@ -190,6 +197,18 @@ fn format_blocked(nr: i64, out: &mut [u8; 64]) -> usize {
         d -= 1;
         out[len] = digits[d];
         len += 1;
+    }
+    out[len..len + 5].copy_from_slice(b" args");
+    len += 5;
+    for arg in args {
+        out[len..len + 3].copy_from_slice(b" 0x");
+        len += 3;
+        // Hex digits without leading zeros (at least one).
+        let width = (64 - arg.leading_zeros()).div_ceil(4).max(1);
+        for shift in (0..width).rev() {
+            out[len] = HEX[((arg >> (shift * 4)) & 0xf) as usize];
+            len += 1;
+        }
     }
     out[len] = b'\n';
     len + 1
@@ -215,8 +234,29 @@ extern "C" fn report_sigsys(
         // inside the 128-byte structure.
         nr = i64::from(unsafe { info.cast::<u8>().add(SYSCALL_OFFSET).cast::<i32>().read() });
     }
-    let mut line = [0u8; 64];
-    let len = format_blocked(nr, &mut line);
+    #[allow(unused_mut)] // only architectures with a register layout fill it
+    let mut args = [0u64; 3];
+    #[cfg(target_arch = "x86_64")]
+    if !context.is_null() {
+        // SAFETY: for an SA_SIGINFO handler the third argument is the
+        // interrupted thread's ucontext_t; the syscall's arguments are still
+        // in RDI, RSI, RDX.
+        unsafe {
+            let gregs = &(*context.cast::<libc::ucontext_t>()).uc_mcontext.gregs;
+            args = [libc::REG_RDI, libc::REG_RSI, libc::REG_RDX].map(|r| gregs[r as usize] as u64);
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if !context.is_null() {
+        // SAFETY: as above; x0..x2 hold the arguments (x0 until it is
+        // overwritten with the return value below).
+        unsafe {
+            let regs = &(*context.cast::<libc::ucontext_t>()).uc_mcontext.regs;
+            args = [regs[0], regs[1], regs[2]];
+        }
+    }
+    let mut line = [0u8; BLOCKED_LINE];
+    let len = format_blocked(nr, args, &mut line);
     write_stderr(&line[..len]);
     #[cfg(target_arch = "x86_64")]
     if !context.is_null() {
@@ -257,12 +297,21 @@ mod tests {
 
     #[test]
     fn blocked_line_is_formatted_without_allocation() {
-        let mut out = [0u8; 64];
-        let len = format_blocked(41, &mut out);
-        assert_eq!(&out[..len], b"weave-policy: seccomp blocked syscall 41\n");
-        let len = format_blocked(0, &mut out);
-        assert_eq!(&out[..len], b"weave-policy: seccomp blocked syscall 0\n");
-        let len = format_blocked(-1, &mut out);
-        assert_eq!(&out[..len], b"weave-policy: seccomp blocked syscall -1\n");
+        let mut out = [0u8; BLOCKED_LINE];
+        let len = format_blocked(41, [2, 1, 0], &mut out);
+        assert_eq!(
+            &out[..len],
+            b"weave-policy: seccomp blocked syscall 41 args 0x2 0x1 0x0\n"
+        );
+        let len = format_blocked(16, [3, 0xc020_462a, 0x7ffd_0000_1000], &mut out);
+        assert_eq!(
+            &out[..len],
+            b"weave-policy: seccomp blocked syscall 16 args 0x3 0xc020462a 0x7ffd00001000\n"
+        );
+        let len = format_blocked(-1, [u64::MAX; 3], &mut out);
+        assert_eq!(
+            &out[..len],
+            b"weave-policy: seccomp blocked syscall -1 args 0xffffffffffffffff 0xffffffffffffffff 0xffffffffffffffff\n"
+        );
     }
 }

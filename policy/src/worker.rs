@@ -10,6 +10,7 @@
 
 use crate::capabilities::{self, CapabilityError};
 use crate::landlock::{self, LandlockError, LandlockReport, PathAccess, PathRule, Presence};
+use crate::process;
 use crate::seccomp::{self, SeccompError, SeccompMode, WorkerSyscallOptions};
 use std::path::PathBuf;
 
@@ -33,8 +34,9 @@ pub struct WorkerPaths {
     /// libtorch's `lib` directory and, for CUDA, the CUDA library directories.
     /// Must exist: the worker cannot run without them.
     pub libraries: Vec<PathBuf>,
-    /// GPU worker: include the device nodes (`/dev/nvidia*`, `/dev/dri`) with
-    /// ioctl access and the loader paths CUDA's lazy `dlopen`s need.
+    /// GPU worker: include the device nodes (`/dev/nvidia*`) with ioctl
+    /// access, the driver's files, and the loader paths and library folders
+    /// CUDA's lazy `dlopen`s need.
     pub gpu: bool,
     /// Further read-only paths (optional; skipped with a note when absent).
     pub extra_read_only: Vec<PathBuf>,
@@ -70,6 +72,9 @@ pub const LOADER_READ_ONLY: &[&str] = &[
     "/usr/lib",
     "/usr/lib64",
     "/usr/local/cuda",
+    // Where container runtimes mount the driver's user-space libraries
+    // (libcuda.so.1), read-only; the lent GPU machine has it there.
+    "/usr/local/nvidia",
 ];
 
 impl WorkerPaths {
@@ -115,6 +120,13 @@ impl WorkerPaths {
         }
         if self.gpu {
             rules.extend(landlock::gpu_device_rules());
+            // CUDA's math libraries dlopen their siblings lazily (cuDNN's
+            // engines, NVRTC), from wherever the loader found them: a CUDA
+            // libtorch is often a Python venv's, with the nvidia-* wheels in
+            // folders of their own that no configuration names.
+            for dir in process::mapped_library_dirs().unwrap_or_default() {
+                rules.push(PathRule::new(dir, PathAccess::ReadOnly, Presence::Optional));
+            }
         }
         rules
     }

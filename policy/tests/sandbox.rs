@@ -182,6 +182,26 @@ fn cases() -> Vec<Case> {
             )
         }),
         Case {
+            name: "seccomp_exec_mappings_option_allows_prot_exec",
+            needs: &[Need::Seccomp],
+            expect: Expect::Success,
+            probe: probe_exec_mappings_allowed,
+        },
+        Case {
+            name: "seccomp_gpu_allows_nvidia_shaped_ioctls",
+            needs: &[Need::Seccomp],
+            expect: Expect::Success,
+            probe: probe_gpu_ioctls_allowed,
+        },
+        killed("seccomp_gpu_kills_other_ioctls", |_| {
+            lock_with(WorkerSyscallOptions {
+                gpu: true,
+                exec_mappings: false,
+            });
+            // FIONREAD on stdin: a real request, but not an NVIDIA one.
+            attempt(libc::SYS_ioctl, [0, libc::FIONREAD as _, 0, 0, 0])
+        }),
+        Case {
             name: "seccomp_tsync_covers_threads_started_before_the_filter",
             needs: &[Need::Seccomp],
             expect: Expect::Signal(SIGSYS),
@@ -216,10 +236,78 @@ fn cases() -> Vec<Case> {
 
 /// Applies the worker's allowlist in enforce mode, or exits 3.
 fn lock() {
-    if let Err(e) = worker::lock_syscalls(SeccompMode::Enforce, WorkerSyscallOptions::default()) {
+    lock_with(WorkerSyscallOptions::default());
+}
+
+/// Applies the worker's allowlist with `options` in enforce mode, or exits 3.
+fn lock_with(options: WorkerSyscallOptions) {
+    if let Err(e) = worker::lock_syscalls(SeccompMode::Enforce, options) {
         eprintln!("probe: lock_syscalls failed: {e}");
         std::process::exit(3);
     }
+}
+
+/// `exec_mappings: true` (config `seccomp_exec_mappings`): an executable
+/// mapping after the boundary is allowed.
+fn probe_exec_mappings_allowed(_: &Path) -> i32 {
+    lock_with(WorkerSyscallOptions {
+        gpu: false,
+        exec_mappings: true,
+    });
+    let (ret, errno) = raw::syscall5(
+        libc::SYS_mmap,
+        [
+            0,
+            4096,
+            (libc::PROT_READ | libc::PROT_EXEC) as _,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as _,
+            -1,
+        ],
+    );
+    if ret == -1 {
+        println!("FAIL: mmap(PROT_EXEC) with exec_mappings failed: errno {errno}");
+        return 1;
+    }
+    println!("ok: mmap(PROT_EXEC) allowed at {ret:#x}");
+    0
+}
+
+/// A GPU worker's filter lets NVIDIA/UVM-shaped requests through to the
+/// kernel (which answers ENOTTY on /dev/null, proving the filter passed
+/// them), including a sign-extended request register.
+fn probe_gpu_ioctls_allowed(_: &Path) -> i32 {
+    let null = match std::fs::File::open("/dev/null") {
+        Ok(f) => f,
+        Err(e) => {
+            println!("FAIL: cannot open /dev/null: {e}");
+            return 1;
+        }
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&null) as libc::c_long;
+    lock_with(WorkerSyscallOptions {
+        gpu: true,
+        exec_mappings: false,
+    });
+    // NV_ESC_RM_CONTROL = _IOWR('F', 0x2a, 32 bytes); UVM_INITIALIZE.
+    let rm_control: libc::c_long = 0xc020_462a;
+    let sign_extended = rm_control | !0xffff_ffff;
+    let mut failures = 0;
+    for (what, req) in [
+        ("NV_ESC_RM_CONTROL", rm_control),
+        ("NV_ESC_RM_CONTROL, sign-extended", sign_extended),
+        ("UVM_INITIALIZE", 0x3000_0001),
+        ("UVM ioctl 39", 39),
+        ("TCGETS", libc::TCGETS as _),
+    ] {
+        match raw::syscall5(libc::SYS_ioctl, [fd, req, 0, 0, 0]) {
+            (-1, libc::ENOTTY) => println!("ok: {what} reached the kernel (ENOTTY)"),
+            (ret, errno) => {
+                println!("FAIL: {what}: returned {ret}, errno {errno}, expected ENOTTY");
+                failures += 1;
+            }
+        }
+    }
+    i32::from(failures != 0)
 }
 
 /// Makes a syscall that should kill the process; reaching the return means
@@ -753,7 +841,12 @@ fn run_case(case: &Case, fixture: &Fixture) -> Outcome {
                 }
             }
             if case.name == "seccomp_trap_mode_reports_and_continues" {
-                let line = format!("weave-policy: seccomp blocked syscall {}", libc::SYS_socket);
+                // The number and the first three arguments as the probe
+                // passed them: socket(AF_INET = 2, SOCK_STREAM = 1, 0).
+                let line = format!(
+                    "weave-policy: seccomp blocked syscall {} args 0x2 0x1 0x0",
+                    libc::SYS_socket
+                );
                 if !stderr.lines().any(|l| l == line) {
                     return Outcome::Failed(format!("no `{line}` on stderr\n{}", detail()));
                 }

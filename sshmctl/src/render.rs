@@ -108,6 +108,10 @@ impl Renderer {
         };
         println!("worker     {worker}, {} restarts", report.worker_restarts);
         println!("sandbox    {}", report.sandbox);
+        match report.device {
+            Some(device) => println!("device     {device}"),
+            None => println!("device     not known until the worker starts"),
+        }
     }
 
     pub fn models(&self, models: &[ModelInfo]) {

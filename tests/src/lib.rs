@@ -270,6 +270,8 @@ pub struct TestConfig {
     pub limits: String,
     /// Extra `[daemon]` lines (system mode).
     pub daemon: String,
+    /// The `[worker]` lines (default: `device = "cpu"`).
+    pub worker: String,
     /// `kind` and `path` of the one model, id `digits`.
     pub model_kind: String,
     pub model_path: PathBuf,
@@ -285,6 +287,7 @@ impl TestConfig {
             audit_sink: audit_sink.to_owned(),
             limits: String::new(),
             daemon: String::new(),
+            worker: "device = \"cpu\"\n".into(),
             model_kind: "sd1".into(),
             // An empty folder next to the sink: the worker can open it (its
             // sandbox needs every model path), loading it fails.
@@ -307,10 +310,11 @@ impl TestConfig {
 
     pub fn toml(&self) -> String {
         let mut text = format!(
-            "[daemon]\n{}\n[limits]\n{}\n[audit]\nsink = \"{}\"\n\n[worker]\ndevice = \"cpu\"\n",
+            "[daemon]\n{}\n[limits]\n{}\n[audit]\nsink = \"{}\"\n\n[worker]\n{}",
             self.daemon,
             self.limits,
-            self.audit_sink.display()
+            self.audit_sink.display(),
+            self.worker
         );
         text.push_str(&format!(
             "\n[[model]]\nid = \"digits\"\nkind = \"{}\"\npath = \"{}\"\n\

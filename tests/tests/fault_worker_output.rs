@@ -81,6 +81,7 @@ fn lying_worker() {
             capabilities_empty: true,
             fully_enforced: true,
         },
+        device: weave_common::config::Device::Cpu,
     })
     .unwrap();
     loop {

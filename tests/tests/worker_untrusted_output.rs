@@ -18,7 +18,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use weave_broker::supervisor::{CrashCause, SupervisorConfig, SupervisorError, WorkerSupervisor};
-use weave_common::config::ModelKind;
+use weave_common::config::{Device, ModelKind};
 use weave_common::proto::{ErrorCode, Scheduler, WorkerState};
 use weave_common::worker_proto::channel::WorkerEndpoint;
 use weave_common::worker_proto::{
@@ -65,6 +65,10 @@ fn main() {
         (
             "a_degraded_sandbox_report_is_refused",
             a_degraded_sandbox_report_is_refused,
+        ),
+        (
+            "a_device_other_than_the_configured_one_is_refused",
+            a_device_other_than_the_configured_one_is_refused,
         ),
     ];
     let filter: Vec<String> = std::env::args()
@@ -126,6 +130,12 @@ fn fake_worker() {
             no_new_privs: true,
             capabilities_empty: true,
             fully_enforced: mode != "degraded",
+        },
+        // The supervisor is configured for the CPU; this one claims a GPU.
+        device: if mode == "wrong-device" {
+            Device::Cuda(7)
+        } else {
+            Device::Cpu
         },
     })
     .unwrap();
@@ -352,6 +362,16 @@ fn a_worker_that_skips_the_handshake_is_refused() {
     let err = sup.ensure_running().unwrap_err();
     assert!(matches!(err, SupervisorError::Handshake(_)), "{err:?}");
     assert_eq!(sup.state().state, WorkerState::Restarting);
+}
+
+fn a_device_other_than_the_configured_one_is_refused() {
+    let mut sup = supervisor("wrong-device");
+    let err = sup.ensure_running().unwrap_err();
+    assert!(
+        matches!(&err, SupervisorError::Handshake(m) if m.contains("reported device cuda:7, configured cpu")),
+        "{err:?}"
+    );
+    assert_eq!(sup.state().device, None);
 }
 
 fn a_degraded_sandbox_report_is_refused() {

@@ -2,8 +2,8 @@
 """The diffusers side of `worker/benches/engine_vs_diffusers.rs`.
 
 Loads a StableDiffusionPipeline once, warms it up, prints `ready <info>`, then
-answers each stdin line `gen <seed> <onednn 0|1>` with the seconds one
-generation took (measured here, around the pipeline call only, so neither
+answers each stdin line `gen <seed> <onednn 0|1> [PNG path]` with the
+seconds one generation took (and saves the image when a path is given) (measured here, around the pipeline call only, so neither
 process start-up nor the pipe counts). The Rust bench drives it between its
 own generations, so both sides see the same machine load.
 
@@ -42,7 +42,7 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
 
-    def generate(seed: int) -> float:
+    def generate(seed: int, save: str = "") -> float:
         # Initial noise from a CPU generator, as diffusers' default and the
         # engine (same seed → same latents on both sides).
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -63,6 +63,8 @@ def main() -> None:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         assert image.size == (size, size)
+        if save:
+            image.save(save)
         return elapsed
 
     for onednn in (True, False):
@@ -74,11 +76,12 @@ def main() -> None:
         words = line.split()
         if not words:
             continue
-        if words[0] != "gen" or len(words) != 3:
+        if words[0] != "gen" or len(words) not in (3, 4):
             print(f"error unknown command {line.strip()!r}", flush=True)
             continue
         torch.backends.mkldnn.enabled = words[2] == "1"
-        print(f"{generate(int(words[1])):.6f}", flush=True)
+        save = words[3] if len(words) == 4 else ""
+        print(f"{generate(int(words[1]), save):.6f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
 //! `Generate` to `Finished`, PNG included), one in-process
 //! `Pipeline::generate` with oneDNN off (the sandboxed worker's setting, the
 //! fair comparison) and one with oneDNN on (libtorch's default). The
-//! worker keeps libtorch's default thread count (the config has no
-//! `torch_threads`), which is one per CPU it may run on; so the bench pins
+//! worker keeps libtorch's default thread count (the bench's config leaves
+//! `torch_threads` unset), which is one per CPU it may run on; so the bench pins
 //! itself, and with it the broker and worker it starts, to one CPU and runs
 //! the in-process side with one thread too. Both sides then do the same
 //! arithmetic on the same core, and the ratio is the daemon's own cost. (On

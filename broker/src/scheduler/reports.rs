@@ -100,6 +100,7 @@ impl Broker {
             worker: snapshot.state,
             worker_restarts: snapshot.restarts,
             sandbox: snapshot.sandbox_summary(),
+            device: snapshot.device,
         }
     }
 

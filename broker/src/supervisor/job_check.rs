@@ -353,6 +353,7 @@ mod tests {
                 capabilities_empty: true,
                 fully_enforced: true,
             },
+            device: weave_common::config::Device::Cpu,
         };
         let loaded = FromWorker::Loaded {
             model_id: "m".into(),

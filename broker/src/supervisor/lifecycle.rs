@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use weave_common::config::Device;
 use weave_common::worker_proto::channel::BrokerEndpoint;
 use weave_common::worker_proto::{FromWorker, SegmentGeometry, ToWorker};
 
@@ -82,13 +83,14 @@ impl WorkerSupervisor {
             s.worker_pid = Some(pid);
             s.loaded = None;
             s.sandbox = None;
+            s.device = None;
             if !first_start {
                 s.restarts += 1;
             }
         });
         let deadline = Instant::now() + self.config.handshake_timeout;
-        let sandbox = match self.wait_message(deadline) {
-            Ok(FromWorker::Ready { sandbox }) => sandbox,
+        let (sandbox, device) = match self.wait_message(deadline) {
+            Ok(FromWorker::Ready { sandbox, device }) => (sandbox, device),
             Ok(other) => {
                 let cause = CrashCause::ProtocolViolation(format!(
                     "expected Ready, got message kind {}",
@@ -119,9 +121,19 @@ impl WorkerSupervisor {
                 self.kill_worker(cause).to_string(),
             ));
         }
+        if !reported_device_fits(self.config.device, device) {
+            let cause = CrashCause::ProtocolViolation(format!(
+                "worker reported device {device}, configured {}",
+                self.config.device
+            ));
+            return Err(SupervisorError::Handshake(
+                self.kill_worker(cause).to_string(),
+            ));
+        }
         self.update(|s| {
             s.state = WorkerState::Ready;
             s.sandbox = Some(sandbox);
+            s.device = Some(device);
         });
         self.refresh_channel_stats();
         Ok(())
@@ -253,5 +265,40 @@ impl WorkerSupervisor {
             s.worker_pid = None;
             s.loaded = None;
         });
+    }
+}
+
+/// Whether a worker configured for `configured` may report `reported` in
+/// `Ready`: the same device, or for `auto` the CPU or CUDA device 0 (what
+/// the worker resolves it to). Anything else is a lying or broken worker.
+fn reported_device_fits(configured: Device, reported: Device) -> bool {
+    match configured {
+        Device::Auto => matches!(reported, Device::Cpu | Device::Cuda(0)),
+        Device::Cpu | Device::Cuda(_) => reported == configured,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reported_device_must_be_the_configured_one_or_auto_resolved() {
+        assert!(reported_device_fits(Device::Auto, Device::Cpu));
+        assert!(reported_device_fits(Device::Auto, Device::Cuda(0)));
+        assert!(reported_device_fits(Device::Cuda(2), Device::Cuda(2)));
+        assert!(reported_device_fits(Device::Cpu, Device::Cpu));
+        for (configured, reported) in [
+            (Device::Auto, Device::Auto),
+            (Device::Auto, Device::Cuda(1)),
+            (Device::Cpu, Device::Cuda(0)),
+            (Device::Cuda(0), Device::Cpu),
+            (Device::Cuda(1), Device::Cuda(0)),
+        ] {
+            assert!(
+                !reported_device_fits(configured, reported),
+                "{configured} -> {reported}"
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use weave_common::config::Device;
 use weave_common::proto::{ChannelDirection, ChannelStatsReport, SegmentStats, WorkerState};
 use weave_common::worker_proto::channel::EndpointStats;
 use weave_common::worker_proto::SandboxReport;
@@ -30,6 +31,8 @@ pub struct SupervisorStatus {
     pub worker_pid: Option<u32>,
     pub loaded: Option<LoadInfo>,
     pub sandbox: Option<SandboxReport>,
+    /// The device the running worker reported in `Ready` (`auto` resolved).
+    pub device: Option<Device>,
     /// How the last worker ended, e.g. `killed by signal 31 (SIGSYS)`.
     pub last_exit: Option<String>,
     pub last_crash: Option<CrashCause>,
@@ -49,6 +52,7 @@ impl SupervisorStatus {
             worker_pid: None,
             loaded: None,
             sandbox: None,
+            device: None,
             last_exit: None,
             last_crash: None,
             quarantined: BTreeSet::new(),

@@ -48,7 +48,7 @@ use read::read_config_text;
 pub(crate) use sections::is_safetensors_name;
 pub use sections::{
     AuditConfig, DaemonConfig, Device, Facility, Limits, ModelConfig, ModelDefaults, ModelKind,
-    OutputConfig, WorkerConfig,
+    OutputConfig, WorkerConfig, MAX_TORCH_THREADS,
 };
 
 /// Where system mode reads its config.

@@ -333,6 +333,19 @@ fn check_audit_and_worker(config: &Config, report: &mut Report<'_, '_>) {
             "set `seccomp_debug = false` (debug the seccomp allowlist in user mode)",
         );
     }
+    if let Some(threads) = config.worker.torch_threads {
+        if threads == 0 || threads > super::MAX_TORCH_THREADS {
+            report.invalid(
+                &KeyPath::of(&["worker", "torch_threads"]),
+                format!(
+                    "is {threads}; libtorch needs 1 to {} threads",
+                    super::MAX_TORCH_THREADS
+                ),
+                "set `torch_threads` to the number of CPUs the worker should use (e.g. 4), or \
+                 remove it for libtorch's default",
+            );
+        }
+    }
 }
 
 fn is_model_id(id: &str) -> bool {

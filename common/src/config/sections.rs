@@ -210,7 +210,19 @@ pub struct WorkerConfig {
     /// seccomp violations trap and are logged instead of killing the worker.
     /// For developing the allowlist; refused in system mode.
     pub seccomp_debug: bool,
+    /// libtorch's intra-op thread count in the worker (and one inter-op
+    /// thread). Unset: libtorch's default, one per CPU the worker may run on,
+    /// which spins against every other process on a loaded machine.
+    pub torch_threads: Option<u32>,
+    /// Let oneDNN run, at the price of allowing executable mappings after
+    /// initialization: its JIT writes convolution kernels into RWX memory,
+    /// so a compromised worker could then create new code. Off (the default):
+    /// oneDNN is switched off before the sandbox and `PROT_EXEC` is refused.
+    pub seccomp_exec_mappings: bool,
 }
+
+/// The most libtorch threads `torch_threads` may ask for.
+pub const MAX_TORCH_THREADS: u32 = 1024;
 
 /// `[output]`: what the broker puts in the PNGs it returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -545,6 +545,39 @@ fn seccomp_debug_is_refused_in_system_mode_only() {
 }
 
 #[test]
+fn torch_threads_and_exec_mappings_parse_and_default_off() {
+    let config = parse(MODEL, Mode::User).unwrap();
+    assert_eq!(config.worker.torch_threads, None);
+    assert!(!config.worker.seccomp_exec_mappings);
+    let text = format!("[worker]\ntorch_threads = 3\nseccomp_exec_mappings = true\n{MODEL}");
+    for mode in [Mode::User, Mode::System] {
+        let text = match mode {
+            Mode::User => text.clone(),
+            Mode::System => format!("{SYSTEM_DAEMON}{text}"),
+        };
+        let config = parse(&text, mode).unwrap();
+        assert_eq!(config.worker.torch_threads, Some(3));
+        assert!(config.worker.seccomp_exec_mappings);
+    }
+}
+
+#[test]
+fn torch_threads_must_be_between_1_and_the_maximum() {
+    for bad in ["0", "1025"] {
+        let text = format!("[worker]\ntorch_threads = {bad}\n{MODEL}");
+        assert_has(
+            &only_problem(&text, Mode::User),
+            &[
+                &format!(":2:1: `worker.torch_threads` is {bad}; libtorch needs 1 to 1024 threads"),
+                "fix: set `torch_threads` to the number of CPUs",
+            ],
+        );
+    }
+    let text = format!("[worker]\ntorch_threads = -1\n{MODEL}");
+    assert!(parse(&text, Mode::User).is_err());
+}
+
+#[test]
 fn socket_paths_must_be_absolute_and_fit_sun_path() {
     let text = format!(
         "[daemon]\nsocket = \"weave.sock\"\n[audit]\nsink = \"/{}\"\n{MODEL}",

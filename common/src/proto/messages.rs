@@ -8,6 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::{ErrorCode, Named};
+use crate::config::Device;
 use crate::validate::ParamBounds;
 
 /// What a caller sends. The first request on a connection must be `Hello`.
@@ -333,6 +334,9 @@ pub struct StatusReport {
     /// One-line summary of the worker's confinement, e.g.
     /// `landlock abi 5 + seccomp (enforced)`.
     pub sandbox: String,
+    /// The device the worker runs the models on (`device = "auto"`
+    /// resolved by the worker's libtorch); `None` until a worker has started.
+    pub device: Option<Device>,
 }
 
 /// The model resident in the worker. Times are ages in seconds, so that

@@ -14,17 +14,20 @@ use weave_worker::{engine, to_engine};
 /// Starts libtorch before seccomp: thread pool size, and a first tensor on
 /// the device so CUDA (or the CPU allocator) is initialised while every
 /// syscall is still allowed.
-pub fn init_torch(bootstrap: &WorkerBootstrap) -> Result<(), String> {
+pub fn init_torch(bootstrap: &WorkerBootstrap, device: Device) -> Result<(), String> {
     if let Some(threads) = bootstrap.torch_threads {
         tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
         tch::set_num_interop_threads(1);
     }
-    if let Device::Cuda(_) = bootstrap.device {
+    if let Device::Cuda(_) = device {
         if !tch::Cuda::is_available() {
-            return Err("CUDA was configured but no CUDA device is available".into());
+            return Err(format!(
+                "device = \"{device}\" is configured but libtorch sees no CUDA device \
+                 (a CPU build of libtorch, no driver, or no GPU); use device = \"auto\" or \"cpu\""
+            ));
         }
     }
-    let device = to_engine::device(bootstrap.device)
+    let device = to_engine::device(device)
         .resolve()
         .map_err(|e| e.to_string())?;
     let probe = tch::Tensor::ones([16, 16], (tch::Kind::Float, device));

@@ -11,6 +11,7 @@
 //!
 //! The worker never opens a socket or writes a file; it logs to stderr only.
 
+mod device;
 mod loaded_model;
 mod startup;
 mod syscalls;
@@ -86,8 +87,17 @@ fn run_inner() -> Result<(), ServeError> {
     zeroize::Zeroize::zeroize(&mut bootstrap.to_worker_key.key);
     zeroize::Zeroize::zeroize(&mut bootstrap.to_broker_key.key);
 
-    // 3. Landlock while single-threaded: libtorch has not started a thread yet.
-    let landlock = confine_filesystem(&bootstrap)?;
+    // 3. Landlock while single-threaded: libtorch has not started a thread
+    // yet. Whether it grants the GPU is decided without calling CUDA.
+    let torch_cuda_linked = std::fs::read_to_string("/proc/self/maps")
+        .map(|maps| device::links_torch_cuda(&maps))
+        .unwrap_or(false);
+    let gpu_possible = device::may_use_gpu(
+        bootstrap.device,
+        torch_cuda_linked,
+        std::path::Path::new(device::NVIDIA_CONTROL_NODE).exists(),
+    );
+    let landlock = confine_filesystem(&bootstrap, gpu_possible)?;
 
     // 4. libtorch and the model table. Without the executable-mapping
     // opt-in, oneDNN (which JIT-compiles kernels) is switched off first.
@@ -96,7 +106,9 @@ fn run_inner() -> Result<(), ServeError> {
             "could not switch oneDNN off; set seccomp_exec_mappings to run with it".into(),
         ));
     }
-    loaded_model::init_torch(&bootstrap).map_err(ServeError::Torch)?;
+    let device = device::resolve(bootstrap.device, gpu_possible, tch::Cuda::is_available);
+    loaded_model::init_torch(&bootstrap, device).map_err(ServeError::Torch)?;
+    log!("device {device} (configured {})", bootstrap.device);
     let models: HashMap<String, ModelEntry> = bootstrap
         .models
         .iter()
@@ -111,11 +123,10 @@ fn run_inner() -> Result<(), ServeError> {
     } else {
         SeccompMode::Enforce
     };
-    let gpu = matches!(bootstrap.device, Device::Cuda(_));
     worker_policy::lock_syscalls(
         mode,
         WorkerSyscallOptions {
-            gpu,
+            gpu: matches!(device, Device::Cuda(_)),
             exec_mappings: bootstrap.seccomp_exec_mappings,
         },
     )
@@ -128,23 +139,26 @@ fn run_inner() -> Result<(), ServeError> {
         )));
     }
     log!("sandbox: {sandbox:?}");
-    channel.send(&FromWorker::Ready { sandbox })?;
+    channel.send(&FromWorker::Ready { sandbox, device })?;
 
     Server {
         channel,
         models,
-        device: bootstrap.device,
+        device,
         loaded: None,
         backlog: VecDeque::new(),
     }
     .serve()
 }
 
-fn confine_filesystem(bootstrap: &WorkerBootstrap) -> Result<LandlockReport, ServeError> {
+fn confine_filesystem(
+    bootstrap: &WorkerBootstrap,
+    gpu: bool,
+) -> Result<LandlockReport, ServeError> {
     let paths = worker_policy::WorkerPaths {
         models: bootstrap.models.iter().map(|m| m.path.clone()).collect(),
         libraries: bootstrap.library_dirs.clone(),
-        gpu: matches!(bootstrap.device, Device::Cuda(_)),
+        gpu,
         // Read by `lock_syscalls` (capability clearing) after Landlock is on.
         extra_read_only: vec!["/proc/sys/kernel/cap_last_cap".into()],
     };

@@ -873,7 +873,11 @@ fn stop_and_continue(mut command: Command) -> std::io::Result<std::process::Outp
         err.read_to_end(&mut stderr)?;
     }
     let status = child.wait()?;
-    seen.push_str(if stopped { "stopped: yes\n" } else { "stopped: no\n" });
+    seen.push_str(if stopped {
+        "stopped: yes\n"
+    } else {
+        "stopped: no\n"
+    });
     Ok(std::process::Output {
         status,
         stdout: seen.into_bytes(),

@@ -270,14 +270,21 @@ impl Server {
         // is reported after it returns.
         let mut channel_error: Option<ChannelError> = None;
         let mut cancelled = false;
+        // A batch runs its images one after the other and reports the share
+        // of the whole batch, so a step value repeats: each is sent once,
+        // while the cancel check below still runs after every step.
+        let mut last_sent = 0;
         let mut on_step = |step: u32, total: u32| -> ControlFlow<()> {
-            if let Err(e) = channel.send(&FromWorker::Progress {
-                job_id,
-                step,
-                total,
-            }) {
-                channel_error = Some(e);
-                return ControlFlow::Break(());
+            if step > last_sent {
+                last_sent = step;
+                if let Err(e) = channel.send(&FromWorker::Progress {
+                    job_id,
+                    step,
+                    total,
+                }) {
+                    channel_error = Some(e);
+                    return ControlFlow::Break(());
+                }
             }
             // Cancel check between steps: drain what the broker sent, never block.
             loop {

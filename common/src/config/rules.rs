@@ -205,6 +205,9 @@ fn check_limits(config: &Config, report: &mut Report<'_, '_>) {
         ("job_timeout_s", limits.job_timeout_s),
         ("idle_unload_s", limits.idle_unload_s),
         ("max_response_frame", limits.max_response_frame),
+        ("max_connections", limits.max_connections),
+        ("max_connections_per_uid", limits.max_connections_per_uid),
+        ("hello_timeout_s", limits.hello_timeout_s),
     ];
     for (name, value) in values {
         if value == 0 {
@@ -227,6 +230,32 @@ fn check_limits(config: &Config, report: &mut Report<'_, '_>) {
                 "set it to at most {}, or raise limits.queue_depth",
                 limits.queue_depth
             ),
+        );
+    }
+    let client_places = limits
+        .max_connections
+        .saturating_sub(limits.admin_reserved_connections);
+    if limits.max_connections != 0 && limits.admin_reserved_connections >= limits.max_connections {
+        report.invalid(
+            &KeyPath::of(&["limits", "admin_reserved_connections"]),
+            format!(
+                "is {}, not below limits.max_connections ({}), so no client could connect",
+                limits.admin_reserved_connections, limits.max_connections
+            ),
+            format!(
+                "set it below {}, or raise limits.max_connections",
+                limits.max_connections
+            ),
+        );
+    } else if limits.max_connections_per_uid > client_places {
+        report.invalid(
+            &KeyPath::of(&["limits", "max_connections_per_uid"]),
+            format!(
+                "is {}, more than the {client_places} places clients share \
+                 (max_connections - admin_reserved_connections), so one client could take them all",
+                limits.max_connections_per_uid
+            ),
+            format!("set it to at most {client_places}"),
         );
     }
     let needed = largest_png_bytes(&config.bounds);

@@ -121,3 +121,42 @@ fn stop_and_continue_of_a_busy_worker_completes_the_job() {
     assert_eq!(state(pid).map(|s| s != 'Z'), Some(true));
     assert_eq!(status(&mut client).worker_restarts, 0);
 }
+
+/// A worker that dies between jobs (here SIGKILL, as the OOM killer or an
+/// operator would) is noticed while the broker is idle: `status` stops
+/// saying `Ready` for the dead one and shows a respawned worker, and the
+/// next job is not charged for a death that happened before it started.
+#[test]
+fn an_idle_worker_that_dies_is_noticed_and_replaced_before_the_next_job() {
+    let name = "idle_death";
+    if !require_digits(name) {
+        return;
+    }
+    let (rig, mut client, pid) = start(name);
+    signal(pid, libc::SIGKILL);
+    let end = Instant::now() + Duration::from_secs(10);
+    let replaced = loop {
+        let report = status(&mut client);
+        let now = worker_pid(rig.pid());
+        if report.worker_restarts == 1
+            && report.worker == weave_common::proto::WorkerState::Ready
+            && now.is_some_and(|p| p != pid)
+        {
+            break now.unwrap();
+        }
+        assert!(
+            Instant::now() < end,
+            "the dead worker was never noticed: {report:?}, children {now:?}\n{}",
+            rig.broker.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!matches!(state(replaced), Some('Z' | 'X') | None));
+    let run = run_job(&mut client, small_request("4", 4));
+    assert!(
+        run.finished() && run.has_one_png(),
+        "the job after an idle death: {run:?}\n{}",
+        rig.broker.log_text()
+    );
+    assert_eq!(status(&mut client).worker_restarts, 1);
+}

@@ -19,6 +19,7 @@
 
 mod config;
 mod error;
+mod idle;
 mod job_check;
 mod lifecycle;
 mod operations;
@@ -67,6 +68,9 @@ pub struct WorkerSupervisor {
     backoff: Duration,
     not_before: Instant,
     shut_down: bool,
+    /// A worker died between jobs; [`WorkerSupervisor::check_idle`] starts
+    /// the next one once the backoff allows.
+    respawn_pending: bool,
 }
 
 /// How one exchange with the worker ended badly; turned into a
@@ -97,6 +101,7 @@ impl WorkerSupervisor {
             backoff,
             not_before: Instant::now(),
             shut_down: false,
+            respawn_pending: false,
         }
     }
 
@@ -159,6 +164,10 @@ impl JobRunner for WorkerSupervisor {
 
     fn handle(&self) -> SupervisorHandle {
         WorkerSupervisor::handle(self)
+    }
+
+    fn check_idle(&mut self) -> bool {
+        WorkerSupervisor::check_idle(self)
     }
 
     fn shutdown(&mut self) {

@@ -231,6 +231,7 @@ mod tests {
             id: "m".into(),
             kind: weave_common::config::ModelKind::Sd1,
             path: "/tmp".into(),
+            sha256: None,
         }];
         let mut config = SupervisorConfig::new("/nonexistent/weave-worker".into(), models);
         config.backoff_initial = Duration::from_millis(1);

@@ -7,10 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::document::{KeyPath, SourceMap};
-use super::{
-    is_safetensors_name, Config, ConfigFile, ConfigProblem, Mode, ModelConfig,
-    MAX_SOCKET_PATH_BYTES,
-};
+use super::{Config, ConfigFile, ConfigProblem, Mode, ModelConfig, MAX_SOCKET_PATH_BYTES};
 use crate::validate::ParamBounds;
 
 /// Longest model id; ids appear in logs and in every request.
@@ -419,17 +416,11 @@ fn check_models(config: &mut Config, report: &mut Report<'_, '_>) {
                 report.invalid(
                     &here.key("sha256"),
                     "is not a SHA-256 digest (64 hexadecimal digits)",
-                    "write the output of `sha256sum <file>`, or remove the pin",
+                    "write the output of `sshmctl hash PATH` (for a single file the same as \
+                     `sha256sum`), or remove the pin",
                 );
             }
             sha256.make_ascii_lowercase();
-            if !is_safetensors_name(&model.path) {
-                report.invalid(
-                    &here.key("sha256"),
-                    "pins a folder; a pin covers only a single-file .safetensors checkpoint",
-                    "remove `sha256`, or point `path` at a .safetensors file",
-                );
-            }
         }
         check_model_defaults(model, &here, &config.bounds, report);
     }

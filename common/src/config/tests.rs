@@ -603,14 +603,15 @@ fn socket_paths_must_be_absolute_and_fit_sun_path() {
 }
 
 #[test]
-fn sha256_pins_single_files_only_and_must_be_a_digest() {
+fn sha256_pins_files_and_folders_and_must_be_a_digest() {
+    // A folder pin is the digest over the files the loader reads
+    // (weave_common::pin), enforced by the worker.
     let folder = format!("{MODEL}sha256 = \"{}\"\n", "a".repeat(64));
-    assert_has(
-        &only_problem(&folder, Mode::User),
-        &[
-            ":5:1: `model[0].sha256` pins a folder",
-            "point `path` at a .safetensors file",
-        ],
+    assert_eq!(
+        parse(&folder, Mode::User).unwrap().models[0]
+            .sha256
+            .as_deref(),
+        Some("a".repeat(64).as_str())
     );
     let file =
         "[[model]]\nid = \"m\"\nkind = \"sd1\"\npath = \"m.safetensors\"\nsha256 = \"XYZ\"\n";

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod clip;
+pub mod files;
 pub mod loader;
 pub mod nn;
 pub mod pipeline;

@@ -153,7 +153,7 @@ impl Pipeline {
         let device = device.resolve()?;
         let kind = precision.kind(device);
         let parts = ModelParts::open(spec)?;
-        let tokenizer = ClipTokenizer::from_dir(&parts.tokenizer_dir)?;
+        let tokenizer = parts.tokenizer()?;
         let te_weights = parts.weights(Component::TextEncoder, kind, device);
         let text_encoder = ClipTextModel::new(&te_weights.root(), &parts.text_config)?;
         let unet_weights = parts.weights(Component::Unet, kind, device);

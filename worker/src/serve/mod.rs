@@ -243,11 +243,11 @@ impl Server {
                     load_ms,
                 })?;
             }
-            Err(reason) => {
-                log!("loading model {model_id:?} failed: {reason}");
+            Err(failure) => {
+                log!("loading model {model_id:?} failed: {failure:?}");
                 self.channel.send(&FromWorker::Failed {
                     job_id: None,
-                    failure: WorkerFailure::LoadFailed { reason },
+                    failure,
                 })?;
             }
         }

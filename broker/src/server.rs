@@ -318,6 +318,26 @@ impl Connection {
                 verb: request.verb().to_owned(),
             }));
         }
+        // Admin verbs name models as Generate does: the same rule, checked
+        // before any lookup, so a bad id is never echoed back or logged.
+        let named_model = match &request {
+            Request::Load { model_id }
+            | Request::Pin { model_id }
+            | Request::Unpin { model_id }
+            | Request::QuarantineClear { model_id } => Some(model_id.as_str()),
+            _ => None,
+        };
+        if let Some(Err(error)) = named_model.map(weave_common::validate::validate_model_id) {
+            self.broker.audit().record(
+                Severity::Notice,
+                &AuditRecord::new("invalid_request")
+                    .field("uid", self.peer.uid)
+                    .field("pid", self.peer.pid)
+                    .field("verb", request.verb())
+                    .field("field", error.field()),
+            );
+            return self.send(&Response::Error(error.into()));
+        }
         let uid = self.peer.uid;
         let broker = Arc::clone(&self.broker);
         let response = match request {

@@ -15,7 +15,7 @@ mod loaded_model;
 mod startup;
 mod syscalls;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::ControlFlow;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -87,7 +87,13 @@ fn run_inner() -> Result<(), ServeError> {
     zeroize::Zeroize::zeroize(&mut bootstrap.to_broker_key.key);
 
     // 3. Landlock while single-threaded: libtorch has not started a thread yet.
-    let landlock = confine_filesystem(&bootstrap)?;
+    // A model whose path is missing is left out (and refused at load), so
+    // it cannot take the sandbox — and with it every other model — down.
+    let missing = missing_models(&bootstrap);
+    for id in &missing {
+        log!("model {id:?} is unavailable: its path does not exist; the other models are served");
+    }
+    let landlock = confine_filesystem(&bootstrap, &missing)?;
 
     // 4. libtorch and the model table. Without the executable-mapping
     // opt-in, oneDNN (which JIT-compiles kernels) is switched off first.
@@ -133,6 +139,7 @@ fn run_inner() -> Result<(), ServeError> {
     Server {
         channel,
         models,
+        missing,
         device: bootstrap.device,
         loaded: None,
         backlog: VecDeque::new(),
@@ -140,9 +147,27 @@ fn run_inner() -> Result<(), ServeError> {
     .serve()
 }
 
-fn confine_filesystem(bootstrap: &WorkerBootstrap) -> Result<LandlockReport, ServeError> {
+/// Ids of the models whose configured path does not exist now.
+fn missing_models(bootstrap: &WorkerBootstrap) -> HashSet<String> {
+    bootstrap
+        .models
+        .iter()
+        .filter(|m| std::fs::symlink_metadata(&m.path).is_err())
+        .map(|m| m.id.clone())
+        .collect()
+}
+
+fn confine_filesystem(
+    bootstrap: &WorkerBootstrap,
+    missing: &HashSet<String>,
+) -> Result<LandlockReport, ServeError> {
     let paths = worker_policy::WorkerPaths {
-        models: bootstrap.models.iter().map(|m| m.path.clone()).collect(),
+        models: bootstrap
+            .models
+            .iter()
+            .filter(|m| !missing.contains(&m.id))
+            .map(|m| m.path.clone())
+            .collect(),
         libraries: bootstrap.library_dirs.clone(),
         gpu: matches!(bootstrap.device, Device::Cuda(_)),
         // Read by `lock_syscalls` (capability clearing) after Landlock is on.
@@ -181,6 +206,8 @@ fn sandbox_report(
 struct Server {
     channel: WorkerEndpoint,
     models: HashMap<String, ModelEntry>,
+    /// Models whose path was missing at start: outside the sandbox's view.
+    missing: HashSet<String>,
     device: Device,
     loaded: Option<(String, loaded_model::LoadedModel)>,
     /// Messages that arrived during a generation and are not a `Cancel`.
@@ -228,6 +255,18 @@ impl Server {
                 failure: WorkerFailure::UnknownModel,
             })?);
         };
+        if self.missing.contains(model_id) {
+            return Ok(self.channel.send(&FromWorker::Failed {
+                job_id: None,
+                failure: WorkerFailure::LoadFailed {
+                    reason: format!(
+                        "model {model_id:?} is unavailable: its path did not exist when the \
+                         worker started; fix `path` in the config (the next worker start \
+                         checks again)"
+                    ),
+                },
+            })?);
+        }
         // Free the old model first: two models may not fit in memory.
         self.loaded = None;
         let started = Instant::now();

@@ -195,7 +195,21 @@ impl Connection {
     }
 
     fn send(&mut self, response: &Response) -> Result<(), Closed> {
-        write_response(&mut self.stream, response).map_err(|_| Closed)
+        write_response(&mut self.stream, response).map_err(|error| {
+            if error.is_timeout() {
+                // A reader that took nothing for WRITE_TIMEOUT: dropped, and
+                // the drop is on record.
+                self.broker.audit().record(
+                    Severity::Notice,
+                    &AuditRecord::new("client_dropped")
+                        .field("uid", self.peer.uid)
+                        .field("pid", self.peer.pid)
+                        .field("reason", "write_timeout")
+                        .field("after_s", WRITE_TIMEOUT.as_secs()),
+                );
+            }
+            Closed
+        })
     }
 
     /// The first frame did not arrive (whole) before the Hello deadline:

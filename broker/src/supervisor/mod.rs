@@ -26,6 +26,7 @@ mod operations;
 mod spawn;
 mod spawn_syscalls;
 mod status;
+mod worker_stderr;
 
 use std::collections::HashMap;
 use std::process::Child;

@@ -10,6 +10,11 @@ fn main() {
         let lib = lib.canonicalize().unwrap_or(lib);
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     }
+    // Then `<prefix>/lib/weave` next to `<prefix>/bin/weave-worker`: the
+    // tests' staged copy (tests/src/staged.rs), for uids that cannot reach
+    // a checkout under a private folder (the loader skips a folder it may
+    // not enter and tries the next).
+    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib/weave");
     if std::env::var("WEAVE_TORCH_FLAVOR").as_deref() == Ok("cuda") {
         // libtorch_cuda registers the CUDA backend from static constructors;
         // nothing references it by symbol, so --as-needed would drop it.

@@ -87,6 +87,26 @@ impl AuditRecord {
     }
 }
 
+/// Unicode format and bidirectional-control characters (and the line and
+/// paragraph separators): invisible, or reordering what a reader of the log
+/// sees (a right-to-left override can make `outcome=ok` display as
+/// something else), so they are escaped like control characters.
+fn is_format_or_bidi(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E007F}'
+    )
+}
+
 /// Quotes a value when needed and escapes quotes, backslashes and every
 /// control character, so one record is always one line of fields.
 pub fn escape_value(value: &str) -> String {
@@ -103,7 +123,7 @@ pub fn escape_value(value: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
+            c if c.is_control() || is_format_or_bidi(c) => {
                 let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
             }
             c => out.push(c),
@@ -214,6 +234,20 @@ mod tests {
             r#"event=x tag="a b=c\u{a} event=forged" uid=5"#
         );
         assert_eq!(escape_value(""), "\"\"");
+    }
+
+    #[test]
+    fn format_and_bidi_characters_are_escaped() {
+        // A right-to-left override, a zero-width space, a BOM, a line
+        // separator and a tag character: none reaches the log raw.
+        let record =
+            AuditRecord::new("x").field("tag", "ok\u{202E}deined\u{200B}\u{FEFF}\u{2028}\u{E0041}");
+        assert_eq!(
+            record.as_str(),
+            r#"event=x tag="ok\u{202e}deined\u{200b}\u{feff}\u{2028}\u{e0041}""#
+        );
+        // Ordinary non-ASCII text stays readable.
+        assert_eq!(escape_value("café"), "\"café\"");
     }
 
     #[test]

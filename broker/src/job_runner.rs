@@ -35,6 +35,11 @@ pub trait JobRunner: Send {
     fn clear_quarantine(&mut self, model_id: &str) -> bool;
     /// The status view the connection threads read (never waits on a job).
     fn handle(&self) -> SupervisorHandle;
+    /// Called while no job runs: notice a worker that died and start the
+    /// next one. Returns whether the resident model was lost with it.
+    fn check_idle(&mut self) -> bool {
+        false
+    }
     /// Stops the worker for good.
     fn shutdown(&mut self);
 }

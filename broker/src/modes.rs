@@ -26,6 +26,12 @@ pub enum ModeError {
     AlreadyRunning(PathBuf),
     #[error("{path} exists and is not a socket; remove it or choose another --socket")]
     NotASocket { path: PathBuf },
+    #[error("the socket folder {path} {problem}: whoever can write it can replace the socket; {fix}, or choose another --socket")]
+    UnsafeSocketDir {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
     #[error("cannot prepare {path}: {source}")]
     Io {
         path: PathBuf,
@@ -134,7 +140,9 @@ pub fn bind_socket(
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    if !dir.exists() {
+    if dir.exists() {
+        check_existing_dir(dir, system)?;
+    } else {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let mode = if system.is_some() { 0o750 } else { 0o700 };
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
@@ -158,6 +166,35 @@ pub fn bind_socket(
             .map_err(io_error(path))?;
     }
     Ok(listener)
+}
+
+/// A socket folder that was already there must belong to this process's
+/// uid (or, in system mode, the service account) and must not be writable
+/// by group or others — the rule the config file gets.
+fn check_existing_dir(dir: &Path, system: Option<SystemOwnership>) -> Result<(), ModeError> {
+    let meta = std::fs::metadata(dir).map_err(io_error(dir))?;
+    let euid = syscalls::effective_uid();
+    let unsafe_dir = |problem: String, fix: String| ModeError::UnsafeSocketDir {
+        path: dir.to_owned(),
+        problem,
+        fix,
+    };
+    let owner_ok =
+        meta.uid() == euid || system.is_some_and(|owners| meta.uid() == owners.service_uid);
+    if !owner_ok {
+        return Err(unsafe_dir(
+            format!("is owned by uid {}, not {euid}", meta.uid()),
+            format!("`chown {euid} {}`", dir.display()),
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(unsafe_dir(
+            format!("is group- or world-writable (mode {mode:o})"),
+            format!("`chmod go-w {}`", dir.display()),
+        ));
+    }
+    Ok(())
 }
 
 /// Removes a socket left by a broker that is gone; refuses when one answers.
@@ -238,5 +275,39 @@ mod tests {
         drop(listener);
         bind_socket(&path, None).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_existing_socket_folder_others_can_write_or_own_is_refused() {
+        let dir = std::env::temp_dir().join(format!("weave-modes-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("weave.sock");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = bind_socket(&path, None).unwrap_err();
+        assert!(
+            matches!(&err, ModeError::UnsafeSocketDir { problem, .. } if problem.contains("mode 777")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod go-w"), "{err}");
+        assert!(!path.exists(), "nothing was bound");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770)).unwrap();
+        assert!(bind_socket(&path, None).is_err());
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        drop(bind_socket(&path, None).unwrap());
+        if syscalls::effective_uid() == 0 {
+            // Owned by another uid (root can make one): refused too.
+            std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+            let _ = std::fs::remove_file(&path);
+            let err = bind_socket(&path, None).unwrap_err();
+            assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+        } else {
+            assert!(!crate::modes::tests::in_ci(), "CI runs as root");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn in_ci() -> bool {
+        std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
     }
 }

@@ -2,13 +2,12 @@
 //! thread per connection speaking the framed protocol.
 #![forbid(unsafe_code)]
 
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use weave_common::proto::{
     read_request, write_response, ErrorCode, FrameError, Request, Response, Role, PROTOCOL_VERSION,
@@ -16,6 +15,7 @@ use weave_common::proto::{
 
 use crate::audit::{AuditRecord, Severity};
 use crate::auth::Authorizer;
+use crate::connections::{ConnectionShares, ConnectionSlot};
 use crate::scheduler::Broker;
 use crate::syscalls::{self, PeerCredentials};
 
@@ -27,12 +27,17 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const HANGUP_POLL: Duration = Duration::from_millis(50);
 /// Read buffer per connection (one request frame fits: 64 KiB + prefix).
 const READ_BUFFER: usize = 8 * 1024;
-/// Connections served at once; more are closed (and audited).
-const MAX_CONNECTIONS: usize = 512;
+/// How long the accept loop may wait to hand an over-share caller its
+/// `Busy` (a fresh socket's buffer is empty, so it never should).
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
+/// What an over-share caller is told to wait before trying again.
+const CONNECTION_RETRY_MS: u32 = 1000;
 
-/// Serves `listener` until the broker shuts down.
+/// Serves `listener` until the broker shuts down. Each authorized caller
+/// takes a place of its uid's share ([`ConnectionShares`], `[limits]`).
 pub fn serve(listener: &UnixListener, broker: &Arc<Broker>, authorizer: &Arc<Authorizer>) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let shares = ConnectionShares::new(&broker.settings().limits);
+    let hello_timeout = broker.settings().limits.hello_timeout();
     for stream in listener.incoming() {
         if broker.is_shutting_down() {
             break;
@@ -66,18 +71,30 @@ pub fn serve(listener: &UnixListener, broker: &Arc<Broker>, authorizer: &Arc<Aut
             drop(stream);
             continue;
         };
-        if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-            broker.audit().record(
-                Severity::Warning,
-                &AuditRecord::new("connection_limit")
-                    .field("uid", peer.uid)
-                    .field("pid", peer.pid),
-            );
-            continue;
-        }
-        active.fetch_add(1, Ordering::SeqCst);
+        let slot = match shares.admit(peer.uid, role) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                broker.audit().record(
+                    Severity::Warning,
+                    &AuditRecord::new("connection_limit")
+                        .field("uid", peer.uid)
+                        .field("pid", peer.pid)
+                        .field("reason", refusal.name()),
+                );
+                // An authenticated caller learns why (a zero-byte close
+                // means "not permitted"); then the connection is closed.
+                let mut stream = stream;
+                let _ = stream.set_write_timeout(Some(REFUSAL_WRITE_TIMEOUT));
+                let _ = write_response(
+                    &mut stream,
+                    &Response::Error(ErrorCode::Busy {
+                        retry_after_ms: CONNECTION_RETRY_MS,
+                    }),
+                );
+                continue;
+            }
+        };
         let broker = Arc::clone(broker);
-        let active_for_thread = Arc::clone(&active);
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{}", peer.pid))
             .stack_size(256 * 1024)
@@ -87,12 +104,11 @@ pub fn serve(listener: &UnixListener, broker: &Arc<Broker>, authorizer: &Arc<Aut
                     peer,
                     role,
                     broker,
+                    _slot: slot,
                 }
-                .run();
-                active_for_thread.fetch_sub(1, Ordering::SeqCst);
+                .run(Instant::now() + hello_timeout);
             });
         if let Err(error) = spawned {
-            active.fetch_sub(1, Ordering::SeqCst);
             eprintln!("weave-broker: cannot start a connection thread: {error}");
         }
     }
@@ -103,28 +119,60 @@ struct Connection {
     peer: PeerCredentials,
     role: Role,
     broker: Arc<Broker>,
+    /// The place in the uid's share, given back when the connection ends.
+    _slot: ConnectionSlot,
+}
+
+/// Reads from the socket; while a deadline is set, no read may end after
+/// it, however the bytes trickle in (a caller that sends one byte every few
+/// seconds cannot hold its place past the Hello deadline).
+struct DeadlineReader {
+    stream: UnixStream,
+    deadline: Option<Instant>,
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        self.stream.read(buf)
+    }
 }
 
 /// The connection ends after this.
 struct Closed;
 
 impl Connection {
-    fn run(mut self) {
-        if self.stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err()
-            || self.stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
-        {
+    /// Serves the connection; `hello_by` is when its Hello must be in.
+    fn run(mut self, hello_by: Instant) {
+        if self.stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
             return;
         }
         // Buffered reads: a request usually arrives in one read syscall
         // (prefix and body together) instead of two.
         let mut reader = match self.stream.try_clone() {
-            Ok(clone) => BufReader::with_capacity(READ_BUFFER, clone),
+            Ok(clone) => BufReader::with_capacity(
+                READ_BUFFER,
+                DeadlineReader {
+                    stream: clone,
+                    deadline: Some(hello_by),
+                },
+            ),
             Err(_) => return,
         };
         let mut greeted = false;
         loop {
             let request = match read_request(&mut reader) {
                 Ok(request) => request,
+                Err(error) if !greeted => {
+                    self.hello_missing(&error);
+                    return;
+                }
                 Err(error) => {
                     self.frame_error(&error);
                     return;
@@ -134,6 +182,11 @@ impl Connection {
                 self.dispatch(request)
             } else {
                 greeted = true;
+                // From now on, the idle timeout between requests.
+                reader.get_mut().deadline = None;
+                if self.stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err() {
+                    return;
+                }
                 self.hello(request)
             };
             if result.is_err() {
@@ -143,7 +196,43 @@ impl Connection {
     }
 
     fn send(&mut self, response: &Response) -> Result<(), Closed> {
-        write_response(&mut self.stream, response).map_err(|_| Closed)
+        write_response(&mut self.stream, response).map_err(|error| {
+            if error.is_timeout() {
+                // A reader that took nothing for WRITE_TIMEOUT: dropped, and
+                // the drop is on record.
+                self.broker.audit().record(
+                    Severity::Notice,
+                    &AuditRecord::new("client_dropped")
+                        .field("uid", self.peer.uid)
+                        .field("pid", self.peer.pid)
+                        .field("reason", "write_timeout")
+                        .field("after_s", WRITE_TIMEOUT.as_secs()),
+                );
+            }
+            Closed
+        })
+    }
+
+    /// The first frame did not arrive (whole) before the Hello deadline:
+    /// the caller is told so and closed; any other broken first frame is a
+    /// frame error as usual.
+    fn hello_missing(&mut self, error: &FrameError) {
+        if !error.is_timeout() {
+            self.frame_error(error);
+            return;
+        }
+        self.broker.audit().record(
+            Severity::Notice,
+            &AuditRecord::new("hello_timeout")
+                .field("uid", self.peer.uid)
+                .field("pid", self.peer.pid),
+        );
+        let _ = self.send(&Response::Error(ErrorCode::ProtocolError {
+            reason: format!(
+                "no Hello within {} s of connecting; send Hello first",
+                self.broker.settings().limits.hello_timeout_s
+            ),
+        }));
     }
 
     fn frame_error(&mut self, error: &FrameError) {
@@ -243,6 +332,26 @@ impl Connection {
             return self.send(&Response::Error(ErrorCode::NotPermitted {
                 verb: request.verb().to_owned(),
             }));
+        }
+        // Admin verbs name models as Generate does: the same rule, checked
+        // before any lookup, so a bad id is never echoed back or logged.
+        let named_model = match &request {
+            Request::Load { model_id }
+            | Request::Pin { model_id }
+            | Request::Unpin { model_id }
+            | Request::QuarantineClear { model_id } => Some(model_id.as_str()),
+            _ => None,
+        };
+        if let Some(Err(error)) = named_model.map(weave_common::validate::validate_model_id) {
+            self.broker.audit().record(
+                Severity::Notice,
+                &AuditRecord::new("invalid_request")
+                    .field("uid", self.peer.uid)
+                    .field("pid", self.peer.pid)
+                    .field("verb", request.verb())
+                    .field("field", error.field()),
+            );
+            return self.send(&Response::Error(error.into()));
         }
         let uid = self.peer.uid;
         let broker = Arc::clone(&self.broker);

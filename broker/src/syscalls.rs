@@ -86,6 +86,39 @@ pub fn limit_malloc_retention() {
     }
 }
 
+/// Closes every descriptor from 3 up that the broker inherited, except the
+/// `count` sockets systemd passes from fd 3 (`LISTEN_FDS`, when
+/// `LISTEN_PID` is this process): whatever a parent left open (a terminal,
+/// a log file, another service's socket) must not reach the broker, and
+/// through it the worker. Called first thing, single-threaded.
+pub fn close_inherited_fds(count: u32) -> io::Result<()> {
+    const FIRST: libc::c_uint = 3;
+    let first = FIRST.saturating_add(count);
+    // SAFETY: close_range only closes descriptors of this process; nothing
+    // in it holds one from 3 up yet except the kept activation sockets.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The number of sockets systemd passed this process (`LISTEN_FDS` when
+/// `LISTEN_PID` is our pid), else 0.
+pub fn activation_fd_count() -> u32 {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| pid == std::process::id());
+    if !ours {
+        return 0;
+    }
+    std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The effective uid of this process.
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.

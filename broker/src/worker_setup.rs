@@ -64,6 +64,7 @@ pub fn supervisor_config(config: &Config, worker: PathBuf) -> SupervisorConfig {
             id: model.id.clone(),
             kind: model.kind,
             path: model.path.clone(),
+            sha256: model.sha256.clone(),
         })
         .collect();
     let library_dirs = library_dirs(&worker);

@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod config;
+pub mod pin;
 pub mod proto;
 pub mod shm;
 pub mod syscall;

@@ -98,6 +98,8 @@ pub struct ModelEntry {
     /// engine's, and refuses one its engine does not implement.
     pub kind: ModelKind,
     pub path: PathBuf,
+    /// The config's `sha256` pin (lower-case hex), enforced by the loader.
+    pub sha256: Option<String>,
 }
 
 /// Everything the worker needs to start, sent once through fd 7.
@@ -205,6 +207,9 @@ pub enum WorkerFailure {
     LoadFailed {
         reason: String,
     },
+    /// The model's files do not hash to its `sha256` pin (checked on the
+    /// bytes the loader would have parsed; none of them was used).
+    PinMismatch,
     Cancelled,
     EngineError {
         reason: String,
@@ -410,6 +415,7 @@ mod tests {
                 id: "digits".into(),
                 kind: ModelKind::Sd1,
                 path: "/srv/models/digits".into(),
+                sha256: None,
             }],
             device: Device::Cpu,
             torch_threads: Some(2),

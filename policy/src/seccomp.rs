@@ -340,6 +340,13 @@ pub fn worker_filter(options: WorkerSyscallOptions) -> SyscallPolicy {
     p.allow(libc::SYS_getegid);
 
     // ---- signals ----
+    // why: a process stopped and resumed during a sleeping call (SIGSTOP /
+    // SIGCONT from an operator, `strace -p`, a debugger attaching, the
+    // cgroup freezer, suspend) has the kernel re-enter `poll`, `nanosleep`,
+    // `clock_nanosleep` or a timed `futex` through restart_syscall; without
+    // it an ordinary operator action kills the process with SIGSYS. It can
+    // only resume the call that was interrupted.
+    p.allow(libc::SYS_restart_syscall);
     // why: glibc and Rust install handlers (SIGSEGV stack overflow guard).
     p.allow(libc::SYS_rt_sigaction);
     // why: pthread_create blocks signals around clone; abort() unblocks.
@@ -509,6 +516,14 @@ mod tests {
         assert!(p.is_conditional(libc::SYS_openat));
         assert!(p.returns_enosys(libc::SYS_clone3));
         assert!(!p.allows(libc::SYS_clone3));
+    }
+
+    #[test]
+    fn stopped_and_resumed_processes_can_restart_their_sleep() {
+        // SIGSTOP/SIGCONT during poll/nanosleep/futex re-enters the call
+        // through restart_syscall (policy/tests/sandbox.rs has the death
+        // test with a real stop and continue).
+        assert!(worker_filter(WorkerSyscallOptions::default()).allows(libc::SYS_restart_syscall));
     }
 
     #[test]

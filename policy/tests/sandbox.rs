@@ -74,7 +74,14 @@ enum Expect {
     Success,
     /// Killed by this signal.
     Signal(i32),
+    /// Exit status 0 after the parent stopped the child (SIGSTOP) while it
+    /// slept in the kernel and continued it (SIGCONT): what `kill -STOP`,
+    /// `strace -p`, a debugger or the cgroup freezer do to a worker.
+    SuccessAfterStopAndContinue,
 }
+
+/// The line a stop/continue probe prints once it is about to sleep.
+const SLEEPING: &str = "probe: sleeping";
 
 struct Case {
     name: &'static str,
@@ -224,6 +231,12 @@ fn cases() -> Vec<Case> {
             needs: &[Need::Seccomp],
             expect: Expect::Success,
             probe: probe_plain_clone,
+        },
+        Case {
+            name: "seccomp_survives_stop_and_continue_while_sleeping",
+            needs: &[Need::Seccomp],
+            expect: Expect::SuccessAfterStopAndContinue,
+            probe: probe_stop_and_continue,
         },
         Case {
             name: "root_drops_to_test_user_with_nothing_left",
@@ -557,6 +570,39 @@ fn probe_plain_clone(_: &Path) -> i32 {
     }
 }
 
+fn probe_stop_and_continue(_: &Path) -> i32 {
+    use std::io::Write;
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+    // A thread that sleeps in a timed futex (an idle libtorch/OpenMP pool
+    // thread) and one in clock_nanosleep, both started before the filter;
+    // the main thread sleeps in poll (the worker's doorbell wait). All three
+    // are interrupted by the stop and re-entered through restart_syscall.
+    let pair = std::sync::Arc::new((Mutex::new(false), Condvar::new()));
+    let futex_pair = std::sync::Arc::clone(&pair);
+    let futex_sleeper = std::thread::spawn(move || {
+        let (lock, cvar) = &*futex_pair;
+        let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = cvar.wait_timeout(guard, Duration::from_millis(1500));
+    });
+    let nano_sleeper = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(1500)));
+    lock();
+    println!("{SLEEPING}");
+    let _ = std::io::stdout().flush();
+    let (ret, errno) = raw::syscall5(libc::SYS_poll, [0, 0, 1500, 0, 0]);
+    if ret != 0 {
+        println!("FAIL: poll returned {ret}, errno {errno}");
+        return 1;
+    }
+    if futex_sleeper.join().is_err() || nano_sleeper.join().is_err() {
+        println!("FAIL: a sleeping thread panicked");
+        return 1;
+    }
+    drop(pair);
+    println!("ok: poll, futex and nanosleep resumed after SIGSTOP/SIGCONT");
+    0
+}
+
 fn probe_privilege_drop(_: &Path) -> i32 {
     let target = match broker::drop_privileges(TEST_USER) {
         Ok(t) => t,
@@ -809,7 +855,8 @@ fn run_case(case: &Case, fixture: &Fixture) -> Outcome {
         Ok(p) => p,
         Err(e) => return Outcome::Failed(format!("current_exe: {e}")),
     };
-    let output = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .args(["--exact", case.name, "--nocapture", "--test-threads=1"])
         .env(PROBE_ENV, case.name)
         .env(DIR_ENV, &fixture.dir)
@@ -817,8 +864,11 @@ fn run_case(case: &Case, fixture: &Fixture) -> Outcome {
         .env(
             "WEAVE_POLICY_PROBE_LIB",
             fixture.lib_name.as_deref().unwrap_or_default(),
-        )
-        .output();
+        );
+    let output = match case.expect {
+        Expect::SuccessAfterStopAndContinue => stop_and_continue(command),
+        Expect::Success | Expect::Signal(_) => command.output(),
+    };
     let output = match output {
         Ok(o) => o,
         Err(e) => return Outcome::Failed(format!("cannot spawn the probe: {e}")),
@@ -834,6 +884,14 @@ fn run_case(case: &Case, fixture: &Fixture) -> Outcome {
     match case.expect {
         Expect::Signal(sig) if output.status.signal() == Some(sig) => Outcome::Ok,
         Expect::Signal(sig) => Outcome::Failed(format!("expected signal {sig}, got {}", detail())),
+        Expect::SuccessAfterStopAndContinue if output.status.success() => {
+            if stdout.contains("stopped: yes") {
+                Outcome::Ok
+            } else {
+                Outcome::Failed(format!("the child was never seen stopped\n{}", detail()))
+            }
+        }
+        Expect::SuccessAfterStopAndContinue => Outcome::Failed(detail()),
         Expect::Success if output.status.success() => {
             if case.name == "root_drops_to_test_user_with_nothing_left" {
                 if let Err(e) = check_drop_output(&stdout) {
@@ -855,6 +913,69 @@ fn run_case(case: &Case, fixture: &Fixture) -> Outcome {
         }
         Expect::Success => Outcome::Failed(detail()),
     }
+}
+
+/// The kernel's state letter of `pid` (`T` = stopped), from `/proc/PID/stat`.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": the state follows the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Runs the child, stops it once it sleeps, checks the kernel reports it
+/// stopped, continues it and collects its output. A line `stopped: yes|no`
+/// is appended to its stdout for the verdict.
+fn stop_and_continue(mut command: Command) -> std::io::Result<std::process::Output> {
+    use std::io::{BufRead, Read};
+    use std::time::{Duration, Instant};
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().ok_or(std::io::ErrorKind::Other)?);
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stdout.read_line(&mut line)? > 0 {
+        seen.push_str(&line);
+        if line.trim_end() == SLEEPING {
+            break;
+        }
+        line.clear();
+    }
+    // Let it enter poll before the stop.
+    std::thread::sleep(Duration::from_millis(200));
+    let signal = |sig| {
+        // SAFETY: kill with a pid we spawned and have not reaped.
+        unsafe { libc::kill(pid as libc::pid_t, sig) }
+    };
+    signal(libc::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut stopped = false;
+    while Instant::now() < deadline && !stopped {
+        stopped = process_state(pid) == Some('T');
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    signal(libc::SIGCONT);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest)?;
+    seen.push_str(&rest);
+    let mut stderr = Vec::new();
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_end(&mut stderr)?;
+    }
+    let status = child.wait()?;
+    seen.push_str(if stopped {
+        "stopped: yes\n"
+    } else {
+        "stopped: no\n"
+    });
+    Ok(std::process::Output {
+        status,
+        stdout: seen.into_bytes(),
+        stderr,
+    })
 }
 
 fn main() {

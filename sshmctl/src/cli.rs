@@ -76,6 +76,13 @@ pub enum Command {
         #[command(subcommand)]
         action: QuarantineAction,
     },
+    /// Print the `sha256` pin of a model file or diffusers folder (no daemon
+    /// needed): for a file what `sha256sum` prints, for a folder one digest
+    /// over the files the loader reads. Put it in the model's `sha256`.
+    Hash {
+        /// A `.safetensors` file or a diffusers folder.
+        path: PathBuf,
+    },
     /// Offline checks of a config file (no daemon needed).
     Config {
         #[command(subcommand)]

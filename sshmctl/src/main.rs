@@ -58,6 +58,15 @@ fn run(cli: &Cli, out: &Renderer) -> Result<u8, CliError> {
         Command::Config {
             action: ConfigAction::Check { path, system },
         } => return Ok(config_check::run(path.as_deref(), *system, out)),
+        Command::Hash { path } => {
+            let pin = weave_common::pin::pin_of(path).map_err(CliError::Hash)?;
+            if out.is_json() {
+                out.json_line(&serde_json::json!({ "path": path, "sha256": pin }));
+            } else {
+                println!("{pin}  {}", path.display());
+            }
+            return Ok(0);
+        }
         _ => {}
     }
 
@@ -134,7 +143,10 @@ fn run(cli: &Cli, out: &Renderer) -> Result<u8, CliError> {
             })?;
             out.done(&format!("{model} released from quarantine"));
         }
-        Command::Completions { .. } | Command::Man { .. } | Command::Config { .. } => {}
+        Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Config { .. }
+        | Command::Hash { .. } => {}
     }
     Ok(0)
 }
@@ -154,13 +166,15 @@ pub enum CliError {
     },
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
+    #[error("{0}")]
+    Hash(weave_common::pin::PinError),
 }
 
 impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Client(e) => e.exit_code(),
-            CliError::WriteImage { .. } | CliError::Output(_) => 1,
+            CliError::WriteImage { .. } | CliError::Output(_) | CliError::Hash(_) => 1,
         }
     }
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod fault;
+pub mod staged;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -27,19 +28,60 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `target/<profile>/<name>`, next to the running test's profile folder.
-pub fn target_bin(name: &str) -> PathBuf {
+/// The running test's `target/<profile>` folder.
+pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let profile = exe.parent().unwrap().parent().unwrap();
-    let path = profile.join(name);
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// libtorch's `lib/` folder the worker was linked against.
+pub fn libtorch_lib() -> PathBuf {
+    let root = option_env!("LIBTORCH").map_or_else(
+        || repo_root().join(".cache/libtorch/cpu"),
+        |dir| {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                repo_root().join(dir)
+            }
+        },
+    );
+    root.join("lib")
+}
+
+/// This build's executables, libtorch and demo model, staged where every
+/// uid can reach them ([`staged`]); once per test process.
+pub fn staged_tree() -> &'static staged::Staged {
+    static STAGED: std::sync::OnceLock<staged::Staged> = std::sync::OnceLock::new();
+    STAGED.get_or_init(|| {
+        let sources = staged::Sources {
+            profile_dir: profile_dir(),
+            libtorch_lib: Some(libtorch_lib()),
+            digits: Some(repo_root().join("models/digits")).filter(|d| d.is_dir()),
+        };
+        let root = staged::default_root(&sources);
+        staged::stage(&sources, &root)
+            .unwrap_or_else(|e| panic!("cannot stage the binaries in {}: {e}", root.display()))
+    })
+}
+
+/// `<name>` of this build (`target/<profile>/<name>`), run from its staged
+/// copy so another uid can execute it wherever the checkout lives.
+pub fn target_bin(name: &str) -> PathBuf {
+    let path = profile_dir().join(name);
     assert!(
         path.is_file(),
         "{} is missing: build the binaries of this profile first \
          (`cargo build --bins`, with --release for release tests)",
         path.display()
     );
-    path
+    if staged::EXECUTABLES.contains(&name) {
+        staged_tree().bin(name)
+    } else {
+        path
+    }
 }
 
 /// Whether the run is CI, where missing privileges are failures.
@@ -59,10 +101,12 @@ pub fn require_root(test: &str) -> bool {
     root
 }
 
-/// The digits demo model folder, when it is in the tree.
+/// The digits demo model folder (its staged copy, readable by the
+/// service account wherever the checkout lives), when it is in the tree.
 pub fn digits_model() -> Option<PathBuf> {
     let path = repo_root().join("models/digits");
-    path.is_dir().then(|| path.canonicalize().unwrap())
+    path.is_dir()
+        .then(|| staged_tree().digits().canonicalize().unwrap())
 }
 
 /// True when the real worker can generate (models/digits present). Under

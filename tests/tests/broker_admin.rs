@@ -108,3 +108,61 @@ fn admin_verbs_drive_the_real_worker_and_are_audited() {
         assert!(!record.contains("placeholder-model"), "{record}");
     }
 }
+
+/// Admin verbs check model ids with Generate's rule before any lookup: a
+/// path, an over-long id or one with a newline is `InvalidParameter` on
+/// `model_id`, never an `UnknownModel` that echoes it back, and the audit
+/// record names the field, not the value.
+#[test]
+fn admin_verbs_validate_model_ids_like_generate() {
+    let scratch = Scratch::new("admin-ids");
+    let sink = AuditSink::bind(scratch.join("audit.sock"));
+    let etc = scratch.join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let config = TestConfig::new(&sink.path).write(&etc);
+    let broker = BrokerProcess::start_user(&scratch, &config);
+    let mut admin = Client::hello(&broker.socket);
+    let long = "m".repeat(300);
+    for bad in ["../x", long.as_str(), "a\nevent=forged", ""] {
+        for request in [
+            Request::Load {
+                model_id: bad.into(),
+            },
+            Request::Pin {
+                model_id: bad.into(),
+            },
+            Request::Unpin {
+                model_id: bad.into(),
+            },
+            Request::QuarantineClear {
+                model_id: bad.into(),
+            },
+        ] {
+            match admin.call(&request) {
+                Response::Error(ErrorCode::InvalidParameter { field, allowed }) => {
+                    assert_eq!(field, "model_id", "{request:?}");
+                    assert!(bad.is_empty() || !allowed.contains(bad), "{allowed}");
+                }
+                other => panic!("{request:?}: {other:?}"),
+            }
+        }
+    }
+    let record = sink
+        .wait_for(
+            &["event=invalid_request", "verb=load", "field=model_id"],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(
+        !record.contains("../x") && !record.contains("forged"),
+        "{record}"
+    );
+    assert!(sink.records().iter().all(|r| !r.contains("event=forged")));
+    // A well-formed unknown id is still UnknownModel.
+    assert!(matches!(
+        admin.call(&Request::Load {
+            model_id: "nope".into()
+        }),
+        Response::Error(ErrorCode::UnknownModel { .. })
+    ));
+}

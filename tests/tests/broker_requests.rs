@@ -301,3 +301,53 @@ fn sigterm_stops_the_broker_and_removes_its_socket() {
         .wait_for(&["event=stop"], Duration::from_secs(5))
         .is_some());
 }
+
+/// A slow reader (requests pipelined, answers never read) is dropped once
+/// the broker's write has waited the documented 30 s, and the drop is
+/// audited (`event=client_dropped reason=write_timeout`).
+#[test]
+fn a_slow_reader_is_dropped_after_30_s_and_the_drop_is_logged() {
+    use std::io::Write;
+    let scratch = Scratch::new("slow-reader");
+    let sink = AuditSink::bind(scratch.join("audit.sock"));
+    let etc = scratch.join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let config = TestConfig::new(&sink.path).write(&etc);
+    let broker = BrokerProcess::start_user(&scratch, &config);
+    let mut client = Client::hello(&broker.socket);
+    client
+        .stream
+        .set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let status = weave_common::proto::encode_request(&Request::Status).unwrap();
+    // Pipeline until our writes block: the broker is then stuck writing
+    // answers we never read, and its 30 s write deadline runs.
+    let blocked_at = loop {
+        match client.stream.write(&status) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break std::time::Instant::now();
+            }
+            Err(e) => panic!("dropped before our writes blocked: {e}"),
+        }
+    };
+    let record = sink
+        .wait_for(
+            &["event=client_dropped", "reason=write_timeout", "after_s=30"],
+            Duration::from_secs(45),
+        )
+        .unwrap_or_else(|| panic!("no drop record: {:?}", sink.records()));
+    let waited = blocked_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(25) && waited <= Duration::from_secs(45),
+        "dropped after {waited:?}: {record}"
+    );
+    // The broker serves others meanwhile and after.
+    let mut other = Client::hello(&broker.socket);
+    assert!(matches!(other.call(&Request::Status), Response::Status(_)));
+}

@@ -70,3 +70,52 @@ fn user_mode_uses_xdg_paths_and_serves_only_its_own_uid() {
     assert!(status.success(), "{status}: {}", broker.log_text());
     assert!(!socket.exists());
 }
+
+/// A descriptor the broker's parent left open (without close-on-exec) does
+/// not reach the broker: it closes everything from 3 up at start, except
+/// systemd's `LISTEN_FDS` (broker_activation covers those).
+#[test]
+fn inherited_descriptors_are_closed_at_start() {
+    use std::os::unix::process::CommandExt;
+    let scratch = Scratch::new("inherited-fds");
+    let sink = AuditSink::bind(scratch.join("audit.sock"));
+    let etc = scratch.join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let config = TestConfig::new(&sink.path).write(&etc);
+    let leaked = std::fs::File::open("/etc/hostname")
+        .or_else(|_| std::fs::File::open("/etc/passwd"))
+        .unwrap();
+    let leaked_fd = std::os::fd::AsRawFd::as_raw_fd(&leaked);
+    const TARGET: i32 = 42;
+    let socket = scratch.join("run/weave.sock");
+    let mut command = Command::new(target_bin("weave-broker"));
+    command
+        .arg("--user")
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket);
+    // SAFETY: dup2 in the forked child only edits its descriptor table
+    // (dup2 never sets close-on-exec: the copy is inherited by exec).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(leaked_fd, TARGET) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let broker = BrokerProcess::start_command(command, &socket, &scratch.join("broker.log"));
+    let fd_path = format!("/proc/{}/fd/{TARGET}", broker.pid());
+    assert!(
+        std::fs::read_link(&fd_path).is_err(),
+        "the broker kept inherited fd {TARGET}: {:?}",
+        std::fs::read_link(&fd_path)
+    );
+    let mut client = Client::hello(&broker.socket);
+    assert!(matches!(
+        client.call(&weave_common::proto::Request::Status),
+        weave_common::proto::Response::Status(_)
+    ));
+    drop(leaked);
+}

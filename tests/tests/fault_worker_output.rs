@@ -61,6 +61,9 @@ fn lying_worker() {
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut &pipe, &mut bytes).unwrap();
     let bootstrap = worker_proto::decode_bootstrap(&bytes).unwrap();
+    // A compromised worker posing as the broker in its log: the broker
+    // must label the line as the worker's (and escape the control bytes).
+    eprintln!("\rweave-broker: event=admin verb=drain outcome=ok forged-by-worker\x1b[2K");
     let mut ch = WorkerEndpoint::from_inherited(
         &bootstrap,
         take(fds::TO_WORKER_SEGMENT),
@@ -169,6 +172,20 @@ fn lies_through_the_socket_are_typed_errors() {
         "{ok:?}\n{}",
         rig.broker.log_text()
     );
+    // The worker's forged line is in the log only under the worker's label.
+    let log = rig.broker.log_text();
+    let forged: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("forged-by-worker"))
+        .collect();
+    assert!(!forged.is_empty(), "{log}");
+    for line in forged {
+        assert!(
+            line.starts_with("weave-worker[") && line.contains("] | \\u{d}weave-broker: "),
+            "unlabelled worker line: {line:?}"
+        );
+        assert!(!line.contains('\x1b') && !line.contains('\r'), "{line:?}");
+    }
     ledger.record(&ok);
     let mut before = footprint(rig.pid());
     let lies = [

@@ -100,6 +100,7 @@ fn scratch_supervisor(name: &str) -> (WorkerSupervisor, PathBuf) {
         id: "m".into(),
         kind: ModelKind::Sd1,
         path: dir.clone(),
+        sha256: None,
     }]));
     (sup, dir)
 }
@@ -272,6 +273,7 @@ fn digits_generate_under_the_sandbox_with_progress_per_step() {
         id: "digits".into(),
         kind: ModelKind::Sd1,
         path,
+        sha256: None,
     }]));
     let info = sup.load("digits").unwrap();
     assert_eq!(info.model_id, "digits");

@@ -229,6 +229,7 @@ fn supervisor(mode: &str) -> WorkerSupervisor {
         id: "m".into(),
         kind: ModelKind::Sd1,
         path: mode.into(),
+        sha256: None,
     }];
     let mut c = SupervisorConfig::new(fake_exe(), models);
     c.backoff_initial = Duration::from_millis(5);

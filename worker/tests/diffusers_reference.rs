@@ -290,6 +290,7 @@ fn tiny_sd1_single_file_matches_diffusers() {
         kind: ModelKind::Sd1,
         path: dir.join("tiny-sd1.safetensors"),
         config: Some(dir.join("tiny-sd1")),
+        sha256: None,
     };
     let pipe = Pipeline::load(&spec, DeviceChoice::Cpu, Precision::F32).unwrap();
     check_components(&pipe, &r, "sd1 single file");

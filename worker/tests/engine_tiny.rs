@@ -57,7 +57,22 @@ fn every_scheduler_generates_deterministically() {
                 ControlFlow::Continue(())
             })
             .unwrap();
-        assert_eq!(steps, vec![(1, 4), (2, 4), (3, 4), (4, 4)], "{kind:?}");
+        // Each image of the batch of 2 runs its own 4 steps; progress is
+        // the share of the whole batch, in steps of 4.
+        assert_eq!(
+            steps,
+            vec![
+                (1, 4),
+                (1, 4),
+                (2, 4),
+                (2, 4),
+                (3, 4),
+                (3, 4),
+                (4, 4),
+                (4, 4)
+            ],
+            "{kind:?}"
+        );
         assert_eq!(a.len(), 2);
         assert_eq!(
             (a[0].width, a[0].height, a[0].pixels.len()),
@@ -104,7 +119,39 @@ fn cancel_stops_the_loop() {
         })
         .unwrap_err();
     assert!(matches!(err, EngineError::Cancelled), "{err}");
-    assert_eq!(calls, 2);
+    // Batch of 2: batch step 2 of 4 is image 0's third step.
+    assert_eq!(calls, 3);
+}
+
+/// Image i of a batch is the single image of seed + i (the PNG text and
+/// `--json` say so), for every scheduler, the ancestral one (which draws
+/// noise at every step) included, and across the u64 wrap.
+#[test]
+fn batch_image_i_is_the_single_image_of_seed_plus_i() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &TinyOptions::default());
+    let pipe = load(dir.path()).unwrap();
+    for (kind, seed) in [
+        (SchedulerKind::Ddim, 42),
+        (SchedulerKind::EulerAncestral, 42),
+        (SchedulerKind::DpmPlusPlus2M, u64::MAX - 1),
+    ] {
+        let mut batch = params(kind, seed);
+        batch.batch = 3;
+        let images = pipe.generate(&batch, &mut go).unwrap();
+        assert_eq!(images.len(), 3);
+        for (i, image) in images.iter().enumerate() {
+            let mut single = params(kind, seed.wrapping_add(i as u64));
+            single.batch = 1;
+            let alone = pipe.generate(&single, &mut go).unwrap();
+            assert_eq!(alone.len(), 1);
+            assert!(
+                *image == alone[0],
+                "{kind:?}: batch image {i} of seed {seed} differs from the single run of seed {}",
+                seed.wrapping_add(i as u64)
+            );
+        }
+    }
 }
 
 #[test]

@@ -41,6 +41,7 @@ fn supervisor(model_dir: &Path) -> WorkerSupervisor {
         id: "tiny".into(),
         kind: ModelKind::Sd1,
         path: model_dir.to_path_buf(),
+        sha256: None,
     }];
     let mut c = SupervisorConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_weave-worker")), models);
     c.library_dirs = vec![libtorch_lib()];

@@ -8,6 +8,7 @@ use std::time::Instant;
 use weave_common::proto::{ErrorCode, Response};
 
 use super::{Broker, LoadedState, PendingJob};
+use crate::audit::{AuditRecord, Severity};
 use crate::job_runner::JobRunner;
 use crate::output;
 use crate::supervisor::{JobEvent, SupervisorError};
@@ -31,9 +32,18 @@ impl Broker {
             return Ok(());
         }
         self.lock().loaded = None;
-        runner
-            .load(model_id)
-            .map_err(|error| failure_code("load", &error))?;
+        runner.load(model_id).map_err(|error| {
+            if let SupervisorError::PinMismatch { model_id } = &error {
+                // By id, never its path, in the log (below) and the audit.
+                self.audit.record(
+                    Severity::Warning,
+                    &AuditRecord::new("model_refused")
+                        .field("model", model_id)
+                        .field("reason", "sha256_mismatch"),
+                );
+            }
+            failure_code("load", &error)
+        })?;
         let now = Instant::now();
         self.lock().loaded = Some(LoadedState {
             model_id: model_id.to_owned(),

@@ -10,6 +10,10 @@ use super::{send_position_changes, Broker, RunningJob};
 use crate::audit::{AuditRecord, Severity};
 use crate::job_runner::JobRunner;
 
+/// How often the idle scheduler checks that the worker is alive (a
+/// non-blocking `waitpid`).
+const IDLE_CHECK: Duration = Duration::from_millis(200);
+
 impl Broker {
     /// The scheduler thread's body; returns after `begin_shutdown`, with the
     /// worker stopped.
@@ -64,9 +68,21 @@ impl Broker {
                 }
                 continue;
             }
+            // Idle: a worker that died between jobs (an operator's kill, the
+            // OOM killer) is noticed here within IDLE_CHECK and replaced, so
+            // status is right and no job is charged for it.
+            drop(state);
+            let model_lost = runner.check_idle();
+            state = self.lock();
+            if model_lost {
+                state.loaded = None;
+            }
+            if state.shutting_down || !state.commands.is_empty() || !state.queue.is_empty() {
+                continue;
+            }
             // Idle unload: never while a job runs (none does here) and never
             // a pinned model.
-            let mut wait = Duration::from_secs(1);
+            let mut wait = IDLE_CHECK;
             if let Some(loaded) = state.loaded.clone() {
                 if !state.pinned.contains(&loaded.model_id) {
                     let idle_for = now.saturating_duration_since(loaded.last_use);

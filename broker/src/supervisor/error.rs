@@ -40,6 +40,8 @@ pub enum SupervisorError {
     Quarantined { model_id: String },
     #[error("loading model {model_id:?} failed: {reason}")]
     LoadFailed { model_id: String, reason: String },
+    #[error("model {model_id:?} does not match its sha256 pin and was refused; if its files changed on purpose, set `sha256` to what `sshmctl hash PATH` prints")]
+    PinMismatch { model_id: String },
     #[error("the worker was killed and will be restarted ({0})")]
     WorkerCrashed(CrashCause),
     #[error("the job ran past its deadline; the worker was killed and will be restarted")]
@@ -77,6 +79,7 @@ impl SupervisorError {
             SupervisorError::Cancelled => ErrorCode::Cancelled,
             SupervisorError::ShutDown => ErrorCode::ShuttingDown,
             SupervisorError::LoadFailed { .. }
+            | SupervisorError::PinMismatch { .. }
             | SupervisorError::EngineError { .. }
             | SupervisorError::Unsupported { .. } => ErrorCode::Internal,
         }

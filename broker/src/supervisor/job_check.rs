@@ -164,7 +164,7 @@ impl<'a> JobCheck<'a> {
                 WorkerFailure::NotLoaded | WorkerFailure::UnknownModel => Err(violation(format!(
                     "worker claims {failure:?} for a loaded model"
                 ))),
-                WorkerFailure::LoadFailed { .. } => {
+                WorkerFailure::LoadFailed { .. } | WorkerFailure::PinMismatch => {
                     Err(violation("load failure during a generation".into()))
                 }
             },

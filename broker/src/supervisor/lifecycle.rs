@@ -24,11 +24,13 @@ const MAX_TO_WORKER_MESSAGE: usize = 64 * 1024;
 const IMAGE_MESSAGE_OVERHEAD: usize = 256;
 
 impl WorkerSupervisor {
-    /// Starts the worker if none runs, waiting out the restart backoff.
+    /// Starts the worker if none runs (or the one there has exited),
+    /// waiting out the restart backoff.
     pub fn ensure_running(&mut self) -> Result<(), SupervisorError> {
         if self.shut_down {
             return Err(SupervisorError::ShutDown);
         }
+        self.reap_exited_worker();
         if self.worker.is_some() {
             return Ok(());
         }

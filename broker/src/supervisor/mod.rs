@@ -19,12 +19,14 @@
 
 mod config;
 mod error;
+mod idle;
 mod job_check;
 mod lifecycle;
 mod operations;
 mod spawn;
 mod spawn_syscalls;
 mod status;
+mod worker_stderr;
 
 use std::collections::HashMap;
 use std::process::Child;
@@ -67,6 +69,9 @@ pub struct WorkerSupervisor {
     backoff: Duration,
     not_before: Instant,
     shut_down: bool,
+    /// A worker died between jobs; [`WorkerSupervisor::check_idle`] starts
+    /// the next one once the backoff allows.
+    respawn_pending: bool,
 }
 
 /// How one exchange with the worker ended badly; turned into a
@@ -97,6 +102,7 @@ impl WorkerSupervisor {
             backoff,
             not_before: Instant::now(),
             shut_down: false,
+            respawn_pending: false,
         }
     }
 
@@ -161,6 +167,10 @@ impl JobRunner for WorkerSupervisor {
         WorkerSupervisor::handle(self)
     }
 
+    fn check_idle(&mut self) -> bool {
+        WorkerSupervisor::check_idle(self)
+    }
+
     fn shutdown(&mut self) {
         WorkerSupervisor::shutdown(self)
     }
@@ -222,6 +232,7 @@ mod tests {
             id: "m".into(),
             kind: weave_common::config::ModelKind::Sd1,
             path: "/tmp".into(),
+            sha256: None,
         }];
         let mut config = SupervisorConfig::new("/nonexistent/weave-worker".into(), models);
         config.backoff_initial = Duration::from_millis(1);

@@ -82,6 +82,9 @@ impl WorkerSupervisor {
                         model_id: model_id.to_owned(),
                         reason: bounded(reason),
                     }),
+                    WorkerFailure::PinMismatch => Err(SupervisorError::PinMismatch {
+                        model_id: model_id.to_owned(),
+                    }),
                     other => Err(self.crash(CrashCause::ProtocolViolation(format!(
                         "unexpected failure {other:?} for a load"
                     )))),

@@ -1,6 +1,7 @@
 //! The broker's side of the spawn contract (`docs/WORKER.md`): exec
 //! `weave-worker` with an empty environment, stdin on /dev/null, stderr
-//! inherited, and exactly fds 3–7; then the bootstrap through the pipe.
+//! into a pipe the broker reads and labels (`worker_stderr`), and exactly
+//! fds 3–7; then the bootstrap through the pipe.
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -52,7 +53,7 @@ pub fn spawn_worker(
         .envs(config.worker_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .current_dir("/");
     // SAFETY: the closure runs in the forked child before exec and only
     // makes async-signal-safe syscalls (dup2, close_range, prctl) on plain
@@ -73,6 +74,9 @@ pub fn spawn_worker(
     // Our copies: the child has its own now.
     drop(staged);
     drop(pipe_read);
+    if let Some(stderr) = child.stderr.take() {
+        super::worker_stderr::forward(child.id(), stderr);
+    }
 
     if let Err(e) = send_bootstrap(config, channel, pipe_write) {
         let _ = child.kill();

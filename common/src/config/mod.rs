@@ -45,7 +45,6 @@ pub use paths::{default_socket_path, EnvPaths};
 pub use permissions::check_permissions;
 pub use problem::{ConfigErrors, ConfigProblem, Location, Place};
 use read::read_config_text;
-pub(crate) use sections::is_safetensors_name;
 pub use sections::{
     AuditConfig, DaemonConfig, Device, Facility, Limits, ModelConfig, ModelDefaults, ModelKind,
     OutputConfig, WorkerConfig, MAX_TORCH_THREADS,

@@ -8,10 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::document::{KeyPath, SourceMap};
-use super::{
-    is_safetensors_name, Config, ConfigFile, ConfigProblem, Mode, ModelConfig,
-    MAX_SOCKET_PATH_BYTES,
-};
+use super::{Config, ConfigFile, ConfigProblem, Mode, ModelConfig, MAX_SOCKET_PATH_BYTES};
 use crate::validate::ParamBounds;
 
 /// Longest model id; ids appear in logs and in every request.
@@ -206,6 +203,9 @@ fn check_limits(config: &Config, report: &mut Report<'_, '_>) {
         ("job_timeout_s", limits.job_timeout_s),
         ("idle_unload_s", limits.idle_unload_s),
         ("max_response_frame", limits.max_response_frame),
+        ("max_connections", limits.max_connections),
+        ("max_connections_per_uid", limits.max_connections_per_uid),
+        ("hello_timeout_s", limits.hello_timeout_s),
     ];
     for (name, value) in values {
         if value == 0 {
@@ -228,6 +228,32 @@ fn check_limits(config: &Config, report: &mut Report<'_, '_>) {
                 "set it to at most {}, or raise limits.queue_depth",
                 limits.queue_depth
             ),
+        );
+    }
+    let client_places = limits
+        .max_connections
+        .saturating_sub(limits.admin_reserved_connections);
+    if limits.max_connections != 0 && limits.admin_reserved_connections >= limits.max_connections {
+        report.invalid(
+            &KeyPath::of(&["limits", "admin_reserved_connections"]),
+            format!(
+                "is {}, not below limits.max_connections ({}), so no client could connect",
+                limits.admin_reserved_connections, limits.max_connections
+            ),
+            format!(
+                "set it below {}, or raise limits.max_connections",
+                limits.max_connections
+            ),
+        );
+    } else if limits.max_connections_per_uid > client_places {
+        report.invalid(
+            &KeyPath::of(&["limits", "max_connections_per_uid"]),
+            format!(
+                "is {}, more than the {client_places} places clients share \
+                 (max_connections - admin_reserved_connections), so one client could take them all",
+                limits.max_connections_per_uid
+            ),
+            format!("set it to at most {client_places}"),
         );
     }
     let needed = largest_png_bytes(&config.bounds);
@@ -404,17 +430,11 @@ fn check_models(config: &mut Config, report: &mut Report<'_, '_>) {
                 report.invalid(
                     &here.key("sha256"),
                     "is not a SHA-256 digest (64 hexadecimal digits)",
-                    "write the output of `sha256sum <file>`, or remove the pin",
+                    "write the output of `sshmctl hash PATH` (for a single file the same as \
+                     `sha256sum`), or remove the pin",
                 );
             }
             sha256.make_ascii_lowercase();
-            if !is_safetensors_name(&model.path) {
-                report.invalid(
-                    &here.key("sha256"),
-                    "pins a folder; a pin covers only a single-file .safetensors checkpoint",
-                    "remove `sha256`, or point `path` at a .safetensors file",
-                );
-            }
         }
         check_model_defaults(model, &here, &config.bounds, report);
     }

@@ -49,6 +49,15 @@ pub struct Limits {
     /// Largest frame the broker sends to a client, in bytes; must hold the
     /// largest PNG the bounds allow.
     pub max_response_frame: u32,
+    /// Connections served at once, all uids together.
+    pub max_connections: u32,
+    /// Connections one client uid may hold at once.
+    pub max_connections_per_uid: u32,
+    /// Places of `max_connections` only admins may take.
+    pub admin_reserved_connections: u32,
+    /// A connection that has not sent Hello this long after it was accepted
+    /// is closed.
+    pub hello_timeout_s: u32,
 }
 
 impl Default for Limits {
@@ -62,6 +71,10 @@ impl Default for Limits {
             job_timeout_s: 600,
             idle_unload_s: 600,
             max_response_frame: 64 << 20,
+            max_connections: 512,
+            max_connections_per_uid: 64,
+            admin_reserved_connections: 16,
+            hello_timeout_s: 5,
         }
     }
 }
@@ -69,6 +82,9 @@ impl Default for Limits {
 impl Limits {
     pub fn queue_deadline(&self) -> Duration {
         Duration::from_secs(self.queue_deadline_s.into())
+    }
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_secs(self.hello_timeout_s.into())
     }
     pub fn job_timeout(&self) -> Duration {
         Duration::from_secs(self.job_timeout_s.into())

@@ -456,6 +456,47 @@ fn model_defaults_must_lie_inside_the_bounds() {
 }
 
 #[test]
+fn connection_shares_must_leave_room_for_clients_and_other_uids() {
+    let config = parse(MODEL, Mode::User).unwrap();
+    assert_eq!(
+        (
+            config.limits.max_connections,
+            config.limits.max_connections_per_uid,
+            config.limits.admin_reserved_connections,
+            config.limits.hello_timeout_s
+        ),
+        (512, 64, 16, 5)
+    );
+    let reserve_all = only_problem(
+        &format!("{MODEL}[limits]\nmax_connections = 8\nadmin_reserved_connections = 8\n"),
+        Mode::User,
+    );
+    assert_has(
+        &reserve_all,
+        &["`limits.admin_reserved_connections` is 8, not below limits.max_connections (8)"],
+    );
+    let greedy = only_problem(
+        &format!(
+            "{MODEL}[limits]\nmax_connections = 8\nadmin_reserved_connections = 2\n\
+             max_connections_per_uid = 7\n"
+        ),
+        Mode::User,
+    );
+    assert_has(
+        &greedy,
+        &[
+            "`limits.max_connections_per_uid` is 7, more than the 6 places",
+            "at most 6",
+        ],
+    );
+    let zero = only_problem(
+        &format!("{MODEL}[limits]\nhello_timeout_s = 0\n"),
+        Mode::User,
+    );
+    assert_has(&zero, &["`limits.hello_timeout_s` is 0"]);
+}
+
+#[test]
 fn limits_must_be_positive_and_consistent() {
     let text = format!(
         "{MODEL}[limits]\nqueue_depth = 2\nper_client_queue_depth = 3\nrate_burst = 0\n\
@@ -596,14 +637,15 @@ fn socket_paths_must_be_absolute_and_fit_sun_path() {
 }
 
 #[test]
-fn sha256_pins_single_files_only_and_must_be_a_digest() {
+fn sha256_pins_files_and_folders_and_must_be_a_digest() {
+    // A folder pin is the digest over the files the loader reads
+    // (weave_common::pin), enforced by the worker.
     let folder = format!("{MODEL}sha256 = \"{}\"\n", "a".repeat(64));
-    assert_has(
-        &only_problem(&folder, Mode::User),
-        &[
-            ":5:1: `model[0].sha256` pins a folder",
-            "point `path` at a .safetensors file",
-        ],
+    assert_eq!(
+        parse(&folder, Mode::User).unwrap().models[0]
+            .sha256
+            .as_deref(),
+        Some("a".repeat(64).as_str())
     );
     let file =
         "[[model]]\nid = \"m\"\nkind = \"sd1\"\npath = \"m.safetensors\"\nsha256 = \"XYZ\"\n";

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! weave-load [--seconds N] [--valid N] [--invalid N] [--unauthorized N]
-//!            [--malformed N] [--slow N] [--broker PATH] [--assert]
+//!            [--malformed N] [--slow N] [--holders N] [--stops N]
+//!            [--broker PATH] [--assert]
 //! ```
 //!
 //! It starts its own broker (`--user`, a scratch config, queue depth 8) and
@@ -11,12 +12,17 @@
 //! a `Status` prober) and a flood (the rest: the same plus clients sending
 //! invalid requests, clients of another uid — a system user created with
 //! `useradd`, the harness re-executes itself with `setuid` in a child —,
-//! malformed frames and slow readers that never read). It prints requests
+//! malformed frames, slow readers that never read, silent connection
+//! holders that connect and never say Hello, and `--stops` threads that
+//! SIGSTOP the worker for 200 ms and SIGCONT it, over and over — what
+//! `strace -p`, a debugger or the cgroup freezer do). It prints requests
 //! served, rejections by type, `Status` p50/p99 per phase, `Busy` counts and
 //! the broker's RSS and fd count sampled every second. With `--assert` it
 //! exits 1 when the broker died, a job got other than one terminal answer,
 //! or `Status` p99 under the flood exceeded 2× the baseline p99 (plus 1 ms
-//! for scheduler noise on a shared machine). Needs root (for the other uid).
+//! for scheduler noise on a shared machine), a silent holder's connection
+//! ended other than at the Hello deadline, or the worker restarted although
+//! nothing but stops touched it. Needs root (for the other uid).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -48,6 +54,8 @@ struct Options {
     unauthorized: u32,
     malformed: u32,
     slow: u32,
+    holders: u32,
+    stops: u32,
     broker: PathBuf,
     assert: bool,
 }
@@ -61,6 +69,8 @@ fn parse() -> Result<Options, String> {
         unauthorized: 2,
         malformed: 2,
         slow: 8,
+        holders: 64,
+        stops: 1,
         broker: exe.with_file_name("weave-broker"),
         assert: false,
     };
@@ -75,6 +85,8 @@ fn parse() -> Result<Options, String> {
             "--unauthorized" => options.unauthorized = number(value()?)? as u32,
             "--malformed" => options.malformed = number(value()?)? as u32,
             "--slow" => options.slow = number(value()?)? as u32,
+            "--holders" => options.holders = number(value()?)? as u32,
+            "--stops" => options.stops = number(value()?)? as u32,
             "--broker" => options.broker = PathBuf::from(value()?),
             "--assert" => options.assert = true,
             _ => return Err(format!("unknown argument {arg}")),
@@ -89,6 +101,8 @@ struct Tally {
     counts: Mutex<BTreeMap<String, u64>>,
     /// Jobs that did not get exactly one terminal answer.
     bad_streams: AtomicU64,
+    /// Silent connections that ended other than at the Hello deadline.
+    bad_holders: AtomicU64,
 }
 
 impl Tally {
@@ -296,6 +310,69 @@ fn slow_reader(socket: PathBuf, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
         "slow reader: still connected at the end"
     });
     let _ = sent;
+}
+
+/// A silent holder: connects and never sends Hello. The broker must close
+/// it at its Hello deadline with a `ProtocolError` (or refuse it with
+/// `Busy` when the shares are full); then it connects again.
+fn silent_holder(socket: PathBuf, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    while !stop.load(Ordering::SeqCst) {
+        let Ok(mut stream) = UnixStream::connect(&socket) else {
+            tally.add("holder: connect failed");
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+        let opened = Instant::now();
+        let outcome = loop {
+            if stop.load(Ordering::SeqCst) {
+                break None;
+            }
+            match weave_common::proto::read_response(
+                &mut stream,
+                weave_common::proto::DEFAULT_MAX_RESPONSE_FRAME,
+            ) {
+                Err(e) if e.is_timeout() => continue,
+                Ok(Response::Error(ErrorCode::ProtocolError { reason }))
+                    if reason.contains("no Hello") =>
+                {
+                    break Some(format!(
+                        "holder: closed at the Hello deadline ({} s)",
+                        opened.elapsed().as_secs()
+                    ))
+                }
+                Ok(Response::Error(ErrorCode::Busy { .. })) => {
+                    break Some("holder: refused with Busy".to_owned())
+                }
+                other => break Some(format!("holder: unexpected {other:?}")),
+            }
+        };
+        if let Some(outcome) = outcome {
+            if outcome.contains("unexpected") {
+                tally.bad_holders.fetch_add(1, Ordering::SeqCst);
+            }
+            tally.add(&outcome);
+        }
+    }
+}
+
+/// Stops the worker for 200 ms and continues it, every 1.5 s.
+fn stopper(broker: u32, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1500));
+        let Some(worker) = weave_tests::fault::worker_pid(broker) else {
+            continue;
+        };
+        let signal = |sig| {
+            // SAFETY: kill(2) on the broker's child, read right before.
+            unsafe { libc::kill(worker as libc::pid_t, sig) == 0 }
+        };
+        if signal(libc::SIGSTOP) {
+            std::thread::sleep(Duration::from_millis(200));
+            signal(libc::SIGCONT);
+            tally.add("worker stopped and continued");
+        }
+    }
 }
 
 /// Unauthorized flood: the harness itself, re-executed as another uid,
@@ -510,6 +587,19 @@ fn run(options: &Options) -> ExitCode {
         let (socket, stop, tally) = (socket.clone(), Arc::clone(&flood_stop), Arc::clone(&tally));
         flood.push(std::thread::spawn(move || slow_reader(socket, stop, tally)));
     }
+    for _ in 0..options.holders {
+        let (socket, stop, tally) = (socket.clone(), Arc::clone(&flood_stop), Arc::clone(&tally));
+        flood.push(
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || silent_holder(socket, stop, tally))
+                .unwrap(),
+        );
+    }
+    for _ in 0..options.stops {
+        let (stop, tally) = (Arc::clone(&flood_stop), Arc::clone(&tally));
+        flood.push(std::thread::spawn(move || stopper(pid, stop, tally)));
+    }
     let flood_seconds = (total - baseline_len).as_secs().max(1);
     let intruders: Vec<_> = (0..options.unauthorized)
         .map(|_| {
@@ -552,6 +642,7 @@ fn run(options: &Options) -> ExitCode {
     let samples = samples.lock().unwrap().clone();
     let counts = tally.counts.lock().unwrap().clone();
     let bad_streams = tally.bad_streams.load(Ordering::SeqCst);
+    let bad_holders = tally.bad_holders.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(200));
     let audit_counts = audit_counts.lock().unwrap().clone();
 
@@ -563,13 +654,16 @@ fn run(options: &Options) -> ExitCode {
     );
     println!();
     println!(
-        "clients: {} valid, {} invalid, {} unauthorized (uid {}), {} malformed, {} slow readers",
+        "clients: {} valid, {} invalid, {} unauthorized (uid {}), {} malformed, {} slow readers, \
+         {} silent holders, {} worker stoppers",
         options.valid,
         options.invalid,
         options.unauthorized,
         other.uid,
         options.malformed,
-        options.slow
+        options.slow,
+        options.holders,
+        options.stops
     );
     println!();
     println!(
@@ -591,6 +685,7 @@ fn run(options: &Options) -> ExitCode {
         println!("| audit records `event={event}` | {count} |");
     }
     println!("| jobs without exactly one terminal answer | {bad_streams} |");
+    println!("| silent connections not closed at the Hello deadline | {bad_holders} |");
     println!();
     let (p50b, p99b) = (percentile(&base, 0.5), percentile(&base, 0.99));
     let (p50f, p99f) = (percentile(&flooded, 0.5), percentile(&flooded, 0.99));
@@ -603,7 +698,7 @@ fn run(options: &Options) -> ExitCode {
         ms(base.last().copied().unwrap_or_default())
     );
     println!(
-        "| flood (+ invalid, unauthorized, malformed, slow readers) | {} | {:.3} | {:.3} | {:.3} |",
+        "| flood (+ invalid, unauthorized, malformed, slow readers, silent holders, stops) | {} | {:.3} | {:.3} | {:.3} |",
         flooded.len(),
         ms(p50f),
         ms(p99f),
@@ -702,6 +797,19 @@ fn run(options: &Options) -> ExitCode {
             failures.push(format!(
                 "{bad_streams} jobs without exactly one terminal answer"
             ));
+        }
+        if bad_holders != 0 {
+            failures.push(format!(
+                "{bad_holders} silent connections ended other than at the Hello deadline"
+            ));
+        }
+        if let Some(status) = &final_status {
+            if status.worker_restarts != 0 {
+                failures.push(format!(
+                    "the worker restarted {} times (stops must not kill it)",
+                    status.worker_restarts
+                ));
+            }
         }
         if !intruders_ok {
             failures.push("an unauthorized client got bytes back".to_owned());

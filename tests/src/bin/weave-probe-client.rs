@@ -8,6 +8,10 @@
 //!     handshake and Status; prints `role=...`
 //! weave-probe-client --socket PATH drain
 //!     handshake and the admin verb Drain; prints `ok` or `error=<code>`
+//! weave-probe-client --socket PATH hold --count N --seconds S
+//!     open N connections and send nothing (a silent connection holder);
+//!     prints `holding`, waits S seconds, then what each connection got:
+//!     `busy=B hello_timeout=H eof=E other=O open=P`
 //! weave-probe-client --socket PATH generate --prompt TEXT --out FILE [--model ID] [--steps N] [--seed N]
 //!     generate one image, write the PNG to FILE; prints progress and the path
 #![allow(clippy::unwrap_used)]
@@ -84,6 +88,44 @@ fn hello_role(stream: &mut UnixStream) -> Result<(), String> {
     }
 }
 
+/// Holds `count` silent connections for `wait`, then classifies what each
+/// received.
+fn hold(socket: &str, count: usize, wait: Duration) -> ExitCode {
+    use std::io::Write;
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        match UnixStream::connect(socket) {
+            Ok(stream) => held.push(stream),
+            Err(error) => {
+                println!("connect_error={}", error.raw_os_error().unwrap_or(0));
+                return ExitCode::from(3);
+            }
+        }
+    }
+    println!("holding {}", held.len());
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(wait);
+    let (mut busy, mut hello_timeout, mut eof, mut other, mut open) = (0, 0, 0, 0, 0);
+    for mut stream in held {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        match read_response(&mut stream, DEFAULT_MAX_RESPONSE_FRAME) {
+            Ok(Response::Error(weave_common::proto::ErrorCode::Busy { .. })) => busy += 1,
+            Ok(Response::Error(weave_common::proto::ErrorCode::ProtocolError { reason }))
+                if reason.contains("no Hello") =>
+            {
+                hello_timeout += 1
+            }
+            Err(weave_common::proto::FrameError::Closed) => eof += 1,
+            Err(error) if error.is_timeout() => open += 1,
+            _ => other += 1,
+        }
+    }
+    println!("busy={busy} hello_timeout={hello_timeout} eof={eof} other={other} open={open}");
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |name: &str| {
@@ -96,8 +138,23 @@ fn main() -> ExitCode {
         return usage();
     };
     let command = args.iter().find(|a| {
-        ["silent-read", "hello-read", "status", "drain", "generate"].contains(&a.as_str())
+        [
+            "silent-read",
+            "hello-read",
+            "status",
+            "drain",
+            "generate",
+            "hold",
+        ]
+        .contains(&a.as_str())
     });
+    if command.map(String::as_str) == Some("hold") {
+        let count = value("--count").and_then(|v| v.parse().ok()).unwrap_or(600);
+        let seconds = value("--seconds")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        return hold(&socket, count, Duration::from_secs(seconds));
+    }
     let mut stream = match UnixStream::connect(&socket) {
         Ok(stream) => stream,
         Err(error) => {

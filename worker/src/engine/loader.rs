@@ -21,9 +21,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::clip::ClipTextConfig;
+use super::files::ModelFiles;
 use super::nn::{ModelError, Weights};
 use super::safetensors::{SafetensorsError, SafetensorsFile};
 use super::scheduler::SchedulerConfig;
+use super::tokenizer::{ClipTokenizer, TokenizerError};
 use super::unet::UNetConfig;
 use super::vae::VaeConfig;
 
@@ -50,6 +52,10 @@ pub enum LoaderError {
     File(#[from] SafetensorsError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The bytes read do not hash to the configured `sha256`; nothing of
+    /// them was used. Names no path: the worker reports it by model id.
+    #[error("the model's files do not match its sha256 pin; if the change is intended, set `sha256` to what `sshmctl hash PATH` prints")]
+    PinMismatch,
 }
 
 /// Which Stable Diffusion family a single-file checkpoint belongs to.
@@ -74,6 +80,9 @@ pub struct ModelSpec {
     pub path: PathBuf,
     /// For single files: a folder with the diffusers configs and tokenizer.
     pub config: Option<PathBuf>,
+    /// The `sha256` pin (`weave_common::pin`), lower-case hex: enforced on
+    /// exactly the bytes the loader parses.
+    pub sha256: Option<String>,
 }
 
 impl ModelSpec {
@@ -82,6 +91,7 @@ impl ModelSpec {
             kind: ModelKind::Auto,
             path: path.into(),
             config: None,
+            sha256: None,
         }
     }
 }
@@ -102,6 +112,7 @@ pub struct ModelParts {
     pub scheduler_config: SchedulerConfig,
     pub tokenizer_dir: PathBuf,
     layout: Layout,
+    files: ModelFiles,
 }
 
 enum Layout {
@@ -117,29 +128,35 @@ enum Layout {
 }
 
 pub fn read_json(path: &Path) -> Result<serde_json::Value, LoaderError> {
-    let io = |source| LoaderError::Io {
+    read_json_in(&ModelFiles::Disk, path)
+}
+
+fn read_json_in(files: &ModelFiles, path: &Path) -> Result<serde_json::Value, LoaderError> {
+    let too_large = |len: u64| LoaderError::BadConfig {
         path: path.to_path_buf(),
-        source,
+        reason: format!("{len} bytes exceeds the {MAX_CONFIG_BYTES}-byte limit"),
     };
-    let meta = std::fs::metadata(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            LoaderError::Missing {
-                path: path.to_path_buf(),
+    if let ModelFiles::Disk = files {
+        let meta = std::fs::metadata(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                LoaderError::Missing {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                LoaderError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                }
             }
-        } else {
-            io(e)
+        })?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(too_large(meta.len()));
         }
-    })?;
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(LoaderError::BadConfig {
-            path: path.to_path_buf(),
-            reason: format!(
-                "{} bytes exceeds the {MAX_CONFIG_BYTES}-byte limit",
-                meta.len()
-            ),
-        });
     }
-    let text = std::fs::read(path).map_err(io)?;
+    let text = files.read(path)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large(text.len() as u64));
+    }
     serde_json::from_slice(&python_json_to_strict(&text)).map_err(|e| LoaderError::BadConfig {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -200,11 +217,15 @@ fn config_error(path: &Path) -> impl Fn(ModelError) -> LoaderError + '_ {
 /// Opens the first weights file of `dir` that exists. The name only picks
 /// the candidate; the content decides whether it is accepted, so a pickled
 /// `.bin` is refused with the pickle error.
-fn open_weights(dir: &Path, names: &[&str]) -> Result<Arc<SafetensorsFile>, LoaderError> {
+fn open_weights(
+    files: &ModelFiles,
+    dir: &Path,
+    names: &[&str],
+) -> Result<Arc<SafetensorsFile>, LoaderError> {
     for name in names {
         let p = dir.join(name);
-        if p.exists() {
-            return Ok(Arc::new(SafetensorsFile::open(&p)?));
+        if files.exists(&p) {
+            return Ok(Arc::new(files.safetensors(&p)?));
         }
     }
     Err(LoaderError::Missing {
@@ -214,13 +235,15 @@ fn open_weights(dir: &Path, names: &[&str]) -> Result<Arc<SafetensorsFile>, Load
 
 /// Reads the configs of a diffusers folder (or a config-only folder).
 fn folder_configs(
+    files: &ModelFiles,
     dir: &Path,
 ) -> Result<(ClipTextConfig, UNetConfig, VaeConfig, SchedulerConfig), LoaderError> {
+    let read_json = |path: &Path| read_json_in(files, path);
     let te = dir.join("text_encoder/config.json");
     let un = dir.join("unet/config.json");
     let va = dir.join("vae/config.json");
     let sc = dir.join("scheduler/scheduler_config.json");
-    let scheduler = if sc.exists() {
+    let scheduler = if files.exists(&sc) {
         SchedulerConfig::from_json(&read_json(&sc)?).map_err(|e| LoaderError::BadConfig {
             path: sc.clone(),
             reason: e.to_string(),
@@ -238,27 +261,35 @@ fn folder_configs(
 
 impl ModelParts {
     /// Locates and validates (headers and configs only) the model at `spec`.
+    /// With a `sha256` pin, the pinned files are read once, checked, and
+    /// parsed from memory ([`ModelFiles::pinned`]).
     pub fn open(spec: &ModelSpec) -> Result<Self, LoaderError> {
         let path = &spec.path;
+        let files = match &spec.sha256 {
+            Some(pin) => ModelFiles::pinned(path, pin)?,
+            None => ModelFiles::Disk,
+        };
         if path.is_dir() {
-            if !path.join("model_index.json").exists() {
+            if !files.exists(&path.join("model_index.json")) {
                 return Err(LoaderError::Missing {
                     path: path.join("model_index.json"),
                 });
             }
-            read_json(&path.join("model_index.json"))?;
-            let (text_config, unet_config, vae_config, scheduler_config) = folder_configs(path)?;
+            read_json_in(&files, &path.join("model_index.json"))?;
+            let (text_config, unet_config, vae_config, scheduler_config) =
+                folder_configs(&files, path)?;
             let weight_names = [
                 "diffusion_pytorch_model.safetensors",
                 "diffusion_pytorch_model.bin",
             ];
             let layout = Layout::Folder {
                 text_encoder: open_weights(
+                    &files,
                     &path.join("text_encoder"),
                     &["model.safetensors", "pytorch_model.bin"],
                 )?,
-                unet: open_weights(&path.join("unet"), &weight_names)?,
-                vae: open_weights(&path.join("vae"), &weight_names)?,
+                unet: open_weights(&files, &path.join("unet"), &weight_names)?,
+                vae: open_weights(&files, &path.join("vae"), &weight_names)?,
             };
             Ok(Self {
                 text_config,
@@ -267,17 +298,18 @@ impl ModelParts {
                 scheduler_config,
                 tokenizer_dir: path.join("tokenizer"),
                 layout,
+                files,
             })
         } else if path.is_file() {
-            Self::open_single(spec)
+            Self::open_single(spec, files)
         } else {
             Err(LoaderError::UnknownLayout { path: path.clone() })
         }
     }
 
-    fn open_single(spec: &ModelSpec) -> Result<Self, LoaderError> {
+    fn open_single(spec: &ModelSpec, files: ModelFiles) -> Result<Self, LoaderError> {
         let path = &spec.path;
-        let file = Arc::new(SafetensorsFile::open(path)?);
+        let file = Arc::new(files.safetensors(path)?);
         let single = |reason: String| LoaderError::SingleFile {
             path: path.clone(),
             reason,
@@ -301,7 +333,7 @@ impl ModelParts {
             .config
         {
             Some(dir) => {
-                let (t, u, v, s) = folder_configs(dir)?;
+                let (t, u, v, s) = folder_configs(&files, dir)?;
                 (t, u, v, s, dir.join("tokenizer"))
             }
             None => {
@@ -327,7 +359,13 @@ impl ModelParts {
             scheduler_config,
             tokenizer_dir,
             layout: Layout::Single { file, openclip },
+            files,
         })
+    }
+
+    /// The tokenizer, read through the same files (pinned or not).
+    pub fn tokenizer(&self) -> Result<ClipTokenizer, TokenizerError> {
+        ClipTokenizer::from_dir_with(&self.tokenizer_dir, &|path| self.files.tokenizer_text(path))
     }
 
     /// The weights of one component, named as our modules expect.

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clip;
+pub mod files;
 pub mod loader;
 pub mod nn;
 pub mod pipeline;

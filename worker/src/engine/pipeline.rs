@@ -154,7 +154,7 @@ impl Pipeline {
         let device = device.resolve()?;
         let kind = precision.kind(device);
         let parts = ModelParts::open(spec)?;
-        let tokenizer = ClipTokenizer::from_dir(&parts.tokenizer_dir)?;
+        let tokenizer = parts.tokenizer()?;
         let te_weights = parts.weights(Component::TextEncoder, kind, device);
         let text_encoder = ClipTextModel::new(&te_weights.root(), &parts.text_config)?;
         let unet_weights = parts.weights(Component::Unet, kind, device);
@@ -332,16 +332,42 @@ impl Pipeline {
         Ok(self.vae.decode(&z)?)
     }
 
-    /// Text to RGB8 images.
+    /// Text to RGB8 images. Image `i` of a batch is the image a single run
+    /// with seed `seed + i` (wrapping) gives — what A1111 users expect and
+    /// what the PNG text and `--json` report — so each image is denoised on
+    /// its own: one batched draw would give image 0 that image and every
+    /// other one noise no single run reproduces. `progress(step, steps)`
+    /// runs after every step of every image; the step is the share of the
+    /// whole batch done, scaled to `steps` (rounded up, never decreasing).
     pub fn generate(
         &self,
         p: &GenerateParams,
         progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Vec<RgbImage>, EngineError> {
-        let latents = self.generate_latents(p, progress)?;
-        let images = self.decode(&latents)?;
-        to_rgb8(&images)
+        self.validate(p)?;
+        let images = p.batch as usize;
+        let mut out = Vec::with_capacity(images);
+        for index in 0..images {
+            let single = GenerateParams {
+                seed: p.seed.wrapping_add(index as u64),
+                batch: 1,
+                ..p.clone()
+            };
+            let mut image_progress =
+                |step: usize, total: usize| progress(batch_step(index, images, step, total), total);
+            let latents = self.generate_latents(&single, &mut image_progress)?;
+            out.extend(to_rgb8(&self.decode(&latents)?)?);
+        }
+        Ok(out)
     }
+}
+
+/// Step `step` of `total` in image `index` of `images`, as a step of
+/// `total` for the whole batch: rounded up, so it is at least 1, never
+/// decreases, and reaches `total` exactly at the last image's last step.
+fn batch_step(index: usize, images: usize, step: usize, total: usize) -> usize {
+    let done = index * total + step;
+    done.div_ceil(images.max(1))
 }
 
 /// `[b, 3, h, w]` in [-1, 1] → RGB8, rounding as diffusers' `numpy_to_pil`.
@@ -400,6 +426,15 @@ mod tests {
                 Err(EngineError::Device(_))
             ));
         }
+    }
+
+    #[test]
+    fn batch_progress_rises_to_the_step_count() {
+        assert_eq!(batch_step(0, 1, 3, 4), 3);
+        let seen: Vec<usize> = (0..3)
+            .flat_map(|i| (1..=4).map(move |s| batch_step(i, 3, s, 4)))
+            .collect();
+        assert_eq!(seen, vec![1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub enum TokenizerError {
 }
 
 /// Bounds on vocabulary files so a hostile model folder cannot exhaust memory.
-const MAX_VOCAB_FILE_BYTES: u64 = 64 * 1024 * 1024;
+pub const MAX_VOCAB_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 pub struct ClipTokenizer {
     encoder: HashMap<String, i64>,
@@ -57,7 +57,7 @@ fn bytes_to_unicode() -> [char; 256] {
     map
 }
 
-fn read_limited(path: &Path) -> Result<String, TokenizerError> {
+pub fn read_limited(path: &Path) -> Result<String, TokenizerError> {
     let io = |source| TokenizerError::Io {
         path: path.to_path_buf(),
         source,
@@ -77,14 +77,23 @@ impl ClipTokenizer {
     /// from `special_tokens_map.json` or `tokenizer_config.json` when present
     /// (SD 2.x pads with `!`), else it is `<|endoftext|>` as in SD 1.x.
     pub fn from_dir(dir: &Path) -> Result<Self, TokenizerError> {
+        Self::from_dir_with(dir, &read_limited)
+    }
+
+    /// [`Self::from_dir`] with the files' text from `read` (a pinned model's
+    /// bytes, read once and checked against its pin).
+    pub fn from_dir_with(
+        dir: &Path,
+        read: &dyn Fn(&Path) -> Result<String, TokenizerError>,
+    ) -> Result<Self, TokenizerError> {
         let vocab_path = dir.join("vocab.json");
-        let vocab: HashMap<String, i64> = serde_json::from_str(&read_limited(&vocab_path)?)
-            .map_err(|e| TokenizerError::Invalid {
+        let vocab: HashMap<String, i64> =
+            serde_json::from_str(&read(&vocab_path)?).map_err(|e| TokenizerError::Invalid {
                 path: vocab_path.clone(),
                 reason: e.to_string(),
             })?;
-        let merges = read_limited(&dir.join("merges.txt"))?;
-        let pad_token = pad_token_from_configs(dir);
+        let merges = read(&dir.join("merges.txt"))?;
+        let pad_token = pad_token_from_configs(dir, read);
         Self::new(vocab, &merges, pad_token.as_deref(), &vocab_path)
     }
 
@@ -227,9 +236,12 @@ impl ClipTokenizer {
 }
 
 /// The pad token named by the tokenizer's config files, if any.
-fn pad_token_from_configs(dir: &Path) -> Option<String> {
+fn pad_token_from_configs(
+    dir: &Path,
+    read: &dyn Fn(&Path) -> Result<String, TokenizerError>,
+) -> Option<String> {
     for file in ["special_tokens_map.json", "tokenizer_config.json"] {
-        let Ok(text) = read_limited(&dir.join(file)) else {
+        let Ok(text) = read(&dir.join(file)) else {
             continue;
         };
         let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {

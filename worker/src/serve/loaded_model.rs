@@ -44,16 +44,25 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads `entry`; the error text never contains the path.
-    pub fn load(entry: &ModelEntry, device: Device) -> Result<Self, String> {
+    /// Loads `entry`; a failure's text never contains the path, and files
+    /// that do not match the `sha256` pin are their own failure.
+    pub fn load(entry: &ModelEntry, device: Device) -> Result<Self, WorkerFailure> {
+        let failed = |reason: String| WorkerFailure::LoadFailed { reason };
         let spec = engine::ModelSpec {
-            kind: to_engine::model_kind(entry.kind)?,
+            kind: to_engine::model_kind(entry.kind).map_err(failed)?,
             path: entry.path.clone(),
             config: None,
+            sha256: entry.sha256.clone(),
         };
         let device = to_engine::device(device);
-        let pipeline = engine::Pipeline::load(&spec, device, engine::Precision::Auto)
-            .map_err(|e| redact_path(&e.to_string(), entry))?;
+        let pipeline = engine::Pipeline::load(&spec, device, engine::Precision::Auto).map_err(
+            |e| match e {
+                engine::EngineError::Loader(engine::LoaderError::PinMismatch) => {
+                    WorkerFailure::PinMismatch
+                }
+                other => failed(redact_path(&other.to_string(), entry)),
+            },
+        )?;
         Ok(Self { pipeline })
     }
 
@@ -118,6 +127,7 @@ mod tests {
             id: "digits".into(),
             kind: weave_common::config::ModelKind::Sd1,
             path: "/srv/m/digits".into(),
+            sha256: None,
         };
         let r = redact_path("cannot open /srv/m/digits/unet.safetensors: denied", &entry);
         assert_eq!(r, "cannot open <model digits>/unet.safetensors: denied");

@@ -16,7 +16,7 @@ mod loaded_model;
 mod startup;
 mod syscalls;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::ControlFlow;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -88,7 +88,9 @@ fn run_inner() -> Result<(), ServeError> {
     zeroize::Zeroize::zeroize(&mut bootstrap.to_broker_key.key);
 
     // 3. Landlock while single-threaded: libtorch has not started a thread
-    // yet. Whether it grants the GPU is decided without calling CUDA.
+    // yet. Whether it grants the GPU is decided without calling CUDA. A model
+    // whose path is missing is left out (and refused at load), so it cannot
+    // take the sandbox — and with it every other model — down.
     let torch_cuda_linked = std::fs::read_to_string("/proc/self/maps")
         .map(|maps| device::links_torch_cuda(&maps))
         .unwrap_or(false);
@@ -97,7 +99,11 @@ fn run_inner() -> Result<(), ServeError> {
         torch_cuda_linked,
         std::path::Path::new(device::NVIDIA_CONTROL_NODE).exists(),
     );
-    let landlock = confine_filesystem(&bootstrap, gpu_possible)?;
+    let missing = missing_models(&bootstrap);
+    for id in &missing {
+        log!("model {id:?} is unavailable: its path does not exist; the other models are served");
+    }
+    let landlock = confine_filesystem(&bootstrap, gpu_possible, &missing)?;
 
     // 4. libtorch and the model table. Without the executable-mapping
     // opt-in, oneDNN (which JIT-compiles kernels) is switched off first.
@@ -144,6 +150,7 @@ fn run_inner() -> Result<(), ServeError> {
     Server {
         channel,
         models,
+        missing,
         device,
         loaded: None,
         backlog: VecDeque::new(),
@@ -151,12 +158,28 @@ fn run_inner() -> Result<(), ServeError> {
     .serve()
 }
 
+/// Ids of the models whose configured path does not exist now.
+fn missing_models(bootstrap: &WorkerBootstrap) -> HashSet<String> {
+    bootstrap
+        .models
+        .iter()
+        .filter(|m| std::fs::symlink_metadata(&m.path).is_err())
+        .map(|m| m.id.clone())
+        .collect()
+}
+
 fn confine_filesystem(
     bootstrap: &WorkerBootstrap,
     gpu: bool,
+    missing: &HashSet<String>,
 ) -> Result<LandlockReport, ServeError> {
     let paths = worker_policy::WorkerPaths {
-        models: bootstrap.models.iter().map(|m| m.path.clone()).collect(),
+        models: bootstrap
+            .models
+            .iter()
+            .filter(|m| !missing.contains(&m.id))
+            .map(|m| m.path.clone())
+            .collect(),
         libraries: bootstrap.library_dirs.clone(),
         gpu,
         // Read by `lock_syscalls` (capability clearing) after Landlock is on.
@@ -195,6 +218,8 @@ fn sandbox_report(
 struct Server {
     channel: WorkerEndpoint,
     models: HashMap<String, ModelEntry>,
+    /// Models whose path was missing at start: outside the sandbox's view.
+    missing: HashSet<String>,
     device: Device,
     loaded: Option<(String, loaded_model::LoadedModel)>,
     /// Messages that arrived during a generation and are not a `Cancel`.
@@ -242,6 +267,18 @@ impl Server {
                 failure: WorkerFailure::UnknownModel,
             })?);
         };
+        if self.missing.contains(model_id) {
+            return Ok(self.channel.send(&FromWorker::Failed {
+                job_id: None,
+                failure: WorkerFailure::LoadFailed {
+                    reason: format!(
+                        "model {model_id:?} is unavailable: its path did not exist when the \
+                         worker started; fix `path` in the config (the next worker start \
+                         checks again)"
+                    ),
+                },
+            })?);
+        }
         // Free the old model first: two models may not fit in memory.
         self.loaded = None;
         let started = Instant::now();
@@ -257,11 +294,11 @@ impl Server {
                     load_ms,
                 })?;
             }
-            Err(reason) => {
-                log!("loading model {model_id:?} failed: {reason}");
+            Err(failure) => {
+                log!("loading model {model_id:?} failed: {failure:?}");
                 self.channel.send(&FromWorker::Failed {
                     job_id: None,
-                    failure: WorkerFailure::LoadFailed { reason },
+                    failure,
                 })?;
             }
         }
@@ -284,14 +321,21 @@ impl Server {
         // is reported after it returns.
         let mut channel_error: Option<ChannelError> = None;
         let mut cancelled = false;
+        // A batch runs its images one after the other and reports the share
+        // of the whole batch, so a step value repeats: each is sent once,
+        // while the cancel check below still runs after every step.
+        let mut last_sent = 0;
         let mut on_step = |step: u32, total: u32| -> ControlFlow<()> {
-            if let Err(e) = channel.send(&FromWorker::Progress {
-                job_id,
-                step,
-                total,
-            }) {
-                channel_error = Some(e);
-                return ControlFlow::Break(());
+            if step > last_sent {
+                last_sent = step;
+                if let Err(e) = channel.send(&FromWorker::Progress {
+                    job_id,
+                    step,
+                    total,
+                }) {
+                    channel_error = Some(e);
+                    return ControlFlow::Break(());
+                }
             }
             // Cancel check between steps: drain what the broker sent, never block.
             loop {

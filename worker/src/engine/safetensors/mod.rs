@@ -99,9 +99,55 @@ impl Dtype {
 /// An open safetensors file whose header has been fully validated.
 pub struct SafetensorsFile {
     path: PathBuf,
-    file: File,
+    source: Source,
     tensors: HashMap<String, TensorInfo>,
     metadata: HashMap<String, String>,
+}
+
+/// Where the bytes come from: the open file (positioned reads), or bytes
+/// read once into memory — a pinned model, whose digest was checked on
+/// exactly these bytes, so nothing can change between the check and the
+/// parse.
+enum Source {
+    File(File),
+    Bytes(std::sync::Arc<Vec<u8>>),
+}
+
+impl Source {
+    fn len(&self) -> std::io::Result<u64> {
+        match self {
+            Source::File(file) => Ok(file.metadata()?.len()),
+            Source::Bytes(bytes) => Ok(bytes.len() as u64),
+        }
+    }
+
+    /// Fills as much of `buf` as there is from `offset`; returns the count.
+    fn read_up_to(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        match self {
+            Source::File(file) => read_up_to(file, buf, offset),
+            Source::Bytes(bytes) => {
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                let n = buf.len().min(bytes.len() - start);
+                buf[..n].copy_from_slice(&bytes[start..start + n]);
+                Ok(n)
+            }
+        }
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            Source::File(file) => file.read_exact_at(buf, offset),
+            Source::Bytes(_) => {
+                if self.read_up_to(buf, offset)? == buf.len() {
+                    Ok(())
+                } else {
+                    Err(std::io::ErrorKind::UnexpectedEof.into())
+                }
+            }
+        }
+    }
 }
 
 /// The first bytes of a zip archive (torch.save since 1.6).
@@ -112,14 +158,30 @@ const PICKLE_PROTO: u8 = 0x80;
 impl SafetensorsFile {
     /// Opens and validates `path`. Reads only the header.
     pub fn open(path: &Path) -> Result<Self, SafetensorsError> {
+        let file = File::open(path).map_err(|source| SafetensorsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_source(path, Source::File(file))
+    }
+
+    /// Validates `bytes`, the whole content of `path` read earlier (and
+    /// checked against a pin); tensors are read from these bytes only.
+    pub fn from_bytes(
+        path: &Path,
+        bytes: std::sync::Arc<Vec<u8>>,
+    ) -> Result<Self, SafetensorsError> {
+        Self::from_source(path, Source::Bytes(bytes))
+    }
+
+    fn from_source(path: &Path, file: Source) -> Result<Self, SafetensorsError> {
         let io = |source| SafetensorsError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len();
+        let file_len = file.len().map_err(io)?;
         let mut prefix = [0u8; 8];
-        let got = read_up_to(&file, &mut prefix, 0).map_err(io)?;
+        let got = file.read_up_to(&mut prefix, 0).map_err(io)?;
         let prefix = &prefix[..got];
         if prefix.starts_with(ZIP_MAGIC) || prefix.first() == Some(&PICKLE_PROTO) {
             return Err(SafetensorsError::PickleCheckpoint {
@@ -171,7 +233,7 @@ impl SafetensorsFile {
             })?;
         Ok(Self {
             path: path.to_path_buf(),
-            file,
+            source: file,
             tensors,
             metadata,
         })
@@ -214,7 +276,7 @@ impl SafetensorsFile {
                 source: std::io::Error::new(std::io::ErrorKind::OutOfMemory, e),
             })?;
         bytes.resize(len, 0);
-        self.file
+        self.source
             .read_exact_at(&mut bytes, info.file_offset())
             .map_err(|source| SafetensorsError::Io {
                 path: self.path.clone(),

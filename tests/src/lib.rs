@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod fault;
+pub mod pty;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

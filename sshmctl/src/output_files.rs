@@ -131,11 +131,9 @@ impl Outputs {
                 let file = usize::try_from(index)
                     .ok()
                     .and_then(|i| files.get_mut(i))
-                    .ok_or_else(|| {
-                        CliError::Client(crate::client::ClientError::Unexpected(
-                            "image index beyond the batch",
-                        ))
-                    })?;
+                    .ok_or(CliError::Client(crate::client::ClientError::Unexpected(
+                        "image index beyond the batch",
+                    )))?;
                 let failed = |source| CliError::WriteImage {
                     path: file.path.clone(),
                     source,

@@ -644,7 +644,7 @@ fn queue_expiry_is_not_blamed_on_the_job_and_admin_verbs_say_they_wait() {
         "-p",
         "1",
         "--steps",
-        "150",
+        "40",
         "--width",
         "64",
         "--height",

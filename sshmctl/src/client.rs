@@ -181,11 +181,16 @@ fn connect_error(choice: &SocketChoice, source: io::Error) -> ClientError {
         },
         io::ErrorKind::PermissionDenied => {
             use std::os::unix::fs::MetadataExt;
-            let group = std::fs::metadata(&path).ok().and_then(|meta| {
-                weave_common::accounts::group_name_by_gid(meta.gid())
-                    .ok()
-                    .flatten()
-            });
+            // The socket, or the first folder above it we may look at (a
+            // 0750 socket folder hides the socket itself).
+            let group = path
+                .ancestors()
+                .find_map(|p| std::fs::metadata(p).ok())
+                .and_then(|meta| {
+                    weave_common::accounts::group_name_by_gid(meta.gid())
+                        .ok()
+                        .flatten()
+                });
             ClientError::PermissionDenied {
                 path,
                 group: SocketGroup(group),

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use weave_common::proto::{JobState, Request, Response};
 use weave_tests::pty::{visible_lines, PtyChild};
 use weave_tests::{
-    ensure_user, in_ci, repo_root, require_digits, require_root, target_bin, AuditSink,
-    BrokerProcess, Client, Scratch, TestConfig,
+    ensure_group, ensure_user, in_ci, repo_root, require_digits, require_root, target_bin,
+    AuditSink, BrokerProcess, Client, Scratch, TestConfig,
 };
 
 fn text(bytes: &[u8]) -> String {
@@ -836,4 +836,82 @@ fn has_word(text: &str, word: &str) -> bool {
         let after = text[at + word.len()..].chars().next();
         !before.is_some_and(ident) && !after.is_some_and(|c| ident(c) && c != '.')
     })
+}
+
+#[test]
+fn system_mode_admins_need_both_groups_and_are_told_so() {
+    if !require_root("first-run-system-admins") {
+        return;
+    }
+    const CLIENTS: &str = "weave-t13-clients";
+    const ADMINS: &str = "weave-t13-admins";
+    ensure_user("weave-t-svc", &[]);
+    ensure_group(CLIENTS);
+    ensure_group(ADMINS);
+    ensure_user("weave-t13-admin-only", &[ADMINS]);
+    ensure_user("weave-t13-admin", &[CLIENTS, ADMINS]);
+    ensure_user("weave-t13-client", &[CLIENTS]);
+    let scratch = Scratch::new("first-run-system");
+    let sink = AuditSink::bind(scratch.join("audit.sock"));
+    let etc = scratch.join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let mut config = TestConfig::new(&sink.path);
+    config.daemon = format!(
+        "user = \"weave-t-svc\"\nclient_group = \"{CLIENTS}\"\nadmin_group = \"{ADMINS}\"\n"
+    );
+    let config = config.write(&etc);
+    let socket = scratch.join("run/weave.sock");
+    let _broker = BrokerProcess::start(
+        &[
+            "--system",
+            "--config",
+            config.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+        ],
+        &socket,
+        &scratch.join("broker.log"),
+    );
+    let sshmctl_as = |user: &str, args: &[&str]| {
+        Command::new("setpriv")
+            .arg(format!("--reuid={user}"))
+            .arg(format!("--regid={user}"))
+            .arg("--init-groups")
+            .arg("--")
+            .arg(target_bin("sshmctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // In the admin group only: the socket is not theirs, and they are told
+    // which group to join.
+    let out = sshmctl_as("weave-t13-admin-only", &["status"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(stderr.contains(&format!("group {CLIENTS}")), "{stderr}");
+    assert!(stderr.contains("admins need it as well"), "{stderr}");
+    // In both, as the docs say: an admin.
+    let out = sshmctl_as("weave-t13-admin", &["status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("Admin of a System-mode daemon"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = sshmctl_as("weave-t13-admin", &["drain"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = sshmctl_as("weave-t13-admin", &["resume"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A client: connects, but not to the admin verbs.
+    let out = sshmctl_as("weave-t13-client", &["status"]);
+    assert!(
+        text(&out.stdout).contains("Client of a System-mode daemon"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = sshmctl_as("weave-t13-client", &["drain"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 }

@@ -53,6 +53,15 @@ pub fn run(
         debug,
     );
 
+    // Whether the worker will have to load the model first: said between
+    // "queued" and "started", which can otherwise be a long silence.
+    let needs_load = match conn.call(&Request::ListModels)? {
+        Response::Models(models) => models
+            .iter()
+            .find(|m| m.id == args.model)
+            .is_some_and(|m| !m.loaded),
+        other => return Err(ClientError::Unexpected(crate::client::response_name(&other)).into()),
+    };
     conn.send(&Request::Generate(request))?;
     // The bar and the notes go to stderr; stdout carries results (and the
     // PNG itself with `-o -`).
@@ -97,6 +106,9 @@ pub fn run(
                     );
                 } else {
                     eprintln!("job {job_id} queued (position {position})");
+                    if needs_load && position == 0 {
+                        eprintln!("loading model {} (first use)…", args.model);
+                    }
                 }
             }
             Response::Position { job_id, position } => {

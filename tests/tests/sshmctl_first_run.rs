@@ -492,6 +492,14 @@ fn outputs_are_checked_before_the_job_and_never_overwritten_silently() {
 
     let out = gen(&["--force", "-o", existing.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // The first job loads the model, and says so between queued and started.
+    let stderr = text(&out.stderr);
+    let at = |needle: &str| {
+        stderr
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in {stderr}"))
+    };
+    assert!(at("queued") < at("loading model digits") && at("loading model") < at("started"));
     let written = std::fs::read(&existing).unwrap();
     assert_eq!(decode_png(&written).0, 32);
 
@@ -502,6 +510,11 @@ fn outputs_are_checked_before_the_job_and_never_overwritten_silently() {
     assert!(
         text(&out.stderr).contains("wrote the PNG to stdout"),
         "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !text(&out.stderr).contains("loading model"),
+        "loaded already: {}",
         text(&out.stderr)
     );
     let out = gen(&["--batch", "2", "-o", "-"]);

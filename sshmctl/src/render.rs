@@ -174,7 +174,21 @@ impl Renderer {
 
     pub fn models(&self, models: &[ModelInfo]) {
         if self.json {
-            self.json_line(&models);
+            let with_availability: Vec<Value> = models
+                .iter()
+                .map(|m| {
+                    let mut value = serde_json::to_value(m).unwrap_or(Value::Null);
+                    let (available, reason) = availability(m);
+                    if let Value::Object(map) = &mut value {
+                        map.insert("available".into(), available.into());
+                        if let Some(reason) = reason {
+                            map.insert("reason".into(), reason.into());
+                        }
+                    }
+                    value
+                })
+                .collect();
+            self.json_line(&with_availability);
             return;
         }
         if models.is_empty() {
@@ -186,12 +200,13 @@ impl Renderer {
             "ID", "KIND", "STATE"
         );
         for m in models {
-            let mut state = vec![if m.loaded { "loaded" } else { "available" }];
+            let mut state = vec![match availability(m) {
+                (false, _) => "UNAVAILABLE",
+                (true, _) if m.loaded => "loaded",
+                (true, _) => "available",
+            }];
             if m.pinned {
                 state.push("pinned");
-            }
-            if m.quarantined {
-                state.push("quarantined");
             }
             let d = &m.defaults;
             let b = &m.bounds;
@@ -212,6 +227,9 @@ impl Renderer {
                 b.max_steps,
                 b.max_batch
             );
+            if let (false, Some(reason)) = availability(m) {
+                println!("{:<20} {reason}", "");
+            }
         }
     }
 
@@ -275,6 +293,23 @@ impl Renderer {
             );
         }
     }
+}
+
+/// Whether a job on `model` can run now, and why not. From what the
+/// protocol carries today (the quarantine flag); when the broker reports
+/// availability itself (a model whose files cannot be used), this reads
+/// that instead.
+pub fn availability(model: &ModelInfo) -> (bool, Option<&'static str>) {
+    if model.quarantined {
+        return (
+            false,
+            Some(
+                "quarantined after repeated worker crashes; an administrator can \
+                 release it with `sshmctl quarantine clear ID`",
+            ),
+        );
+    }
+    (true, None)
 }
 
 /// The typed details of an error, as JSON fields next to `error`.
@@ -348,6 +383,30 @@ mod tests {
         assert_eq!(human_duration(125), "2m05s");
         assert_eq!(human_duration(7260), "2h01m");
         assert_eq!(human_duration(90_000), "1d01h");
+    }
+
+    #[test]
+    fn a_quarantined_model_is_unavailable_with_a_reason() {
+        let mut model = ModelInfo {
+            id: "digits".into(),
+            kind: "sd1".into(),
+            loaded: false,
+            pinned: false,
+            quarantined: false,
+            defaults: weave_common::proto::GenerationDefaults {
+                width: 32,
+                height: 32,
+                steps: 20,
+                guidance: 5.0,
+                scheduler: Scheduler::Ddim,
+            },
+            bounds: weave_common::validate::ParamBounds::default(),
+        };
+        assert_eq!(availability(&model), (true, None));
+        model.quarantined = true;
+        let (available, reason) = availability(&model);
+        assert!(!available);
+        assert!(reason.unwrap().contains("quarantine clear"));
     }
 
     #[test]

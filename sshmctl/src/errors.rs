@@ -60,6 +60,13 @@ pub enum CliError {
         job_id.map_or("the job".to_owned(), |id| format!("job {id}"))
     )]
     QueueExpired { job_id: Option<u64> },
+    #[error(
+        "the daemon's generation worker could not start (it is {state}), so the job never ran; \
+         retrying will not help until that is fixed. An administrator finds the cause in the \
+         broker log; a model path in the config that does not exist is a common one \
+         (`sshmctl config check` lists them)"
+    )]
+    WorkerDown { state: &'static str },
 }
 
 impl CliError {
@@ -71,7 +78,7 @@ impl CliError {
             | CliError::OutputUnwritable { .. } => 2,
             CliError::WriteImage { .. } | CliError::Output(_) => 1,
             CliError::BadFlag { .. } | CliError::UnknownModel { .. } => 5,
-            CliError::QueueExpired { .. } => 6,
+            CliError::QueueExpired { .. } | CliError::WorkerDown { .. } => 6,
         }
     }
 
@@ -94,6 +101,7 @@ impl CliError {
             CliError::BadFlag { .. } => "invalid_parameter",
             CliError::UnknownModel { .. } => "unknown_model",
             CliError::QueueExpired { .. } => "queue_expired",
+            CliError::WorkerDown { .. } => "worker_down",
         }
     }
 }

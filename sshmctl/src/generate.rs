@@ -11,7 +11,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use signal_hook::consts::SIGINT;
-use weave_common::proto::{ErrorCode, GenerateRequest, Request, Response};
+use weave_common::proto::{ErrorCode, GenerateRequest, Request, Response, WorkerState};
 
 use crate::cli::GenerateArgs;
 use crate::client::{ClientError, Connection};
@@ -88,6 +88,12 @@ pub fn run(
                 return Err(CliError::QueueExpired {
                     job_id: job_id_seen,
                 });
+            }
+            Err(ClientError::Daemon(ErrorCode::WorkerCrashed)) if !started => {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                return Err(worker_failure(conn.path()));
             }
             Err(e) => {
                 if let Some(bar) = &bar {
@@ -182,6 +188,29 @@ pub fn run(
                 return Err(ClientError::Unexpected(crate::client::response_name(&other)).into())
             }
         }
+    }
+}
+
+/// A job that failed before it started because of the worker: when the
+/// daemon says its worker is not up, the worker could not start at all and
+/// retrying will not help; otherwise the daemon's own "retry" stands.
+fn worker_failure(socket: &std::path::Path) -> CliError {
+    let state = Connection::open(socket)
+        .and_then(|mut c| c.call(&Request::Status))
+        .ok()
+        .and_then(|response| match response {
+            Response::Status(report) => Some(report.worker),
+            _ => None,
+        });
+    match state {
+        Some(WorkerState::Ready) | None => ClientError::Daemon(ErrorCode::WorkerCrashed).into(),
+        Some(state) => CliError::WorkerDown {
+            state: match state {
+                WorkerState::Starting => "starting",
+                WorkerState::Restarting => "restarting",
+                WorkerState::Down | WorkerState::Ready => "down",
+            },
+        },
     }
 }
 

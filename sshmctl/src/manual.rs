@@ -35,7 +35,8 @@ Busy, rate limited or draining: retry later.
 Invalid request: a flag out of range, an unknown model or job.
 .TP
 .B 6
-The job failed: the worker crashed, the job timed out or expired in the queue,
+The job failed: the worker crashed or could not start, the job timed out or
+expired in the queue,
 the model is quarantined.
 .TP
 .B 7

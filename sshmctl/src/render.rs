@@ -339,6 +339,7 @@ fn error_fields(err: &CliError) -> Value {
             ids,
         } => json!({ "model_id": given, "suggestion": suggestion, "models": ids }),
         CliError::QueueExpired { job_id } => json!({ "job_id": job_id }),
+        CliError::WorkerDown { state } => json!({ "worker": state }),
         CliError::OutputExists { path }
         | CliError::OutputUnwritable { path, .. }
         | CliError::WriteImage { path, .. } => json!({ "path": path }),

@@ -930,3 +930,37 @@ fn system_mode_admins_need_both_groups_and_are_told_so() {
     let out = sshmctl_as("weave-t13-client", &["drain"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_worker_that_cannot_start_is_not_a_retry() {
+    let name = "first-run-worker-down";
+    if !require_root(name) || !require_digits(name) {
+        return;
+    }
+    let scratch = Scratch::new(name);
+    let sink = AuditSink::bind(scratch.join("audit.sock"));
+    let etc = scratch.join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    // The old example config's mistake: a placeholder model whose file is
+    // not there, next to a good one.
+    let mut config = TestConfig::digits(&sink.path).toml();
+    config.push_str(
+        "\n[[model]]\nid = \"sd15\"\nkind = \"sd1\"\npath = \"/nonexistent/v1-5.safetensors\"\n",
+    );
+    let path = etc.join("weave.toml");
+    std::fs::write(&path, config).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let broker = BrokerProcess::start_user(&scratch, &path);
+    let out = Command::new(target_bin("sshmctl"))
+        .arg("--socket")
+        .arg(&broker.socket)
+        .args(["generate", "-m", "digits", "-p", "3", "-o"])
+        .arg(scratch.join("three.png"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("worker could not start"), "{stderr}");
+    assert!(stderr.contains("retrying will not help"), "{stderr}");
+    assert!(stderr.contains("sshmctl config check"), "{stderr}");
+}

@@ -964,3 +964,35 @@ fn a_worker_that_cannot_start_is_not_a_retry() {
     assert!(stderr.contains("retrying will not help"), "{stderr}");
     assert!(stderr.contains("sshmctl config check"), "{stderr}");
 }
+
+#[test]
+fn make_demo_drives_sshmctl_with_a_progress_bar_on_a_terminal() {
+    let name = "first-run-demo";
+    if !require_root(name) || !require_digits(name) {
+        return;
+    }
+    let scratch = Scratch::new(name);
+    let out_dir = scratch.join("demo");
+    let mut command = Command::new(repo_root().join("scripts/demo.sh"));
+    command
+        .env("WEAVE_BIN_DIR", target_bin("sshmctl").parent().unwrap())
+        .env("WEAVE_DEMO_OUT", &out_dir)
+        .env("TERM", "xterm");
+    let mut term = PtyChild::spawn(command, 80, 24);
+    let status = term.wait(Duration::from_secs(300));
+    let shown = term.output();
+    assert!(status.success(), "{shown}");
+    let png = out_dir.join("digit-7.png");
+    assert!(
+        shown.contains(&format!("wrote {}", png.display())),
+        "{shown}"
+    );
+    assert!(shown.contains("xdg-open"), "says how to view it: {shown}");
+    assert!(shown.contains("/20"), "no progress bar: {shown}");
+    assert!(
+        !shown.contains("step 1/20"),
+        "step lines instead of a bar: {shown}"
+    );
+    let (width, height, _) = decode_png(&std::fs::read(&png).unwrap());
+    assert_eq!((width, height), (32, 32));
+}

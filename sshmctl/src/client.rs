@@ -6,7 +6,8 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use weave_common::config::{default_socket_path, Config, EnvPaths, Mode as ConfigMode};
+use weave_common::config::{default_socket_path, Config, EnvPaths};
+use weave_common::proto::Mode as ConfigMode;
 
 use weave_common::proto::{
     read_response, write_request, ErrorCode, FrameError, Mode, Request, Response, Role,

@@ -120,9 +120,9 @@ pub struct GenerateRequest {
     pub tag: Option<String>,
 }
 
-/// Sampling schedulers the engine implements. On the wire and in `--json`
-/// output a variant is its index / its Rust name; configs and the command
-/// line use [`Named::name`] (`ddim`, `euler_a`, …).
+/// Sampling schedulers the engine implements. On the wire a variant is its
+/// index; configs, the command line and `sshmctl --json` use
+/// [`Named::name`] (`ddim`, `euler_a`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Scheduler {
     Ddim,

@@ -154,9 +154,10 @@ pub struct GenerateArgs {
     /// What to draw.
     #[arg(long, short)]
     pub prompt: String,
-    /// What to avoid.
-    #[arg(long, default_value = "")]
-    pub negative: String,
+    /// What to avoid. Default: the model's default negative prompt;
+    /// `--negative ""` for none.
+    #[arg(long)]
+    pub negative: Option<String>,
     /// Denoising steps (default: the model's).
     #[arg(long)]
     pub steps: Option<u32>,

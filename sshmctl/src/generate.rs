@@ -34,7 +34,7 @@ pub fn run(
     let request = GenerateRequest {
         model_id: args.model.clone(),
         prompt: args.prompt.clone(),
-        negative_prompt: args.negative.clone(),
+        negative_prompt: args.negative.clone().unwrap_or_default(),
         width: args.width,
         height: args.height,
         steps: args.steps,
@@ -43,6 +43,7 @@ pub fn run(
         scheduler: args.scheduler,
         batch: args.batch,
         tag: args.tag.clone(),
+        use_model_negative: args.negative.is_none(),
     };
 
     let job = Arc::new(AtomicU64::new(NO_JOB));

@@ -548,6 +548,7 @@ pub fn digits_request(prompt: &str) -> GenerateRequest {
         scheduler: None,
         batch: 1,
         tag: None,
+        use_model_negative: true,
     }
 }
 

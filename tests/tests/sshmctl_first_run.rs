@@ -996,3 +996,62 @@ fn make_demo_drives_sshmctl_with_a_progress_bar_on_a_terminal() {
     let (width, height, _) = decode_png(&std::fs::read(&png).unwrap());
     assert_eq!((width, height), (32, 32));
 }
+
+/// The PNG's A1111 `parameters` text (tEXt or iTXt).
+fn png_parameters(bytes: &[u8]) -> String {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let reader = decoder.read_info().unwrap();
+    let info = reader.info();
+    info.uncompressed_latin1_text
+        .iter()
+        .filter(|t| t.keyword == "parameters")
+        .map(|t| t.text.clone())
+        .chain(
+            info.utf8_text
+                .iter()
+                .filter(|t| t.keyword == "parameters")
+                .filter_map(|t| t.get_text().ok()),
+        )
+        .next()
+        .unwrap_or_else(|| panic!("no parameters chunk"))
+}
+
+#[test]
+fn an_empty_negative_clears_the_models_default() {
+    let name = "first-run-negative";
+    if !require_root(name) || !require_digits(name) {
+        return;
+    }
+    let scratch = Scratch::new(name);
+    let sink = AuditSink::bind(scratch.join("audit.sock"));
+    let etc = scratch.join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let mut config = TestConfig::digits(&sink.path);
+    config.steps = 2;
+    let mut toml = config.toml();
+    // The digits model's [model.defaults] ends the file.
+    toml.push_str("negative_prompt = \"blurry\"\n");
+    let path = etc.join("weave.toml");
+    std::fs::write(&path, toml).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let broker = BrokerProcess::start_user(&scratch, &path);
+    let generate = |extra: &[&str]| {
+        let out = Command::new(target_bin("sshmctl"))
+            .arg("--socket")
+            .arg(&broker.socket)
+            .args([
+                "generate", "-m", "digits", "-p", "5", "--seed", "5", "-o", "-",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        png_parameters(&out.stdout)
+    };
+    let default = generate(&[]);
+    assert!(default.contains("\nNegative prompt: blurry\n"), "{default}");
+    let cleared = generate(&["--negative", ""]);
+    assert!(!cleared.contains("Negative prompt"), "{cleared}");
+    let own = generate(&["--negative", "smudge"]);
+    assert!(own.contains("\nNegative prompt: smudge\n"), "{own}");
+}

@@ -31,4 +31,4 @@ pub use named::Named;
 
 /// Version of this protocol, exchanged in the `Hello` handshake. The broker
 /// accepts only its own version.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;

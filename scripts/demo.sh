@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end demo (run by `make demo` after `cargo build --release --bins`):
 # starts a user-mode weave-broker on a private socket with the digits demo
-# model, generates one digit through the socket, prints where the PNG is,
-# and stops the broker.
+# model, generates one digit with `sshmctl generate` (a progress bar when
+# stderr is a terminal), prints where the PNG is and how to look at it, and
+# stops the broker.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${WEAVE_BIN_DIR:-$ROOT/target/release}"
@@ -10,7 +11,7 @@ MODEL="${WEAVE_DEMO_MODEL:-$ROOT/models/digits}"
 OUT_DIR="${WEAVE_DEMO_OUT:-$ROOT/target/demo}"
 DIGIT="${DIGIT:-7}"
 
-for exe in weave-broker weave-worker weave-probe-client; do
+for exe in weave-broker weave-worker sshmctl; do
 	if [[ ! -x "$BIN/$exe" ]]; then
 		echo "demo: $BIN/$exe is missing; run 'cargo build --release --bins' (make demo does)" >&2
 		exit 1
@@ -82,11 +83,13 @@ echo "demo: broker pid $BROKER listening on $SOCKET"
 
 mkdir -p "$OUT_DIR"
 PNG="$OUT_DIR/digit-$DIGIT.png"
-if ! "$BIN/weave-probe-client" --socket "$SOCKET" generate --prompt "$DIGIT" --seed 42 --out "$PNG"; then
+if ! "$BIN/sshmctl" --socket "$SOCKET" generate --model digits \
+	--prompt "the number $DIGIT" --seed 42 --force -o "$PNG"; then
 	echo "demo: generation failed; broker log:" >&2
 	cat "$LOG" >&2
 	exit 1
 fi
 echo "demo: the PNG is at $PNG"
+echo "demo: look at it with an image viewer, e.g. \`xdg-open $PNG\`; it is 32x32, so zoom in"
 kill -TERM "$BROKER"
 wait "$BROKER" && echo "demo: broker stopped cleanly"

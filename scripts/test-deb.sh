@@ -34,7 +34,8 @@ getent group weave-admins >/dev/null || fail "postinst did not create weave-admi
 for f in /usr/bin/weave-broker /usr/bin/sshmctl /usr/libexec/weave/weave-worker \
 	/usr/lib/weave/libtorch_cpu.so /usr/share/weave/models/digits/model_index.json \
 	/lib/systemd/system/weave.service /lib/systemd/system/weave.socket \
-	/etc/apparmor.d/usr.bin.weave-broker /usr/share/man/man1/sshmctl.1.gz; do
+	/etc/apparmor.d/usr.bin.weave-broker /usr/share/man/man1/sshmctl.1.gz \
+	/usr/share/man/man8/weave-broker.8.gz /usr/share/man/man5/weave.toml.5.gz; do
 	[[ -e "$f" ]] || fail "package lacks $f"
 done
 # The worker finds libtorch through its rpath only: no LD_LIBRARY_PATH.

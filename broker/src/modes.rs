@@ -52,11 +52,52 @@ pub struct Options {
 }
 
 pub const USAGE: &str = "usage: weave-broker [--user | --system] [--config PATH] [--socket PATH]
+       weave-broker --help | --version
 
   --user           run for the current user (default unless started as root)
   --system         run as the system service (start as root; drops to the service user)
   --config PATH    read this config instead of the mode's default
-  --socket PATH    listen on this path instead of the mode's default";
+  --socket PATH    listen on this path instead of the mode's default
+  -h, --help       print this help and exit
+  -V, --version    print the version and exit
+
+Started in the background of an interactive terminal (`weave-broker &`), the
+broker writes its log to $XDG_STATE_HOME/weave/weave-broker.log
+(~/.local/state/weave/weave-broker.log) instead of the terminal.
+See weave-broker(8) and weave.toml(5).";
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation {
+    Run(Options),
+    /// `--help`: print [`USAGE`] to stdout, exit 0.
+    Help,
+    /// `--version`: print the version to stdout, exit 0.
+    Version,
+}
+
+impl Invocation {
+    /// Parses arguments (without the program name); `--help` and
+    /// `--version` win over everything else on the line.
+    pub fn parse(args: impl IntoIterator<Item = String>, euid: u32) -> Result<Self, ModeError> {
+        let args: Vec<String> = args.into_iter().collect();
+        // Only flags count: a PATH that happens to read "--help" is the
+        // value of --config/--socket, not a request for help.
+        let flag = |names: [&str; 2]| {
+            args.iter().enumerate().any(|(index, arg)| {
+                names.contains(&arg.as_str())
+                    && (index == 0 || !matches!(args[index - 1].as_str(), "--config" | "--socket"))
+            })
+        };
+        if flag(["--help", "-h"]) {
+            return Ok(Invocation::Help);
+        }
+        if flag(["--version", "-V"]) {
+            return Ok(Invocation::Version);
+        }
+        Options::parse(args, euid).map(Invocation::Run)
+    }
+}
 
 impl Options {
     /// Parses arguments (without the program name). `euid` picks the default mode.
@@ -80,7 +121,6 @@ impl Options {
                     };
                     *target = Some(PathBuf::from(value));
                 }
-                "--help" | "-h" => return Err(ModeError::Usage(USAGE.to_owned())),
                 other => {
                     return Err(ModeError::Usage(format!(
                         "unknown argument {other:?}\n{USAGE}"
@@ -257,6 +297,24 @@ mod tests {
         assert_eq!(options.socket_path(None).unwrap(), PathBuf::from("/tmp/s"));
         assert!(Options::parse(args(&["--config"]), 0).is_err());
         assert!(Options::parse(args(&["--tcp"]), 0).is_err());
+    }
+
+    #[test]
+    fn help_and_version_win_but_not_as_a_path() {
+        assert_eq!(
+            Invocation::parse(args(&["--user", "--help"]), 0).unwrap(),
+            Invocation::Help
+        );
+        assert_eq!(
+            Invocation::parse(args(&["-V"]), 0).unwrap(),
+            Invocation::Version
+        );
+        match Invocation::parse(args(&["--config", "--help"]), 0).unwrap() {
+            Invocation::Run(options) => {
+                assert_eq!(options.config, Some(PathBuf::from("--help")));
+            }
+            other => panic!("--help as a --config value was taken as a flag: {other:?}"),
+        }
     }
 
     #[test]

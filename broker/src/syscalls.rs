@@ -1,5 +1,6 @@
 //! The broker's own system calls: peer credentials, `poll` for disconnect
-//! detection, socket activation, umask, chown and malloc tuning. Account
+//! detection, socket activation, umask, chown, malloc tuning and the
+//! terminal checks of `background_log`. Account
 //! lookups are `weave_common::accounts`; everything else uses std.
 
 use std::io;
@@ -139,6 +140,32 @@ pub fn shutdown_listener(fd: RawFd) -> io::Result<()> {
     // yields EBADF, which we report.
     let rc = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether stderr is a terminal whose foreground process group is not ours:
+/// the shell started us with `&` and is reading commands on that terminal.
+pub fn stderr_is_background_terminal() -> bool {
+    // SAFETY: isatty, tcgetpgrp and getpgrp only read process and terminal
+    // state for a descriptor number; an invalid one yields an error value.
+    unsafe {
+        if libc::isatty(libc::STDERR_FILENO) != 1 {
+            return false;
+        }
+        let foreground = libc::tcgetpgrp(libc::STDERR_FILENO);
+        foreground > 0 && foreground != libc::getpgrp()
+    }
+}
+
+/// Makes `file` this process's stderr (and that of the workers it starts,
+/// which inherit it). Only called while still single-threaded.
+pub fn redirect_stderr(file: &std::fs::File) -> io::Result<()> {
+    // SAFETY: dup2 onto fd 2 with a descriptor `file` keeps open for the
+    // call; the old stderr is closed atomically by the kernel.
+    let rc = unsafe { libc::dup2(file.as_raw_fd(), libc::STDERR_FILENO) };
+    if rc < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -24,7 +24,7 @@ pub fn resolve(
     Ok(WorkerGenerateParams {
         model_id: model.id.clone(),
         prompt: request.prompt.clone(),
-        negative_prompt: if request.negative_prompt.is_empty() {
+        negative_prompt: if request.use_model_negative && request.negative_prompt.is_empty() {
             model.default_negative_prompt().to_owned()
         } else {
             request.negative_prompt.clone()

@@ -1,5 +1,5 @@
 //! The user and group databases (`getpwnam_r`, `getpwuid_r`, `getgrnam_r`,
-//! `getgrouplist`): the one place any weave-compute crate looks accounts up.
+//! `getgrgid_r`, `getgrouplist`): the one place any weave-compute crate looks accounts up.
 //! Each function is one reentrant libc lookup behind a safe signature.
 
 use std::ffi::{CStr, CString};
@@ -120,6 +120,43 @@ pub fn group_id_by_name(name: &str) -> io::Result<Option<u32>> {
     }
 }
 
+/// The name of group `gid`; `Ok(None)` if unknown.
+pub fn group_name_by_gid(gid: u32) -> io::Result<Option<String>> {
+    let mut size = 1024;
+    loop {
+        let mut buf = vec![0u8; size];
+        // SAFETY: group is plain old data; all-zero is a valid value that
+        // getgrgid_r overwrites.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: all pointers refer to live locals; `buf.len()` is the
+        // buffer's true length.
+        let rc = unsafe {
+            libc::getgrgid_r(
+                gid,
+                &mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && size < 1 << 22 {
+            size *= 4;
+            continue;
+        }
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if result.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: on success gr_name points to a NUL-terminated string
+        // inside `buf`, which is alive here.
+        let name = unsafe { CStr::from_ptr(grp.gr_name) };
+        return Ok(Some(name.to_string_lossy().into_owned()));
+    }
+}
+
 /// Every group of a user from the group database (primary included), as
 /// `getgrouplist` reports it. Unlike `/proc/<pid>/status` this cannot be
 /// raced by a peer that exits and has its pid reused.
@@ -165,5 +202,6 @@ mod tests {
         assert!(user_by_name("a\0b").is_err());
         assert_eq!(group_id_by_name("root").unwrap(), Some(0));
         assert!(groups_of_user("root", 0).unwrap().contains(&0));
+        assert_eq!(group_name_by_gid(0).unwrap().as_deref(), Some("root"));
     }
 }

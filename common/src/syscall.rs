@@ -13,6 +13,17 @@ pub fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// Restores the default SIGPIPE action (Rust starts programs with it
+/// ignored). For command-line tools: `sshmctl … | head` then ends quietly
+/// when the reader goes away instead of failing every later write.
+pub fn default_sigpipe() {
+    // SAFETY: setting a standard signal's disposition to SIG_DFL has no
+    // preconditions; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// The calling process's real uid.
 pub fn real_uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.

@@ -345,6 +345,7 @@ mod tests {
             scheduler: Some(Scheduler::EulerAncestral),
             batch: 2,
             tag: Some("user-42.session_7".into()),
+            use_model_negative: true,
         }
     }
 

@@ -233,6 +233,8 @@ pub struct SandboxReport {
     /// Seccomp traps or logs instead of killing (tracing only).
     pub seccomp_debug: bool,
     pub no_new_privs: bool,
+    /// The effective, permitted, inheritable and ambient sets are empty (the
+    /// bounding set is not counted: user mode cannot clear it).
     pub capabilities_empty: bool,
     /// Every layer fully enforced (what `allow_degraded_sandbox = false`
     /// demands).

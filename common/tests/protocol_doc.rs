@@ -109,6 +109,7 @@ fn examples() -> BTreeMap<&'static str, Example> {
             scheduler: Some(Scheduler::DpmPp2mKarras),
             batch: 2,
             tag: Some("u-42".into()),
+            use_model_negative: false,
         }),
     );
     request(
@@ -125,6 +126,7 @@ fn examples() -> BTreeMap<&'static str, Example> {
             scheduler: None,
             batch: 1,
             tag: None,
+            use_model_negative: true,
         }),
     );
     request("request/cancel", Request::Cancel { job_id: 300 });

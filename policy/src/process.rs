@@ -77,6 +77,17 @@ impl ProcessStatus {
         })
     }
 
+    /// True when the four sets a process can use or pass on (effective,
+    /// permitted, inheritable, ambient) are empty. The bounding set only
+    /// limits what could be gained later, and an unprivileged process
+    /// cannot clear it (user mode keeps it).
+    pub fn held_capabilities_empty(&self) -> bool {
+        self.cap_inheritable == 0
+            && self.cap_permitted == 0
+            && self.cap_effective == 0
+            && self.cap_ambient == 0
+    }
+
     /// True when all five capability sets are empty.
     pub fn capabilities_empty(&self) -> bool {
         self.cap_inheritable == 0
@@ -148,6 +159,19 @@ NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t3\n";
         assert_eq!(s.seccomp_mode, 2);
         assert_eq!(s.seccomp_filters, 3);
         assert!(!s.capabilities_empty());
+    }
+
+    #[test]
+    fn a_user_mode_process_holds_nothing_but_keeps_its_bounding_set() {
+        let text = SAMPLE
+            .replace("CapPrm:\t000001fffeffffff", "CapPrm:\t0000000000000000")
+            .replace("CapEff:\t000001fffeffffff", "CapEff:\t0000000000000000");
+        let s = ProcessStatus::parse(&text).unwrap();
+        assert!(s.held_capabilities_empty());
+        assert!(!s.capabilities_empty());
+        assert!(!ProcessStatus::parse(SAMPLE)
+            .unwrap()
+            .held_capabilities_empty());
     }
 
     #[test]

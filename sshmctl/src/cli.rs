@@ -11,14 +11,16 @@ use weave_common::proto::{Named, Scheduler};
 
 /// Drive the weave-compute daemon: generate images, inspect and administer it.
 ///
-/// Exit codes: 0 success; 1 error; 2 usage error; 3 cannot reach the daemon
-/// or not allowed to; 4 busy or rate limited (retry later); 5 invalid
-/// request; 6 the job failed (worker crashed, timed out); 7 config check
+/// Exit codes: 0 success; 1 error; 2 usage error (also: an output file that
+/// exists or cannot be created); 3 cannot reach the daemon or not allowed
+/// to; 4 busy or rate limited (retry later); 5 invalid request; 6 the job
+/// failed (worker crashed, timed out, expired in the queue); 7 config check
 /// found problems; 130 cancelled with Ctrl-C.
 #[derive(Debug, Parser)]
 #[command(name = "sshmctl", version, propagate_version = true)]
 pub struct Cli {
-    /// Daemon socket. Default: $WEAVE_SOCKET, else the user-mode socket
+    /// Daemon socket. Default: $WEAVE_SOCKET, else `daemon.socket` from your
+    /// own config (~/.config/weave/weave.toml), else the user-mode socket
     /// ($XDG_RUNTIME_DIR/weave/weave.sock) if it exists, else /run/weave/weave.sock.
     #[arg(long, global = true, env = "WEAVE_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
@@ -99,6 +101,38 @@ pub enum Command {
         /// Folder to write every page into.
         dir: Option<PathBuf>,
     },
+    /// The daemon's model ids, one per line (for shell completion; prints
+    /// nothing when no daemon answers).
+    #[command(name = "__model-ids", hide = true)]
+    ModelIds,
+}
+
+impl Command {
+    /// Verbs the broker runs between jobs (they change the worker), so they
+    /// wait for a running job to finish.
+    pub fn waits_for_running_job(&self) -> bool {
+        match self {
+            Command::Load { .. }
+            | Command::Unload
+            | Command::Pin { .. }
+            | Command::RotateKeys
+            | Command::Quarantine { .. } => true,
+            Command::Status
+            | Command::Models
+            | Command::Generate(_)
+            | Command::Jobs { .. }
+            | Command::Cancel { .. }
+            | Command::Unpin { .. }
+            | Command::Drain
+            | Command::Resume
+            | Command::Segments
+            | Command::Config { .. }
+            | Command::Completions { .. }
+            | Command::Man { .. }
+            | Command::Hash { .. }
+            | Command::ModelIds => false,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,9 +162,10 @@ pub struct GenerateArgs {
     /// What to draw.
     #[arg(long, short)]
     pub prompt: String,
-    /// What to avoid.
-    #[arg(long, default_value = "")]
-    pub negative: String,
+    /// What to avoid. Default: the model's default negative prompt;
+    /// `--negative ""` for none.
+    #[arg(long)]
+    pub negative: Option<String>,
     /// Denoising steps (default: the model's).
     #[arg(long)]
     pub steps: Option<u32>,
@@ -152,9 +187,15 @@ pub struct GenerateArgs {
     /// End-user tag recorded with the job.
     #[arg(long)]
     pub tag: Option<String>,
-    /// Output file. With --batch > 1, `-N` is inserted before the extension.
+    /// Output file; `-` writes the PNG to stdout (one image only). With
+    /// --batch > 1, `-N` is inserted before the extension. Checked before
+    /// the job is sent: an existing file needs --force, and the folder must
+    /// be writable.
     #[arg(long, short, default_value = "weave.png")]
     pub output: PathBuf,
+    /// Overwrite output files that exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Parses a [`Named`] value (`--scheduler euler_a`) with the names the

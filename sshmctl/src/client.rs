@@ -1,9 +1,13 @@
 //! One connection to the broker: connect, handshake, request/response.
 #![forbid(unsafe_code)]
 
+use std::fmt;
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+
+use weave_common::config::{default_socket_path, Config, EnvPaths};
+use weave_common::proto::Mode as ConfigMode;
 
 use weave_common::proto::{
     read_response, write_request, ErrorCode, FrameError, Mode, Request, Response, Role,
@@ -16,9 +20,20 @@ pub const SYSTEM_SOCKET: &str = "/run/weave/weave.sock";
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
+        "no weave daemon is listening at {path}{tried}\n\
+         hint: is it running? (`systemctl status weave`, `systemctl --user status weave`, \
+         or start one with `weave-broker --user &`); use --socket or WEAVE_SOCKET to point elsewhere"
+    )]
+    NotRunning { path: PathBuf, tried: Tried },
+    #[error(
+        "you may not open the daemon socket {path} (permission denied){group}\n\
+         hint: ask an administrator to add you to that group (`usermod -aG GROUP USER`, \
+         then log in again); admins need it as well as the admin group, see sshmctl(1)"
+    )]
+    PermissionDenied { path: PathBuf, group: SocketGroup },
+    #[error(
         "cannot connect to the weave daemon at {path}: {source}\n\
-         hint: is it running? (`systemctl status weave` or `systemctl --user status weave`); \
-         use --socket or WEAVE_SOCKET to point elsewhere"
+         hint: use --socket or WEAVE_SOCKET to point elsewhere"
     )]
     Connect { path: PathBuf, source: io::Error },
     #[error(
@@ -41,7 +56,10 @@ impl ClientError {
     /// The documented process exit code for this failure.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ClientError::Connect { .. } | ClientError::Rejected { .. } => 3,
+            ClientError::NotRunning { .. }
+            | ClientError::PermissionDenied { .. }
+            | ClientError::Connect { .. }
+            | ClientError::Rejected { .. } => 3,
             ClientError::Daemon(code) => match code {
                 ErrorCode::NotPermitted { .. } => 3,
                 ErrorCode::Busy { .. }
@@ -59,16 +77,128 @@ impl ClientError {
     }
 }
 
-/// The socket to use when neither --socket nor WEAVE_SOCKET is given: the
-/// caller's user-mode daemon if one is running, else the system daemon.
-pub fn default_socket() -> PathBuf {
-    if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
-        let user = Path::new(&runtime).join("weave/weave.sock");
-        if user.exists() {
-            return user;
+/// The socket to use and how it was found, for messages that name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketChoice {
+    pub path: PathBuf,
+    /// Other places looked at first that had no socket.
+    pub tried: Tried,
+}
+
+/// Sockets looked for and not found, rendered as `" (also tried …)"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tried(pub Vec<PathBuf>);
+
+impl fmt::Display for Tried {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = self.0.iter().map(|p| p.display().to_string()).collect();
+        write!(
+            f,
+            " (looked first for a user-mode socket at {})",
+            list.join(", ")
+        )
+    }
+}
+
+/// The group that owns a socket, rendered as `": it belongs to group G"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SocketGroup(pub Option<String>);
+
+impl fmt::Display for SocketGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(group) => write!(f, ": it is open to members of group {group}"),
+            None => Ok(()),
         }
     }
-    PathBuf::from(SYSTEM_SOCKET)
+}
+
+/// Where the sockets are, as far as the caller's environment says.
+#[derive(Debug, Clone, Default)]
+pub struct SocketEnv {
+    /// `daemon.socket` from the user's own config, when it has one.
+    pub user_config_socket: Option<PathBuf>,
+    /// `$XDG_RUNTIME_DIR/weave/weave.sock`.
+    pub user_default_socket: Option<PathBuf>,
+}
+
+impl SocketEnv {
+    /// Reads the user's config (`$XDG_CONFIG_HOME` or `~/.config`
+    /// `/weave/weave.toml`) for `daemon.socket`. A missing or broken config
+    /// gives nothing here; `sshmctl config check` explains a broken one.
+    pub fn from_process() -> Self {
+        let env = EnvPaths::from_process();
+        let user_config_socket =
+            Config::default_path(ConfigMode::User, &env)
+                .ok()
+                .and_then(|path| {
+                    let text = std::fs::read_to_string(&path).ok()?;
+                    let config = Config::from_toml_str(&text, &path, ConfigMode::User).ok()?;
+                    config.daemon.socket
+                });
+        let user_default_socket = default_socket_path(ConfigMode::User, &env).ok();
+        Self {
+            user_config_socket,
+            user_default_socket,
+        }
+    }
+}
+
+/// The socket to use when neither --socket nor WEAVE_SOCKET is given: the
+/// socket the user's own config names, else the user-mode default if a
+/// socket is there, else the system daemon's.
+pub fn default_socket(env: &SocketEnv, exists: impl Fn(&Path) -> bool) -> SocketChoice {
+    if let Some(path) = &env.user_config_socket {
+        return SocketChoice {
+            path: path.clone(),
+            tried: Tried::default(),
+        };
+    }
+    let mut tried = Vec::new();
+    if let Some(user) = &env.user_default_socket {
+        if exists(user) {
+            return SocketChoice {
+                path: user.clone(),
+                tried: Tried::default(),
+            };
+        }
+        tried.push(user.clone());
+    }
+    SocketChoice {
+        path: PathBuf::from(SYSTEM_SOCKET),
+        tried: Tried(tried),
+    }
+}
+
+fn connect_error(choice: &SocketChoice, source: io::Error) -> ClientError {
+    let path = choice.path.clone();
+    match source.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
+            path,
+            tried: choice.tried.clone(),
+        },
+        io::ErrorKind::PermissionDenied => {
+            use std::os::unix::fs::MetadataExt;
+            // The socket, or the first folder above it we may look at (a
+            // 0750 socket folder hides the socket itself).
+            let group = path
+                .ancestors()
+                .find_map(|p| std::fs::metadata(p).ok())
+                .and_then(|meta| {
+                    weave_common::accounts::group_name_by_gid(meta.gid())
+                        .ok()
+                        .flatten()
+                });
+            ClientError::PermissionDenied {
+                path,
+                group: SocketGroup(group),
+            }
+        }
+        _ => ClientError::Connect { path, source },
+    }
 }
 
 /// A handshaken connection.
@@ -82,10 +212,16 @@ pub struct Connection {
 
 impl Connection {
     pub fn open(path: &Path) -> Result<Self, ClientError> {
-        let mut stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        Self::open_choice(&SocketChoice {
             path: path.to_owned(),
-            source,
-        })?;
+            tried: Tried::default(),
+        })
+    }
+
+    pub fn open_choice(choice: &SocketChoice) -> Result<Self, ClientError> {
+        let path = choice.path.as_path();
+        let mut stream =
+            UnixStream::connect(path).map_err(|source| connect_error(choice, source))?;
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
             client_name: format!("sshmctl-{}", env!("CARGO_PKG_VERSION")),
@@ -176,5 +312,53 @@ pub fn response_name(response: &Response) -> &'static str {
         Response::ChannelStats(_) => "channel_stats",
         Response::Ok => "ok",
         Response::Error(_) => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(config: Option<&str>, user: Option<&str>) -> SocketEnv {
+        SocketEnv {
+            user_config_socket: config.map(PathBuf::from),
+            user_default_socket: user.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn the_users_config_socket_wins() {
+        let choice = default_socket(&env(Some("/c.sock"), Some("/u.sock")), |_| true);
+        assert_eq!(choice.path, PathBuf::from("/c.sock"));
+        assert!(choice.tried.0.is_empty());
+    }
+
+    #[test]
+    fn a_missing_user_socket_falls_back_and_is_named() {
+        let choice = default_socket(&env(None, Some("/u.sock")), |_| false);
+        assert_eq!(choice.path, PathBuf::from(SYSTEM_SOCKET));
+        assert_eq!(
+            choice.tried.to_string(),
+            " (looked first for a user-mode socket at /u.sock)"
+        );
+        let choice = default_socket(&env(None, Some("/u.sock")), |_| true);
+        assert_eq!(choice.path, PathBuf::from("/u.sock"));
+    }
+
+    #[test]
+    fn connect_errors_say_what_happened() {
+        let choice = SocketChoice {
+            path: PathBuf::from("/nonexistent/weave.sock"),
+            tried: Tried(vec![PathBuf::from("/run/user/1/weave/weave.sock")]),
+        };
+        let message = connect_error(&choice, io::ErrorKind::NotFound.into()).to_string();
+        assert!(message.contains("no weave daemon is listening at /nonexistent/weave.sock"));
+        assert!(
+            message.contains("/run/user/1/weave/weave.sock"),
+            "{message}"
+        );
+        let message = connect_error(&choice, io::ErrorKind::PermissionDenied.into()).to_string();
+        assert!(message.contains("permission denied"), "{message}");
+        assert!(!message.contains("is it running"), "{message}");
     }
 }

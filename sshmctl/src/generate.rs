@@ -1,9 +1,9 @@
-//! `sshmctl generate`: submit, follow the event stream with a progress bar,
-//! write the PNGs. Ctrl-C cancels the job on the daemon.
+//! `sshmctl generate`: check the outputs, submit, follow the event stream
+//! with a progress bar, write the PNGs. Ctrl-C cancels the job on the daemon.
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +11,11 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use signal_hook::consts::SIGINT;
-use weave_common::proto::{ErrorCode, GenerateRequest, Request, Response};
+use weave_common::proto::{ErrorCode, GenerateRequest, Request, Response, WorkerState};
 
 use crate::cli::GenerateArgs;
 use crate::client::{ClientError, Connection};
+use crate::output_files::Outputs;
 use crate::render::Renderer;
 use crate::CliError;
 
@@ -28,10 +29,12 @@ pub fn run(
     out: &Renderer,
     debug: bool,
 ) -> Result<u8, CliError> {
+    let mut outputs = Outputs::prepare(&args.output, args.batch, args.force, out.is_json())?;
+    let to_stdout = matches!(outputs, Outputs::Stdout);
     let request = GenerateRequest {
         model_id: args.model.clone(),
         prompt: args.prompt.clone(),
-        negative_prompt: args.negative.clone(),
+        negative_prompt: args.negative.clone().unwrap_or_default(),
         width: args.width,
         height: args.height,
         steps: args.steps,
@@ -40,15 +43,34 @@ pub fn run(
         scheduler: args.scheduler,
         batch: args.batch,
         tag: args.tag.clone(),
+        use_model_negative: args.negative.is_none(),
     };
 
     let job = Arc::new(AtomicU64::new(NO_JOB));
-    spawn_interrupt_watcher(conn.path().to_owned(), Arc::clone(&job), debug);
+    spawn_interrupt_watcher(
+        conn.path().to_owned(),
+        Arc::clone(&job),
+        outputs.part_paths(),
+        debug,
+    );
 
+    // Whether the worker will have to load the model first: said between
+    // "queued" and "started", which can otherwise be a long silence.
+    let needs_load = match conn.call(&Request::ListModels)? {
+        Response::Models(models) => models
+            .iter()
+            .find(|m| m.id == args.model)
+            .is_some_and(|m| !m.loaded),
+        other => return Err(ClientError::Unexpected(crate::client::response_name(&other)).into()),
+    };
     conn.send(&Request::Generate(request))?;
-    let interactive = std::io::stdout().is_terminal() && !out.is_json();
+    // The bar and the notes go to stderr; stdout carries results (and the
+    // PNG itself with `-o -`).
+    let interactive = std::io::stderr().is_terminal() && !out.is_json();
     let mut bar: Option<ProgressBar> = None;
     let mut seed = None;
+    let mut job_id_seen = None;
+    let mut started = false;
     let mut written = Vec::new();
     loop {
         let event = match conn.next() {
@@ -60,6 +82,20 @@ pub fn run(
                 out.done("job cancelled");
                 return Ok(130);
             }
+            Err(ClientError::Daemon(ErrorCode::TimedOut)) if !started => {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                return Err(CliError::QueueExpired {
+                    job_id: job_id_seen,
+                });
+            }
+            Err(ClientError::Daemon(ErrorCode::WorkerCrashed)) if !started => {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                return Err(worker_failure(conn.path()));
+            }
             Err(e) => {
                 if let Some(bar) = &bar {
                     bar.abandon();
@@ -70,12 +106,16 @@ pub fn run(
         match event {
             Response::Queued { job_id, position } => {
                 job.store(job_id, Ordering::SeqCst);
+                job_id_seen = Some(job_id);
                 if out.is_json() {
                     out.json_line(
                         &json!({"event": "queued", "job_id": job_id, "position": position}),
                     );
                 } else {
                     eprintln!("job {job_id} queued (position {position})");
+                    if needs_load && position == 0 {
+                        eprintln!("loading model {} (first use)…", args.model);
+                    }
                 }
             }
             Response::Position { job_id, position } => {
@@ -89,6 +129,7 @@ pub fn run(
             }
             Response::Started { job_id, seed: s } => {
                 seed = Some(s);
+                started = true;
                 if out.is_json() {
                     out.json_line(&json!({"event": "started", "job_id": job_id, "seed": s}));
                 } else {
@@ -105,6 +146,8 @@ pub fn run(
                 } else if interactive {
                     let bar = bar.get_or_insert_with(|| new_bar(total));
                     bar.set_position(u64::from(step));
+                } else if to_stdout {
+                    eprintln!("step {step}/{total}");
                 } else {
                     println!("step {step}/{total}");
                 }
@@ -117,11 +160,7 @@ pub fn run(
                 height,
                 png,
             } => {
-                let path = output_path(&args.output, index, args.batch);
-                std::fs::write(&path, &png).map_err(|source| CliError::WriteImage {
-                    path: path.clone(),
-                    source,
-                })?;
+                let path = outputs.write(index, &png)?;
                 if out.is_json() {
                     out.json_line(&json!({
                         "event": "image", "job_id": job_id, "index": index, "seed": image_seed,
@@ -138,7 +177,10 @@ pub fn run(
                     out.json_line(&json!({"event": "finished", "job_id": job_id, "seed": seed}));
                 } else {
                     for (path, image_seed) in &written {
-                        println!("wrote {} (seed {image_seed})", path.display());
+                        match path {
+                            Some(path) => println!("wrote {} (seed {image_seed})", path.display()),
+                            None => eprintln!("wrote the PNG to stdout (seed {image_seed})"),
+                        }
                     }
                 }
                 return Ok(0);
@@ -150,45 +192,60 @@ pub fn run(
     }
 }
 
+/// A job that failed before it started because of the worker: when the
+/// daemon says its worker is not up, the worker could not start at all and
+/// retrying will not help; otherwise the daemon's own "retry" stands.
+fn worker_failure(socket: &std::path::Path) -> CliError {
+    let state = Connection::open(socket)
+        .and_then(|mut c| c.call(&Request::Status))
+        .ok()
+        .and_then(|response| match response {
+            Response::Status(report) => Some(report.worker),
+            _ => None,
+        });
+    match state {
+        Some(WorkerState::Ready) | None => ClientError::Daemon(ErrorCode::WorkerCrashed).into(),
+        Some(state) => CliError::WorkerDown {
+            state: match state {
+                WorkerState::Starting => "starting",
+                WorkerState::Restarting => "restarting",
+                WorkerState::Down | WorkerState::Ready => "down",
+            },
+        },
+    }
+}
+
+/// A bar that takes whatever width the terminal has left after the counts,
+/// so it never wraps on a narrow terminal.
 fn new_bar(total: u32) -> ProgressBar {
     let bar = ProgressBar::new(u64::from(total));
-    let style = ProgressStyle::with_template("{bar:40} step {pos}/{len}  eta {eta}")
+    let style = ProgressStyle::with_template("{wide_bar} {pos}/{len} eta {eta}")
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
 
-/// `out.png` for one image; `out-0.png`, `out-1.png`, … for a batch.
-fn output_path(base: &Path, index: u32, batch: u32) -> PathBuf {
-    if batch <= 1 {
-        return base.to_owned();
-    }
-    let stem = base
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let name = match base.extension() {
-        Some(ext) => format!("{stem}-{index}.{}", ext.to_string_lossy()),
-        None => format!("{stem}-{index}"),
-    };
-    base.with_file_name(name)
-}
-
 /// On the first Ctrl-C, asks the daemon (over a second connection) to cancel
 /// the job; the main loop then sees `Cancelled` and exits 130. A second
-/// Ctrl-C exits at once.
-fn spawn_interrupt_watcher(socket: PathBuf, job: Arc<AtomicU64>, debug: bool) {
+/// Ctrl-C exits at once (removing the output files not yet written).
+fn spawn_interrupt_watcher(socket: PathBuf, job: Arc<AtomicU64>, parts: Vec<PathBuf>, debug: bool) {
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT]) else {
         return; // Without the handler Ctrl-C keeps its default: exit, and the
                 // broker cancels the job when the connection drops.
     };
     std::thread::spawn(move || {
+        let exit_now = || {
+            for part in &parts {
+                let _ = std::fs::remove_file(part);
+            }
+            std::process::exit(130);
+        };
         let mut asked = false;
         for _ in signals.forever() {
             let job_id = job.load(Ordering::SeqCst);
             if asked || job_id == NO_JOB {
-                std::process::exit(130);
+                exit_now();
             }
             asked = true;
             eprintln!("\ncancelling job {job_id}… (Ctrl-C again to quit at once)");
@@ -199,26 +256,8 @@ fn spawn_interrupt_watcher(socket: PathBuf, job: Arc<AtomicU64>, debug: bool) {
                 if debug {
                     eprintln!("debug: {e:?}");
                 }
-                std::process::exit(130);
+                exit_now();
             }
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batch_outputs_are_numbered_before_the_extension() {
-        assert_eq!(
-            output_path(Path::new("a/out.png"), 0, 1),
-            Path::new("a/out.png")
-        );
-        assert_eq!(
-            output_path(Path::new("a/out.png"), 2, 3),
-            Path::new("a/out-2.png")
-        );
-        assert_eq!(output_path(Path::new("out"), 1, 2), Path::new("out-1"));
-    }
 }

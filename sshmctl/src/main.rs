@@ -7,23 +7,28 @@
 mod cli;
 mod client;
 mod config_check;
+mod errors;
 mod generate;
+mod manual;
+mod output_files;
 mod render;
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
-use weave_common::proto::{Request, Response};
+use clap::Parser;
+use weave_common::proto::{JobState, Request, Response};
 
 use crate::cli::{Cli, Command, ConfigAction, QuarantineAction};
-use crate::client::{ClientError, Connection};
+use crate::client::{ClientError, Connection, SocketChoice, SocketEnv, Tried};
+pub use crate::errors::CliError;
 use crate::render::Renderer;
 
 fn main() -> ExitCode {
+    weave_common::syscall::default_sigpipe();
     let cli = Cli::parse();
     let renderer = Renderer::new(cli.json);
-    match run(&cli, &renderer) {
+    match run(&cli, &renderer).map_err(|err| errors::in_cli_words(err, &cli)) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             renderer.error(&err, cli.debug);
@@ -37,22 +42,18 @@ fn main() -> ExitCode {
 fn run(cli: &Cli, out: &Renderer) -> Result<u8, CliError> {
     match &cli.command {
         Command::Completions { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(*shell, &mut cmd, "sshmctl", &mut std::io::stdout());
+            manual::completions(*shell, &mut std::io::stdout().lock()).map_err(CliError::Output)?;
             return Ok(0);
         }
         Command::Man { dir: None } => {
-            let page = clap_mangen::Man::new(Cli::command());
-            let mut buf = Vec::new();
-            page.render(&mut buf).map_err(CliError::Output)?;
+            let page = manual::top_page().map_err(CliError::Output)?;
             std::io::stdout()
-                .write_all(&buf)
+                .write_all(&page)
                 .map_err(CliError::Output)?;
             return Ok(0);
         }
         Command::Man { dir: Some(dir) } => {
-            // The top page refers to `sshmctl-<verb>(1)`; write those too.
-            clap_mangen::generate_to(Cli::command(), dir).map_err(CliError::Output)?;
+            manual::write_pages(dir).map_err(CliError::Output)?;
             return Ok(0);
         }
         Command::Config {
@@ -70,8 +71,28 @@ fn run(cli: &Cli, out: &Renderer) -> Result<u8, CliError> {
         _ => {}
     }
 
-    let socket = cli.socket.clone().unwrap_or_else(client::default_socket);
-    let mut conn = Connection::open(&socket)?;
+    let socket = match &cli.socket {
+        Some(path) => SocketChoice {
+            path: path.clone(),
+            tried: Tried::default(),
+        },
+        None => client::default_socket(&SocketEnv::from_process(), |p| p.exists()),
+    };
+    if let Command::ModelIds = &cli.command {
+        // For shell completion: nothing at all when no daemon answers.
+        if let Ok(Response::Models(models)) =
+            Connection::open_choice(&socket).and_then(|mut c| c.call(&Request::ListModels))
+        {
+            for model in models {
+                println!("{}", model.id);
+            }
+        }
+        return Ok(0);
+    }
+    let mut conn = Connection::open_choice(&socket)?;
+    if cli.command.waits_for_running_job() {
+        say_if_waiting(&mut conn, out);
+    }
     match &cli.command {
         Command::Status => match conn.call(&Request::Status)? {
             Response::Status(report) => out.status(&report, &conn),
@@ -146,35 +167,27 @@ fn run(cli: &Cli, out: &Renderer) -> Result<u8, CliError> {
         Command::Completions { .. }
         | Command::Man { .. }
         | Command::Config { .. }
-        | Command::Hash { .. } => {}
+        | Command::Hash { .. }
+        | Command::ModelIds => {}
     }
     Ok(0)
 }
 
+/// Admin verbs that change the worker wait until its running job is done;
+/// say so rather than look stuck. Listing jobs needs the admin role, which
+/// these verbs need anyway: without it the verb's own error follows.
+fn say_if_waiting(conn: &mut Connection, out: &Renderer) {
+    let Ok(Response::Jobs(jobs)) = conn.call(&Request::AllJobs) else {
+        return;
+    };
+    if let Some(job) = jobs.iter().find(|j| j.state == JobState::Running) {
+        out.note(&format!(
+            "waiting for the running job {} ({}) to finish first…",
+            job.job_id, job.model_id
+        ));
+    }
+}
+
 fn unexpected(response: &Response) -> CliError {
     CliError::Client(ClientError::Unexpected(client::response_name(response)))
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error(transparent)]
-    Client(#[from] ClientError),
-    #[error("cannot write {path}: {source}")]
-    WriteImage {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot write output: {0}")]
-    Output(std::io::Error),
-    #[error("{0}")]
-    Hash(weave_common::pin::PinError),
-}
-
-impl CliError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            CliError::Client(e) => e.exit_code(),
-            CliError::WriteImage { .. } | CliError::Output(_) | CliError::Hash(_) => 1,
-        }
-    }
 }

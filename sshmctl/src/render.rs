@@ -1,17 +1,69 @@
 //! Human and `--json` renderings of the daemon's answers.
 //!
 //! JSON output is the protocol's own types serialized with serde, one object
-//! per line, so its field names are the ones `docs/PROTOCOL.md` documents.
+//! per line, so its field names are the ones `docs/PROTOCOL.md` documents;
+//! enum values are spelled as on the command line and in configs
+//! (`"mode":"user"`, `"scheduler":"dpmpp_2m_karras"`), see [`cli_spellings`].
 #![forbid(unsafe_code)]
 
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use weave_common::proto::{
-    ChannelDirection, ChannelStatsReport, JobInfo, JobState, ModelInfo, StatusReport, WorkerState,
+    ChannelDirection, ChannelStatsReport, JobInfo, JobState, ModelInfo, Scheduler, StatusReport,
+    WorkerState,
 };
 
-use crate::client::Connection;
+use crate::client::{ClientError, Connection};
 use crate::CliError;
+
+/// Object keys whose values are protocol enums.
+const ENUM_KEYS: [&str; 6] = ["mode", "role", "worker", "state", "scheduler", "direction"];
+
+/// Rewrites enum values under [`ENUM_KEYS`] from serde's variant names to
+/// the CLI's spellings: schedulers by their config names, the rest in
+/// snake_case (`BrokerToWorker` → `broker_to_worker`).
+pub fn cli_spellings(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                match item {
+                    Value::String(text) if ENUM_KEYS.contains(&key.as_str()) => {
+                        *text = cli_name(key, text);
+                    }
+                    _ => cli_spellings(item),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(cli_spellings),
+        _ => {}
+    }
+}
+
+fn cli_name(key: &str, variant: &str) -> String {
+    if key == "scheduler" {
+        if let Some(scheduler) = Scheduler::ALL.into_iter().find(|s| {
+            serde_json::to_value(s)
+                .ok()
+                .as_ref()
+                .and_then(Value::as_str)
+                == Some(variant)
+        }) {
+            return scheduler.as_str().to_owned();
+        }
+    }
+    let mut name = String::new();
+    for (i, c) in variant.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                name.push('_');
+            }
+            name.push(c.to_ascii_lowercase());
+        } else {
+            name.push(c);
+        }
+    }
+    name
+}
 
 pub struct Renderer {
     json: bool,
@@ -28,10 +80,19 @@ impl Renderer {
 
     /// Prints one JSON line. Serializing our own plain data types cannot fail.
     pub fn json_line<T: Serialize>(&self, value: &T) {
-        match serde_json::to_string(value) {
+        let line = serde_json::to_value(value).and_then(|mut value| {
+            cli_spellings(&mut value);
+            serde_json::to_string(&value)
+        });
+        match line {
             Ok(line) => println!("{line}"),
             Err(e) => eprintln!("sshmctl: cannot encode JSON output: {e}"),
         }
+    }
+
+    /// A side note for a person (never part of the results): on stderr.
+    pub fn note(&self, message: &str) {
+        eprintln!("sshmctl: {message}");
     }
 
     pub fn done(&self, message: &str) {
@@ -44,17 +105,18 @@ impl Renderer {
 
     pub fn error(&self, err: &CliError, debug: bool) {
         if self.json {
-            let code = match err {
-                CliError::Client(crate::client::ClientError::Daemon(code)) => Some(code),
-                _ => None,
-            };
-            self.json_line(&json!({
+            let mut object = json!({
                 "ok": false,
                 "exit_code": err.exit_code(),
-                "error": code.map(|c| c.name()).unwrap_or("client"),
-                "detail": code,
+                "error": err.kind(),
                 "message": err.to_string(),
-            }));
+            });
+            if let (Value::Object(map), Value::Object(extra)) = (&mut object, error_fields(err)) {
+                for (key, value) in extra {
+                    map.entry(key).or_insert(value);
+                }
+            }
+            self.json_line(&object);
         } else {
             eprintln!("sshmctl: {err}");
             if debug {
@@ -116,7 +178,21 @@ impl Renderer {
 
     pub fn models(&self, models: &[ModelInfo]) {
         if self.json {
-            self.json_line(&models);
+            let with_availability: Vec<Value> = models
+                .iter()
+                .map(|m| {
+                    let mut value = serde_json::to_value(m).unwrap_or(Value::Null);
+                    let (available, reason) = availability(m);
+                    if let Value::Object(map) = &mut value {
+                        map.insert("available".into(), available.into());
+                        if let Some(reason) = reason {
+                            map.insert("reason".into(), reason.into());
+                        }
+                    }
+                    value
+                })
+                .collect();
+            self.json_line(&with_availability);
             return;
         }
         if models.is_empty() {
@@ -128,12 +204,13 @@ impl Renderer {
             "ID", "KIND", "STATE"
         );
         for m in models {
-            let mut state = vec![if m.loaded { "loaded" } else { "available" }];
+            let mut state = vec![match availability(m) {
+                (false, _) => "UNAVAILABLE",
+                (true, _) if m.loaded => "loaded",
+                (true, _) => "available",
+            }];
             if m.pinned {
                 state.push("pinned");
-            }
-            if m.quarantined {
-                state.push("quarantined");
             }
             let d = &m.defaults;
             let b = &m.bounds;
@@ -154,6 +231,9 @@ impl Renderer {
                 b.max_steps,
                 b.max_batch
             );
+            if let (false, Some(reason)) = availability(m) {
+                println!("{:<20} {reason}", "");
+            }
         }
     }
 
@@ -219,6 +299,61 @@ impl Renderer {
     }
 }
 
+/// Whether a job on `model` can run now, and why not. From what the
+/// protocol carries today (the quarantine flag); when the broker reports
+/// availability itself (a model whose files cannot be used), this reads
+/// that instead.
+pub fn availability(model: &ModelInfo) -> (bool, Option<&'static str>) {
+    if model.quarantined {
+        return (
+            false,
+            Some(
+                "quarantined after repeated worker crashes; an administrator can \
+                 release it with `sshmctl quarantine clear ID`",
+            ),
+        );
+    }
+    (true, None)
+}
+
+/// The typed details of an error, as JSON fields next to `error`.
+fn error_fields(err: &CliError) -> Value {
+    match err {
+        CliError::Client(ClientError::Daemon(code)) => {
+            // serde writes `{"Variant": {fields}}`; keep the fields.
+            match serde_json::to_value(code) {
+                Ok(Value::Object(map)) => map.into_iter().next().map_or(json!({}), |(_, v)| v),
+                _ => json!({}),
+            }
+        }
+        CliError::Client(
+            ClientError::NotRunning { path, .. }
+            | ClientError::PermissionDenied { path, .. }
+            | ClientError::Connect { path, .. }
+            | ClientError::Rejected { path },
+        ) => json!({ "socket": path }),
+        CliError::BadFlag {
+            flag,
+            field,
+            allowed,
+        } => json!({ "flag": flag, "field": field, "allowed": allowed }),
+        CliError::UnknownModel {
+            given,
+            suggestion,
+            ids,
+        } => json!({ "model_id": given, "suggestion": suggestion, "models": ids }),
+        CliError::QueueExpired { job_id } => json!({ "job_id": job_id }),
+        CliError::WorkerDown { state } => json!({ "worker": state }),
+        CliError::OutputExists { path }
+        | CliError::OutputUnwritable { path, .. }
+        | CliError::WriteImage { path, .. } => json!({ "path": path }),
+        CliError::Client(ClientError::Frame(_) | ClientError::Unexpected(_))
+        | CliError::Usage(_)
+        | CliError::Output(_)
+        | CliError::Hash(_) => json!({}),
+    }
+}
+
 pub fn human_duration(secs: u64) -> String {
     match secs {
         s if s < 60 => format!("{s}s"),
@@ -245,6 +380,7 @@ pub fn human_bytes(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -253,6 +389,55 @@ mod tests {
         assert_eq!(human_duration(125), "2m05s");
         assert_eq!(human_duration(7260), "2h01m");
         assert_eq!(human_duration(90_000), "1d01h");
+    }
+
+    #[test]
+    fn a_quarantined_model_is_unavailable_with_a_reason() {
+        let mut model = ModelInfo {
+            id: "digits".into(),
+            kind: "sd1".into(),
+            loaded: false,
+            pinned: false,
+            quarantined: false,
+            defaults: weave_common::proto::GenerationDefaults {
+                width: 32,
+                height: 32,
+                steps: 20,
+                guidance: 5.0,
+                scheduler: Scheduler::Ddim,
+            },
+            bounds: weave_common::validate::ParamBounds::default(),
+        };
+        assert_eq!(availability(&model), (true, None));
+        model.quarantined = true;
+        let (available, reason) = availability(&model);
+        assert!(!available);
+        assert!(reason.unwrap().contains("quarantine clear"));
+    }
+
+    #[test]
+    fn json_enums_use_the_cli_spellings() {
+        let mut value = json!({
+            "mode": "User",
+            "defaults": { "scheduler": "DpmPp2mKarras" },
+            "segments": [{ "direction": "BrokerToWorker" }],
+            "id": "DpmPp2mKarras",
+        });
+        cli_spellings(&mut value);
+        assert_eq!(
+            value,
+            json!({
+                "mode": "user",
+                "defaults": { "scheduler": "dpmpp_2m_karras" },
+                "segments": [{ "direction": "broker_to_worker" }],
+                "id": "DpmPp2mKarras",
+            })
+        );
+        for scheduler in Scheduler::ALL {
+            let mut value = json!({ "scheduler": serde_json::to_value(scheduler).unwrap() });
+            cli_spellings(&mut value);
+            assert_eq!(value["scheduler"], scheduler.as_str());
+        }
     }
 
     #[test]

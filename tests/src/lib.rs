@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod fault;
+pub mod pty;
 pub mod staged;
 
 use std::io::{Read, Write};
@@ -595,6 +596,7 @@ pub fn digits_request(prompt: &str) -> GenerateRequest {
         scheduler: None,
         batch: 1,
         tag: None,
+        use_model_negative: true,
     }
 }
 

@@ -93,7 +93,7 @@ fn status_models_and_jobs_in_both_forms() {
     assert!(status.contains("sandbox"), "{status}");
     let status = json_lines(&daemon.sshmctl(&["--json", "status"]));
     assert_eq!(status.len(), 1);
-    assert_eq!(status[0]["mode"], "User");
+    assert_eq!(status[0]["mode"], "user");
     assert!(status[0]["daemon_version"].is_string());
     assert!(status[0]["queue_depth"].is_u64());
 

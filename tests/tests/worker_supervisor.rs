@@ -143,6 +143,12 @@ fn worker_runs_under_the_full_sandbox() {
     // What the kernel says, not what the worker reported.
     assert_eq!(proc_status_field(pid, "Seccomp"), "2");
     assert_eq!(proc_status_field(pid, "NoNewPrivs"), "1");
+    // The report agrees with the kernel about the held capability sets.
+    let held_empty = ["CapInh", "CapPrm", "CapEff", "CapAmb"]
+        .iter()
+        .all(|set| proc_status_field(pid, set) == "0000000000000000");
+    assert!(held_empty, "the worker holds capabilities");
+    assert!(sandbox.capabilities_empty, "{sandbox:?}");
     // Only 0-2 and the channel's 3-6 (the bootstrap pipe is closed after
     // reading): nothing of the broker's leaked in.
     let fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))

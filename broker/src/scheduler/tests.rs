@@ -161,6 +161,7 @@ impl Harness {
             scheduler: None,
             batch: 1,
             tag: tag.map(str::to_owned),
+            use_model_negative: true,
         };
         let admission = self.broker.submit(uid, &request)?;
         self.tags

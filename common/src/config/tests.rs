@@ -69,7 +69,7 @@ fn system_example_parses_in_system_mode() {
     assert_eq!(digits.kind, ModelKind::Sd1);
     assert_eq!(digits.path, PathBuf::from("/usr/share/weave/models/digits"));
     assert_eq!(digits.defaults().scheduler, Scheduler::Ddim);
-    assert_eq!(digits.defaults().width, 64);
+    assert_eq!(digits.defaults().width, 32);
 }
 
 #[test]
@@ -78,13 +78,28 @@ fn user_example_parses_in_user_mode_with_paths_from_its_directory() {
     let source = Path::new("/home/me/.config/weave/weave.toml");
     let config = Config::from_toml_str(text, source, Mode::User).unwrap();
     assert_eq!(config.source, source);
-    assert_eq!(config.models.len(), 2);
+    // As copied: the digits model alone, at its 32x32 training size.
+    assert_eq!(config.models.len(), 1);
     assert_eq!(
         config.models[0].path,
         PathBuf::from("/home/me/.config/weave/models/digits")
     );
-    assert!(config.models[1].is_single_file());
+    let digits = config.models[0].defaults();
+    assert_eq!((digits.width, digits.height), (32, 32));
     assert_eq!(config.limits.queue_depth, 8);
+    // The commented-out sd15 placeholder is a valid model once uncommented.
+    let uncommented: String = text
+        .lines()
+        .map(|line| {
+            line.strip_prefix("# ")
+                .filter(|rest| rest.starts_with('[') || rest.contains(" = "))
+                .unwrap_or(line)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = Config::from_toml_str(&uncommented, source, Mode::User).unwrap();
+    assert_eq!(config.models.len(), 2);
+    assert!(config.models[1].is_single_file());
     let sd15 = config.model("sd15").unwrap();
     let defaults = sd15.defaults();
     assert_eq!(

@@ -289,6 +289,7 @@ mod tests {
             scheduler: Some(Scheduler::DpmPp2mKarras),
             batch: 1,
             tag: Some("u-17".into()),
+            use_model_negative: true,
         })
     }
 

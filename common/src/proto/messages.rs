@@ -106,7 +106,7 @@ impl Request {
 pub struct GenerateRequest {
     pub model_id: String,
     pub prompt: String,
-    /// Empty string: no negative prompt.
+    /// Empty: none, or the model's default with `use_model_negative`.
     pub negative_prompt: String,
     pub width: Option<u32>,
     pub height: Option<u32>,
@@ -119,11 +119,15 @@ pub struct GenerateRequest {
     pub batch: u32,
     /// End-user label from the web app (the broker knows only the uid).
     pub tag: Option<String>,
+    /// `true`: an empty `negative_prompt` means the model's default negative
+    /// prompt (`[model.defaults] negative_prompt`). `false`:
+    /// `negative_prompt` is used as sent, and empty means none.
+    pub use_model_negative: bool,
 }
 
-/// Sampling schedulers the engine implements. On the wire and in `--json`
-/// output a variant is its index / its Rust name; configs and the command
-/// line use [`Named::name`] (`ddim`, `euler_a`, …).
+/// Sampling schedulers the engine implements. On the wire a variant is its
+/// index; configs, the command line and `sshmctl --json` use
+/// [`Named::name`] (`ddim`, `euler_a`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Scheduler {
     Ddim,

@@ -1,7 +1,7 @@
 //! Enums with one lower-case name per variant: the spelling configs, the
-//! command line and messages use. The wire (postcard) carries the variant
-//! index instead, and `--json` output the Rust variant name, so these names
-//! can be given without touching either.
+//! command line, messages and `sshmctl --json` use. The wire (postcard)
+//! carries the variant index instead, so these names can be given without
+//! touching it (sshmctl rewrites serde's Rust variant names in its JSON).
 #![forbid(unsafe_code)]
 
 /// A closed set of values, each with one name.

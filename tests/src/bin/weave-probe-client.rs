@@ -221,6 +221,7 @@ fn main() -> ExitCode {
                 scheduler: None,
                 batch: 1,
                 tag: value("--tag"),
+                use_model_negative: true,
             };
             write_request(&mut stream, &Request::Generate(request)).unwrap();
             loop {

@@ -207,7 +207,10 @@ fn sandbox_report(
         seccomp_mode: seen.seccomp_mode,
         seccomp_debug,
         no_new_privs: seen.no_new_privs,
-        capabilities_empty: seen.capabilities_empty(),
+        // The four held sets: in user mode the bounding set stays (only
+        // CAP_SETPCAP clears it), and reporting `false` there read as a
+        // failure while nothing was held.
+        capabilities_empty: seen.held_capabilities_empty(),
         fully_enforced: landlock_full
             && seen.seccomp_mode == 2
             && seen.no_new_privs

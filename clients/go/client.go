@@ -136,6 +136,10 @@ func (c *Client) begin(ctx context.Context) (end func(), err error) {
 	case <-ctx.Done():
 		return nil, fmt.Errorf("weave: %w while waiting for the connection's previous request", ctx.Err())
 	}
+	if err := ctx.Err(); err != nil {
+		<-c.turn
+		return nil, fmt.Errorf("weave: %w before the request was sent", err)
+	}
 	if c.isClosed() {
 		<-c.turn
 		return nil, ErrClosed

@@ -1,0 +1,206 @@
+package weave
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"weave-compute.local/weave/weavetest"
+)
+
+// A copy of the test binary runs as another user in one of these roles
+// (WEAVE_GO_HELPER): "dial" connects and prints the outcome, "listen"
+// impersonates a broker on a socket.
+func TestMain(m *testing.M) {
+	switch os.Getenv("WEAVE_GO_HELPER") {
+	case "dial":
+		helperDial(os.Getenv("WEAVE_GO_SOCKET"))
+	case "listen":
+		helperListen(os.Getenv("WEAVE_GO_SOCKET"))
+	default:
+		os.Exit(m.Run())
+	}
+}
+
+func helperDial(socket string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, socket)
+	var refused *RefusedError
+	switch {
+	case err == nil:
+		fmt.Printf("connected as %v\n", c.Info().Role)
+	case errors.As(err, &refused):
+		fmt.Printf("refused: %v\n", err)
+	default:
+		fmt.Printf("other error: %v\n", err)
+	}
+	os.Exit(0)
+}
+
+func helperListen(socket string) {
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		fmt.Println("listen:", err)
+		os.Exit(1)
+	}
+	fmt.Println("listening")
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			os.Exit(0)
+		}
+		c.Close()
+	}
+}
+
+// asUser starts the test binary's copy in dir as account, in helper role.
+func asUser(t *testing.T, dir string, account weavetest.Account, role, socket string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(weavetest.ExecutableCopy(t, dir))
+	cmd.Env = []string{"WEAVE_GO_HELPER=" + role, "WEAVE_GO_SOCKET=" + socket, "PATH=/usr/bin:/bin"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: account.UID, Gid: account.GID, Groups: []uint32{}}}
+	return cmd
+}
+
+func TestAnotherUIDIsRefusedWithoutAByte(t *testing.T) {
+	outsider := weavetest.EnsureUser(t, "weave-go-outsider")
+	b := weavetest.Start(t, weavetest.Config{})
+	// Open the socket up, as a careless admin might: the broker itself
+	// still refuses the uid (SO_PEERCRED), the client reports it in words.
+	runDir := filepath.Dir(b.Socket)
+	if err := os.Chmod(runDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(b.Socket, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	out, err := asUser(t, b.Dir, outsider, "dial", b.Socket).CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper: %v: %s", err, out)
+	}
+	if !strings.HasPrefix(string(out), "refused: ") || !strings.Contains(string(out), "not permitted") {
+		t.Fatalf("the outsider's Dial: %s", out)
+	}
+	if _, ok := b.WaitAudit(5*time.Second, "event=connection_rejected", fmt.Sprintf("uid=%d", outsider.UID)); !ok {
+		t.Fatalf("no connection_rejected record for uid %d: %v", outsider.UID, b.AuditRecords())
+	}
+	// Root, the broker's own uid, is still served.
+	dial(t, b)
+}
+
+func TestIdentityChecksRefuseImpostors(t *testing.T) {
+	outsider := weavetest.EnsureUser(t, "weave-go-outsider")
+	b := weavetest.Start(t, weavetest.Config{})
+	runDir := filepath.Dir(b.Socket)
+	var idErr *IdentityError
+
+	// A socket folder others may write to: someone could have swapped
+	// the socket. Nothing is sent.
+	if err := os.Chmod(runDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Dial(context.Background(), b.Socket)
+	if !errors.As(err, &idErr) || !strings.Contains(idErr.Reason, "writable by group or others") {
+		t.Fatalf("world-writable socket folder: %v", err)
+	}
+	if err := os.Chmod(runDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// A folder owned by someone the client does not trust.
+	if err := os.Chown(runDir, int(outsider.UID), int(outsider.GID)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Dial(context.Background(), b.Socket)
+	if !errors.As(err, &idErr) || !strings.Contains(idErr.Reason, fmt.Sprintf("owned by uid %d", outsider.UID)) {
+		t.Fatalf("foreign socket folder: %v", err)
+	}
+	if err := os.Chown(runDir, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	dial(t, b)
+
+	// An impostor: another uid listens on a socket whose folder looks
+	// right (root-owned, 0755 once it has bound). SO_PEERCRED names it.
+	fake := filepath.Join(b.Dir, "fake")
+	if err := os.Mkdir(fake, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(fake, int(outsider.UID), int(outsider.GID)); err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(fake, "weave.sock")
+	cmd := asUser(t, b.Dir, outsider, "listen", socket)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	line := make([]byte, 10)
+	if _, err := io.ReadFull(stdout, line); err != nil || string(line) != "listening\n" {
+		t.Fatalf("impostor did not start: %q %v", line, err)
+	}
+	if err := os.Chown(fake, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Dial(context.Background(), socket)
+	if !errors.As(err, &idErr) || !strings.Contains(idErr.Reason, fmt.Sprintf("created by uid %d", outsider.UID)) {
+		t.Fatalf("impostor broker: %v", err)
+	}
+	// Trusting that uid explicitly lets the client through to the
+	// impostor, which closes without a byte: the check is what stopped it.
+	_, err = (&Dialer{TrustedUIDs: []uint32{0, outsider.UID}}).Dial(context.Background(), socket)
+	var refused *RefusedError
+	if !errors.As(err, &refused) {
+		t.Fatalf("impostor with its uid trusted: %v", err)
+	}
+}
+
+// docs/PROTOCOL.md: after an oversized frame the broker answers
+// ProtocolError and closes without reading the body; the answer can still
+// be read after the write failed.
+func TestErrorIsReadableAfterAnOversizedWrite(t *testing.T) {
+	b := weavetest.Start(t, weavetest.Config{})
+	conn, err := net.Dial("unix", b.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hello, _ := frameRequest(&request{kind: reqHello, version: ProtocolVersion, clientName: "raw"})
+	if _, err := conn.Write(hello); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if body, err := readFrame(conn, DefaultMaxResponseFrame); err != nil || body[0] != byte(respHello) {
+		t.Fatalf("hello: % x %v", body, err)
+	}
+	frame := binary.LittleEndian.AppendUint32(nil, MaxRequestFrame+1)
+	frame = append(frame, make([]byte, 4<<20)...)
+	_, writeErr := conn.Write(frame) // may fail with EPIPE/ECONNRESET
+	body, err := readFrame(conn, DefaultMaxResponseFrame)
+	if err != nil {
+		t.Fatalf("reading after the write (write: %v): %v", writeErr, err)
+	}
+	r, err := decodeResponse(body)
+	var pe *ProtocolError
+	if err != nil || !errors.As(r.err, &pe) || !strings.Contains(pe.Reason, "65536") {
+		t.Fatalf("answer to the oversized frame: %+v %v", r, err)
+	}
+	t.Logf("write error: %v; answer: %v", writeErr, pe.Reason)
+	if _, err := readFrame(conn, DefaultMaxResponseFrame); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("after the error the broker should close: %v", err)
+	}
+}

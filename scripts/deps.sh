@@ -29,6 +29,7 @@ PACKAGES=(
 	"patchelf: patchelf"             # make package: the packaged worker's rpath names only /usr/lib/weave
 	"dpkg: dpkg dpkg-query"          # test-deb.sh installs and purges the .deb
 	"rpm: rpm"                       # test-rpm.sh queries the .rpm's files, scriptlets and config files
+	"chromium: chromium"             # make test-go: examples/web's test drives headless Chromium (Go itself: scripts/go.sh, from PyPI)
 	# scripts/check-packaging.sh validates the MAC policies offline:
 	"apparmor: apparmor_parser"
 	"selinux-policy-dev:"            # the refpolicy devel Makefile

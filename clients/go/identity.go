@@ -52,6 +52,9 @@ func (d *Dialer) trustedUIDs() map[uint32]bool {
 func checkSocketDir(socket string, trusted map[uint32]bool) error {
 	dir := filepath.Dir(socket)
 	info, err := os.Stat(dir)
+	if os.IsNotExist(err) {
+		return fmt.Errorf("there is no broker socket at %s (is the broker running? `weave-broker --user` starts one): %w", socket, err)
+	}
 	if err != nil {
 		return &IdentityError{Socket: socket, Reason: fmt.Sprintf("cannot inspect its directory: %v", err)}
 	}

@@ -73,13 +73,14 @@ func TestContextCancelCancelsOnTheDaemon(t *testing.T) {
 	if _, err := c.Status(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("the client should be closed after a cancelled stream: %v", err)
 	}
-	// The daemon noticed and cancelled the job: it is gone from Jobs and
-	// the audit log says why, long before 150 steps could have run.
-	waitNoJobs(t, watcher, 5*time.Second)
-	for _, record := range [][]string{{"event=client_disconnected"}, {"event=job", "outcome=cancelled"}} {
-		if _, ok := b.WaitAudit(5*time.Second, record...); !ok {
-			t.Fatalf("no audit record with %v: %v", record, b.AuditRecords())
-		}
+	// The daemon noticed the hang-up and cancelled the job: it is gone
+	// from Jobs and its audit record says cancelled, long before 150
+	// steps could have run. (Whether the broker also writes
+	// client_disconnected depends on which of its checks sees the
+	// hang-up first.)
+	waitNoJobs(t, watcher, 2*time.Second)
+	if _, ok := b.WaitAudit(5*time.Second, "event=job", "outcome=cancelled", "steps=150"); !ok {
+		t.Fatalf("no cancelled job record: %v", b.AuditRecords())
 	}
 	// The worker is free again: a short job runs to the end.
 	g2, err := watcher.Generate(context.Background(), digits("a 6", 2, ""))
@@ -180,6 +181,8 @@ func TestBusyAndRateLimited(t *testing.T) {
 	if _, err := g.Images(nil); err != nil {
 		t.Fatal(err)
 	}
+	// The broker frees the job's queue slot just after it sends Finished.
+	waitNoJobs(t, second, 2*time.Second)
 	var limited *RateLimitedError
 	if _, err := second.Generate(ctx, digits("a 0", 2, "")); !errors.As(err, &limited) || limited.RetryAfterMs == 0 {
 		t.Fatalf("third job: %v, want RateLimitedError", err)

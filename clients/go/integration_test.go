@@ -77,6 +77,9 @@ func TestGenerateStreamsEveryEventAndAPNG(t *testing.T) {
 		switch ev := ev.(type) {
 		case *Queued:
 			kinds = append(kinds, "queued")
+			if ev.Position != 0 {
+				t.Fatalf("an idle broker queued the job at position %d, want 0", ev.Position)
+			}
 		case *Position:
 			kinds = append(kinds, "position")
 		case *Started:

@@ -18,6 +18,7 @@ PACKAGES=(
 	"libsodium-dev:"                 # interop test: libsodium's XChaCha20-Poly1305 opens what we seal
 	"pkg-config: pkg-config"
 	"g++: g++"                       # libfuzzer-sys compiles libFuzzer (make fuzz, fuzz-smoke)
+	"gcc: gcc"                       # cgo for go test -race (make test-go)
 	"make: make"
 	"unzip: unzip"                   # scripts/libtorch.sh unpacks the wheels
 	"passwd: useradd usermod groupadd" # the real-user tests

@@ -10,7 +10,8 @@ GOFMT="$(dirname "$GO")/gofmt"
 # Everything Go writes stays under .cache; nothing is downloaded (standard
 # library only) and the toolchain is the one scripts/go.sh installed.
 export GOCACHE="$ROOT/.cache/go/build" GOPATH="$ROOT/.cache/go/path" GOMODCACHE="$ROOT/.cache/go/path/pkg/mod"
-export GOTOOLCHAIN=local GOPROXY=off GOFLAGS= GOTELEMETRY=off CGO_ENABLED=0
+# cgo only for the race detector (gcc from scripts/deps.sh).
+export GOTOOLCHAIN=local GOPROXY=off GOFLAGS= GOTELEMETRY=off CGO_ENABLED=1
 FUZZ_SECONDS="${GO_FUZZ_SECONDS:-10}"
 
 for module in clients/go examples/web; do
@@ -23,7 +24,9 @@ for module in clients/go examples/web; do
 	fi
 	"$GO" vet ./...
 	# -p 1: the tests start brokers and a browser; the machine is small.
-	"$GO" test -p 1 -count=1 ./...
+	# -race: the client and the app share connections and jobs between
+	# goroutines.
+	"$GO" test -race -p 1 -count=1 ./...
 done
 
 cd "$ROOT/clients/go"

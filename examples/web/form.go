@@ -44,7 +44,7 @@ func (v formValues) request(models []weave.ModelInfo, tag string) (weave.Generat
 		}
 	}
 	if model == nil {
-		return weave.GenerateRequest{}, nil, &formError{"model", "choose one of the listed models"}
+		return weave.GenerateRequest{}, nil, &formError{"model", "one of the listed models"}
 	}
 	b := model.Bounds
 	req := weave.GenerateRequest{ModelID: model.ID, Batch: 1, Tag: &tag}
@@ -81,11 +81,11 @@ func (v formValues) request(models []weave.ModelInfo, tag string) (weave.Generat
 	if s := strings.TrimSpace(v.Scheduler); s != "" {
 		sched, perr := weave.ParseScheduler(s)
 		if perr != nil {
-			return req, nil, &formError{"scheduler", "choose one of the listed schedulers"}
+			return req, nil, &formError{"scheduler", "one of the listed schedulers"}
 		}
 		req.Scheduler = &sched
 	}
-	if batch, err := number("batch", v.Batch, 1, b.MaxBatch); err != nil {
+	if batch, err := number("number of images", v.Batch, 1, b.MaxBatch); err != nil {
 		return req, nil, err
 	} else if batch != nil {
 		req.Batch = *batch

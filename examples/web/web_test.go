@@ -274,13 +274,13 @@ func TestInputsAreBoundedAndDaemonErrorsShownInWords(t *testing.T) {
 		form url.Values
 		want string
 	}{
-		{url.Values{"model": {"../../models/digits"}, "prompt": {"x"}}, "The model must be choose one of the listed models."},
+		{url.Values{"model": {"../../models/digits"}, "prompt": {"x"}}, "The model must be one of the listed models."},
 		{url.Values{"model": {"digits"}, "prompt": {strings.Repeat("x", 2001)}}, "The prompt must be at most 2000 bytes (it has 2001)."},
 		{url.Values{"model": {"digits"}, "prompt": {"a\x1b[31m"}}, "The prompt must be text without control characters"},
 		{url.Values{"model": {"digits"}, "steps": {"151"}}, "The steps must be a whole number from 1 to 150."},
 		{url.Values{"model": {"digits"}, "guidance": {"NaN"}}, "The guidance must be a number from 0 to 30."},
-		{url.Values{"model": {"digits"}, "batch": {"9"}}, "The batch must be a whole number from 1 to 4."},
-		{url.Values{"model": {"digits"}, "scheduler": {"pickle"}}, "The scheduler must be choose one of the listed schedulers."},
+		{url.Values{"model": {"digits"}, "batch": {"9"}}, "The number of images must be a whole number from 1 to 4."},
+		{url.Values{"model": {"digits"}, "scheduler": {"pickle"}}, "The scheduler must be one of the listed schedulers."},
 	}
 	for _, c := range cases {
 		code, _, body := v.post("/generate", c.form)

@@ -27,6 +27,8 @@ func TestMain(m *testing.M) {
 		helperDial(os.Getenv("WEAVE_GO_SOCKET"))
 	case "listen":
 		helperListen(os.Getenv("WEAVE_GO_SOCKET"))
+	case "system-client":
+		helperSystemClient(os.Getenv("WEAVE_GO_SOCKET"), os.Getenv("WEAVE_GO_SERVICE"))
 	default:
 		os.Exit(m.Run())
 	}
@@ -48,6 +50,50 @@ func helperDial(socket string) {
 	os.Exit(0)
 }
 
+// helperSystemClient is a web app's uid in system mode: a member of the
+// client group. It prints one line per check.
+func helperSystemClient(socket, service string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var idErr *IdentityError
+	if _, err := Dial(ctx, socket); errors.As(err, &idErr) {
+		fmt.Println("default dialer: identity error:", idErr.Reason)
+	} else {
+		fmt.Println("default dialer:", err)
+	}
+	c, err := (&Dialer{ServiceAccount: service}).Dial(ctx, socket)
+	if err != nil {
+		fmt.Println("dial:", err)
+		os.Exit(0)
+	}
+	fmt.Printf("role %v mode %v\n", c.Info().Role, c.Info().Mode)
+	var np *NotPermittedError
+	err = c.Drain(ctx)
+	fmt.Printf("drain: not permitted %v verb %s\n", errors.As(err, &np), func() string {
+		if np != nil {
+			return np.Verb
+		}
+		return fmt.Sprint(err)
+	}())
+	if st, err := c.Status(ctx); err == nil {
+		fmt.Printf("status after drain: ok, %v\n", st.Mode)
+	} else {
+		fmt.Println("status after drain:", err)
+	}
+	g, err := c.Generate(ctx, GenerateRequest{ModelID: "digits", Prompt: "a 1", Seed: Ptr[uint64](1), Batch: 1, Tag: Ptr("member")})
+	if err != nil {
+		fmt.Println("generate:", err)
+		os.Exit(0)
+	}
+	images, err := g.Images(nil)
+	if err != nil || len(images) != 1 {
+		fmt.Println("generate:", err)
+		os.Exit(0)
+	}
+	fmt.Printf("image %dx%d\n", images[0].Width, images[0].Height)
+	os.Exit(0)
+}
+
 func helperListen(socket string) {
 	l, err := net.Listen("unix", socket)
 	if err != nil {
@@ -64,13 +110,60 @@ func helperListen(socket string) {
 	}
 }
 
-// asUser starts the test binary's copy in dir as account, in helper role.
-func asUser(t *testing.T, dir string, account weavetest.Account, role, socket string) *exec.Cmd {
+// asUser starts the test binary's copy in dir as account (with only the
+// supplementary groups given), in helper role.
+func asUser(t *testing.T, dir string, account weavetest.Account, role, socket string, groups ...uint32) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(weavetest.ExecutableCopy(t, dir))
 	cmd.Env = []string{"WEAVE_GO_HELPER=" + role, "WEAVE_GO_SOCKET=" + socket, "PATH=/usr/bin:/bin"}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: account.UID, Gid: account.GID, Groups: []uint32{}}}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: account.UID, Gid: account.GID, Groups: append([]uint32{}, groups...)}}
 	return cmd
+}
+
+// The seeds' deployment: a system-mode broker (binds as root, drops to its
+// service account) and a web app running as a member of client_group.
+func TestSystemModeClientGroupMember(t *testing.T) {
+	sys := &weavetest.SystemAccounts{Service: "weave-go-svc", ClientGroup: "weave-go-clients", AdminGroup: "weave-go-admins"}
+	b := weavetest.Start(t, weavetest.Config{Steps: 2, System: sys})
+	member := weavetest.EnsureUser(t, "weave-go-member", sys.ClientGroup)
+	clients := weavetest.EnsureGroup(t, sys.ClientGroup)
+	service := weavetest.EnsureUser(t, sys.Service)
+	cmd := asUser(t, b.Dir, member, "system-client", b.Socket, clients)
+	cmd.Env = append(cmd.Env, "WEAVE_GO_SERVICE="+sys.Service)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper: %v: %s", err, out)
+	}
+	// The socket folder belongs to the service account, which the
+	// default Dialer does not know (it trusts "weave").
+	want := []string{
+		fmt.Sprintf("default dialer: identity error: its directory %s is owned by uid %d", filepath.Dir(b.Socket), service.UID),
+		"role client mode system",
+		"drain: not permitted true verb drain",
+		"status after drain: ok, system",
+		"image 32x32",
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("helper printed:\n%s", out)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(lines[i], w) {
+			t.Fatalf("line %d: %q, want %q\nall:\n%s", i, lines[i], w, out)
+		}
+	}
+	// Root is admin of a system-mode broker; the member's job carried its tag.
+	c, err := (&Dialer{ServiceAccount: sys.Service}).Dial(context.Background(), b.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.Info().Role != RoleAdmin || c.Info().Mode != ModeSystem {
+		t.Fatalf("root: %+v", c.Info())
+	}
+	if _, ok := b.WaitAudit(5*time.Second, "event=job", fmt.Sprintf("uid=%d", member.UID), "tag=member", "outcome=finished"); !ok {
+		t.Fatalf("no job record for the member: %v", b.AuditRecords())
+	}
 }
 
 func TestAnotherUIDIsRefusedWithoutAByte(t *testing.T) {

@@ -94,6 +94,16 @@ type Config struct {
 	Limits string
 	// Steps is the digits model's default step count (0: 10).
 	Steps int
+	// System, when set, starts a system-mode broker instead (needs root):
+	// it binds as root, then drops to System.Service.
+	System *SystemAccounts
+}
+
+// SystemAccounts are the names a system-mode broker's config gives:
+// daemon.user, daemon.client_group and daemon.admin_group. StartSystem
+// creates them.
+type SystemAccounts struct {
+	Service, ClientGroup, AdminGroup string
 }
 
 // Broker is a running user-mode weave-broker serving models/digits as
@@ -107,11 +117,20 @@ type Broker struct {
 	done   chan struct{}
 }
 
-// Start starts a user-mode broker (the caller's uid is its admin) and waits
-// until its socket accepts connections. It is stopped with SIGTERM when the
-// test ends.
+// Start starts a user-mode broker (the caller's uid is its admin), or a
+// system-mode one when cfg.System is set, and waits until its socket
+// accepts connections. It is stopped with SIGTERM when the test ends.
 func Start(t testing.TB, cfg Config) *Broker {
 	t.Helper()
+	daemon := ""
+	mode := "--user"
+	if sys := cfg.System; sys != nil {
+		EnsureUser(t, sys.Service)
+		EnsureGroup(t, sys.ClientGroup)
+		EnsureGroup(t, sys.AdminGroup)
+		daemon = fmt.Sprintf("user = %q\nclient_group = %q\nadmin_group = %q\n", sys.Service, sys.ClientGroup, sys.AdminGroup)
+		mode = "--system"
+	}
 	bin := BinDir(t)
 	model := DigitsModel(t)
 	// A short path: sun_path holds 107 bytes. 0755 so that other users
@@ -132,7 +151,9 @@ func Start(t testing.TB, cfg Config) *Broker {
 	if steps == 0 {
 		steps = 10
 	}
-	config := fmt.Sprintf(`[limits]
+	config := fmt.Sprintf(`[daemon]
+%s
+[limits]
 %s
 [audit]
 sink = %q
@@ -151,7 +172,7 @@ height = 32
 steps = %d
 guidance = 5.0
 scheduler = "ddim"
-`, cfg.Limits, b.audit.path, model, steps)
+`, daemon, cfg.Limits, b.audit.path, model, steps)
 	configPath := filepath.Join(dir, "weave.toml")
 	if err := os.WriteFile(configPath, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
@@ -161,7 +182,7 @@ scheduler = "ddim"
 		t.Fatal(err)
 	}
 	defer logFile.Close()
-	b.cmd = exec.Command(filepath.Join(bin, "weave-broker"), "--user", "--config", configPath, "--socket", b.Socket)
+	b.cmd = exec.Command(filepath.Join(bin, "weave-broker"), mode, "--config", configPath, "--socket", b.Socket)
 	b.cmd.Stdout = logFile
 	b.cmd.Stderr = logFile
 	if err := b.cmd.Start(); err != nil {
@@ -249,6 +270,11 @@ type auditSink struct {
 func listenAudit(path string) (*auditSink, error) {
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
+		return nil, err
+	}
+	// A system-mode broker writes here after dropping to its account.
+	if err := os.Chmod(path, 0o666); err != nil {
+		conn.Close()
 		return nil, err
 	}
 	s := &auditSink{path: path, conn: conn}

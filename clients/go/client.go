@@ -39,12 +39,10 @@ type Dialer struct {
 // stream holds the connection until it ends); dial one Client per
 // concurrent generation.
 type Client struct {
-	socket string
-	dialer Dialer
-	conn   *net.UnixConn
-	r      *bufio.Reader
-	max    uint32
-	info   ServerInfo
+	conn *net.UnixConn
+	r    *bufio.Reader
+	max  uint32
+	info ServerInfo
 
 	turn   chan struct{} // held by the request (or Generate stream) in progress
 	mu     sync.Mutex
@@ -83,7 +81,7 @@ func (d *Dialer) Dial(ctx context.Context, socket string) (*Client, error) {
 		name = DefaultClientName
 	}
 	cl := &Client{
-		socket: socket, dialer: *d, conn: conn, r: bufio.NewReaderSize(conn, 16<<10), max: max,
+		conn: conn, r: bufio.NewReaderSize(conn, 16<<10), max: max,
 		turn: make(chan struct{}, 1),
 	}
 	resp, err := cl.call(ctx, &request{kind: reqHello, version: ProtocolVersion, clientName: name})

@@ -65,7 +65,7 @@ func TestMalformedResponsesCloseTheClient(t *testing.T) {
 			_, err := c.Status(context.Background())
 			var de *DecodeError
 			var big *FrameTooLargeError
-			var tr *truncatedError
+			var tr *TruncatedError
 			if !errors.As(err, &de) && !errors.As(err, &big) && !errors.As(err, &tr) {
 				t.Fatalf("got %v", err)
 			}

@@ -29,11 +29,12 @@ func frameResponse(r *response) []byte {
 	return e.buf
 }
 
-// errTruncated: the stream ended inside a frame.
-type truncatedError struct{ want, got int64 }
+// TruncatedError: the connection ended inside a frame (Got of Want bytes,
+// prefix included). The connection is closed.
+type TruncatedError struct{ Want, Got int64 }
 
-func (e *truncatedError) Error() string {
-	return fmt.Sprintf("the connection ended inside a frame (%d of %d bytes); the broker stopped or dropped this connection, dial again", e.got, e.want)
+func (e *TruncatedError) Error() string {
+	return fmt.Sprintf("the connection ended inside a frame (%d of %d bytes); the broker stopped or dropped this connection, dial again", e.Got, e.Want)
 }
 
 // readFrame reads one frame body of at most max bytes. io.EOF means a clean
@@ -46,7 +47,7 @@ func readFrame(r io.Reader, max uint32) ([]byte, error) {
 			return nil, io.EOF
 		}
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, &truncatedError{want: 4, got: int64(n)}
+			return nil, &TruncatedError{Want: 4, Got: int64(n)}
 		}
 		return nil, err
 	}
@@ -62,7 +63,7 @@ func readFrame(r io.Reader, max uint32) ([]byte, error) {
 	got, err := io.CopyN(&body, r, int64(n))
 	if err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, &truncatedError{want: 4 + int64(n), got: 4 + got}
+			return nil, &TruncatedError{Want: 4 + int64(n), Got: 4 + got}
 		}
 		return nil, err
 	}

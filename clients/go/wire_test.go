@@ -69,7 +69,7 @@ func TestReadFrame(t *testing.T) {
 	if _, err := readFrame(bytes.NewReader(nil), 100); err != io.EOF {
 		t.Fatalf("empty stream: %v, want io.EOF", err)
 	}
-	var trunc *truncatedError
+	var trunc *TruncatedError
 	if _, err := readFrame(bytes.NewReader([]byte{5, 0}), 100); !errors.As(err, &trunc) {
 		t.Fatalf("cut prefix: %v", err)
 	}

@@ -288,6 +288,7 @@ func decodeStatus(d *decoder) StatusReport {
 	s.Worker = WorkerState(d.variant(uint32(workerStateCount), "worker"))
 	s.WorkerRestarts = d.u32("worker_restarts")
 	s.Sandbox = d.str("sandbox")
+	s.Device = d.optStr("device")
 	return s
 }
 
@@ -320,6 +321,7 @@ func (r *response) encode(e *encoder) {
 		e.variant(uint32(s.Worker))
 		e.u32(s.WorkerRestarts)
 		e.str(s.Sandbox)
+		e.optStr(s.Device)
 	case respQueued, respPosition, respStarted, respProgress, respImage, respFinished:
 		encodeEvent(e, r.event)
 	case respJobs:

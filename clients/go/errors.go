@@ -173,15 +173,13 @@ func (e *RateLimitedError) RetryAfter() time.Duration {
 var ErrClosed = errors.New("weave: the connection is closed; dial the broker again")
 
 // RefusedError: the broker closed the connection before answering Hello,
-// without a byte. It does that to a uid it does not permit, and today also
-// when it is serving its maximum number of connections; the two look the
-// same on the wire (docs/PROTOCOL.md, "Connection limits").
+// without a byte: it does that only to a uid it does not permit. (A
+// permitted caller over a connection limit gets *BusyError from Dial.)
 type RefusedError struct{ Socket string }
 
 func (e *RefusedError) Error() string {
 	return fmt.Sprintf("the broker at %s closed the connection without answering: this user is not permitted to use it "+
-		"(in system mode, ask an administrator to add you to the client group), or it is at its connection limit "+
-		"(retry in a few seconds)", e.Socket)
+		"(in system mode, ask an administrator to add you to the client group)", e.Socket)
 }
 
 // IdentityError: the socket or the process behind it is not the broker

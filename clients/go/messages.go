@@ -4,7 +4,7 @@ import "fmt"
 
 // ProtocolVersion is the version this client speaks in the Hello
 // handshake. The broker accepts only its own version.
-const ProtocolVersion uint16 = 1
+const ProtocolVersion uint16 = 2
 
 const (
 	// MaxRequestFrame is the largest request body the broker reads; the
@@ -244,6 +244,9 @@ type StatusReport struct {
 	Worker         WorkerState
 	WorkerRestarts uint32
 	Sandbox        string // one-line summary of the worker's confinement
+	// Device is where the worker runs models ("cpu", "cuda:N"); nil until
+	// a worker has started. Added in protocol version 2.
+	Device *string
 }
 
 // JobInfo is one job as listed by Jobs or AllJobs.

@@ -80,7 +80,7 @@ func defaultBounds() ParamBounds {
 func expectedRequests() map[string]*request {
 	sd15 := "sd15"
 	return map[string]*request{
-		"request/hello":       {kind: reqHello, version: 1, clientName: "weave-web"},
+		"request/hello":       {kind: reqHello, version: 2, clientName: "weave-web"},
 		"request/list_models": {kind: reqListModels},
 		"request/status":      {kind: reqStatus},
 		"request/generate": {kind: reqGenerate, generate: GenerateRequest{
@@ -109,7 +109,7 @@ func expectedRequests() map[string]*request {
 
 func expectedResponses() map[string]*response {
 	out := map[string]*response{
-		"response/hello": {kind: respHello, hello: ServerInfo{Version: 1, ServerVersion: "0.1.0", Role: RoleClient, Mode: ModeSystem}},
+		"response/hello": {kind: respHello, hello: ServerInfo{Version: 2, ServerVersion: "0.1.0", Role: RoleClient, Mode: ModeSystem}},
 		"response/models": {kind: respModels, models: []ModelInfo{{
 			ID: "sd15", Kind: "sd1", Loaded: true,
 			Defaults: GenerationDefaults{Width: 512, Height: 512, Steps: 25, Guidance: 7.5, Scheduler: SchedulerDPMPP2MKarras},
@@ -118,7 +118,7 @@ func expectedResponses() map[string]*response {
 		"response/status": {kind: respStatus, status: StatusReport{
 			DaemonVersion: "0.1.0", Mode: ModeUser, UptimeS: 3600,
 			Loaded:     &LoadedModel{ModelID: "sd15", LoadedForS: 600, IdleForS: 12, MemoryBytes: 2147483648},
-			QueueDepth: 1, Worker: WorkerReady, Sandbox: "landlock+seccomp",
+			QueueDepth: 1, Worker: WorkerReady, Sandbox: "landlock+seccomp", Device: Ptr("cuda:0"),
 		}},
 		"response/queued":   {kind: respQueued, event: &Queued{JobID: 7, Position: 2}},
 		"response/position": {kind: respPosition, event: &Position{JobID: 7, Position: 0}},

@@ -297,3 +297,32 @@ func TestErrorIsReadableAfterAnOversizedWrite(t *testing.T) {
 		t.Fatalf("after the error the broker should close: %v", err)
 	}
 }
+
+// docs/PROTOCOL.md: a permitted caller over a connection limit is told so
+// (Busy instead of the Hello answer), unlike a caller that is not
+// permitted (closed without a byte).
+func TestConnectionLimitIsBusyNotRefused(t *testing.T) {
+	b := weavetest.Start(t, weavetest.Config{
+		Limits: "max_connections = 2\nadmin_reserved_connections = 1\nmax_connections_per_uid = 1"})
+	first, second := dial(t, b), dial(t, b)
+	_, err := Dial(context.Background(), b.Socket)
+	var busy *BusyError
+	if !errors.As(err, &busy) || busy.RetryAfter() <= 0 {
+		t.Fatalf("third connection: %v, want BusyError", err)
+	}
+	second.Close()
+	// The broker frees the place when it notices the close.
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		c, err := Dial(context.Background(), b.Socket)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if !errors.As(err, &busy) || time.Now().After(end) {
+			t.Fatalf("after a close: %v", err)
+		}
+	}
+	if _, err := first.Status(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

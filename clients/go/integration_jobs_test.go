@@ -260,10 +260,11 @@ func TestRefusalsBeforeAdmission(t *testing.T) {
 	if err != nil || len(stats.Segments) != 2 || stats.KeyGeneration == 0 {
 		t.Fatalf("channel stats: %+v %v", stats, err)
 	}
-	// docs/PROTOCOL.md: the broker fills its own end of each segment.
+	// docs/PROTOCOL.md: which counters are filled, and an honest worker
+	// caused no rejections.
 	out, in := stats.Segments[0], stats.Segments[1]
-	if out.Direction != BrokerToWorker || out.WriteSeq == 0 || out.ReadSeq != 0 || out.Slots == 0 || out.SlotSize == 0 ||
-		in.Direction != WorkerToBroker || in.ReadSeq == 0 || in.WriteSeq != 0 || in.CRCFailures != 0 || in.TagFailures != 0 {
+	if out.Direction != BrokerToWorker || out.WriteSeq == 0 || out.ReadSeq > out.WriteSeq || out.Slots == 0 || out.SlotSize == 0 ||
+		in.Direction != WorkerToBroker || in.ReadSeq == 0 || in.CRCFailures != 0 || in.TagFailures != 0 || in.ReplaysRejected != 0 {
 		t.Fatalf("segments: %+v", stats.Segments)
 	}
 	if err := c.RotateKeys(ctx); err != nil {

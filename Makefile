@@ -26,7 +26,7 @@ endif
 endif
 CARGO ?= cargo
 
-.PHONY: all build release test deps libtorch demo bench load fmt clippy fuzz fuzz-smoke generated deb rpm package-test seccomp-trace gpu-bundle
+.PHONY: all build release test test-go deps libtorch demo bench load fmt clippy fuzz fuzz-smoke generated deb rpm package-test seccomp-trace gpu-bundle
 
 all: build
 
@@ -56,9 +56,17 @@ test: deps libtorch $(TOOLS)/cargo-machete
 	$(TOOLS)/cargo-machete
 	$(CARGO) build --workspace --release --bins
 	$(CARGO) test --workspace --release
+	$(MAKE) test-go
 	scripts/check-packaging.sh
 	$(MAKE) package-test
 	$(MAKE) fuzz-smoke
+
+# The Go client and the example web app (clients/go/README.md): installs Go
+# (scripts/go.sh), then gofmt, go vet, their tests against real brokers and
+# headless Chromium, and GO_FUZZ_SECONDS (default 10) per Go fuzz target.
+test-go: deps libtorch
+	$(CARGO) build --workspace --release --bins
+	scripts/test-go.sh
 
 # Fuzzing (docs/RELIABILITY.md): every cargo-fuzz target for FUZZ_SECONDS
 # each (default 300), then executions per target. fuzz-smoke (in `test`)

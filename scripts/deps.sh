@@ -18,6 +18,7 @@ PACKAGES=(
 	"libsodium-dev:"                 # interop test: libsodium's XChaCha20-Poly1305 opens what we seal
 	"pkg-config: pkg-config"
 	"g++: g++"                       # libfuzzer-sys compiles libFuzzer (make fuzz, fuzz-smoke)
+	"gcc: gcc"                       # cgo for go test -race (make test-go)
 	"make: make"
 	"unzip: unzip"                   # scripts/libtorch.sh unpacks the wheels
 	"passwd: useradd usermod groupadd" # the real-user tests
@@ -29,6 +30,7 @@ PACKAGES=(
 	"patchelf: patchelf"             # make package: the packaged worker's rpath names only /usr/lib/weave
 	"dpkg: dpkg dpkg-query"          # test-deb.sh installs and purges the .deb
 	"rpm: rpm"                       # test-rpm.sh queries the .rpm's files, scriptlets and config files
+	"chromium: chromium"             # make test-go: examples/web's test drives headless Chromium (Go itself: scripts/go.sh, from PyPI)
 	# scripts/check-packaging.sh validates the MAC policies offline:
 	"apparmor: apparmor_parser"
 	"selinux-policy-dev:"            # the refpolicy devel Makefile

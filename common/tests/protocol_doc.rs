@@ -178,7 +178,7 @@ fn examples() -> BTreeMap<&'static str, Example> {
         "response/models",
         Response::Models(vec![ModelInfo {
             id: model_id(),
-            kind: "sd15".into(),
+            kind: "sd1".into(),
             loaded: true,
             pinned: false,
             quarantined: false,

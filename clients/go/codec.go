@@ -72,6 +72,7 @@ func (r *request) encode(e *encoder) {
 		}
 		e.u32(g.Batch)
 		e.optStr(g.Tag)
+		e.bool(g.UseModelNegative)
 	case reqCancel:
 		e.u64(r.jobID)
 	case reqLoad, reqPin, reqUnpin, reqQuarantineClear:
@@ -104,6 +105,7 @@ func decodeRequest(body []byte) (*request, error) {
 		}
 		g.Batch = d.u32("batch")
 		g.Tag = d.optStr("tag")
+		g.UseModelNegative = d.bool("use_model_negative")
 	case reqCancel:
 		r.jobID = d.u64("job_id")
 	case reqLoad, reqPin, reqUnpin, reqQuarantineClear:

@@ -175,7 +175,7 @@ type ServerInfo struct {
 type GenerateRequest struct {
 	ModelID        string
 	Prompt         string
-	NegativePrompt string // empty: none
+	NegativePrompt string // empty: none, or the model's default with UseModelNegative
 	Width          *uint32
 	Height         *uint32
 	Steps          *uint32
@@ -184,6 +184,10 @@ type GenerateRequest struct {
 	Scheduler      *Scheduler
 	Batch          uint32 // images, at least 1; image i uses seed Seed+i
 	Tag            *string
+	// UseModelNegative: an empty NegativePrompt means the model's default
+	// negative prompt ([model.defaults] negative_prompt). False: the
+	// NegativePrompt is used as sent, and empty means none.
+	UseModelNegative bool
 }
 
 // Ptr returns a pointer to v, for the optional fields of GenerateRequest.

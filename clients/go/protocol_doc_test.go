@@ -90,7 +90,7 @@ func expectedRequests() map[string]*request {
 			Scheduler: Ptr(SchedulerDPMPP2MKarras), Batch: 2, Tag: Ptr("u-42"),
 		}},
 		"request/generate_model_defaults": {kind: reqGenerate, generate: GenerateRequest{
-			ModelID: sd15, Prompt: "a red fox", Batch: 1,
+			ModelID: sd15, Prompt: "a red fox", Batch: 1, UseModelNegative: true,
 		}},
 		"request/cancel":           {kind: reqCancel, jobID: 300},
 		"request/jobs":             {kind: reqJobs},

@@ -55,6 +55,8 @@ func (v formValues) request(models []weave.ModelInfo, tag string) (weave.Generat
 	if req.NegativePrompt, err = text("negative prompt", v.Negative, b.MaxNegativePromptLen); err != nil {
 		return req, nil, err
 	}
+	// A field left empty takes the model's default, as every other field does.
+	req.UseModelNegative = req.NegativePrompt == ""
 	if req.Width, err = size("width", v.Width, b.MinWidth, b.MaxWidth); err != nil {
 		return req, nil, err
 	}

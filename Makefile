@@ -55,7 +55,7 @@ test: deps libtorch $(TOOLS)/cargo-machete
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(TOOLS)/cargo-machete
 	$(CARGO) build --workspace --release --bins
-	$(CARGO) test --workspace --release
+	$(CARGO) test --workspace --release --no-fail-fast
 	$(MAKE) test-go
 	scripts/check-packaging.sh
 	$(MAKE) package-test

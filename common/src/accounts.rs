@@ -88,58 +88,58 @@ fn lookup_user(
 pub fn group_id_by_name(name: &str) -> io::Result<Option<u32>> {
     let c_name = CString::new(name)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "group name contains NUL"))?;
-    let mut size = 1024;
-    loop {
-        let mut buf = vec![0u8; size];
-        // SAFETY: group is plain old data; all-zero is a valid value that
-        // getgrnam_r overwrites.
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: all pointers refer to live locals; `buf.len()` is the
-        // buffer's true length.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                c_name.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && size < 1 << 22 {
-            size *= 4;
-            continue;
-        }
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        if result.is_null() {
-            return Ok(None);
-        }
-        return Ok(Some(grp.gr_gid));
-    }
+    lookup_group(
+        |grp, buf, result| {
+            // SAFETY: `c_name` is NUL-terminated and outlives the call; the
+            // other pointers refer to live locals with the lengths passed
+            // alongside.
+            unsafe {
+                libc::getgrnam_r(
+                    c_name.as_ptr(),
+                    grp,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    result,
+                )
+            }
+        },
+        |grp| grp.gr_gid,
+    )
 }
 
 /// The name of group `gid`; `Ok(None)` if unknown.
 pub fn group_name_by_gid(gid: u32) -> io::Result<Option<String>> {
+    lookup_group(
+        |grp, buf, result| {
+            // SAFETY: every pointer refers to a live local of the caller with
+            // the length passed alongside it.
+            unsafe { libc::getgrgid_r(gid, grp, buf.as_mut_ptr().cast(), buf.len(), result) }
+        },
+        |grp| {
+            // SAFETY: getgr*_r succeeded, so gr_name points to a
+            // NUL-terminated string inside the caller's buffer, alive for
+            // this call.
+            let name = unsafe { CStr::from_ptr(grp.gr_name) };
+            name.to_string_lossy().into_owned()
+        },
+    )
+}
+
+/// The group twin of `lookup_user`: grows the buffer on `ERANGE` (groups
+/// with many members need more than users do, hence the larger cap) and
+/// hands the entry to `read` while the buffer it points into is alive.
+fn lookup_group<T>(
+    call: impl Fn(&mut libc::group, &mut [u8], &mut *mut libc::group) -> libc::c_int,
+    read: impl Fn(&libc::group) -> T,
+) -> io::Result<Option<T>> {
     let mut size = 1024;
     loop {
         let mut buf = vec![0u8; size];
         // SAFETY: group is plain old data; all-zero is a valid value that
-        // getgrgid_r overwrites.
+        // getgr*_r overwrites.
         let mut grp: libc::group = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: all pointers refer to live locals; `buf.len()` is the
-        // buffer's true length.
-        let rc = unsafe {
-            libc::getgrgid_r(
-                gid,
-                &mut grp,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
+        let rc = call(&mut grp, &mut buf, &mut result);
         if rc == libc::ERANGE && size < 1 << 22 {
             size *= 4;
             continue;
@@ -150,10 +150,7 @@ pub fn group_name_by_gid(gid: u32) -> io::Result<Option<String>> {
         if result.is_null() {
             return Ok(None);
         }
-        // SAFETY: on success gr_name points to a NUL-terminated string
-        // inside `buf`, which is alive here.
-        let name = unsafe { CStr::from_ptr(grp.gr_name) };
-        return Ok(Some(name.to_string_lossy().into_owned()));
+        return Ok(Some(read(&grp)));
     }
 }
 

@@ -241,12 +241,14 @@ fn queue_expiry_is_not_blamed_on_the_job_and_admin_verbs_say_they_wait() {
         "digits",
         "-p",
         "1",
+        // Long enough to outlast the 2 s queue deadline on a fast, idle
+        // machine (40 steps at 64x64 took under 2 s there, 150 at 96x96 about 3 s).
         "--steps",
-        "40",
+        "150",
         "--width",
-        "64",
+        "192",
         "--height",
-        "64",
+        "192",
         "-o",
         long_png.to_str().unwrap(),
     ]);

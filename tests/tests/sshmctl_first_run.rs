@@ -202,7 +202,9 @@ fn progress_bar_fits_a_narrow_terminal_and_ctrl_c_cancels() {
     let mut command = daemon.sshmctl_command();
     command
         .args(["generate", "--model", "digits", "--prompt", "the number 3"])
-        .args(["--steps", "150", "--width", "64", "--height", "64", "-o"])
+        // Large enough to be still running after the bar has redrawn for
+        // 1.5 s on a fast, idle machine (150 steps at 64x64 take about that).
+        .args(["--steps", "150", "--width", "192", "--height", "192", "-o"])
         .arg(&out)
         .env("TERM", "xterm");
     const COLUMNS: usize = 30;

@@ -122,6 +122,7 @@ mod tests {
             seed: 42,
             scheduler: Scheduler::EulerAncestral,
             batch: 1,
+            max_prompt_chunks: 8,
         }
     }
 

@@ -11,11 +11,13 @@ use weave_common::worker_proto::WorkerGenerateParams;
 use crate::settings::ModelConfig;
 
 /// Checks `request` against `bounds` (common rules) and resolves the
-/// model's defaults. `random_seed` is used when the request has none.
+/// model's defaults. `random_seed` is used when the request has none;
+/// `max_prompt_chunks` travels to the worker, which alone can count tokens.
 pub fn resolve(
     request: &GenerateRequest,
     model: &ModelConfig,
     bounds: &ParamBounds,
+    max_prompt_chunks: u32,
     random_seed: u64,
 ) -> Result<WorkerGenerateParams, ErrorCode> {
     validate_generate(request, bounds)?;
@@ -36,5 +38,6 @@ pub fn resolve(
         seed: request.seed.unwrap_or(random_seed),
         scheduler: request.scheduler.unwrap_or(defaults.scheduler),
         batch: request.batch,
+        max_prompt_chunks,
     })
 }

@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod config;
 pub mod pin;
+pub mod prompt;
 pub mod proto;
 pub mod shm;
 pub mod syscall;

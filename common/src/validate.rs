@@ -90,6 +90,9 @@ pub enum ValidationError {
         field: &'static str,
         allowed: &'static str,
     },
+    /// A prompt whose A1111 attention syntax does not parse: a `(text:w)`
+    /// weight that is not a number or is out of range.
+    BadPromptSyntax { field: &'static str },
 }
 
 impl ValidationError {
@@ -100,7 +103,8 @@ impl ValidationError {
             | ValidationError::NotMultiple { field, .. }
             | ValidationError::NotFinite { field, .. }
             | ValidationError::BadLength { field, .. }
-            | ValidationError::ForbiddenCharacter { field, .. } => field,
+            | ValidationError::ForbiddenCharacter { field, .. }
+            | ValidationError::BadPromptSyntax { field } => field,
         }
     }
 
@@ -127,6 +131,11 @@ impl ValidationError {
             ValidationError::ForbiddenCharacter { allowed, .. } => {
                 format!("made only of {allowed}")
             }
+            ValidationError::BadPromptSyntax { .. } => format!(
+                "in A1111 prompt syntax, each `(text:weight)` weight a number from -{max} to {max} \
+                 (write `\\(` and `\\)` for literal brackets)",
+                max = crate::prompt::syntax::MAX_EXPLICIT_WEIGHT
+            ),
         }
     }
 }
@@ -166,6 +175,8 @@ pub fn validate_generate(
         &request.negative_prompt,
         bounds.max_negative_prompt_len,
     )?;
+    validate_prompt_syntax("prompt", &request.prompt)?;
+    validate_prompt_syntax("negative_prompt", &request.negative_prompt)?;
     if let Some(width) = request.width {
         validate_dimension("width", width, bounds.min_width, bounds.max_width)?;
     }
@@ -270,6 +281,14 @@ fn validate_guidance(guidance: f32, bounds: &ParamBounds) -> Result<(), Validati
 
 /// Free text (prompts): at most `max_bytes` bytes, no control characters
 /// except newline and tab (no NUL, escape sequences, carriage returns, C1).
+/// The worker parses prompts the same way; refusing here names the field
+/// before the job waits in the queue.
+fn validate_prompt_syntax(field: &'static str, text: &str) -> Result<(), ValidationError> {
+    crate::prompt::parse_prompt(text)
+        .map(|_| ())
+        .map_err(|_| ValidationError::BadPromptSyntax { field })
+}
+
 fn validate_text(field: &'static str, text: &str, max_bytes: u32) -> Result<(), ValidationError> {
     if text.len() > max_bytes as usize {
         return Err(ValidationError::BadLength {
@@ -455,6 +474,16 @@ mod tests {
             );
         }
         accepted(|r| r.prompt = "line one\nline two\tcolumn".into());
+    }
+
+    #[test]
+    fn prompt_attention_syntax_is_checked_for_both_prompts() {
+        let error = rejected(|r| r.prompt = "a (cat:1.2.3) here".into());
+        assert_eq!(error.field(), "prompt");
+        assert!(error.allowed().contains("A1111 prompt syntax"), "{error}");
+        let error = rejected(|r| r.negative_prompt = "(blurry:500)".into());
+        assert_eq!(error.field(), "negative_prompt");
+        accepted(|r| r.prompt = "((a cat)), [dog], (red:1.3) BREAK \\(x\\) 16:9".into());
     }
 
     #[test]

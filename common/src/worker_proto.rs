@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::config::{Device, ModelKind};
+use crate::prompt::PromptField;
 use crate::proto::Scheduler;
 
 pub mod channel;
@@ -32,7 +33,7 @@ pub mod channel;
 /// Version of the broker ↔ worker protocol. The worker refuses a bootstrap
 /// with any other version (broker and worker binaries must come from the same
 /// build).
-pub const WORKER_PROTOCOL_VERSION: u32 = 3;
+pub const WORKER_PROTOCOL_VERSION: u32 = 4;
 
 /// Largest bootstrap the worker accepts from the pipe. A model table of a few
 /// hundred entries with long paths fits comfortably.
@@ -140,6 +141,8 @@ pub struct WorkerGenerateParams {
     pub seed: u64,
     pub scheduler: Scheduler,
     pub batch: u32,
+    /// `limits.max_prompt_chunks`: 75-token chunks each prompt may take.
+    pub max_prompt_chunks: u32,
 }
 
 impl WorkerGenerateParams {
@@ -217,6 +220,12 @@ pub enum WorkerFailure {
     /// The parameters are outside what the engine supports for this model.
     Unsupported {
         reason: String,
+    },
+    /// A prompt takes more 75-token chunks than `max_prompt_chunks` (only
+    /// the tokenizer, in the worker, can count them).
+    PromptTooLong {
+        field: PromptField,
+        chunks: u32,
     },
 }
 
@@ -517,6 +526,7 @@ mod tests {
             seed: 0,
             scheduler: Scheduler::Ddim,
             batch: 1,
+            max_prompt_chunks: 8,
         };
         assert_eq!(p.image_len(), Some(64 * 32 * 3));
         p.width = u32::MAX;

@@ -131,6 +131,20 @@ fn every_invalid_parameter_gets_its_typed_error_and_nothing_is_queued() {
             },
         ),
         (
+            "prompt",
+            GenerateRequest {
+                prompt: "a (cat:1.2.3)".into(),
+                ..base()
+            },
+        ),
+        (
+            "negative_prompt",
+            GenerateRequest {
+                negative_prompt: "(blurry:500)".into(),
+                ..base()
+            },
+        ),
+        (
             "tag",
             GenerateRequest {
                 tag: Some("has space".into()),

@@ -255,6 +255,7 @@ fn digits_params(steps: u32, batch: u32, seed: u64) -> WorkerGenerateParams {
         seed,
         scheduler: Scheduler::Ddim,
         batch,
+        max_prompt_chunks: 8,
     }
 }
 

@@ -252,6 +252,7 @@ fn params() -> WorkerGenerateParams {
         seed: 1,
         scheduler: Scheduler::Euler,
         batch: 1,
+        max_prompt_chunks: 8,
     }
 }
 

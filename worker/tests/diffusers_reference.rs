@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 use common::ci;
 use tch::{Device, Kind, Tensor};
+use weave_common::prompt::PromptField;
 use weave_worker::engine::safetensors::SafetensorsFile;
 use weave_worker::engine::scheduler::{Scheduler, SchedulerError};
 use weave_worker::engine::{
@@ -230,9 +231,14 @@ fn check_pipeline(pipe: &Pipeline, r: &Reference, label: &str) {
         scheduler: SchedulerKind::Ddim,
         batch: 1,
         clip_skip: 0,
+        max_prompt_chunks: 1,
     };
-    let neg = pipe.encode_text(&base.negative_prompt, 0).unwrap();
-    let pos = pipe.encode_text(&base.prompt, 0).unwrap();
+    let neg = pipe
+        .encode_text(&base.negative_prompt, PromptField::NegativePrompt, 0, 1)
+        .unwrap();
+    let pos = pipe
+        .encode_text(&base.prompt, PromptField::Prompt, 0, 1)
+        .unwrap();
     assert_close(
         &format!("{label} pipeline_prompt_embeds"),
         &Tensor::cat(&[neg, pos], 0),

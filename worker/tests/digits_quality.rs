@@ -131,6 +131,7 @@ fn digits_model_draws_recognizable_novel_digits() {
                     scheduler,
                     batch: 2,
                     clip_skip: 0,
+                    max_prompt_chunks: 1,
                 };
                 let images = pipe
                     .generate(&params, &mut |_, _| ControlFlow::Continue(()))

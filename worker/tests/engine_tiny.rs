@@ -9,6 +9,7 @@ use std::ops::ControlFlow;
 
 use common::{write_tiny_model, TinyOptions};
 use tch::{Device, Kind, Tensor};
+use weave_common::prompt::PromptField;
 use weave_worker::engine::{
     DeviceChoice, EngineError, GenerateParams, LoaderError, ModelError, ModelSpec, Pipeline,
     Precision, SafetensorsError, SchedulerKind,
@@ -30,6 +31,7 @@ fn params(scheduler: SchedulerKind, seed: u64) -> GenerateParams {
         scheduler,
         batch: 2,
         clip_skip: 0,
+        max_prompt_chunks: 8,
     }
 }
 
@@ -187,11 +189,11 @@ fn text_model_prefix_is_optional() {
     );
     let a = load(plain.path())
         .unwrap()
-        .encode_text("the cat", 0)
+        .encode_text("the cat", PromptField::Prompt, 0, 1)
         .unwrap();
     let b = load(prefixed.path())
         .unwrap()
-        .encode_text("the cat", 0)
+        .encode_text("the cat", PromptField::Prompt, 0, 1)
         .unwrap();
     assert!(a.equal(&b));
 }
@@ -340,10 +342,121 @@ fn bf16_path_runs_close_to_fp32() {
     assert_eq!(half.memory_bytes() * 2, full.memory_bytes());
     let mut p = params(SchedulerKind::Ddim, 9);
     p.batch = 1;
-    let a = full.encode_text("the cat", 0).unwrap();
-    let b = half.encode_text("the cat", 0).unwrap().to_kind(Kind::Float);
+    let a = full
+        .encode_text("the cat", PromptField::Prompt, 0, 1)
+        .unwrap();
+    let b = half
+        .encode_text("the cat", PromptField::Prompt, 0, 1)
+        .unwrap()
+        .to_kind(Kind::Float);
     let diff = (&a - &b).abs().max().double_value(&[]);
     assert!(diff < 0.1, "bf16 text embeddings differ by {diff}");
     let img = half.generate(&p, &mut go).unwrap();
     assert_eq!(img[0].pixels.len(), 16 * 16 * 3);
+}
+
+/// 80 one-letter words, one token each (every byte is a word of the CLIP
+/// vocabulary): two chunks of 75 tokens.
+fn long_prompt() -> String {
+    (0..80)
+        .map(|i| if i % 2 == 0 { "a" } else { "b" })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn a1111_weights_change_the_embedding_and_weight_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &TinyOptions::default());
+    let pipe = load(dir.path()).unwrap();
+    let encode = |text: &str| pipe.encode_text(text, PromptField::Prompt, 0, 8).unwrap();
+    let plain = encode("the cat");
+    assert_eq!(plain.size()[1], 77);
+    assert!(
+        encode("the (cat:1)").equal(&plain),
+        "weight 1 is the plain prompt"
+    );
+    assert!(encode(r"the \(cat\)").size()[1] == 77);
+    let weighted = encode("the (cat:1.5)");
+    assert_eq!(weighted.size(), plain.size());
+    assert!(
+        !weighted.allclose(&plain, 1e-5, 1e-5, false),
+        "the weight reached the embedding"
+    );
+    // A1111 keeps the mean of the chunk.
+    let mean = |t: &Tensor| t.mean(Kind::Float).double_value(&[]);
+    assert!((mean(&weighted) - mean(&plain)).abs() < 1e-5);
+}
+
+#[test]
+fn long_prompts_and_break_take_more_chunks_and_still_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &TinyOptions::default());
+    let pipe = load(dir.path()).unwrap();
+    let long = long_prompt();
+    assert_eq!(pipe.tokenizer().encode_plain(&long).len(), 80);
+    assert_eq!(
+        pipe.encode_text(&long, PromptField::Prompt, 0, 8)
+            .unwrap()
+            .size()[1],
+        154
+    );
+    assert_eq!(
+        pipe.encode_text("a cat BREAK a dog", PromptField::Prompt, 0, 8)
+            .unwrap()
+            .size()[1],
+        154
+    );
+    // The first chunk of a long prompt is its first 75 tokens, as diffusers
+    // would truncate it; the second chunk adds the rest.
+    let first = pipe
+        .encode_text(&long, PromptField::Prompt, 0, 8)
+        .unwrap()
+        .narrow(1, 0, 77);
+    let truncated_text = long.split(' ').take(75).collect::<Vec<_>>().join(" ");
+    let truncated = pipe
+        .encode_text(&truncated_text, PromptField::Prompt, 0, 1)
+        .unwrap();
+    assert!(first.equal(&truncated));
+    // Guidance batches a 2-chunk prompt with a 1-chunk negative prompt.
+    let p = GenerateParams {
+        prompt: long.clone(),
+        batch: 1,
+        ..params(SchedulerKind::Ddim, 3)
+    };
+    let long_images = pipe.generate(&p, &mut go).unwrap();
+    let short = GenerateParams {
+        prompt: truncated_text,
+        ..p.clone()
+    };
+    let short_images = pipe.generate(&short, &mut go).unwrap();
+    assert_ne!(
+        long_images[0].pixels, short_images[0].pixels,
+        "the second chunk took part"
+    );
+    let swapped = GenerateParams {
+        prompt: String::new(),
+        negative_prompt: long,
+        ..p
+    };
+    pipe.generate(&swapped, &mut go).unwrap();
+}
+
+#[test]
+fn a_prompt_over_the_chunk_limit_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &TinyOptions::default());
+    let pipe = load(dir.path()).unwrap();
+    let p = GenerateParams {
+        negative_prompt: "a BREAK b BREAK c".into(),
+        max_prompt_chunks: 2,
+        ..params(SchedulerKind::Ddim, 3)
+    };
+    match pipe.generate(&p, &mut go) {
+        Err(EngineError::PromptTooLong { field, chunks }) => {
+            assert_eq!(field, PromptField::NegativePrompt);
+            assert_eq!(chunks, 3);
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
 }

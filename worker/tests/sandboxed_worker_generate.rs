@@ -63,6 +63,7 @@ fn params(steps: u32, batch: u32, seed: u64) -> WorkerGenerateParams {
         seed,
         scheduler: Scheduler::EulerAncestral,
         batch,
+        max_prompt_chunks: 8,
     }
 }
 
@@ -148,6 +149,7 @@ fn sandboxed_generation_matches_the_engine_in_process() {
                 scheduler: SchedulerKind::EulerAncestral,
                 batch: 2,
                 clip_skip: 0,
+                max_prompt_chunks: job.max_prompt_chunks,
             },
             &mut |_, _| ControlFlow::Continue(()),
         )

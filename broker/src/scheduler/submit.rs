@@ -25,7 +25,13 @@ impl Broker {
                 })?;
         let mut state = self.lock();
         let job_id = state.next_job_id;
-        let params = validation::resolve(request, model, &self.settings.bounds, random_seed())?;
+        let params = validation::resolve(
+            request,
+            model,
+            &self.settings.bounds,
+            self.settings.limits.max_prompt_chunks,
+            random_seed(),
+        )?;
         if state.shutting_down || state.draining {
             return Err(ErrorCode::ShuttingDown);
         }

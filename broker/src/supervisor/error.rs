@@ -3,6 +3,7 @@
 
 use std::process::ExitStatus;
 
+use weave_common::prompt::PromptField;
 use weave_common::proto::ErrorCode;
 use weave_common::worker_proto::channel::ChannelError;
 
@@ -52,6 +53,8 @@ pub enum SupervisorError {
     EngineError { reason: String },
     #[error("the engine does not support these parameters: {reason}")]
     Unsupported { reason: String },
+    #[error("the {} takes more than {max} chunks of 75 tokens", field.field_name())]
+    PromptTooLong { field: PromptField, max: u32 },
     #[error("cannot start the worker ({0}); check worker_exe in the config and the broker log")]
     Spawn(String),
     #[error("the worker did not come up ({0}); see its stderr in the broker log")]
@@ -78,6 +81,13 @@ impl SupervisorError {
             SupervisorError::TimedOut => ErrorCode::TimedOut,
             SupervisorError::Cancelled => ErrorCode::Cancelled,
             SupervisorError::ShutDown => ErrorCode::ShuttingDown,
+            SupervisorError::PromptTooLong { field, max } => ErrorCode::InvalidParameter {
+                field: field.field_name().to_owned(),
+                allowed: format!(
+                    "at most {max} chunks of 75 CLIP tokens after A1111 syntax and BREAK \
+                     (limits.max_prompt_chunks); shorten it"
+                ),
+            },
             SupervisorError::LoadFailed { .. }
             | SupervisorError::PinMismatch { .. }
             | SupervisorError::EngineError { .. }

@@ -160,6 +160,21 @@ impl<'a> JobCheck<'a> {
                         reason: bounded(reason),
                     }))
                 }
+                // The count must exceed the limit the broker sent; anything
+                // else is the worker inventing a caller error.
+                WorkerFailure::PromptTooLong { field, chunks } => {
+                    if chunks > params.max_prompt_chunks {
+                        Ok(Checked::Failed(SupervisorError::PromptTooLong {
+                            field,
+                            max: params.max_prompt_chunks,
+                        }))
+                    } else {
+                        Err(violation(format!(
+                            "worker claims a prompt of {chunks} chunks exceeds the limit of {}",
+                            params.max_prompt_chunks
+                        )))
+                    }
+                }
                 // The supervisor loaded the model itself: the worker lost track.
                 WorkerFailure::NotLoaded | WorkerFailure::UnknownModel => Err(violation(format!(
                     "worker claims {failure:?} for a loaded model"
@@ -180,6 +195,8 @@ impl<'a> JobCheck<'a> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use weave_common::prompt::PromptField;
+    use weave_common::proto::ErrorCode;
     use weave_common::proto::Scheduler;
     use weave_common::worker_proto::SandboxReport;
 
@@ -197,6 +214,7 @@ mod tests {
             seed: 1,
             scheduler: Scheduler::Ddim,
             batch,
+            max_prompt_chunks: 8,
         }
     }
 
@@ -397,5 +415,26 @@ mod tests {
             run(1, vec![failed(unsupported)]),
             Ok(Checked::Failed(SupervisorError::Unsupported { .. }))
         ));
+    }
+
+    #[test]
+    fn a_prompt_too_long_must_exceed_the_limit_sent() {
+        let too_long = |chunks| WorkerFailure::PromptTooLong {
+            field: PromptField::NegativePrompt,
+            chunks,
+        };
+        match run(1, vec![failed(too_long(9))]) {
+            Ok(Checked::Failed(error @ SupervisorError::PromptTooLong { max: 8, .. })) => {
+                match error.error_code() {
+                    ErrorCode::InvalidParameter { field, allowed } => {
+                        assert_eq!(field, "negative_prompt");
+                        assert!(allowed.contains("at most 8 chunks"), "{allowed}");
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(violation(1, vec![failed(too_long(8))]).contains("exceeds the limit of 8"));
     }
 }

@@ -206,6 +206,7 @@ fn check_limits(config: &Config, report: &mut Report<'_, '_>) {
         ("max_connections", limits.max_connections),
         ("max_connections_per_uid", limits.max_connections_per_uid),
         ("hello_timeout_s", limits.hello_timeout_s),
+        ("max_prompt_chunks", limits.max_prompt_chunks),
     ];
     for (name, value) in values {
         if value == 0 {

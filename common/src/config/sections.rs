@@ -58,6 +58,10 @@ pub struct Limits {
     /// A connection that has not sent Hello this long after it was accepted
     /// is closed.
     pub hello_timeout_s: u32,
+    /// 75-token chunks one prompt (or negative prompt) may take after A1111
+    /// syntax and `BREAK`s; each chunk is one more text-encoder pass and 77
+    /// more positions for the UNet's cross-attention.
+    pub max_prompt_chunks: u32,
 }
 
 impl Default for Limits {
@@ -75,6 +79,7 @@ impl Default for Limits {
             max_connections_per_uid: 64,
             admin_reserved_connections: 16,
             hello_timeout_s: 5,
+            max_prompt_chunks: crate::prompt::DEFAULT_MAX_PROMPT_CHUNKS,
         }
     }
 }

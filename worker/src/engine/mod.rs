@@ -21,6 +21,7 @@ pub mod files;
 pub mod loader;
 pub mod nn;
 pub mod pipeline;
+pub mod prompt_encoding;
 pub mod safetensors;
 pub mod scheduler;
 pub mod tokenizer;
@@ -51,6 +52,11 @@ pub enum EngineError {
     Device(String),
     #[error("generation cancelled")]
     Cancelled,
+    #[error("the {} is {chunks} chunks of 75 tokens, more than allowed", field.field_name())]
+    PromptTooLong {
+        field: weave_common::prompt::PromptField,
+        chunks: u32,
+    },
     #[error("libtorch failed: {0}")]
     Torch(#[from] tch::TchError),
 }

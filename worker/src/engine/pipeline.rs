@@ -4,9 +4,11 @@
 use std::ops::ControlFlow;
 
 use tch::{Device, Kind, Tensor};
+use weave_common::prompt::{PromptField, DEFAULT_MAX_PROMPT_CHUNKS};
 
 use super::clip::ClipTextModel;
 use super::loader::{Component, ModelParts, ModelSpec};
+use super::prompt_encoding;
 use super::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet;
@@ -87,6 +89,8 @@ pub struct GenerateParams {
     pub batch: u32,
     /// Skip the last `clip_skip` text encoder layers (0 = none).
     pub clip_skip: u32,
+    /// 75-token chunks each prompt may take (`limits.max_prompt_chunks`).
+    pub max_prompt_chunks: u32,
 }
 
 impl Default for GenerateParams {
@@ -102,6 +106,7 @@ impl Default for GenerateParams {
             scheduler: SchedulerKind::Euler,
             batch: 1,
             clip_skip: 0,
+            max_prompt_chunks: DEFAULT_MAX_PROMPT_CHUNKS,
         }
     }
 }
@@ -213,13 +218,26 @@ impl Pipeline {
         (self.unet.config().sample_size * self.vae.config().scale_factor()) as u32
     }
 
-    /// Token ids → text embeddings `[1, 77, dim]`.
-    pub fn encode_text(&self, text: &str, clip_skip: u32) -> Result<Tensor, EngineError> {
+    /// Prompt text in A1111 syntax → text embeddings `[1, 77·chunks, dim]`
+    /// (`prompt_encoding`); a plain prompt of up to 75 tokens is one chunk,
+    /// exactly diffusers' embedding.
+    pub fn encode_text(
+        &self,
+        text: &str,
+        field: PromptField,
+        clip_skip: u32,
+        max_chunks: u32,
+    ) -> Result<Tensor, EngineError> {
         let _no_grad = tch::no_grad_guard();
-        let ids = Tensor::from_slice(&self.tokenizer.encode(text))
-            .f_unsqueeze(0)?
-            .f_to_device(self.device)?;
-        Ok(self.text_encoder.forward(&ids, clip_skip as usize)?)
+        let chunks = prompt_encoding::prompt_chunks(
+            &self.tokenizer,
+            text,
+            field,
+            usize::try_from(max_chunks).unwrap_or(usize::MAX),
+        )?;
+        prompt_encoding::encode_chunks(&chunks, self.device, &mut |ids| {
+            Ok(self.text_encoder.forward(ids, clip_skip as usize)?)
+        })
     }
 
     /// The initial latents diffusers draws for `params` with
@@ -274,16 +292,34 @@ impl Pipeline {
         self.validate(p)?;
         let batch = p.batch as i64;
         let cfg = p.guidance > 1.0;
-        let cond = self
-            .encode_text(&p.prompt, p.clip_skip)?
-            .f_repeat([batch, 1, 1])?;
+        let cond = self.encode_text(
+            &p.prompt,
+            PromptField::Prompt,
+            p.clip_skip,
+            p.max_prompt_chunks,
+        )?;
         let context = if cfg {
-            let uncond = self
-                .encode_text(&p.negative_prompt, p.clip_skip)?
-                .f_repeat([batch, 1, 1])?;
-            Tensor::f_cat(&[uncond, cond], 0)?
+            let uncond = self.encode_text(
+                &p.negative_prompt,
+                PromptField::NegativePrompt,
+                p.clip_skip,
+                p.max_prompt_chunks,
+            )?;
+            let (uncond, cond) = if uncond.size()[1] == cond.size()[1] {
+                (uncond, cond)
+            } else {
+                let empty = self.encode_text("", PromptField::NegativePrompt, p.clip_skip, 1)?;
+                prompt_encoding::same_length(uncond, cond, &empty)?
+            };
+            Tensor::f_cat(
+                &[
+                    uncond.f_repeat([batch, 1, 1])?,
+                    cond.f_repeat([batch, 1, 1])?,
+                ],
+                0,
+            )?
         } else {
-            cond
+            cond.f_repeat([batch, 1, 1])?
         };
         let mut scheduler = Scheduler::new(p.scheduler, &self.scheduler_config, p.steps as usize)?;
         let _rng = global_rng_lock();

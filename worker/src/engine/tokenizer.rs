@@ -157,6 +157,11 @@ impl ClipTokenizer {
     pub fn pad_id(&self) -> i64 {
         self.pad_id
     }
+    /// The id of `,` as a word of its own, where A1111 prefers to start a
+    /// new chunk.
+    pub fn comma_id(&self) -> Option<i64> {
+        self.encoder.get(",</w>").copied()
+    }
 
     /// The BPE ids of `text` without special tokens.
     pub fn encode_plain(&self, text: &str) -> Vec<i64> {

@@ -87,6 +87,7 @@ impl LoadedModel {
             seed: params.seed,
             scheduler: to_engine::scheduler(params.scheduler),
             batch: params.batch,
+            max_prompt_chunks: params.max_prompt_chunks,
             ..Default::default()
         };
         let mut progress = |step: usize, total: usize| {
@@ -99,6 +100,9 @@ impl LoadedModel {
             .generate(&gp, &mut progress)
             .map_err(|e| match e {
                 engine::EngineError::Cancelled => WorkerFailure::Cancelled,
+                engine::EngineError::PromptTooLong { field, chunks } => {
+                    WorkerFailure::PromptTooLong { field, chunks }
+                }
                 engine::EngineError::InvalidParams(reason) => WorkerFailure::Unsupported { reason },
                 other => WorkerFailure::EngineError {
                     reason: other.to_string(),

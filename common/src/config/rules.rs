@@ -577,6 +577,13 @@ fn check_model_defaults(
             "shorten it, or raise bounds.max_negative_prompt_len",
         );
     }
+    if let Err(error) = crate::prompt::parse_prompt(model.default_negative_prompt()) {
+        report.invalid(
+            &key("negative_prompt"),
+            format!("is not valid A1111 prompt syntax: {error}"),
+            "fix the weight, or write `\\(` and `\\)` for literal brackets (docs/PROMPTS.md)",
+        );
+    }
 }
 
 /// One model's path, for [`Config::check_model_paths`].

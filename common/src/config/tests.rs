@@ -468,6 +468,14 @@ fn model_defaults_must_lie_inside_the_bounds() {
            bounds.max_negative_prompt_len (1)",
         ],
     );
+    let bad_syntax = format!("{MODEL}[model.defaults]\nnegative_prompt = \"(blurry:1.2.3)\"\n");
+    assert_has(
+        &only_problem(&bad_syntax, Mode::User),
+        &[
+            "`model[0].defaults.negative_prompt` is not valid A1111 prompt syntax: the weight `1.2.3`",
+            "fix: fix the weight",
+        ],
+    );
 }
 
 #[test]

@@ -5,8 +5,8 @@
 use serde::Deserialize;
 use tch::Tensor;
 
-use super::nn::{attention, Conv2d, GroupNorm, Linear, ModelError, Scope};
-use super::unet::{ResnetBlock, Upsample};
+use crate::engine::denoisers::unet::{ResnetBlock, Upsample};
+use crate::engine::nn::{attention, Conv2d, GroupNorm, Linear, ModelError, Scope};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct VaeConfig {

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
-use super::nn::{attention, LayerNorm, Linear, ModelError, Scope};
+use crate::engine::nn::{attention, LayerNorm, Linear, ModelError, Scope};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClipTextConfig {

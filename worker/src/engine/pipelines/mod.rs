@@ -5,13 +5,13 @@ use std::ops::ControlFlow;
 
 use tch::{Device, Kind, Tensor};
 
-use super::clip::ClipTextModel;
-use super::loader::{Component, ModelParts, ModelSpec};
-use super::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
-use super::tokenizer::ClipTokenizer;
-use super::unet::UNet;
-use super::vae::VaeDecoder;
-use super::EngineError;
+use crate::engine::denoisers::unet::UNet;
+use crate::engine::loader::{Component, ModelParts, ModelSpec};
+use crate::engine::schedulers::{Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
+use crate::engine::text::clip::ClipTextModel;
+use crate::engine::text::tokenizer::ClipTokenizer;
+use crate::engine::vae::VaeDecoder;
+use crate::engine::EngineError;
 
 /// Where to run: `auto` picks the first CUDA device when libtorch sees one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
-use super::nn::{attention, Conv2d, GroupNorm, LayerNorm, Linear, ModelError, Scope};
+use crate::engine::nn::{attention, Conv2d, GroupNorm, LayerNorm, Linear, ModelError, Scope};
 
 /// A config value that diffusers allows as one number or one per block.
 #[derive(Debug, Clone, Deserialize)]

@@ -20,14 +20,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::clip::ClipTextConfig;
-use super::files::ModelFiles;
-use super::nn::{ModelError, Weights};
-use super::safetensors::{SafetensorsError, SafetensorsFile};
-use super::scheduler::SchedulerConfig;
-use super::tokenizer::{ClipTokenizer, TokenizerError};
-use super::unet::UNetConfig;
-use super::vae::VaeConfig;
+use crate::engine::denoisers::unet::UNetConfig;
+use crate::engine::nn::{ModelError, Weights};
+use crate::engine::schedulers::SchedulerConfig;
+use crate::engine::text::clip::ClipTextConfig;
+use crate::engine::text::tokenizer::{ClipTokenizer, TokenizerError};
+use crate::engine::vae::VaeConfig;
+use crate::engine::weights::files::ModelFiles;
+use crate::engine::weights::safetensors::{SafetensorsError, SafetensorsFile};
 
 /// Largest config JSON we read.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;

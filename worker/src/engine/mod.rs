@@ -16,6 +16,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod blocks;
 pub mod denoisers;
 pub mod loader;
 pub mod nn;

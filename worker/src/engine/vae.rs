@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use tch::Tensor;
 
-use crate::engine::denoisers::unet::{ResnetBlock, Upsample};
+use crate::engine::blocks::{ResnetBlock, Upsample};
 use crate::engine::nn::{attention, Conv2d, GroupNorm, Linear, ModelError, Scope};
 
 #[derive(Debug, Clone, Deserialize)]

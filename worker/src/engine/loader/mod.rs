@@ -74,6 +74,9 @@ pub enum ModelKind {
     Sd2,
     /// SD 2.x 768-v (v-prediction).
     Sd2V,
+    /// SDXL: two text encoders, text-time conditioning. Diffusers folders
+    /// only for now; single files are refused.
+    Sdxl,
 }
 
 /// What to load.
@@ -115,8 +118,19 @@ pub struct ModelParts {
     pub vae_config: VaeConfig,
     pub scheduler_config: SchedulerConfig,
     pub tokenizer_dir: PathBuf,
+    /// SDXL: `text_encoder_2/` and `tokenizer_2/`.
+    pub second_text: Option<SecondText>,
     layout: Layout,
     files: ModelFiles,
+}
+
+/// SDXL's second text encoder and tokenizer, and `model_index.json`'s
+/// `force_zeros_for_empty_prompt` (diffusers' default: true).
+pub struct SecondText {
+    pub config: ClipTextConfig,
+    pub tokenizer_dir: PathBuf,
+    pub force_zeros_for_empty_prompt: bool,
+    weights: Arc<SafetensorsFile>,
 }
 
 enum Layout {
@@ -279,9 +293,15 @@ impl ModelParts {
                     path: path.join("model_index.json"),
                 });
             }
-            read_json_in(&files, &path.join("model_index.json"))?;
+            let index = read_json_in(&files, &path.join("model_index.json"))?;
             let (text_config, unet_config, vae_config, scheduler_config) =
                 folder_configs(&files, path)?;
+            let second_text = second_text(&files, path, &index)?;
+            if spec.kind == ModelKind::Sdxl && second_text.is_none() {
+                return Err(LoaderError::Missing {
+                    path: path.join("text_encoder_2"),
+                });
+            }
             let weight_names = [
                 "diffusion_pytorch_model.safetensors",
                 "diffusion_pytorch_model.bin",
@@ -301,6 +321,7 @@ impl ModelParts {
                 vae_config,
                 scheduler_config,
                 tokenizer_dir: path.join("tokenizer"),
+                second_text,
                 layout,
                 files,
             })
@@ -325,6 +346,15 @@ impl ModelParts {
         {
             return Err(single(
                 "no model.diffusion_model.* weights; only original Stable Diffusion checkpoints are supported as single files".into(),
+            ));
+        }
+        if spec.kind == ModelKind::Sdxl
+            || tensors
+                .keys()
+                .any(|k| k.starts_with("conditioner.embedders."))
+        {
+            return Err(single(
+                "single-file SDXL checkpoints (conditioner.embedders.*) are not supported yet; use the diffusers folder form (StableDiffusionXLPipeline.from_single_file(...).save_pretrained(dir) converts one)".into(),
             ));
         }
         let openclip = tensors.contains_key("cond_stage_model.model.token_embedding.weight");
@@ -362,6 +392,7 @@ impl ModelParts {
             vae_config,
             scheduler_config,
             tokenizer_dir,
+            second_text: None,
             layout: Layout::Single { file, openclip },
             files,
         })
@@ -369,7 +400,21 @@ impl ModelParts {
 
     /// The tokenizer, read through the same files (pinned or not).
     pub fn tokenizer(&self) -> Result<ClipTokenizer, TokenizerError> {
-        ClipTokenizer::from_dir_with(&self.tokenizer_dir, &|path| self.files.tokenizer_text(path))
+        self.tokenizer_in(&self.tokenizer_dir)
+    }
+
+    /// A tokenizer folder of this model, read through the same files.
+    pub fn tokenizer_in(&self, dir: &Path) -> Result<ClipTokenizer, TokenizerError> {
+        ClipTokenizer::from_dir_with(dir, &|path| self.files.tokenizer_text(path))
+    }
+
+    /// SDXL's second text encoder's weights (keys with or without
+    /// `text_model.`; `text_projection.*` stays as it is).
+    pub fn second_text_weights(&self, kind: tch::Kind, device: tch::Device) -> Option<Weights> {
+        let second = self.second_text.as_ref()?;
+        Some(Weights::new(second.weights.clone(), kind, device, |k| {
+            vec![(k.strip_prefix("text_model.").unwrap_or(k).to_string(), None)]
+        }))
     }
 
     /// The weights of one component, named as our modules expect.
@@ -427,6 +472,37 @@ impl ModelParts {
             }
         }
     }
+}
+
+/// SDXL's second text side, when the folder has `text_encoder_2/`.
+fn second_text(
+    files: &ModelFiles,
+    dir: &Path,
+    index: &serde_json::Value,
+) -> Result<Option<SecondText>, LoaderError> {
+    let config_path = dir.join("text_encoder_2/config.json");
+    if !files.exists(&config_path) {
+        return Ok(None);
+    }
+    let config = ClipTextConfig::from_json(&read_json_in(files, &config_path)?)
+        .map_err(config_error(&config_path))?;
+    let force_zeros_for_empty_prompt = match index.get("force_zeros_for_empty_prompt") {
+        None => true,
+        Some(v) => v.as_bool().ok_or_else(|| LoaderError::BadConfig {
+            path: dir.join("model_index.json"),
+            reason: "force_zeros_for_empty_prompt must be true or false".into(),
+        })?,
+    };
+    Ok(Some(SecondText {
+        config,
+        tokenizer_dir: dir.join("tokenizer_2"),
+        force_zeros_for_empty_prompt,
+        weights: open_weights(
+            files,
+            &dir.join("text_encoder_2"),
+            &["model.safetensors", "pytorch_model.bin"],
+        )?,
+    }))
 }
 
 /// Old diffusers VAE attention names (`query`, `key`, `value`, `proj_attn`).

@@ -1,4 +1,7 @@
-//! Text-to-image, step for step as diffusers' `StableDiffusionPipeline`.
+//! Text-to-image, step for step as diffusers' `StableDiffusionPipeline`
+//! (SD 1.x/2.x, `sd.rs`) and `StableDiffusionXLPipeline` (`sdxl.rs`). What
+//! differs by family is the [`Conditioner`] (text encoders, negative prompt,
+//! added time ids); the loop, the schedulers and the VAE are shared.
 #![forbid(unsafe_code)]
 
 use std::ops::ControlFlow;
@@ -6,12 +9,51 @@ use std::ops::ControlFlow;
 use tch::{Device, Kind, Tensor};
 
 use crate::engine::denoisers::unet::UNet;
+use crate::engine::denoisers::{Conditioning, Denoiser, TextTime};
 use crate::engine::loader::{Component, ModelParts, ModelSpec};
 use crate::engine::schedulers::{Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
 use crate::engine::text::clip::ClipTextModel;
 use crate::engine::text::tokenizer::ClipTokenizer;
 use crate::engine::vae::VaeDecoder;
 use crate::engine::EngineError;
+
+pub mod sd;
+pub mod sdxl;
+
+/// One prompt's conditioning, batch 1.
+pub struct PromptEmbeds {
+    /// `[1, 77, width]`.
+    pub context: Tensor,
+    /// SDXL: the pooled text embedding `[1, P]`.
+    pub pooled: Option<Tensor>,
+}
+
+/// What a family's text side does with prompts.
+pub trait Conditioner: Send {
+    fn encode(
+        &self,
+        text: &str,
+        clip_skip: u32,
+        device: Device,
+    ) -> Result<PromptEmbeds, EngineError>;
+    /// The unconditional side for classifier-free guidance (`text` empty:
+    /// no negative prompt given).
+    fn negative(
+        &self,
+        text: &str,
+        clip_skip: u32,
+        device: Device,
+        positive: &PromptEmbeds,
+    ) -> Result<PromptEmbeds, EngineError>;
+    /// SDXL's added time ids for an image of this size; `None` elsewhere.
+    fn time_ids(&self, width: u32, height: u32) -> Option<[f32; 6]>;
+    fn tokenizer(&self) -> &ClipTokenizer;
+    fn text_encoder(&self) -> &ClipTextModel;
+    /// SDXL's second tokenizer and encoder.
+    fn second(&self) -> Option<(&ClipTokenizer, &ClipTextModel)> {
+        None
+    }
+}
 
 /// Where to run: `auto` picks the first CUDA device when libtorch sees one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -131,12 +173,14 @@ pub fn global_rng_lock() -> std::sync::MutexGuard<'static, ()> {
 pub const MAX_SIDE: u32 = 4096;
 pub const MAX_BATCH: u32 = 64;
 
-/// A loaded Stable Diffusion pipeline.
+/// A loaded Stable Diffusion (1.x/2.x/XL) pipeline.
 pub struct Pipeline {
-    tokenizer: ClipTokenizer,
-    text_encoder: ClipTextModel,
+    conditioner: Box<dyn Conditioner>,
     unet: UNet,
     vae: VaeDecoder,
+    /// The VAE's dtype: the compute dtype, or fp32 for an SDXL VAE with
+    /// `force_upcast` when computing in fp16 (it overflows there).
+    vae_kind: Kind,
     scheduler_config: SchedulerConfig,
     device: Device,
     kind: Kind,
@@ -157,17 +201,51 @@ impl Pipeline {
         let tokenizer = parts.tokenizer()?;
         let te_weights = parts.weights(Component::TextEncoder, kind, device);
         let text_encoder = ClipTextModel::new(&te_weights.root(), &parts.text_config)?;
+        let mut memory_bytes = te_weights.loaded_bytes();
+        let conditioner: Box<dyn Conditioner> =
+            match (&parts.second_text, parts.second_text_weights(kind, device)) {
+                (Some(second), Some(weights)) => {
+                    let root = weights.root();
+                    let encoder_2 = ClipTextModel::with_projection(
+                        &root,
+                        &root.sub("text_projection"),
+                        &second.config,
+                    )?;
+                    memory_bytes += weights.loaded_bytes();
+                    Box::new(sdxl::SdxlText {
+                        tokenizer,
+                        encoder: text_encoder,
+                        tokenizer_2: parts.tokenizer_in(&second.tokenizer_dir)?,
+                        encoder_2,
+                        force_zeros_for_empty_prompt: second.force_zeros_for_empty_prompt,
+                    })
+                }
+                _ => Box::new(sd::SdText {
+                    tokenizer,
+                    encoder: text_encoder,
+                }),
+            };
         let unet_weights = parts.weights(Component::Unet, kind, device);
         let unet = UNet::new(&unet_weights.root(), &parts.unet_config)?;
-        let vae_weights = parts.weights(Component::Vae, kind, device);
+        if unet.takes_text_time() != conditioner.second().is_some() {
+            return Err(EngineError::InvalidParams(
+                "the UNet's addition_embed_type does not match the text encoders: SDXL needs text_encoder_2/ and a \"text_time\" UNet, SD 1.x/2.x neither".into(),
+            ));
+        }
+        let upcast = conditioner.second().is_some() && parts.vae_config.force_upcast;
+        let vae_kind = if upcast && kind == Kind::Half {
+            Kind::Float
+        } else {
+            kind
+        };
+        let vae_weights = parts.weights(Component::Vae, vae_kind, device);
         let vae = VaeDecoder::new(&vae_weights.root(), &parts.vae_config)?;
-        let memory_bytes =
-            te_weights.loaded_bytes() + unet_weights.loaded_bytes() + vae_weights.loaded_bytes();
+        memory_bytes += unet_weights.loaded_bytes() + vae_weights.loaded_bytes();
         Ok(Self {
-            tokenizer,
-            text_encoder,
+            conditioner,
             unet,
             vae,
+            vae_kind,
             scheduler_config: parts.scheduler_config,
             device,
             kind,
@@ -189,11 +267,21 @@ impl Pipeline {
     }
 
     pub fn tokenizer(&self) -> &ClipTokenizer {
-        &self.tokenizer
+        self.conditioner.tokenizer()
     }
 
     pub fn text_encoder(&self) -> &ClipTextModel {
-        &self.text_encoder
+        self.conditioner.text_encoder()
+    }
+
+    /// SDXL's second tokenizer and text encoder.
+    pub fn second_text(&self) -> Option<(&ClipTokenizer, &ClipTextModel)> {
+        self.conditioner.second()
+    }
+
+    /// Whether this is an SDXL pipeline (two encoders, text-time UNet).
+    pub fn is_sdxl(&self) -> bool {
+        self.conditioner.second().is_some()
     }
 
     pub fn unet(&self) -> &UNet {
@@ -213,13 +301,15 @@ impl Pipeline {
         (self.unet.config().sample_size * self.vae.config().scale_factor()) as u32
     }
 
-    /// Token ids → text embeddings `[1, 77, dim]`.
+    /// Text → the embeddings the UNet attends to, `[1, 77, dim]`.
     pub fn encode_text(&self, text: &str, clip_skip: u32) -> Result<Tensor, EngineError> {
+        Ok(self.encode_prompt(text, clip_skip)?.context)
+    }
+
+    /// Text → embeddings and (SDXL) the pooled embedding.
+    pub fn encode_prompt(&self, text: &str, clip_skip: u32) -> Result<PromptEmbeds, EngineError> {
         let _no_grad = tch::no_grad_guard();
-        let ids = Tensor::from_slice(&self.tokenizer.encode(text))
-            .f_unsqueeze(0)?
-            .f_to_device(self.device)?;
-        Ok(self.text_encoder.forward(&ids, clip_skip as usize)?)
+        self.conditioner.encode(text, clip_skip, self.device)
     }
 
     /// The initial latents diffusers draws for `params` with
@@ -234,7 +324,7 @@ impl Pipeline {
         let vsf = self.vae.config().scale_factor() as u32;
         let shape = [
             params.batch as i64,
-            self.unet.config().in_channels,
+            self.unet.in_channels(),
             (params.height / vsf) as i64,
             (params.width / vsf) as i64,
         ];
@@ -272,19 +362,8 @@ impl Pipeline {
     ) -> Result<Tensor, EngineError> {
         let _no_grad = tch::no_grad_guard();
         self.validate(p)?;
-        let batch = p.batch as i64;
         let cfg = p.guidance > 1.0;
-        let cond = self
-            .encode_text(&p.prompt, p.clip_skip)?
-            .f_repeat([batch, 1, 1])?;
-        let context = if cfg {
-            let uncond = self
-                .encode_text(&p.negative_prompt, p.clip_skip)?
-                .f_repeat([batch, 1, 1])?;
-            Tensor::f_cat(&[uncond, cond], 0)?
-        } else {
-            cond
-        };
+        let cond = self.conditioning(p, cfg)?;
         let mut scheduler = Scheduler::new(p.scheduler, &self.scheduler_config, p.steps as usize)?;
         let _rng = global_rng_lock();
         let mut latents = self
@@ -305,7 +384,7 @@ impl Pipeline {
                 latents.shallow_clone()
             };
             let input = scheduler.scale_model_input(&input)?;
-            let noise_pred = self.unet.forward(&input, t, &context)?;
+            let noise_pred = self.unet.predict(&input, t, &cond)?;
             let noise_pred = if cfg {
                 let halves = noise_pred.f_chunk(2, 0)?;
                 let (uncond, text) = (&halves[0], &halves[1]);
@@ -321,11 +400,73 @@ impl Pipeline {
         Ok(latents)
     }
 
-    /// Latents → images in [-1, 1] (diffusers' `vae.decode(latents / scaling_factor)`).
+    /// The batched conditioning for `p`: `[negative, positive]` under
+    /// guidance, each repeated `batch` times, with SDXL's pooled text and
+    /// time ids alongside.
+    fn conditioning(&self, p: &GenerateParams, cfg: bool) -> Result<Conditioning, EngineError> {
+        let batch = p.batch as i64;
+        let c = &self.conditioner;
+        let pos = c.encode(&p.prompt, p.clip_skip, self.device)?;
+        let neg = if cfg {
+            Some(c.negative(&p.negative_prompt, p.clip_skip, self.device, &pos)?)
+        } else {
+            None
+        };
+        let stack = |pick: &dyn Fn(&PromptEmbeds) -> Option<&Tensor>| -> Result<Option<Tensor>, EngineError> {
+            let Some(positive) = pick(&pos) else {
+                return Ok(None);
+            };
+            let mut parts = Vec::new();
+            if let Some(neg) = &neg {
+                parts.push(pick(neg).ok_or_else(|| {
+                    EngineError::InvalidParams("the negative conditioning lacks a part".into())
+                })?);
+            }
+            parts.push(positive);
+            let rank = positive.dim();
+            let mut reps = vec![1i64; rank];
+            reps[0] = batch;
+            let repeated = parts
+                .iter()
+                .map(|t| t.f_repeat(&reps))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(Tensor::f_cat(&repeated, 0)?))
+        };
+        let context = stack(&|e| Some(&e.context))?.ok_or_else(|| {
+            EngineError::InvalidParams("the text encoder produced no context".into())
+        })?;
+        let pooled = stack(&|e| e.pooled.as_ref())?;
+        let text_time = match (pooled, c.time_ids(p.width, p.height)) {
+            (Some(text_embeds), Some(ids)) => {
+                let rows = text_embeds.size()[0];
+                let time_ids = Tensor::from_slice(&ids)
+                    .f_view([1, 6])?
+                    .f_repeat([rows, 1])?
+                    .f_to_kind(self.kind)?
+                    .f_to_device(self.device)?;
+                Some(TextTime {
+                    text_embeds,
+                    time_ids,
+                })
+            }
+            (None, None) => None,
+            _ => {
+                return Err(EngineError::InvalidParams(
+                    "pooled text embeddings and time ids come together (SDXL) or not at all".into(),
+                ))
+            }
+        };
+        Ok(Conditioning { context, text_time })
+    }
+
+    /// Latents → images in [-1, 1] (diffusers' `vae.decode(latents / scaling_factor)`),
+    /// in fp32 for an upcast SDXL VAE.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, EngineError> {
         let _no_grad = tch::no_grad_guard();
         let c = self.vae.config();
-        let mut z = latents.f_div_scalar(c.scaling_factor)?;
+        let mut z = latents
+            .f_to_kind(self.vae_kind)?
+            .f_div_scalar(c.scaling_factor)?;
         if let Some(shift) = c.shift_factor {
             z = z.f_add_scalar(shift)?;
         }

@@ -77,6 +77,12 @@ pub struct UNetConfig {
     pub addition_embed_type: Option<String>,
     #[serde(default)]
     pub time_cond_proj_dim: Option<i64>,
+    /// SDXL `text_time`: width of each added time id's sinusoidal embedding.
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<i64>,
+    /// SDXL `text_time`: pooled text width + 6 × `addition_time_embed_dim`.
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<i64>,
     #[serde(default = "d_act")]
     pub act_fn: String,
     #[serde(default)]
@@ -131,13 +137,28 @@ impl UNetConfig {
         {
             return unsupported("block_out_channels, down_block_types and up_block_types must have the same, non-zero length".into());
         }
-        if c.class_embed_type.is_some()
-            || c.addition_embed_type.is_some()
-            || c.time_cond_proj_dim.is_some()
-        {
+        if c.class_embed_type.is_some() || c.time_cond_proj_dim.is_some() {
             return unsupported(
-                "class/addition embeddings (SDXL, LCM) are not supported yet".into(),
+                "class embeddings and time_cond_proj_dim (LCM) are not supported".into(),
             );
+        }
+        match (
+            c.addition_embed_type.as_deref(),
+            c.addition_time_embed_dim,
+            c.projection_class_embeddings_input_dim,
+        ) {
+            (None, _, _) => {}
+            (Some("text_time"), Some(t), Some(p)) if t > 0 && t % 2 == 0 && p > 6 * t => {}
+            (Some("text_time"), t, p) => {
+                return unsupported(format!(
+                    "addition_embed_type \"text_time\" needs an even addition_time_embed_dim > 0 and projection_class_embeddings_input_dim > 6 × it (got {t:?}, {p:?})"
+                ))
+            }
+            (Some(other), _, _) => {
+                return unsupported(format!(
+                    "addition_embed_type {other:?} (supported: text_time)"
+                ))
+            }
         }
         if c.act_fn != "silu" || c.resnet_time_scale_shift != "default" {
             return unsupported(format!(
@@ -207,6 +228,8 @@ impl UNetConfig {
             class_embed_type: None,
             addition_embed_type: None,
             time_cond_proj_dim: None,
+            addition_time_embed_dim: None,
+            projection_class_embeddings_input_dim: None,
             act_fn: "silu".into(),
             only_cross_attention: serde_json::Value::Null,
             resnet_time_scale_shift: "default".into(),

@@ -1,9 +1,10 @@
-//! diffusers' `UNet2DConditionModel` for SD 1.x/2.x, driven by `config.json`,
+//! diffusers' `UNet2DConditionModel` for SD 1.x/2.x/XL, driven by `config.json`,
 //! with diffusers' parameter names (`down_blocks.0.resnets.0.conv1.weight`, ...).
 #![forbid(unsafe_code)]
 
 use tch::{Kind, Tensor};
 
+use super::{Conditioning, Denoiser, TextTime};
 use crate::engine::blocks::{ResnetBlock, Upsample};
 use crate::engine::nn::{Conv2d, GroupNorm, Linear, ModelError, Scope};
 
@@ -31,10 +32,20 @@ struct MidBlock {
     resnet1: ResnetBlock,
 }
 
+/// SDXL's `text_time` added conditioning: `add_time_proj` (sinusoidal, per
+/// time id) and `add_embedding` (linear, SiLU, linear) added to the time
+/// embedding.
+struct TextTimeEmbedding {
+    time_dim: i64,
+    linear_1: Linear,
+    linear_2: Linear,
+}
+
 pub struct UNet {
     config: UNetConfig,
     time_linear_1: Linear,
     time_linear_2: Linear,
+    add_embedding: Option<TextTimeEmbedding>,
     conv_in: Conv2d,
     down: Vec<DownBlock>,
     mid: MidBlock,
@@ -207,7 +218,22 @@ impl UNet {
             });
         }
 
+        let add_embedding = match (
+            c.addition_time_embed_dim,
+            c.projection_class_embeddings_input_dim,
+        ) {
+            (Some(time_dim), Some(input)) if c.addition_embed_type.is_some() => {
+                let a = s.sub("add_embedding");
+                Some(TextTimeEmbedding {
+                    time_dim,
+                    linear_1: Linear::new(&a.sub("linear_1"), input, temb, true)?,
+                    linear_2: Linear::new(&a.sub("linear_2"), temb, temb, true)?,
+                })
+            }
+            _ => None,
+        };
         Ok(Self {
+            add_embedding,
             config: c.clone(),
             time_linear_1: Linear::new(&s.sub("time_embedding").sub("linear_1"), c0, temb, true)?,
             time_linear_2: Linear::new(&s.sub("time_embedding").sub("linear_2"), temb, temb, true)?,
@@ -224,17 +250,32 @@ impl UNet {
         &self.config
     }
 
+    /// Whether the UNet takes SDXL's pooled text and time ids.
+    pub fn takes_text_time(&self) -> bool {
+        self.add_embedding.is_some()
+    }
+
     /// Predicts the noise (or v) for `sample` `[b, c, h, w]` at `timestep`,
-    /// conditioned on `context` `[b, tokens, cross_attention_dim]`.
+    /// conditioned on `context` `[b, tokens, cross_attention_dim]` (SD
+    /// 1.x/2.x: a UNet without added conditioning).
     pub fn forward(
         &self,
         sample: &Tensor,
         timestep: f64,
         context: &Tensor,
     ) -> Result<Tensor, ModelError> {
-        let (b, _, _, _) = sample.size4()?;
-        let dtype = sample.kind();
-        let t = Tensor::f_full([b], timestep, (Kind::Float, sample.device()))?;
+        self.forward_with(sample, timestep, context, None)
+    }
+
+    /// The time embedding (`time_embedding(time_proj(t))`) for a batch of `b`.
+    pub fn time_embedding(
+        &self,
+        b: i64,
+        timestep: f64,
+        device: tch::Device,
+        dtype: Kind,
+    ) -> Result<Tensor, ModelError> {
+        let t = Tensor::f_full([b], timestep, (Kind::Float, device))?;
         let t_emb = timestep_embedding(
             &t,
             self.config.block_out_channels[0],
@@ -242,9 +283,58 @@ impl UNet {
             self.config.freq_shift,
         )?
         .f_to_kind(dtype)?;
-        let emb = self
-            .time_linear_2
-            .forward(&self.time_linear_1.forward(&t_emb)?.f_silu()?)?;
+        self.time_linear_2
+            .forward(&self.time_linear_1.forward(&t_emb)?.f_silu()?)
+    }
+
+    /// SDXL's `aug_emb`: `add_embedding(cat[text_embeds,
+    /// add_time_proj(time_ids).flatten]`.
+    pub fn text_time_embedding(&self, added: &TextTime) -> Result<Tensor, ModelError> {
+        let Some(add) = &self.add_embedding else {
+            return Err(ModelError::Config(
+                "this UNet has no text_time added conditioning".into(),
+            ));
+        };
+        let (b, ids) = added.time_ids.size2()?;
+        let dtype = added.text_embeds.kind();
+        let time_embeds = timestep_embedding(
+            &added.time_ids.f_flatten(0, -1)?,
+            add.time_dim,
+            self.config.flip_sin_to_cos,
+            self.config.freq_shift,
+        )?
+        .f_reshape([b, ids * add.time_dim])?
+        .f_to_kind(dtype)?;
+        let input = Tensor::f_cat(&[&added.text_embeds, &time_embeds], -1)?;
+        add.linear_2
+            .forward(&add.linear_1.forward(&input)?.f_silu()?)
+    }
+
+    /// [`Self::forward`] with SDXL's added conditioning, which a
+    /// `text_time` UNet requires and any other refuses.
+    pub fn forward_with(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&TextTime>,
+    ) -> Result<Tensor, ModelError> {
+        let (b, _, _, _) = sample.size4()?;
+        let mut emb = self.time_embedding(b, timestep, sample.device(), sample.kind())?;
+        match (added, self.takes_text_time()) {
+            (Some(added), true) => emb = emb.f_add(&self.text_time_embedding(added)?)?,
+            (None, false) => {}
+            (None, true) => {
+                return Err(ModelError::Config(
+                    "this UNet needs SDXL's pooled text embeddings and time ids (addition_embed_type \"text_time\"); load it as an SDXL pipeline".into(),
+                ))
+            }
+            (Some(_), false) => {
+                return Err(ModelError::Config(
+                    "added text_time conditioning given to a UNet without addition_embed_type".into(),
+                ))
+            }
+        }
 
         let sample = if self.config.center_input_sample {
             sample.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?
@@ -294,6 +384,25 @@ impl UNet {
         }
         let x = self.conv_norm_out.forward(&x)?.f_silu()?;
         self.conv_out.forward(&x)
+    }
+}
+
+impl Denoiser for UNet {
+    fn predict(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        cond: &Conditioning,
+    ) -> Result<Tensor, ModelError> {
+        self.forward_with(sample, timestep, &cond.context, cond.text_time.as_ref())
+    }
+
+    fn in_channels(&self) -> i64 {
+        self.config.in_channels
+    }
+
+    fn sample_size(&self) -> i64 {
+        self.config.sample_size
     }
 }
 

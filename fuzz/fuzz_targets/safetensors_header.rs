@@ -1,4 +1,4 @@
-//! The safetensors header parser (the worker's `engine/safetensors/header.rs`,
+//! The safetensors header parser (the worker's `engine/weights/safetensors/header.rs`,
 //! which has no libtorch dependency) on a hostile model file's start.
 //!
 //! Input: what a file begins with, `u64` LE header length `N` then `N` bytes
@@ -12,7 +12,7 @@
 #![no_main]
 
 #[allow(dead_code)]
-#[path = "../../worker/src/engine/safetensors/header.rs"]
+#[path = "../../worker/src/engine/weights/safetensors/header.rs"]
 mod header;
 
 use libfuzzer_sys::fuzz_target;

@@ -7,7 +7,7 @@
 #![no_main]
 
 #[allow(dead_code)]
-#[path = "../../worker/src/engine/tokenizer.rs"]
+#[path = "../../worker/src/engine/text/tokenizer.rs"]
 mod tokenizer;
 #[allow(dead_code)]
 #[path = "../src/tokenizer_fixture.rs"]

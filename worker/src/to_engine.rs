@@ -35,10 +35,7 @@ pub fn model_kind(kind: ModelKind) -> Result<engine::ModelKind, String> {
     match kind {
         ModelKind::Sd1 => Ok(engine::ModelKind::Sd1),
         ModelKind::Sd2 => Ok(engine::ModelKind::Sd2),
-        ModelKind::Sdxl => Err(format!(
-            "model kind \"{kind}\" is not implemented by this engine yet; use a \"sd1\" or \
-             \"sd2\" model"
-        )),
+        ModelKind::Sdxl => Ok(engine::ModelKind::Sdxl),
     }
 }
 
@@ -55,10 +52,8 @@ mod tests {
     }
 
     #[test]
-    fn sdxl_is_refused_with_what_to_do() {
-        assert!(model_kind(ModelKind::Sdxl)
-            .unwrap_err()
-            .contains("not implemented"));
+    fn every_kind_reaches_the_engine() {
+        assert_eq!(model_kind(ModelKind::Sdxl), Ok(engine::ModelKind::Sdxl));
         assert_eq!(model_kind(ModelKind::Sd2), Ok(engine::ModelKind::Sd2));
         assert_eq!(device(Device::Cuda(1)), engine::DeviceChoice::Cuda(1));
     }

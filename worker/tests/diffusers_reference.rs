@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use common::ci;
 use tch::{Device, Kind, Tensor};
 use weave_common::prompt::PromptField;
-use weave_worker::engine::safetensors::SafetensorsFile;
-use weave_worker::engine::scheduler::{Scheduler, SchedulerError};
+use weave_worker::engine::schedulers::{Scheduler, SchedulerError};
+use weave_worker::engine::weights::safetensors::SafetensorsFile;
 use weave_worker::engine::{
     global_rng_lock, DeviceChoice, GenerateParams, ModelKind, ModelSpec, Pipeline, Precision,
     SchedulerKind,

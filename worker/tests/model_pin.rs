@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use common::{write_tiny_model, TinyOptions};
 use weave_common::pin::pin_of;
-use weave_worker::engine::files::ModelFiles;
-use weave_worker::engine::safetensors::SafetensorsFile;
+use weave_worker::engine::weights::files::ModelFiles;
+use weave_worker::engine::weights::safetensors::SafetensorsFile;
 use weave_worker::engine::{
     DeviceChoice, EngineError, GenerateParams, LoaderError, ModelKind, ModelSpec, Pipeline,
     Precision, SchedulerKind,

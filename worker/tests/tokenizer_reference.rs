@@ -6,7 +6,7 @@
 
 mod common;
 
-use weave_worker::engine::tokenizer::ClipTokenizer;
+use weave_worker::engine::text::tokenizer::ClipTokenizer;
 
 /// (prompt, ids up to and including the `<|endoftext|>` that ends the text;
 /// the rest of the 77 are `<|endoftext|>` padding).

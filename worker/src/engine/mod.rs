@@ -16,24 +16,24 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod clip;
-pub mod files;
+pub mod blocks;
+pub mod denoisers;
 pub mod loader;
 pub mod nn;
-pub mod pipeline;
-pub mod prompt_encoding;
-pub mod safetensors;
-pub mod scheduler;
-pub mod tokenizer;
-pub mod unet;
+pub mod pipelines;
+pub mod schedulers;
+pub mod text;
 pub mod vae;
+pub mod weights;
 
 pub use loader::{LoaderError, ModelKind, ModelSpec};
 pub use nn::ModelError;
-pub use pipeline::{global_rng_lock, DeviceChoice, GenerateParams, Pipeline, Precision, RgbImage};
-pub use safetensors::SafetensorsError;
-pub use scheduler::{SchedulerError, SchedulerKind};
-pub use tokenizer::TokenizerError;
+pub use pipelines::{
+    global_rng_lock, DeviceChoice, GenerateParams, Pipeline, Precision, PromptInput, RgbImage,
+};
+pub use schedulers::{SchedulerError, SchedulerKind};
+pub use text::tokenizer::TokenizerError;
+pub use weights::safetensors::SafetensorsError;
 
 /// Everything the engine can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
 
-use super::safetensors::{SafetensorsError, SafetensorsFile};
+use crate::engine::weights::safetensors::{SafetensorsError, SafetensorsFile};
 
 /// Errors building or running a model (text encoder, UNet, VAE).
 #[derive(Debug, thiserror::Error)]

@@ -5,8 +5,8 @@
 use serde::Deserialize;
 use tch::Tensor;
 
-use super::nn::{attention, Conv2d, GroupNorm, Linear, ModelError, Scope};
-use super::unet::{ResnetBlock, Upsample};
+use crate::engine::blocks::{ResnetBlock, Upsample};
+use crate::engine::nn::{attention, Conv2d, GroupNorm, Linear, ModelError, Scope};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct VaeConfig {
@@ -29,6 +29,10 @@ pub struct VaeConfig {
     pub up_block_types: Vec<String>,
     #[serde(default = "d_true")]
     pub mid_block_add_attention: bool,
+    /// diffusers' SDXL pipeline runs an fp16 VAE in fp32 when this is set
+    /// (SDXL's VAE overflows in fp16); absent means true, as in diffusers.
+    #[serde(default = "d_true")]
+    pub force_upcast: bool,
 }
 
 fn d_three() -> i64 {
@@ -84,6 +88,7 @@ impl VaeConfig {
             use_post_quant_conv: true,
             up_block_types: vec!["UpDecoderBlock2D".into(); 4],
             mid_block_add_attention: true,
+            force_upcast: true,
         }
     }
 

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use tch::{Device, Kind};
-use weave_worker::engine::clip::{ClipTextConfig, ClipTextModel};
+use weave_worker::engine::denoisers::unet::{UNet, UNetConfig};
 use weave_worker::engine::nn::Weights;
-use weave_worker::engine::safetensors::serialize;
-use weave_worker::engine::unet::{UNet, UNetConfig};
+use weave_worker::engine::text::clip::{ClipTextConfig, ClipTextModel};
 use weave_worker::engine::vae::{VaeConfig, VaeDecoder};
+use weave_worker::engine::weights::safetensors::serialize;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

@@ -1,4 +1,7 @@
-//! Text-to-image, step for step as diffusers' `StableDiffusionPipeline`.
+//! Text-to-image, step for step as diffusers' `StableDiffusionPipeline`
+//! (SD 1.x/2.x, `sd.rs`) and `StableDiffusionXLPipeline` (`sdxl.rs`). What
+//! differs by family is the [`Conditioner`] (text encoders, negative prompt,
+//! added time ids); the loop, the schedulers and the VAE are shared.
 #![forbid(unsafe_code)]
 
 use std::ops::ControlFlow;
@@ -6,14 +9,66 @@ use std::ops::ControlFlow;
 use tch::{Device, Kind, Tensor};
 use weave_common::prompt::{PromptField, DEFAULT_MAX_PROMPT_CHUNKS};
 
-use super::clip::ClipTextModel;
-use super::loader::{Component, ModelParts, ModelSpec};
-use super::prompt_encoding;
-use super::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
-use super::tokenizer::ClipTokenizer;
-use super::unet::UNet;
-use super::vae::VaeDecoder;
-use super::EngineError;
+use crate::engine::denoisers::unet::UNet;
+use crate::engine::denoisers::{Conditioning, Denoiser, TextTime};
+use crate::engine::loader::{Component, ModelParts, ModelSpec};
+use crate::engine::schedulers::{Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
+use crate::engine::text::clip::ClipTextModel;
+use crate::engine::text::prompt_encoding;
+use crate::engine::text::tokenizer::ClipTokenizer;
+use crate::engine::vae::VaeDecoder;
+use crate::engine::EngineError;
+
+pub mod sd;
+pub mod sdxl;
+
+/// One prompt's conditioning, batch 1.
+pub struct PromptEmbeds {
+    /// `[1, 77, width]`.
+    pub context: Tensor,
+    /// SDXL: the pooled text embedding `[1, P]`.
+    pub pooled: Option<Tensor>,
+}
+
+/// One prompt to encode: its text in A1111 syntax (docs/PROMPTS.md),
+/// which request field it is, and how it may be encoded.
+#[derive(Debug, Clone, Copy)]
+pub struct PromptInput<'a> {
+    pub text: &'a str,
+    pub field: PromptField,
+    pub clip_skip: u32,
+    /// 75-token chunks the text may take.
+    pub max_chunks: u32,
+}
+
+impl PromptInput<'_> {
+    fn max_chunks(&self) -> usize {
+        usize::try_from(self.max_chunks).unwrap_or(usize::MAX)
+    }
+}
+
+/// What a family's text side does with prompts.
+pub trait Conditioner: Send {
+    /// `context` is `[1, 77·chunks, width]`.
+    fn encode(&self, prompt: &PromptInput<'_>, device: Device)
+        -> Result<PromptEmbeds, EngineError>;
+    /// The unconditional side for classifier-free guidance (`text` empty:
+    /// no negative prompt given).
+    fn negative(
+        &self,
+        prompt: &PromptInput<'_>,
+        device: Device,
+        positive: &PromptEmbeds,
+    ) -> Result<PromptEmbeds, EngineError>;
+    /// SDXL's added time ids for an image of this size; `None` elsewhere.
+    fn time_ids(&self, width: u32, height: u32) -> Option<[f32; 6]>;
+    fn tokenizer(&self) -> &ClipTokenizer;
+    fn text_encoder(&self) -> &ClipTextModel;
+    /// SDXL's second tokenizer and encoder.
+    fn second(&self) -> Option<(&ClipTokenizer, &ClipTextModel)> {
+        None
+    }
+}
 
 /// Where to run: `auto` picks the first CUDA device when libtorch sees one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -136,12 +191,14 @@ pub fn global_rng_lock() -> std::sync::MutexGuard<'static, ()> {
 pub const MAX_SIDE: u32 = 4096;
 pub const MAX_BATCH: u32 = 64;
 
-/// A loaded Stable Diffusion pipeline.
+/// A loaded Stable Diffusion (1.x/2.x/XL) pipeline.
 pub struct Pipeline {
-    tokenizer: ClipTokenizer,
-    text_encoder: ClipTextModel,
+    conditioner: Box<dyn Conditioner>,
     unet: UNet,
     vae: VaeDecoder,
+    /// The VAE's dtype: the compute dtype, or fp32 for an SDXL VAE with
+    /// `force_upcast` when computing in fp16 (it overflows there).
+    vae_kind: Kind,
     scheduler_config: SchedulerConfig,
     device: Device,
     kind: Kind,
@@ -162,17 +219,51 @@ impl Pipeline {
         let tokenizer = parts.tokenizer()?;
         let te_weights = parts.weights(Component::TextEncoder, kind, device);
         let text_encoder = ClipTextModel::new(&te_weights.root(), &parts.text_config)?;
+        let mut memory_bytes = te_weights.loaded_bytes();
+        let conditioner: Box<dyn Conditioner> =
+            match (&parts.second_text, parts.second_text_weights(kind, device)) {
+                (Some(second), Some(weights)) => {
+                    let root = weights.root();
+                    let encoder_2 = ClipTextModel::with_projection(
+                        &root,
+                        &root.sub("text_projection"),
+                        &second.config,
+                    )?;
+                    memory_bytes += weights.loaded_bytes();
+                    Box::new(sdxl::SdxlText {
+                        tokenizer,
+                        encoder: text_encoder,
+                        tokenizer_2: parts.tokenizer_in(&second.tokenizer_dir)?,
+                        encoder_2,
+                        force_zeros_for_empty_prompt: second.force_zeros_for_empty_prompt,
+                    })
+                }
+                _ => Box::new(sd::SdText {
+                    tokenizer,
+                    encoder: text_encoder,
+                }),
+            };
         let unet_weights = parts.weights(Component::Unet, kind, device);
         let unet = UNet::new(&unet_weights.root(), &parts.unet_config)?;
-        let vae_weights = parts.weights(Component::Vae, kind, device);
+        if unet.takes_text_time() != conditioner.second().is_some() {
+            return Err(EngineError::InvalidParams(
+                "the UNet's addition_embed_type does not match the text encoders: SDXL needs text_encoder_2/ and a \"text_time\" UNet, SD 1.x/2.x neither".into(),
+            ));
+        }
+        let upcast = conditioner.second().is_some() && parts.vae_config.force_upcast;
+        let vae_kind = if upcast && kind == Kind::Half {
+            Kind::Float
+        } else {
+            kind
+        };
+        let vae_weights = parts.weights(Component::Vae, vae_kind, device);
         let vae = VaeDecoder::new(&vae_weights.root(), &parts.vae_config)?;
-        let memory_bytes =
-            te_weights.loaded_bytes() + unet_weights.loaded_bytes() + vae_weights.loaded_bytes();
+        memory_bytes += unet_weights.loaded_bytes() + vae_weights.loaded_bytes();
         Ok(Self {
-            tokenizer,
-            text_encoder,
+            conditioner,
             unet,
             vae,
+            vae_kind,
             scheduler_config: parts.scheduler_config,
             device,
             kind,
@@ -194,11 +285,21 @@ impl Pipeline {
     }
 
     pub fn tokenizer(&self) -> &ClipTokenizer {
-        &self.tokenizer
+        self.conditioner.tokenizer()
     }
 
     pub fn text_encoder(&self) -> &ClipTextModel {
-        &self.text_encoder
+        self.conditioner.text_encoder()
+    }
+
+    /// SDXL's second tokenizer and text encoder.
+    pub fn second_text(&self) -> Option<(&ClipTokenizer, &ClipTextModel)> {
+        self.conditioner.second()
+    }
+
+    /// Whether this is an SDXL pipeline (two encoders, text-time UNet).
+    pub fn is_sdxl(&self) -> bool {
+        self.conditioner.second().is_some()
     }
 
     pub fn unet(&self) -> &UNet {
@@ -218,9 +319,9 @@ impl Pipeline {
         (self.unet.config().sample_size * self.vae.config().scale_factor()) as u32
     }
 
-    /// Prompt text in A1111 syntax → text embeddings `[1, 77·chunks, dim]`
-    /// (`prompt_encoding`); a plain prompt of up to 75 tokens is one chunk,
-    /// exactly diffusers' embedding.
+    /// Prompt text in A1111 syntax → the embeddings the UNet attends to,
+    /// `[1, 77·chunks, dim]`; a plain prompt of up to 75 tokens is one
+    /// chunk, exactly diffusers' embedding.
     pub fn encode_text(
         &self,
         text: &str,
@@ -228,16 +329,19 @@ impl Pipeline {
         clip_skip: u32,
         max_chunks: u32,
     ) -> Result<Tensor, EngineError> {
-        let _no_grad = tch::no_grad_guard();
-        let chunks = prompt_encoding::prompt_chunks(
-            &self.tokenizer,
+        let prompt = PromptInput {
             text,
             field,
-            usize::try_from(max_chunks).unwrap_or(usize::MAX),
-        )?;
-        prompt_encoding::encode_chunks(&chunks, self.device, &mut |ids| {
-            Ok(self.text_encoder.forward(ids, clip_skip as usize)?)
-        })
+            clip_skip,
+            max_chunks,
+        };
+        Ok(self.encode_prompt(&prompt)?.context)
+    }
+
+    /// A prompt → embeddings and (SDXL) the pooled embedding.
+    pub fn encode_prompt(&self, prompt: &PromptInput<'_>) -> Result<PromptEmbeds, EngineError> {
+        let _no_grad = tch::no_grad_guard();
+        self.conditioner.encode(prompt, self.device)
     }
 
     /// The initial latents diffusers draws for `params` with
@@ -252,7 +356,7 @@ impl Pipeline {
         let vsf = self.vae.config().scale_factor() as u32;
         let shape = [
             params.batch as i64,
-            self.unet.config().in_channels,
+            self.unet.in_channels(),
             (params.height / vsf) as i64,
             (params.width / vsf) as i64,
         ];
@@ -290,37 +394,8 @@ impl Pipeline {
     ) -> Result<Tensor, EngineError> {
         let _no_grad = tch::no_grad_guard();
         self.validate(p)?;
-        let batch = p.batch as i64;
         let cfg = p.guidance > 1.0;
-        let cond = self.encode_text(
-            &p.prompt,
-            PromptField::Prompt,
-            p.clip_skip,
-            p.max_prompt_chunks,
-        )?;
-        let context = if cfg {
-            let uncond = self.encode_text(
-                &p.negative_prompt,
-                PromptField::NegativePrompt,
-                p.clip_skip,
-                p.max_prompt_chunks,
-            )?;
-            let (uncond, cond) = if uncond.size()[1] == cond.size()[1] {
-                (uncond, cond)
-            } else {
-                let empty = self.encode_text("", PromptField::NegativePrompt, p.clip_skip, 1)?;
-                prompt_encoding::same_length(uncond, cond, &empty)?
-            };
-            Tensor::f_cat(
-                &[
-                    uncond.f_repeat([batch, 1, 1])?,
-                    cond.f_repeat([batch, 1, 1])?,
-                ],
-                0,
-            )?
-        } else {
-            cond.f_repeat([batch, 1, 1])?
-        };
+        let cond = self.conditioning(p, cfg)?;
         let mut scheduler = Scheduler::new(p.scheduler, &self.scheduler_config, p.steps as usize)?;
         let _rng = global_rng_lock();
         let mut latents = self
@@ -341,7 +416,7 @@ impl Pipeline {
                 latents.shallow_clone()
             };
             let input = scheduler.scale_model_input(&input)?;
-            let noise_pred = self.unet.forward(&input, t, &context)?;
+            let noise_pred = self.unet.predict(&input, t, &cond)?;
             let noise_pred = if cfg {
                 let halves = noise_pred.f_chunk(2, 0)?;
                 let (uncond, text) = (&halves[0], &halves[1]);
@@ -357,11 +432,100 @@ impl Pipeline {
         Ok(latents)
     }
 
-    /// Latents → images in [-1, 1] (diffusers' `vae.decode(latents / scaling_factor)`).
+    /// The batched conditioning for `p`: `[negative, positive]` under
+    /// guidance, each repeated `batch` times, with SDXL's pooled text and
+    /// time ids alongside.
+    fn conditioning(&self, p: &GenerateParams, cfg: bool) -> Result<Conditioning, EngineError> {
+        let batch = p.batch as i64;
+        let c = &self.conditioner;
+        let input = |text, field| PromptInput {
+            text,
+            field,
+            clip_skip: p.clip_skip,
+            max_chunks: p.max_prompt_chunks,
+        };
+        let mut pos = c.encode(&input(&p.prompt, PromptField::Prompt), self.device)?;
+        let mut neg = if cfg {
+            let negative = input(&p.negative_prompt, PromptField::NegativePrompt);
+            Some(c.negative(&negative, self.device, &pos)?)
+        } else {
+            None
+        };
+        // Guidance batches both sides: the shorter one is lengthened with
+        // the empty prompt's chunk, as A1111 does (docs/PROMPTS.md).
+        if let Some(n) = neg.as_mut() {
+            if n.context.size()[1] != pos.context.size()[1] {
+                let empty = c.encode(
+                    &PromptInput {
+                        max_chunks: 1,
+                        ..input("", PromptField::NegativePrompt)
+                    },
+                    self.device,
+                )?;
+                let (a, b) = prompt_encoding::same_length(
+                    n.context.shallow_clone(),
+                    pos.context.shallow_clone(),
+                    &empty.context,
+                )?;
+                n.context = a;
+                pos.context = b;
+            }
+        }
+        let stack = |pick: &dyn Fn(&PromptEmbeds) -> Option<&Tensor>| -> Result<Option<Tensor>, EngineError> {
+            let Some(positive) = pick(&pos) else {
+                return Ok(None);
+            };
+            let mut parts = Vec::new();
+            if let Some(neg) = &neg {
+                parts.push(pick(neg).ok_or_else(|| {
+                    EngineError::InvalidParams("the negative conditioning lacks a part".into())
+                })?);
+            }
+            parts.push(positive);
+            let rank = positive.dim();
+            let mut reps = vec![1i64; rank];
+            reps[0] = batch;
+            let repeated = parts
+                .iter()
+                .map(|t| t.f_repeat(&reps))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(Tensor::f_cat(&repeated, 0)?))
+        };
+        let context = stack(&|e| Some(&e.context))?.ok_or_else(|| {
+            EngineError::InvalidParams("the text encoder produced no context".into())
+        })?;
+        let pooled = stack(&|e| e.pooled.as_ref())?;
+        let text_time = match (pooled, c.time_ids(p.width, p.height)) {
+            (Some(text_embeds), Some(ids)) => {
+                let rows = text_embeds.size()[0];
+                let time_ids = Tensor::from_slice(&ids)
+                    .f_view([1, 6])?
+                    .f_repeat([rows, 1])?
+                    .f_to_kind(self.kind)?
+                    .f_to_device(self.device)?;
+                Some(TextTime {
+                    text_embeds,
+                    time_ids,
+                })
+            }
+            (None, None) => None,
+            _ => {
+                return Err(EngineError::InvalidParams(
+                    "pooled text embeddings and time ids come together (SDXL) or not at all".into(),
+                ))
+            }
+        };
+        Ok(Conditioning { context, text_time })
+    }
+
+    /// Latents → images in [-1, 1] (diffusers' `vae.decode(latents / scaling_factor)`),
+    /// in fp32 for an upcast SDXL VAE.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, EngineError> {
         let _no_grad = tch::no_grad_guard();
         let c = self.vae.config();
-        let mut z = latents.f_div_scalar(c.scaling_factor)?;
+        let mut z = latents
+            .f_to_kind(self.vae_kind)?
+            .f_div_scalar(c.scaling_factor)?;
         if let Some(shift) = c.shift_factor {
             z = z.f_add_scalar(shift)?;
         }

@@ -20,14 +20,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::clip::ClipTextConfig;
-use super::files::ModelFiles;
-use super::nn::{ModelError, Weights};
-use super::safetensors::{SafetensorsError, SafetensorsFile};
-use super::scheduler::SchedulerConfig;
-use super::tokenizer::{ClipTokenizer, TokenizerError};
-use super::unet::UNetConfig;
-use super::vae::VaeConfig;
+use crate::engine::denoisers::unet::UNetConfig;
+use crate::engine::nn::{ModelError, Weights};
+use crate::engine::schedulers::SchedulerConfig;
+use crate::engine::text::clip::ClipTextConfig;
+use crate::engine::text::tokenizer::{ClipTokenizer, TokenizerError};
+use crate::engine::vae::VaeConfig;
+use crate::engine::weights::files::ModelFiles;
+use crate::engine::weights::safetensors::{SafetensorsError, SafetensorsFile};
+
+mod ldm_keys;
+
+use ldm_keys::{map_ldm_unet, map_ldm_vae, map_openclip};
 
 /// Largest config JSON we read.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
@@ -70,6 +74,9 @@ pub enum ModelKind {
     Sd2,
     /// SD 2.x 768-v (v-prediction).
     Sd2V,
+    /// SDXL: two text encoders, text-time conditioning. Diffusers folders
+    /// only for now; single files are refused.
+    Sdxl,
 }
 
 /// What to load.
@@ -111,8 +118,19 @@ pub struct ModelParts {
     pub vae_config: VaeConfig,
     pub scheduler_config: SchedulerConfig,
     pub tokenizer_dir: PathBuf,
+    /// SDXL: `text_encoder_2/` and `tokenizer_2/`.
+    pub second_text: Option<SecondText>,
     layout: Layout,
     files: ModelFiles,
+}
+
+/// SDXL's second text encoder and tokenizer, and `model_index.json`'s
+/// `force_zeros_for_empty_prompt` (diffusers' default: true).
+pub struct SecondText {
+    pub config: ClipTextConfig,
+    pub tokenizer_dir: PathBuf,
+    pub force_zeros_for_empty_prompt: bool,
+    weights: Arc<SafetensorsFile>,
 }
 
 enum Layout {
@@ -275,9 +293,15 @@ impl ModelParts {
                     path: path.join("model_index.json"),
                 });
             }
-            read_json_in(&files, &path.join("model_index.json"))?;
+            let index = read_json_in(&files, &path.join("model_index.json"))?;
             let (text_config, unet_config, vae_config, scheduler_config) =
                 folder_configs(&files, path)?;
+            let second_text = second_text(&files, path, &index)?;
+            if spec.kind == ModelKind::Sdxl && second_text.is_none() {
+                return Err(LoaderError::Missing {
+                    path: path.join("text_encoder_2"),
+                });
+            }
             let weight_names = [
                 "diffusion_pytorch_model.safetensors",
                 "diffusion_pytorch_model.bin",
@@ -297,6 +321,7 @@ impl ModelParts {
                 vae_config,
                 scheduler_config,
                 tokenizer_dir: path.join("tokenizer"),
+                second_text,
                 layout,
                 files,
             })
@@ -321,6 +346,15 @@ impl ModelParts {
         {
             return Err(single(
                 "no model.diffusion_model.* weights; only original Stable Diffusion checkpoints are supported as single files".into(),
+            ));
+        }
+        if spec.kind == ModelKind::Sdxl
+            || tensors
+                .keys()
+                .any(|k| k.starts_with("conditioner.embedders."))
+        {
+            return Err(single(
+                "single-file SDXL checkpoints (conditioner.embedders.*) are not supported yet; use the diffusers folder form (StableDiffusionXLPipeline.from_single_file(...).save_pretrained(dir) converts one)".into(),
             ));
         }
         let openclip = tensors.contains_key("cond_stage_model.model.token_embedding.weight");
@@ -358,6 +392,7 @@ impl ModelParts {
             vae_config,
             scheduler_config,
             tokenizer_dir,
+            second_text: None,
             layout: Layout::Single { file, openclip },
             files,
         })
@@ -365,7 +400,21 @@ impl ModelParts {
 
     /// The tokenizer, read through the same files (pinned or not).
     pub fn tokenizer(&self) -> Result<ClipTokenizer, TokenizerError> {
-        ClipTokenizer::from_dir_with(&self.tokenizer_dir, &|path| self.files.tokenizer_text(path))
+        self.tokenizer_in(&self.tokenizer_dir)
+    }
+
+    /// A tokenizer folder of this model, read through the same files.
+    pub fn tokenizer_in(&self, dir: &Path) -> Result<ClipTokenizer, TokenizerError> {
+        ClipTokenizer::from_dir_with(dir, &|path| self.files.tokenizer_text(path))
+    }
+
+    /// SDXL's second text encoder's weights (keys with or without
+    /// `text_model.`; `text_projection.*` stays as it is).
+    pub fn second_text_weights(&self, kind: tch::Kind, device: tch::Device) -> Option<Weights> {
+        let second = self.second_text.as_ref()?;
+        Some(Weights::new(second.weights.clone(), kind, device, |k| {
+            vec![(k.strip_prefix("text_model.").unwrap_or(k).to_string(), None)]
+        }))
     }
 
     /// The weights of one component, named as our modules expect.
@@ -425,6 +474,37 @@ impl ModelParts {
     }
 }
 
+/// SDXL's second text side, when the folder has `text_encoder_2/`.
+fn second_text(
+    files: &ModelFiles,
+    dir: &Path,
+    index: &serde_json::Value,
+) -> Result<Option<SecondText>, LoaderError> {
+    let config_path = dir.join("text_encoder_2/config.json");
+    if !files.exists(&config_path) {
+        return Ok(None);
+    }
+    let config = ClipTextConfig::from_json(&read_json_in(files, &config_path)?)
+        .map_err(config_error(&config_path))?;
+    let force_zeros_for_empty_prompt = match index.get("force_zeros_for_empty_prompt") {
+        None => true,
+        Some(v) => v.as_bool().ok_or_else(|| LoaderError::BadConfig {
+            path: dir.join("model_index.json"),
+            reason: "force_zeros_for_empty_prompt must be true or false".into(),
+        })?,
+    };
+    Ok(Some(SecondText {
+        config,
+        tokenizer_dir: dir.join("tokenizer_2"),
+        force_zeros_for_empty_prompt,
+        weights: open_weights(
+            files,
+            &dir.join("text_encoder_2"),
+            &["model.safetensors", "pytorch_model.bin"],
+        )?,
+    }))
+}
+
 /// Old diffusers VAE attention names (`query`, `key`, `value`, `proj_attn`).
 fn legacy_vae_attention(k: &str) -> String {
     for (old, new) in [
@@ -440,287 +520,10 @@ fn legacy_vae_attention(k: &str) -> String {
     k.to_string()
 }
 
-/// Splits `"a.b.rest"` after `n` dot-separated parts.
-fn split_parts(s: &str, n: usize) -> Option<(Vec<&str>, &str)> {
-    let mut parts = Vec::with_capacity(n);
-    let mut rest = s;
-    for _ in 0..n {
-        let (head, tail) = rest.split_once('.')?;
-        parts.push(head);
-        rest = tail;
-    }
-    Some((parts, rest))
-}
-
-/// ldm ResBlock parameter names → diffusers `ResnetBlock2D` names.
-fn map_resnet(rest: &str) -> String {
-    for (old, new) in [
-        ("in_layers.0.", "norm1."),
-        ("in_layers.2.", "conv1."),
-        ("emb_layers.1.", "time_emb_proj."),
-        ("out_layers.0.", "norm2."),
-        ("out_layers.3.", "conv2."),
-        ("skip_connection.", "conv_shortcut."),
-        ("nin_shortcut.", "conv_shortcut."),
-    ] {
-        if let Some(tail) = rest.strip_prefix(old) {
-            return format!("{new}{tail}");
-        }
-    }
-    rest.to_string()
-}
-
-/// An original SD UNet key (after `model.diffusion_model.`) → diffusers name.
-fn map_ldm_unet(k: &str, layers_per_block: i64) -> Option<String> {
-    let per = (layers_per_block + 1) as usize;
-    for (old, new) in [
-        ("time_embed.0.", "time_embedding.linear_1."),
-        ("time_embed.2.", "time_embedding.linear_2."),
-        ("input_blocks.0.0.", "conv_in."),
-        ("out.0.", "conv_norm_out."),
-        ("out.2.", "conv_out."),
-    ] {
-        if let Some(tail) = k.strip_prefix(old) {
-            return Some(format!("{new}{tail}"));
-        }
-    }
-    if let Some(rest) = k.strip_prefix("input_blocks.") {
-        let (p, tail) = split_parts(rest, 2)?;
-        let i: usize = p[0].parse().ok()?;
-        let sub: usize = p[1].parse().ok()?;
-        if i == 0 {
-            return None;
-        }
-        let block = (i - 1) / per;
-        let layer = (i - 1) % per;
-        return Some(if layer + 1 == per {
-            let tail = tail.strip_prefix("op.")?;
-            format!("down_blocks.{block}.downsamplers.0.conv.{tail}")
-        } else if sub == 0 {
-            format!("down_blocks.{block}.resnets.{layer}.{}", map_resnet(tail))
-        } else {
-            format!("down_blocks.{block}.attentions.{layer}.{tail}")
-        });
-    }
-    if let Some(rest) = k.strip_prefix("middle_block.") {
-        let (p, tail) = split_parts(rest, 1)?;
-        return Some(match p[0] {
-            "0" => format!("mid_block.resnets.0.{}", map_resnet(tail)),
-            "1" => format!("mid_block.attentions.0.{tail}"),
-            "2" => format!("mid_block.resnets.1.{}", map_resnet(tail)),
-            _ => return None,
-        });
-    }
-    if let Some(rest) = k.strip_prefix("output_blocks.") {
-        let (p, tail) = split_parts(rest, 2)?;
-        let i: usize = p[0].parse().ok()?;
-        let sub: usize = p[1].parse().ok()?;
-        let (block, layer) = (i / per, i % per);
-        return Some(match (sub, tail.strip_prefix("conv.")) {
-            (0, _) => format!("up_blocks.{block}.resnets.{layer}.{}", map_resnet(tail)),
-            (1 | 2, Some(conv)) => format!("up_blocks.{block}.upsamplers.0.conv.{conv}"),
-            (1, None) => format!("up_blocks.{block}.attentions.{layer}.{tail}"),
-            _ => return None,
-        });
-    }
-    None
-}
-
-/// An original SD VAE key (after `first_stage_model.`) → diffusers name.
-/// Only the decoder side is mapped.
-fn map_ldm_vae(k: &str, levels: i64) -> Option<String> {
-    if let Some(tail) = k.strip_prefix("post_quant_conv.") {
-        return Some(format!("post_quant_conv.{tail}"));
-    }
-    let rest = k.strip_prefix("decoder.")?;
-    for (old, new) in [
-        ("conv_in.", "conv_in."),
-        ("conv_out.", "conv_out."),
-        ("norm_out.", "conv_norm_out."),
-    ] {
-        if let Some(tail) = rest.strip_prefix(old) {
-            return Some(format!("decoder.{new}{tail}"));
-        }
-    }
-    if let Some(tail) = rest.strip_prefix("mid.block_1.") {
-        return Some(format!("decoder.mid_block.resnets.0.{}", map_resnet(tail)));
-    }
-    if let Some(tail) = rest.strip_prefix("mid.block_2.") {
-        return Some(format!("decoder.mid_block.resnets.1.{}", map_resnet(tail)));
-    }
-    if let Some(tail) = rest.strip_prefix("mid.attn_1.") {
-        for (old, new) in [
-            ("norm.", "group_norm."),
-            ("q.", "to_q."),
-            ("k.", "to_k."),
-            ("v.", "to_v."),
-            ("proj_out.", "to_out.0."),
-        ] {
-            if let Some(t) = tail.strip_prefix(old) {
-                return Some(format!("decoder.mid_block.attentions.0.{new}{t}"));
-            }
-        }
-        return None;
-    }
-    if let Some(up) = rest.strip_prefix("up.") {
-        let (p, tail) = split_parts(up, 1)?;
-        let i: i64 = p[0].parse().ok()?;
-        let block = levels - 1 - i;
-        if block < 0 {
-            return None;
-        }
-        if let Some(t) = tail.strip_prefix("upsample.conv.") {
-            return Some(format!("decoder.up_blocks.{block}.upsamplers.0.conv.{t}"));
-        }
-        let (q, t) = split_parts(tail.strip_prefix("block.")?, 1)?;
-        return Some(format!(
-            "decoder.up_blocks.{block}.resnets.{}.{}",
-            q[0],
-            map_resnet(t)
-        ));
-    }
-    None
-}
-
-/// An OpenCLIP text tower key (SD 2.x single files) → transformers names.
-fn map_openclip(k: &str) -> Vec<(String, Option<(i64, i64)>)> {
-    let Some(rest) = k.strip_prefix("cond_stage_model.model.") else {
-        return Vec::new();
-    };
-    let one = |s: String| vec![(s, None)];
-    match rest {
-        "token_embedding.weight" => return one("embeddings.token_embedding.weight".into()),
-        "positional_embedding" => return one("embeddings.position_embedding.weight".into()),
-        _ => {}
-    }
-    if let Some(t) = rest.strip_prefix("ln_final.") {
-        return one(format!("final_layer_norm.{t}"));
-    }
-    let Some(block) = rest.strip_prefix("transformer.resblocks.") else {
-        return Vec::new();
-    };
-    let Some((p, tail)) = split_parts(block, 1) else {
-        return Vec::new();
-    };
-    let layer = format!("encoder.layers.{}", p[0]);
-    for (which, suffix) in [
-        ("attn.in_proj_weight", "weight"),
-        ("attn.in_proj_bias", "bias"),
-    ] {
-        if tail == which {
-            return ["q_proj", "k_proj", "v_proj"]
-                .iter()
-                .enumerate()
-                .map(|(i, proj)| {
-                    (
-                        format!("{layer}.self_attn.{proj}.{suffix}"),
-                        Some((i as i64, 3)),
-                    )
-                })
-                .collect();
-        }
-    }
-    for (old, new) in [
-        ("attn.out_proj.", "self_attn.out_proj."),
-        ("ln_1.", "layer_norm1."),
-        ("ln_2.", "layer_norm2."),
-        ("mlp.c_fc.", "mlp.fc1."),
-        ("mlp.c_proj.", "mlp.fc2."),
-    ] {
-        if let Some(t) = tail.strip_prefix(old) {
-            return one(format!("{layer}.{new}{t}"));
-        }
-    }
-    Vec::new()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unet_names() {
-        let m = |k| map_ldm_unet(k, 2);
-        assert_eq!(
-            m("input_blocks.1.0.in_layers.2.weight").as_deref(),
-            Some("down_blocks.0.resnets.0.conv1.weight")
-        );
-        assert_eq!(
-            m("input_blocks.2.1.transformer_blocks.0.attn1.to_q.weight").as_deref(),
-            Some("down_blocks.0.attentions.1.transformer_blocks.0.attn1.to_q.weight")
-        );
-        assert_eq!(
-            m("input_blocks.3.0.op.bias").as_deref(),
-            Some("down_blocks.0.downsamplers.0.conv.bias")
-        );
-        assert_eq!(
-            m("input_blocks.4.0.skip_connection.weight").as_deref(),
-            Some("down_blocks.1.resnets.0.conv_shortcut.weight")
-        );
-        assert_eq!(
-            m("middle_block.1.proj_in.weight").as_deref(),
-            Some("mid_block.attentions.0.proj_in.weight")
-        );
-        assert_eq!(
-            m("output_blocks.2.1.conv.weight").as_deref(),
-            Some("up_blocks.0.upsamplers.0.conv.weight")
-        );
-        assert_eq!(
-            m("output_blocks.5.2.conv.bias").as_deref(),
-            Some("up_blocks.1.upsamplers.0.conv.bias")
-        );
-        assert_eq!(
-            m("output_blocks.4.1.norm.weight").as_deref(),
-            Some("up_blocks.1.attentions.1.norm.weight")
-        );
-        assert_eq!(
-            m("output_blocks.11.0.emb_layers.1.weight").as_deref(),
-            Some("up_blocks.3.resnets.2.time_emb_proj.weight")
-        );
-        assert_eq!(
-            m("time_embed.2.bias").as_deref(),
-            Some("time_embedding.linear_2.bias")
-        );
-    }
-
-    #[test]
-    fn vae_names() {
-        let m = |k| map_ldm_vae(k, 4);
-        assert_eq!(
-            m("decoder.up.3.block.0.conv1.weight").as_deref(),
-            Some("decoder.up_blocks.0.resnets.0.conv1.weight")
-        );
-        assert_eq!(
-            m("decoder.up.0.block.0.nin_shortcut.weight").as_deref(),
-            Some("decoder.up_blocks.3.resnets.0.conv_shortcut.weight")
-        );
-        assert_eq!(
-            m("decoder.up.1.upsample.conv.weight").as_deref(),
-            Some("decoder.up_blocks.2.upsamplers.0.conv.weight")
-        );
-        assert_eq!(
-            m("decoder.mid.attn_1.q.weight").as_deref(),
-            Some("decoder.mid_block.attentions.0.to_q.weight")
-        );
-        assert_eq!(
-            m("decoder.norm_out.bias").as_deref(),
-            Some("decoder.conv_norm_out.bias")
-        );
-        assert_eq!(m("encoder.conv_in.weight"), None);
-    }
-
-    #[test]
-    fn openclip_names() {
-        let v = map_openclip("cond_stage_model.model.transformer.resblocks.3.attn.in_proj_weight");
-        assert_eq!(v.len(), 3);
-        assert_eq!(v[1].0, "encoder.layers.3.self_attn.k_proj.weight");
-        assert_eq!(v[1].1, Some((1, 3)));
-        assert_eq!(
-            map_openclip("cond_stage_model.model.positional_embedding")[0].0,
-            "embeddings.position_embedding.weight"
-        );
-    }
 
     #[test]
     fn python_json_tokens() {

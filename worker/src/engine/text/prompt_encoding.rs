@@ -17,7 +17,7 @@ use weave_common::prompt::{
 };
 
 use super::tokenizer::ClipTokenizer;
-use super::EngineError;
+use crate::engine::EngineError;
 
 /// The chunks of `text` for `tokenizer`, at most `max_chunks` of them.
 pub fn prompt_chunks(

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
-use super::nn::{attention, LayerNorm, Linear, ModelError, Scope};
+use crate::engine::nn::{attention, LayerNorm, Linear, ModelError, Scope};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClipTextConfig {
@@ -26,6 +26,13 @@ pub struct ClipTextConfig {
     pub hidden_act: String,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// The pooled output's token: the first `eos_token_id`, or — for old
+    /// configs that say 2 — the largest id (transformers' legacy rule).
+    #[serde(default = "default_eos")]
+    pub eos_token_id: i64,
+    /// Width of `text_projection` (`CLIPTextModelWithProjection`).
+    #[serde(default)]
+    pub projection_dim: Option<i64>,
 }
 
 fn default_vocab() -> i64 {
@@ -52,6 +59,9 @@ fn default_act() -> String {
 fn default_eps() -> f64 {
     1e-5
 }
+fn default_eos() -> i64 {
+    49407
+}
 
 impl ClipTextConfig {
     /// Parses a text encoder `config.json`; a full `CLIPConfig` with a
@@ -73,6 +83,8 @@ impl ClipTextConfig {
             max_position_embeddings: 77,
             hidden_act: "quick_gelu".into(),
             layer_norm_eps: 1e-5,
+            eos_token_id: 49407,
+            projection_dim: None,
         }
     }
 
@@ -87,6 +99,8 @@ impl ClipTextConfig {
             max_position_embeddings: 77,
             hidden_act: "gelu".into(),
             layer_norm_eps: 1e-5,
+            eos_token_id: 49407,
+            projection_dim: None,
         }
     }
 }
@@ -116,10 +130,49 @@ pub struct ClipTextModel {
     heads: i64,
     activation: Activation,
     max_positions: i64,
+    eos_token_id: i64,
+    /// `text_projection` of `CLIPTextModelWithProjection` (no bias).
+    text_projection: Option<Linear>,
+}
+
+/// What SDXL takes from one encoder: the output of one layer (no final
+/// layer norm) and, with a projection, the pooled text embedding.
+pub struct HiddenAndPooled {
+    pub hidden: Tensor,
+    pub pooled: Option<Tensor>,
 }
 
 impl ClipTextModel {
+    /// `CLIPTextModel`. Parameter names are without `text_model.`.
     pub fn new(s: &Scope, c: &ClipTextConfig) -> Result<Self, ModelError> {
+        Self::build(s, c, None)
+    }
+
+    /// `CLIPTextModelWithProjection`: the encoder under `s` and
+    /// `text_projection` under `projection` (transformers keeps it outside
+    /// `text_model.`).
+    pub fn with_projection(
+        s: &Scope,
+        projection: &Scope,
+        c: &ClipTextConfig,
+    ) -> Result<Self, ModelError> {
+        let dim = c.projection_dim.ok_or_else(|| {
+            ModelError::Config(
+                "text_encoder_2/config.json has no projection_dim (SDXL's second encoder is a CLIPTextModelWithProjection)".into(),
+            )
+        })?;
+        Self::build(
+            s,
+            c,
+            Some(Linear::new(projection, c.hidden_size, dim, false)?),
+        )
+    }
+
+    fn build(
+        s: &Scope,
+        c: &ClipTextConfig,
+        text_projection: Option<Linear>,
+    ) -> Result<Self, ModelError> {
         let activation = match c.hidden_act.as_str() {
             "quick_gelu" => Activation::QuickGelu,
             "gelu" => Activation::Gelu,
@@ -166,7 +219,13 @@ impl ClipTextModel {
             heads: c.num_attention_heads,
             activation,
             max_positions: c.max_position_embeddings,
+            eos_token_id: c.eos_token_id,
+            text_projection,
         })
+    }
+
+    pub fn layers(&self) -> usize {
+        self.layers.len()
     }
 
     /// `input_ids` `[batch, seq]` → the hidden states diffusers conditions
@@ -174,6 +233,67 @@ impl ClipTextModel {
     /// `clip_skip = k` the output of layer `n - k`, also after
     /// `final_layer_norm` (as diffusers' `encode_prompt` does).
     pub fn forward(&self, input_ids: &Tensor, clip_skip: usize) -> Result<Tensor, ModelError> {
+        let keep = self.layers.len().saturating_sub(clip_skip).max(1);
+        let (h, _) = self.run(input_ids, keep, false)?;
+        self.final_layer_norm.forward(&h)
+    }
+
+    /// SDXL's use of an encoder: `hidden_states[-(clip_skip + 2)]` (the
+    /// output of layer `n - 1 - clip_skip`, no final layer norm) and, for an
+    /// encoder with a projection, `text_embeds`: the final-layer-normed
+    /// state at the end-of-text token through `text_projection`.
+    pub fn hidden_and_pooled(
+        &self,
+        input_ids: &Tensor,
+        clip_skip: usize,
+    ) -> Result<HiddenAndPooled, ModelError> {
+        let n = self.layers.len();
+        let wanted = n.checked_sub(1 + clip_skip).ok_or_else(|| {
+            ModelError::Config(format!(
+                "clip_skip {clip_skip} leaves no layer of a {n}-layer text encoder"
+            ))
+        })?;
+        let with_pooled = self.text_projection.is_some();
+        let (last, hidden) = self.run(input_ids, if with_pooled { n } else { wanted }, true)?;
+        let hidden = hidden.into_iter().nth(wanted).ok_or_else(|| {
+            ModelError::Config("the text encoder produced fewer hidden states than layers".into())
+        })?;
+        let pooled = match &self.text_projection {
+            None => None,
+            Some(projection) => {
+                let normed = self.final_layer_norm.forward(&last)?;
+                let eos = self.eos_positions(input_ids)?;
+                let (b, _, d) = normed.size3()?;
+                let index = eos.f_view([b, 1, 1])?.f_expand([b, 1, d], false)?;
+                let at_eos = normed.f_gather(1, &index, false)?.f_squeeze_dim(1)?;
+                Some(projection.forward(&at_eos)?)
+            }
+        };
+        Ok(HiddenAndPooled { hidden, pooled })
+    }
+
+    /// transformers' pooled-token rule: the first `eos_token_id`; configs
+    /// with the legacy id 2 take the largest id instead.
+    fn eos_positions(&self, input_ids: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(if self.eos_token_id == 2 {
+            input_ids.f_argmax(-1, false)?
+        } else {
+            input_ids
+                .f_eq(self.eos_token_id)?
+                .f_to_kind(Kind::Int)?
+                .f_argmax(-1, false)?
+        })
+    }
+
+    /// Runs embeddings and the first `layers` layers; returns the last
+    /// output and, when asked, every layer's output (`hidden_states[0]` is
+    /// the embeddings, as transformers counts them).
+    fn run(
+        &self,
+        input_ids: &Tensor,
+        layers: usize,
+        keep_all: bool,
+    ) -> Result<(Tensor, Vec<Tensor>), ModelError> {
         let (_, seq) = input_ids.size2()?;
         if seq > self.max_positions {
             return Err(ModelError::Config(format!(
@@ -196,8 +316,11 @@ impl ClipTextModel {
             Tensor::f_embedding(&self.token_embedding, input_ids, -1, false, false)?.f_add(
                 &Tensor::f_embedding(&self.position_embedding, &positions, -1, false, false)?,
             )?;
-        let keep = self.layers.len().saturating_sub(clip_skip).max(1);
-        for layer in &self.layers[..keep] {
+        let mut all = Vec::new();
+        for layer in &self.layers[..layers.min(self.layers.len())] {
+            if keep_all {
+                all.push(h.shallow_clone());
+            }
             let residual = h.shallow_clone();
             let x = layer.layer_norm1.forward(&h)?;
             let q = layer.q_proj.forward(&x)?;
@@ -213,6 +336,9 @@ impl ClipTextModel {
             };
             h = layer.fc2.forward(&x)?.f_add(&residual)?;
         }
-        self.final_layer_norm.forward(&h)
+        if keep_all {
+            all.push(h.shallow_clone());
+        }
+        Ok((h, all))
     }
 }

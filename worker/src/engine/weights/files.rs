@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use weave_common::pin::{self, FOLDER_FILES};
 
-use super::loader::LoaderError;
-use super::safetensors::SafetensorsFile;
-use super::tokenizer::{TokenizerError, MAX_VOCAB_FILE_BYTES};
+use crate::engine::loader::LoaderError;
+use crate::engine::text::tokenizer::{TokenizerError, MAX_VOCAB_FILE_BYTES};
+use crate::engine::weights::safetensors::SafetensorsFile;
 
 /// The loader's view of a model's files.
 pub enum ModelFiles {
@@ -119,7 +119,7 @@ impl ModelFiles {
     /// A tokenizer file's text, bounded as the tokenizer bounds it on disk.
     pub fn tokenizer_text(&self, path: &Path) -> Result<String, TokenizerError> {
         let bytes = match self.pinned_bytes(path) {
-            None => return super::tokenizer::read_limited(path),
+            None => return crate::engine::text::tokenizer::read_limited(path),
             Some(None) => {
                 return Err(TokenizerError::Io {
                     path: path.to_owned(),

@@ -91,7 +91,7 @@ impl AuditRecord {
 /// paragraph separators): invisible, or reordering what a reader of the log
 /// sees (a right-to-left override can make `outcome=ok` display as
 /// something else), so they are escaped like control characters.
-fn is_format_or_bidi(c: char) -> bool {
+pub(crate) fn is_format_or_bidi(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'

@@ -360,8 +360,8 @@ impl Connection {
                 self.protocol_error("Hello was already sent")?;
                 return Err(Closed);
             }
-            Request::ListModels => Response::Models(broker.models()),
-            Request::Status => Response::Status(broker.status()),
+            Request::ListModels => Response::Models(broker.models(is_admin)),
+            Request::Status => Response::Status(broker.status(is_admin)),
             Request::Generate(generate) => return self.generate(&generate),
             Request::Cancel { job_id } => {
                 if broker.cancel(uid, is_admin, job_id) {

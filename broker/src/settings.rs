@@ -12,8 +12,12 @@ use weave_common::proto::Mode;
 
 /// Loads and checks `path`: user mode trusts only `euid`; system mode root
 /// and the service account (`service_uid`), never a name from the file.
+/// Each model folder's native size is read once here (a model without
+/// `[model.defaults]` width/height defaults to it).
 pub fn load(path: &Path, mode: Mode, trusted_uids: &[u32]) -> Result<Config, ConfigErrors> {
-    Config::load(path, mode, trusted_uids)
+    let mut config = Config::load(path, mode, trusted_uids)?;
+    config.read_native_sizes();
+    Ok(config)
 }
 
 pub fn syslog_facility(facility: Facility) -> syslog::Facility {

@@ -205,7 +205,7 @@ func decodeResponse(body []byte) (*response, error) {
 		n := d.length("jobs")
 		r.jobs = make([]JobInfo, 0, n)
 		for i := 0; i < n && d.err == nil; i++ {
-			r.jobs = append(r.jobs, JobInfo{
+			j := JobInfo{
 				JobID:         d.u64("job_id"),
 				OwnerUID:      d.u32("owner_uid"),
 				Tag:           d.optStr("tag"),
@@ -213,7 +213,15 @@ func decodeResponse(body []byte) (*response, error) {
 				State:         JobState(d.variant(uint32(jobStateCount), "state")),
 				Position:      d.optU32("position"),
 				SubmittedSAgo: d.u64("submitted_s_ago"),
-			})
+				Step:          d.u32("step"),
+				Total:         d.u32("total"),
+				Device:        d.optStr("device"),
+				RunMs:         d.optU64("run_ms"),
+			}
+			if d.some("error") {
+				j.Error = daemonErrorFor(d)
+			}
+			r.jobs = append(r.jobs, j)
 		}
 	case respChannelStats:
 		r.channel.KeyGeneration = d.u64("key_generation")
@@ -268,6 +276,8 @@ func decodeModelInfo(d *decoder) ModelInfo {
 			MaxBatch:             d.u32("bounds.max_batch"),
 			MaxTagLen:            d.u32("bounds.max_tag_len"),
 		},
+		Available: d.bool("available"),
+		Reason:    d.optStr("reason"),
 	}
 }
 
@@ -291,6 +301,13 @@ func decodeStatus(d *decoder) StatusReport {
 	s.WorkerRestarts = d.u32("worker_restarts")
 	s.Sandbox = d.str("sandbox")
 	s.Device = d.optStr("device")
+	s.WorkerError = d.optStr("worker_error")
+	if d.some("worker_memory") {
+		s.WorkerMemory = &WorkerMemory{
+			ResidentBytes: d.u64("worker_memory.resident_bytes"),
+			PeakBytes:     d.u64("worker_memory.peak_bytes"),
+		}
+	}
 	return s
 }
 
@@ -324,6 +341,11 @@ func (r *response) encode(e *encoder) {
 		e.u32(s.WorkerRestarts)
 		e.str(s.Sandbox)
 		e.optStr(s.Device)
+		e.optStr(s.WorkerError)
+		if e.some(s.WorkerMemory != nil) {
+			e.u64(s.WorkerMemory.ResidentBytes)
+			e.u64(s.WorkerMemory.PeakBytes)
+		}
 	case respQueued, respPosition, respStarted, respProgress, respImage, respFinished:
 		encodeEvent(e, r.event)
 	case respJobs:
@@ -336,6 +358,13 @@ func (r *response) encode(e *encoder) {
 			e.variant(uint32(j.State))
 			e.optU32(j.Position)
 			e.u64(j.SubmittedSAgo)
+			e.u32(j.Step)
+			e.u32(j.Total)
+			e.optStr(j.Device)
+			e.optU64(j.RunMs)
+			if e.some(j.Error != nil) {
+				encodeDaemonError(e, j.Error)
+			}
 		}
 	case respChannelStats:
 		e.u64(r.channel.KeyGeneration)
@@ -379,6 +408,8 @@ func encodeModelInfo(e *encoder, m *ModelInfo) {
 	e.u32(b.MaxNegativePromptLen)
 	e.u32(b.MaxBatch)
 	e.u32(b.MaxTagLen)
+	e.bool(m.Available)
+	e.optStr(m.Reason)
 }
 
 func encodeEvent(e *encoder, ev Event) {

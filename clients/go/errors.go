@@ -23,13 +23,14 @@ const (
 	CodeProtocolError
 	CodeShuttingDown
 	CodeInternal
+	CodeModelUnavailable // added in protocol version 2
 	errorCodeCount
 )
 
 var errorCodeNames = [errorCodeCount]string{
 	"invalid_parameter", "unknown_model", "busy", "rate_limited", "cancelled", "timed_out",
 	"worker_crashed", "not_permitted", "model_quarantined", "protocol_error", "shutting_down",
-	"internal",
+	"internal", "model_unavailable",
 }
 
 // String is the code's stable snake_case name (as in the broker's audit log).
@@ -94,6 +95,11 @@ type ShuttingDownError struct{}
 // InternalError: a broker fault; details are only in the broker's log.
 type InternalError struct{}
 
+// ModelUnavailableError: the model's files cannot be used now (missing,
+// unreadable, refused at load); ListModels shows it Available false, and
+// admins its Reason.
+type ModelUnavailableError struct{}
+
 func (e *InvalidParameterError) Error() string {
 	return fmt.Sprintf("invalid %s: must be %s; fix the request and send it again", e.Field, e.Allowed)
 }
@@ -128,6 +134,9 @@ func (*ShuttingDownError) Error() string {
 func (*InternalError) Error() string {
 	return "internal error in the broker; an administrator can find the details in its log"
 }
+func (*ModelUnavailableError) Error() string {
+	return "this model is not available on this daemon right now; use another model, or ask an administrator (the model list says why)"
+}
 
 func (*InvalidParameterError) Code() ErrorCode { return CodeInvalidParameter }
 func (*UnknownModelError) Code() ErrorCode     { return CodeUnknownModel }
@@ -141,6 +150,7 @@ func (*ModelQuarantinedError) Code() ErrorCode { return CodeModelQuarantined }
 func (*ProtocolError) Code() ErrorCode         { return CodeProtocolError }
 func (*ShuttingDownError) Code() ErrorCode     { return CodeShuttingDown }
 func (*InternalError) Code() ErrorCode         { return CodeInternal }
+func (*ModelUnavailableError) Code() ErrorCode { return CodeModelUnavailable }
 
 func (*InvalidParameterError) Retryable() bool { return false }
 func (*UnknownModelError) Retryable() bool     { return false }
@@ -154,6 +164,7 @@ func (*ModelQuarantinedError) Retryable() bool { return false }
 func (*ProtocolError) Retryable() bool         { return false }
 func (*ShuttingDownError) Retryable() bool     { return true }
 func (*InternalError) Retryable() bool         { return false }
+func (*ModelUnavailableError) Retryable() bool { return false }
 
 // RetryAfter is the broker's hint for when to retry.
 func (e *BusyError) RetryAfter() time.Duration {
@@ -248,6 +259,8 @@ func daemonErrorFor(d *decoder) DaemonError {
 		return &ShuttingDownError{}
 	case CodeInternal:
 		return &InternalError{}
+	case CodeModelUnavailable:
+		return &ModelUnavailableError{}
 	}
 	// Unreachable: variant() rejected unknown codes and left d.err set.
 	return &InternalError{}

@@ -127,6 +127,8 @@ const (
 	JobQueued JobState = iota
 	JobRunning
 	JobCancelling
+	JobFinished // the broker's history of ended jobs; added in protocol version 2
+	JobFailed   // ended with JobInfo.Error; added in protocol version 2
 	jobStateCount
 )
 
@@ -138,6 +140,10 @@ func (j JobState) String() string {
 		return "running"
 	case JobCancelling:
 		return "cancelling"
+	case JobFinished:
+		return "finished"
+	case JobFailed:
+		return "failed"
 	}
 	return fmt.Sprintf("JobState(%d)", uint32(j))
 }
@@ -227,6 +233,11 @@ type ModelInfo struct {
 	Quarantined bool
 	Defaults    GenerationDefaults
 	Bounds      ParamBounds
+	// Available: a job on this model can run (its files passed the
+	// broker's checks and it is not quarantined). Reason says why not, to
+	// admin connections only (nil for clients). Added in protocol version 2.
+	Available bool
+	Reason    *string
 }
 
 // LoadedModel is the model resident in the worker. Times are ages.
@@ -251,6 +262,18 @@ type StatusReport struct {
 	// Device is where the worker runs models ("cpu", "cuda:N"); nil until
 	// a worker has started. Added in protocol version 2.
 	Device *string
+	// WorkerError is why the last worker start failed, until one succeeds
+	// (admin connections only). Added in protocol version 2.
+	WorkerError *string
+	// WorkerMemory is the worker process's memory; nil while none runs.
+	// Added in protocol version 2.
+	WorkerMemory *WorkerMemory
+}
+
+// WorkerMemory is a process's memory as the kernel counts it.
+type WorkerMemory struct {
+	ResidentBytes uint64 // VmRSS
+	PeakBytes     uint64 // VmHWM
 }
 
 // JobInfo is one job as listed by Jobs or AllJobs.
@@ -262,6 +285,14 @@ type JobInfo struct {
 	State         JobState
 	Position      *uint32 // set while queued; 0 = next
 	SubmittedSAgo uint64
+	// Added in protocol version 2: steps done and in all (0 of 0 before the
+	// first step), where it runs or ran, its run time in ms (nil before it
+	// started), and for JobFailed what its caller received.
+	Step   uint32
+	Total  uint32
+	Device *string
+	RunMs  *uint64
+	Error  DaemonError
 }
 
 // ChannelStatsReport holds the broker↔worker shared-memory counters.

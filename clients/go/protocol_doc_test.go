@@ -111,14 +111,16 @@ func expectedResponses() map[string]*response {
 	out := map[string]*response{
 		"response/hello": {kind: respHello, hello: ServerInfo{Version: 2, ServerVersion: "0.1.0", Role: RoleClient, Mode: ModeSystem}},
 		"response/models": {kind: respModels, models: []ModelInfo{{
-			ID: "sd15", Kind: "sd1", Loaded: true,
-			Defaults: GenerationDefaults{Width: 512, Height: 512, Steps: 25, Guidance: 7.5, Scheduler: SchedulerDPMPP2MKarras},
-			Bounds:   defaultBounds(),
+			ID: "sd15", Kind: "sd1",
+			Defaults:  GenerationDefaults{Width: 512, Height: 512, Steps: 25, Guidance: 7.5, Scheduler: SchedulerDPMPP2MKarras},
+			Bounds:    defaultBounds(),
+			Available: false, Reason: Ptr("path /m/sd15 does not exist"),
 		}}},
 		"response/status": {kind: respStatus, status: StatusReport{
 			DaemonVersion: "0.1.0", Mode: ModeUser, UptimeS: 3600,
 			Loaded:     &LoadedModel{ModelID: "sd15", LoadedForS: 600, IdleForS: 12, MemoryBytes: 2147483648},
 			QueueDepth: 1, Worker: WorkerReady, Sandbox: "landlock+seccomp", Device: Ptr("cuda:0"),
+			WorkerMemory: &WorkerMemory{ResidentBytes: 1073741824, PeakBytes: 2147483648},
 		}},
 		"response/queued":   {kind: respQueued, event: &Queued{JobID: 7, Position: 2}},
 		"response/position": {kind: respPosition, event: &Position{JobID: 7, Position: 0}},
@@ -127,8 +129,11 @@ func expectedResponses() map[string]*response {
 		"response/image":    {kind: respImage, event: &Image{JobID: 7, Index: 0, Seed: 1234, Width: 1, Height: 1, PNG: tinyPNG}},
 		"response/finished": {kind: respFinished, event: &Finished{JobID: 7}},
 		"response/jobs": {kind: respJobs, jobs: []JobInfo{{
-			JobID: 7, OwnerUID: 1000, Tag: Ptr("u-42"), ModelID: "sd15", State: JobQueued,
-			Position: Ptr[uint32](0), SubmittedSAgo: 3,
+			JobID: 7, OwnerUID: 1000, Tag: Ptr("u-42"), ModelID: "sd15", State: JobRunning,
+			SubmittedSAgo: 3, Step: 12, Total: 30, Device: Ptr("cuda:0"), RunMs: Ptr[uint64](2500),
+		}, {
+			JobID: 6, OwnerUID: 1000, ModelID: "sd15", State: JobFailed,
+			SubmittedSAgo: 40, Error: &TimedOutError{},
 		}}},
 		"response/channel_stats": {kind: respChannelStats, channel: ChannelStatsReport{KeyGeneration: 3, Segments: []SegmentStats{
 			{Direction: BrokerToWorker, Slots: 8, SlotSize: 65536, WriteSeq: 150, ReadSeq: 150},
@@ -157,6 +162,7 @@ func everyDaemonError() []DaemonError {
 		&ProtocolError{Reason: "expected Hello"},
 		&ShuttingDownError{},
 		&InternalError{},
+		&ModelUnavailableError{},
 	}
 }
 

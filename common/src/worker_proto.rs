@@ -33,7 +33,7 @@ pub mod channel;
 /// Version of the broker ↔ worker protocol. The worker refuses a bootstrap
 /// with any other version (broker and worker binaries must come from the same
 /// build).
-pub const WORKER_PROTOCOL_VERSION: u32 = 4;
+pub const WORKER_PROTOCOL_VERSION: u32 = 5;
 
 /// Largest bootstrap the worker accepts from the pipe. A model table of a few
 /// hundred entries with long paths fits comfortably.
@@ -289,6 +289,13 @@ pub enum FromWorker {
         failure: WorkerFailure,
     },
     RekeyAck,
+    /// Sent instead of `Ready` when the worker cannot set itself up (its
+    /// sandbox, libtorch, the configured device), just before it exits:
+    /// what went wrong, in words for an administrator. Untrusted text: the
+    /// broker bounds and escapes it and shows it only to admins.
+    StartFailed {
+        reason: String,
+    },
 }
 
 impl FromWorker {
@@ -303,6 +310,7 @@ impl FromWorker {
             FromWorker::Finished { .. } => 6,
             FromWorker::Failed { .. } => 7,
             FromWorker::RekeyAck => 8,
+            FromWorker::StartFailed { .. } => 9,
         }
     }
 }

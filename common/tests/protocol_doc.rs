@@ -23,7 +23,7 @@ use weave_common::proto::{
     decode_request, decode_response, encode_request, encode_response, ChannelDirection,
     ChannelStatsReport, ErrorCode, GenerateRequest, GenerationDefaults, JobInfo, JobState,
     LoadedModel, Mode, ModelInfo, Request, Response, Role, Scheduler, SegmentStats, StatusReport,
-    WorkerState, DEFAULT_MAX_RESPONSE_FRAME, FRAME_PREFIX_LEN, PROTOCOL_VERSION,
+    WorkerMemory, WorkerState, DEFAULT_MAX_RESPONSE_FRAME, FRAME_PREFIX_LEN, PROTOCOL_VERSION,
 };
 use weave_common::validate::ParamBounds;
 
@@ -179,7 +179,7 @@ fn examples() -> BTreeMap<&'static str, Example> {
         Response::Models(vec![ModelInfo {
             id: model_id(),
             kind: "sd1".into(),
-            loaded: true,
+            loaded: false,
             pinned: false,
             quarantined: false,
             defaults: GenerationDefaults {
@@ -190,6 +190,8 @@ fn examples() -> BTreeMap<&'static str, Example> {
                 scheduler: Scheduler::DpmPp2mKarras,
             },
             bounds: ParamBounds::default(),
+            available: false,
+            reason: Some("path /m/sd15 does not exist".into()),
         }]),
     );
     response(
@@ -210,6 +212,11 @@ fn examples() -> BTreeMap<&'static str, Example> {
             worker_restarts: 0,
             sandbox: "landlock+seccomp".into(),
             device: Some(Device::Cuda(0)),
+            worker_error: None,
+            worker_memory: Some(WorkerMemory {
+                resident_bytes: 1_073_741_824,
+                peak_bytes: 2_147_483_648,
+            }),
         }),
     );
     response(
@@ -255,15 +262,36 @@ fn examples() -> BTreeMap<&'static str, Example> {
     response("response/finished", Response::Finished { job_id: 7 });
     response(
         "response/jobs",
-        Response::Jobs(vec![JobInfo {
-            job_id: 7,
-            owner_uid: 1000,
-            tag: Some("u-42".into()),
-            model_id: model_id(),
-            state: JobState::Queued,
-            position: Some(0),
-            submitted_s_ago: 3,
-        }]),
+        Response::Jobs(vec![
+            JobInfo {
+                job_id: 7,
+                owner_uid: 1000,
+                tag: Some("u-42".into()),
+                model_id: model_id(),
+                state: JobState::Running,
+                position: None,
+                submitted_s_ago: 3,
+                step: 12,
+                total: 30,
+                device: Some(Device::Cuda(0)),
+                run_ms: Some(2500),
+                error: None,
+            },
+            JobInfo {
+                job_id: 6,
+                owner_uid: 1000,
+                tag: None,
+                model_id: model_id(),
+                state: JobState::Failed,
+                position: None,
+                submitted_s_ago: 40,
+                step: 0,
+                total: 0,
+                device: None,
+                run_ms: None,
+                error: Some(ErrorCode::TimedOut),
+            },
+        ]),
     );
     response(
         "response/channel_stats",
@@ -328,6 +356,7 @@ fn every_error_code() -> Vec<ErrorCode> {
         },
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
+        ErrorCode::ModelUnavailable,
     ]
 }
 

@@ -69,6 +69,7 @@ impl ClientError {
                 ErrorCode::WorkerCrashed
                 | ErrorCode::TimedOut
                 | ErrorCode::ModelQuarantined
+                | ErrorCode::ModelUnavailable
                 | ErrorCode::Cancelled => 6,
                 ErrorCode::ProtocolError { .. } | ErrorCode::Internal => 1,
             },

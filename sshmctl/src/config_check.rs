@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use serde_json::json;
-use weave_common::config::{Config, EnvPaths, DEFAULT_DAEMON_USER};
+use weave_common::config::{Config, EnvPaths, ModelConfig, DEFAULT_DAEMON_USER};
 use weave_common::proto::Mode;
 
 use crate::render::Renderer;
@@ -39,9 +39,21 @@ pub fn run(path: Option<&Path>, system: bool, out: &Renderer) -> u8 {
     match Config::check(&path, mode, &owners) {
         Ok(config) => {
             if out.is_json() {
+                let sizes: Vec<_> = config
+                    .models
+                    .iter()
+                    .map(|m| {
+                        let d = m.defaults();
+                        json!({
+                            "id": m.id, "native_size": m.native_size,
+                            "width": d.width, "height": d.height,
+                        })
+                    })
+                    .collect();
                 out.json_line(&json!({
                     "ok": true, "path": path, "mode": mode.to_string(),
                     "models": config.models.iter().map(|m| &m.id).collect::<Vec<_>>(),
+                    "sizes": sizes,
                 }));
             } else {
                 println!(
@@ -51,6 +63,9 @@ pub fn run(path: Option<&Path>, system: bool, out: &Renderer) -> u8 {
                     config.models.len(),
                     if config.models.len() == 1 { "" } else { "s" }
                 );
+                for model in &config.models {
+                    println!("  {}", size_line(model));
+                }
             }
             0
         }
@@ -65,6 +80,24 @@ pub fn run(path: Option<&Path>, system: bool, out: &Renderer) -> u8 {
             EXIT_PROBLEMS
         }
     }
+}
+
+/// `digits: default size 32x32 (native size of its folder)`.
+fn size_line(model: &ModelConfig) -> String {
+    let d = model.defaults();
+    let from = match (
+        &model.defaults.width,
+        &model.defaults.height,
+        model.native_size,
+    ) {
+        (Some(_), Some(_), _) => "from [model.defaults]".to_owned(),
+        (_, _, Some(native)) => format!("native size {native} declared by its folder"),
+        (_, _, None) => format!("the {} default", model.kind),
+    };
+    format!(
+        "{}: default size {}x{} ({from})",
+        model.id, d.width, d.height
+    )
 }
 
 fn report(out: &Renderer, path: Option<&Path>, problems: &[String]) {

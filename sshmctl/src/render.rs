@@ -169,6 +169,16 @@ impl Renderer {
             WorkerState::Down => "down",
         };
         println!("worker     {worker}, {} restarts", report.worker_restarts);
+        if let Some(error) = &report.worker_error {
+            println!("           last start failed: {error}");
+        }
+        if let Some(memory) = &report.worker_memory {
+            println!(
+                "memory     {} resident, {} peak (worker)",
+                human_bytes(memory.resident_bytes),
+                human_bytes(memory.peak_bytes)
+            );
+        }
         println!("sandbox    {}", report.sandbox);
         match report.device {
             Some(device) => println!("device     {device}"),
@@ -178,21 +188,7 @@ impl Renderer {
 
     pub fn models(&self, models: &[ModelInfo]) {
         if self.json {
-            let with_availability: Vec<Value> = models
-                .iter()
-                .map(|m| {
-                    let mut value = serde_json::to_value(m).unwrap_or(Value::Null);
-                    let (available, reason) = availability(m);
-                    if let Value::Object(map) = &mut value {
-                        map.insert("available".into(), available.into());
-                        if let Some(reason) = reason {
-                            map.insert("reason".into(), reason.into());
-                        }
-                    }
-                    value
-                })
-                .collect();
-            self.json_line(&with_availability);
+            self.json_line(&models);
             return;
         }
         if models.is_empty() {
@@ -204,10 +200,12 @@ impl Renderer {
             "ID", "KIND", "STATE"
         );
         for m in models {
-            let mut state = vec![match availability(m) {
-                (false, _) => "UNAVAILABLE",
-                (true, _) if m.loaded => "loaded",
-                (true, _) => "available",
+            let mut state = vec![if !m.available {
+                "UNAVAILABLE"
+            } else if m.loaded {
+                "loaded"
+            } else {
+                "available"
             }];
             if m.pinned {
                 state.push("pinned");
@@ -231,8 +229,8 @@ impl Renderer {
                 b.max_steps,
                 b.max_batch
             );
-            if let (false, Some(reason)) = availability(m) {
-                println!("{:<20} {reason}", "");
+            if !m.available {
+                println!("{:<20} {}", "", unavailable_reason(m));
             }
         }
     }
@@ -247,23 +245,37 @@ impl Renderer {
             return;
         }
         println!(
-            "{:<8} {:<8} {:<12} {:<16} {:<10} AGE",
-            "JOB", "UID", "TAG", "MODEL", "STATE"
+            "{:<8} {:<8} {:<12} {:<16} {:<22} {:<10} {:<8} AGE",
+            "JOB", "UID", "TAG", "MODEL", "STATE", "PROGRESS", "DEVICE"
         );
         for j in jobs {
-            let state = match (j.state, j.position) {
-                (JobState::Queued, Some(p)) => format!("queued #{p}"),
-                (JobState::Queued, None) => "queued".to_owned(),
-                (JobState::Running, _) => "running".to_owned(),
-                (JobState::Cancelling, _) => "cancelling".to_owned(),
+            let state = match (j.state, j.position, &j.error) {
+                (JobState::Queued, Some(p), _) => format!("queued #{p}"),
+                (JobState::Queued, None, _) => "queued".to_owned(),
+                (JobState::Running, ..) if j.run_ms.is_none() => "loading model".to_owned(),
+                (JobState::Running, ..) => "running".to_owned(),
+                (JobState::Cancelling, ..) => "cancelling".to_owned(),
+                (JobState::Finished, ..) => "finished".to_owned(),
+                (JobState::Failed, _, Some(code)) => format!("failed: {}", code.name()),
+                (JobState::Failed, _, None) => "failed".to_owned(),
             };
+            let progress = if j.total > 0 {
+                format!("{}/{}", j.step, j.total)
+            } else {
+                "-".to_owned()
+            };
+            let took = j
+                .run_ms
+                .map_or(String::new(), |ms| format!(" (ran {})", human_millis(ms)));
             println!(
-                "{:<8} {:<8} {:<12} {:<16} {:<10} {}",
+                "{:<8} {:<8} {:<12} {:<16} {:<22} {:<10} {:<8} {}{took}",
                 j.job_id,
                 j.owner_uid,
                 j.tag.as_deref().unwrap_or("-"),
                 j.model_id,
                 state,
+                progress,
+                j.device.map_or("-".to_owned(), |d| d.to_string()),
                 human_duration(j.submitted_s_ago)
             );
         }
@@ -299,21 +311,13 @@ impl Renderer {
     }
 }
 
-/// Whether a job on `model` can run now, and why not. From what the
-/// protocol carries today (the quarantine flag); when the broker reports
-/// availability itself (a model whose files cannot be used), this reads
-/// that instead.
-pub fn availability(model: &ModelInfo) -> (bool, Option<&'static str>) {
-    if model.quarantined {
-        return (
-            false,
-            Some(
-                "quarantined after repeated worker crashes; an administrator can \
-                 release it with `sshmctl quarantine clear ID`",
-            ),
-        );
-    }
-    (true, None)
+/// What the human listing says under an unavailable model: the broker's
+/// reason (admins get one), else where to find it.
+pub fn unavailable_reason(model: &ModelInfo) -> &str {
+    model
+        .reason
+        .as_deref()
+        .unwrap_or("not available on this daemon; an administrator sees why with `sshmctl models`")
 }
 
 /// The typed details of an error, as JSON fields next to `error`.
@@ -363,6 +367,15 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
+/// `850ms`, `12.3s`, then as [`human_duration`].
+pub fn human_millis(ms: u64) -> String {
+    match ms {
+        ms if ms < 1000 => format!("{ms}ms"),
+        ms if ms < 60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        ms => human_duration(ms / 1000),
+    }
+}
+
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
@@ -392,7 +405,7 @@ mod tests {
     }
 
     #[test]
-    fn a_quarantined_model_is_unavailable_with_a_reason() {
+    fn an_unavailable_model_shows_the_brokers_reason_or_where_to_find_it() {
         let mut model = ModelInfo {
             id: "digits".into(),
             kind: "sd1".into(),
@@ -407,12 +420,19 @@ mod tests {
                 scheduler: Scheduler::Ddim,
             },
             bounds: weave_common::validate::ParamBounds::default(),
+            available: false,
+            reason: None,
         };
-        assert_eq!(availability(&model), (true, None));
-        model.quarantined = true;
-        let (available, reason) = availability(&model);
-        assert!(!available);
-        assert!(reason.unwrap().contains("quarantine clear"));
+        assert!(unavailable_reason(&model).contains("administrator"));
+        model.reason = Some("path /m does not exist".into());
+        assert_eq!(unavailable_reason(&model), "path /m does not exist");
+    }
+
+    #[test]
+    fn run_times_read_naturally() {
+        assert_eq!(human_millis(850), "850ms");
+        assert_eq!(human_millis(12_340), "12.3s");
+        assert_eq!(human_millis(125_000), "2m05s");
     }
 
     #[test]

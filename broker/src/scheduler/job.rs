@@ -53,16 +53,19 @@ impl Broker {
         Ok(())
     }
 
-    /// Runs one job to its end; returns the outcome name for the audit.
-    pub(super) fn run_one(&self, runner: &mut dyn JobRunner, pending: &PendingJob) -> &'static str {
+    /// Runs one job to its end; the error is what its caller received.
+    pub(super) fn run_one(
+        &self,
+        runner: &mut dyn JobRunner,
+        pending: &PendingJob,
+    ) -> Result<(), ErrorCode> {
         let (job_id, params) = (pending.job_id, &pending.params);
         let send = |response: Response| {
             let _ = pending.events.send(response);
         };
         let fail = |code: ErrorCode| {
-            let name = code.name();
-            send(Response::Error(code));
-            name
+            send(Response::Error(code.clone()));
+            Err(code)
         };
         if pending.cancel.load(Ordering::SeqCst) {
             return fail(ErrorCode::Cancelled);
@@ -70,6 +73,7 @@ impl Broker {
         if let Err(code) = self.ensure_loaded(runner, &params.model_id) {
             return fail(code);
         }
+        self.with_running(|running| running.started = Some(Instant::now()));
         send(Response::Started {
             job_id,
             seed: params.seed,
@@ -77,6 +81,10 @@ impl Broker {
         let deadline = Instant::now() + self.settings.limits.job_timeout();
         let mut on_event = |event: JobEvent| {
             if let JobEvent::Progress { step, total } = event {
+                self.with_running(|running| {
+                    running.step = step;
+                    running.total = total;
+                });
                 send(Response::Progress {
                     job_id,
                     step,
@@ -124,7 +132,14 @@ impl Broker {
             }
         }
         send(Response::Finished { job_id });
-        "finished"
+        Ok(())
+    }
+
+    /// Updates the running job's entry (what `Jobs` shows of it).
+    fn with_running(&self, update: impl FnOnce(&mut super::RunningJob)) {
+        if let Some(running) = self.lock().running.as_mut() {
+            update(running);
+        }
     }
 }
 

@@ -7,13 +7,14 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use weave_common::proto::{ErrorCode, Mode, Response};
+use weave_common::config::Device;
+use weave_common::proto::{ErrorCode, Mode, Response, JOB_HISTORY};
 use weave_common::worker_proto::WorkerGenerateParams;
 
 use crate::admission::{AdmissionQueue, Owner, RateLimiter};
@@ -49,6 +50,28 @@ struct RunningJob {
     model_id: String,
     submitted: Instant,
     cancel: Arc<AtomicBool>,
+    /// When the worker began it (`Started` was sent); `None` while its
+    /// model loads.
+    started: Option<Instant>,
+    /// Denoising steps done and in all, from the worker's progress.
+    step: u32,
+    total: u32,
+}
+
+/// A job that ended, for the history `Jobs` lists after the live ones.
+#[derive(Debug, Clone)]
+struct EndedJob {
+    job_id: u64,
+    owner: Owner,
+    model_id: String,
+    submitted: Instant,
+    /// How long it ran; `None` if it never started.
+    run_ms: Option<u64>,
+    device: Option<Device>,
+    step: u32,
+    total: u32,
+    /// `None`: finished with its images delivered.
+    error: Option<ErrorCode>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +93,19 @@ struct State {
     next_job_id: u64,
     /// Rough duration of a job, for `Busy` retry hints.
     recent_job_ms: u32,
+    /// The last [`JOB_HISTORY`] jobs that ended, newest last.
+    history: VecDeque<EndedJob>,
+}
+
+impl State {
+    /// Adds an ended job to the history, forgetting the oldest past
+    /// [`JOB_HISTORY`].
+    fn remember(&mut self, ended: EndedJob) {
+        if self.history.len() >= JOB_HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(ended);
+    }
 }
 
 /// Shared broker state. Cheap to clone through `Arc`.
@@ -112,6 +148,7 @@ impl Broker {
             shutting_down: false,
             next_job_id: 1,
             recent_job_ms: 1000,
+            history: VecDeque::new(),
         };
         Arc::new(Self {
             settings,
@@ -198,6 +235,23 @@ pub struct StreamGuard<'a> {
 impl Drop for StreamGuard<'_> {
     fn drop(&mut self) {
         self.broker.streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl EndedJob {
+    /// A job that left the queue without running (cancelled, expired).
+    fn never_ran(job_id: u64, owner: &Owner, pending: &PendingJob, error: ErrorCode) -> Self {
+        Self {
+            job_id,
+            owner: owner.clone(),
+            model_id: pending.params.model_id.clone(),
+            submitted: pending.submitted,
+            run_ms: None,
+            device: None,
+            step: 0,
+            total: 0,
+            error: Some(error),
+        }
     }
 }
 

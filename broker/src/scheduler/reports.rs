@@ -10,11 +10,15 @@ use weave_common::proto::{
     ChannelStatsReport, JobInfo, JobState, LoadedModel, ModelInfo, StatusReport,
 };
 
+use super::run_loop::millis;
 use super::Broker;
+use crate::proc_status;
 
 impl Broker {
-    /// Jobs the caller may see: its own, or all for `all`.
+    /// Jobs the caller may see: its own, or all for `all`; the running and
+    /// queued ones, then the recent history, newest first.
     pub fn jobs(&self, uid: u32, all: bool) -> Vec<JobInfo> {
+        let device = self.status.state().device;
         let state = self.lock();
         let now = Instant::now();
         let order = state.queue.service_order();
@@ -32,6 +36,13 @@ impl Broker {
                 },
                 position: None,
                 submitted_s_ago: now.saturating_duration_since(running.submitted).as_secs(),
+                step: running.step,
+                total: running.total,
+                device: running.started.and(device),
+                run_ms: running
+                    .started
+                    .map(|at| millis(now.saturating_duration_since(at))),
+                error: None,
             });
         }
         let by_id: HashMap<u64, _> = state.queue.iter().map(|e| (e.id, e)).collect();
@@ -50,35 +61,79 @@ impl Broker {
                 submitted_s_ago: now
                     .saturating_duration_since(entry.item.submitted)
                     .as_secs(),
+                step: 0,
+                total: 0,
+                device: None,
+                run_ms: None,
+                error: None,
+            });
+        }
+        for ended in state
+            .history
+            .iter()
+            .rev()
+            .filter(|ended| all || ended.owner.uid == uid)
+        {
+            list.push(JobInfo {
+                job_id: ended.job_id,
+                owner_uid: ended.owner.uid,
+                tag: ended.owner.tag.clone(),
+                model_id: ended.model_id.clone(),
+                state: if ended.error.is_some() {
+                    JobState::Failed
+                } else {
+                    JobState::Finished
+                },
+                position: None,
+                submitted_s_ago: now.saturating_duration_since(ended.submitted).as_secs(),
+                step: ended.step,
+                total: ended.total,
+                device: ended.device,
+                run_ms: ended.run_ms,
+                error: ended.error.clone(),
             });
         }
         list
     }
 
-    /// The configured models with their current state.
-    pub fn models(&self) -> Vec<ModelInfo> {
+    /// The configured models with their current state. `with_reasons`
+    /// (admins): why an unavailable model is, which may name a file.
+    pub fn models(&self, with_reasons: bool) -> Vec<ModelInfo> {
         let state = self.lock();
         let snapshot = self.status.state();
         self.settings
             .models
             .iter()
-            .map(|model| ModelInfo {
-                id: model.id.clone(),
-                kind: model.kind.to_string(),
-                loaded: state
-                    .loaded
-                    .as_ref()
-                    .is_some_and(|l| l.model_id == model.id),
-                pinned: state.pinned.contains(&model.id),
-                quarantined: snapshot.quarantined.contains(&model.id),
-                defaults: model.defaults(),
-                bounds: self.settings.bounds.clone(),
+            .map(|model| {
+                let quarantined = snapshot.quarantined.contains(&model.id);
+                let reason = if quarantined {
+                    Some(QUARANTINE_REASON.to_owned())
+                } else {
+                    snapshot.unavailable.get(&model.id).cloned()
+                };
+                ModelInfo {
+                    id: model.id.clone(),
+                    kind: model.kind.to_string(),
+                    loaded: state
+                        .loaded
+                        .as_ref()
+                        .is_some_and(|l| l.model_id == model.id),
+                    pinned: state.pinned.contains(&model.id),
+                    quarantined,
+                    defaults: model.defaults(),
+                    bounds: self.settings.bounds.clone(),
+                    available: reason.is_none(),
+                    reason: reason.filter(|_| with_reasons),
+                }
             })
             .collect()
     }
 
-    pub fn status(&self) -> StatusReport {
+    /// The daemon's state. `for_admin`: with why the worker last failed to
+    /// start (worker text, which may name a file).
+    pub fn status(&self, for_admin: bool) -> StatusReport {
         let snapshot = self.status.state();
+        let worker_memory = snapshot.worker_pid.and_then(proc_status::memory_of);
         let state = self.lock();
         let now = Instant::now();
         StatusReport {
@@ -101,6 +156,8 @@ impl Broker {
             worker_restarts: snapshot.restarts,
             sandbox: snapshot.sandbox_summary(),
             device: snapshot.device,
+            worker_error: snapshot.start_error.clone().filter(|_| for_admin),
+            worker_memory,
         }
     }
 
@@ -109,3 +166,7 @@ impl Broker {
         self.status.state().channel_report()
     }
 }
+
+/// Why a quarantined model is unavailable, for admins.
+const QUARANTINE_REASON: &str = "quarantined after repeated worker crashes; after looking at the \
+                                 broker log, release it with `sshmctl quarantine clear ID`";

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use weave_common::proto::{ErrorCode, Response};
 
-use super::{send_position_changes, Broker, RunningJob};
+use super::{send_position_changes, Broker, EndedJob, RunningJob};
 use crate::audit::{AuditRecord, Severity};
 use crate::job_runner::JobRunner;
 
@@ -29,6 +29,12 @@ impl Broker {
             for entry in state.queue.expire(now, deadline) {
                 let _ = entry.item.events.send(Response::Error(ErrorCode::TimedOut));
                 self.record_outcome(&entry.item, &entry.owner, "queue_deadline", None);
+                state.remember(EndedJob::never_ran(
+                    entry.id,
+                    &entry.owner,
+                    &entry.item,
+                    ErrorCode::TimedOut,
+                ));
                 send_position_changes(&mut state);
             }
             if !state.commands.is_empty() {
@@ -47,19 +53,40 @@ impl Broker {
                     model_id: entry.item.params.model_id.clone(),
                     submitted: entry.item.submitted,
                     cancel: entry.item.cancel.clone(),
+                    started: None,
+                    step: 0,
+                    total: 0,
                 });
                 drop(state);
                 let started = Instant::now();
-                let outcome = self.run_one(runner, &entry.item);
+                let result = self.run_one(runner, &entry.item);
                 let elapsed = started.elapsed();
+                let outcome = match &result {
+                    Ok(()) => "finished",
+                    Err(code) => code.name(),
+                };
                 self.record_outcome(
                     &entry.item,
                     &entry.owner,
                     outcome,
                     Some(elapsed.as_millis()),
                 );
+                let device = self.status.state().device;
                 state = self.lock();
-                state.running = None;
+                if let Some(ran) = state.running.take() {
+                    let ended = EndedJob {
+                        job_id: ran.job_id,
+                        owner: ran.owner,
+                        model_id: ran.model_id,
+                        submitted: ran.submitted,
+                        run_ms: ran.started.map(|at| millis(at.elapsed())),
+                        device: ran.started.and(device),
+                        step: ran.step,
+                        total: ran.total,
+                        error: result.err(),
+                    };
+                    state.remember(ended);
+                }
                 state.recent_job_ms = u32::try_from(elapsed.as_millis())
                     .unwrap_or(u32::MAX)
                     .max(100);
@@ -115,4 +142,9 @@ impl Broker {
         drop(state);
         runner.shutdown();
     }
+}
+
+/// Whole milliseconds, saturating.
+pub(super) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use weave_common::proto::{ErrorCode, GenerateRequest, Response};
 
-use super::{send_position_changes, Admission, Broker, PendingJob};
+use super::{send_position_changes, Admission, Broker, EndedJob, PendingJob};
 use crate::admission::{AdmissionError, Owner};
 use crate::validation;
 
@@ -41,6 +41,11 @@ impl Broker {
         };
         if self.status.is_quarantined(&model.id) {
             return Err(ErrorCode::ModelQuarantined);
+        }
+        // Its files failed a check, or the worker refused them: refused at
+        // once (an admin's `Load` checks again).
+        if self.status.unavailable_reason(&model.id).is_some() {
+            return Err(ErrorCode::ModelUnavailable);
         }
         let running_uid = state.running.as_ref().map(|running| running.owner.uid);
         if let Err(error) = state.queue.check_room(uid, running_uid) {
@@ -101,6 +106,12 @@ impl Broker {
                 .events
                 .send(Response::Error(ErrorCode::Cancelled));
             self.record_outcome(&entry.item, &entry.owner, "cancelled", None);
+            state.remember(EndedJob::never_ran(
+                entry.id,
+                &entry.owner,
+                &entry.item,
+                ErrorCode::Cancelled,
+            ));
             send_position_changes(&mut state);
         }
         true

@@ -295,17 +295,17 @@ fn idle_model_is_unloaded_unless_pinned() {
     let harness = Harness::new("idle_unload_s = 1\nrate_burst = 30", 0);
     let job = harness.submit(1, None).unwrap();
     assert!(matches!(last_event(&job), Response::Finished { .. }));
-    assert!(harness.broker.status().loaded.is_some());
+    assert!(harness.broker.status(true).loaded.is_some());
     std::thread::sleep(Duration::from_millis(1600));
     assert_eq!(harness.log.unloads.load(Ordering::SeqCst), 1);
-    assert!(harness.broker.status().loaded.is_none());
+    assert!(harness.broker.status(true).loaded.is_none());
 
     harness.broker.pin("digits", true).unwrap();
     std::thread::sleep(Duration::from_millis(1600));
-    assert!(harness.broker.status().loaded.is_some(), "pinned stays");
+    assert!(harness.broker.status(true).loaded.is_some(), "pinned stays");
     harness.broker.pin("digits", false).unwrap();
     std::thread::sleep(Duration::from_millis(1600));
-    assert!(harness.broker.status().loaded.is_none());
+    assert!(harness.broker.status(true).loaded.is_none());
 }
 
 #[test]

@@ -39,6 +39,13 @@ pub enum SupervisorError {
     UnknownModel { model_id: String },
     #[error("model {model_id:?} is quarantined after repeated worker crashes; clear it with `sshmctl quarantine-clear`")]
     Quarantined { model_id: String },
+    /// Its files failed the broker's checks, or the worker refused them at
+    /// load; `reason` is for admins (it may name a file).
+    #[error("model {model_id:?} is unavailable: {reason}")]
+    Unavailable { model_id: String, reason: String },
+    /// The worker said why it could not set itself up (`StartFailed`).
+    #[error("the worker could not start: {reason}")]
+    WorkerStart { reason: String },
     #[error("loading model {model_id:?} failed: {reason}")]
     LoadFailed { model_id: String, reason: String },
     #[error("model {model_id:?} does not match its sha256 pin and was refused; if its files changed on purpose, set `sha256` to what `sshmctl hash PATH` prints")]
@@ -72,12 +79,17 @@ impl SupervisorError {
                 model_id: model_id.clone(),
             },
             SupervisorError::Quarantined { .. } => ErrorCode::ModelQuarantined,
+            // The model is now listed unavailable with the reason (admins).
+            SupervisorError::Unavailable { .. }
+            | SupervisorError::LoadFailed { .. }
+            | SupervisorError::PinMismatch { .. } => ErrorCode::ModelUnavailable,
             // A worker that dies while it starts (before or during the
             // bootstrap) is a worker crash like any other: the restart is
             // scheduled and the caller may retry.
             SupervisorError::WorkerCrashed(_)
             | SupervisorError::Spawn(_)
-            | SupervisorError::Handshake(_) => ErrorCode::WorkerCrashed,
+            | SupervisorError::Handshake(_)
+            | SupervisorError::WorkerStart { .. } => ErrorCode::WorkerCrashed,
             SupervisorError::TimedOut => ErrorCode::TimedOut,
             SupervisorError::Cancelled => ErrorCode::Cancelled,
             SupervisorError::ShutDown => ErrorCode::ShuttingDown,
@@ -88,12 +100,26 @@ impl SupervisorError {
                      (limits.max_prompt_chunks); shorten it"
                 ),
             },
-            SupervisorError::LoadFailed { .. }
-            | SupervisorError::PinMismatch { .. }
-            | SupervisorError::EngineError { .. }
-            | SupervisorError::Unsupported { .. } => ErrorCode::Internal,
+            SupervisorError::EngineError { .. } | SupervisorError::Unsupported { .. } => {
+                ErrorCode::Internal
+            }
         }
     }
+}
+
+/// Worker-supplied text for status and the model list: capped, one line,
+/// control and format characters escaped (`\u{1b}`), so a compromised
+/// worker cannot draw on an admin's terminal.
+pub(super) fn worker_text(reason: String) -> String {
+    let mut out = String::with_capacity(reason.len());
+    for c in bounded(reason).chars() {
+        if c.is_control() || crate::audit::is_format_or_bidi(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Worker-supplied text is capped before it reaches logs.
@@ -179,7 +205,11 @@ mod tests {
             model_id: "m".into(),
             reason: "/secret/path".into(),
         };
-        assert_eq!(load.error_code(), ErrorCode::Internal);
+        assert_eq!(load.error_code(), ErrorCode::ModelUnavailable);
+        let pin = SupervisorError::PinMismatch {
+            model_id: "m".into(),
+        };
+        assert_eq!(pin.error_code(), ErrorCode::ModelUnavailable);
         let unknown = SupervisorError::UnknownModel {
             model_id: "m".into(),
         };
@@ -195,6 +225,12 @@ mod tests {
             SupervisorError::ShutDown.error_code(),
             ErrorCode::ShuttingDown
         );
+    }
+
+    #[test]
+    fn worker_text_for_admins_is_one_line_without_escapes() {
+        let shown = worker_text("bad\n\u{1b}[31mred\u{202e}".into());
+        assert_eq!(shown, "bad\\u{a}\\u{1b}[31mred\\u{202e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use weave_common::config::Device;
 use weave_common::worker_proto::channel::BrokerEndpoint;
 use weave_common::worker_proto::{FromWorker, SegmentGeometry, ToWorker};
 
-use super::error::{classify_channel_error, describe_exit};
+use super::error::{classify_channel_error, describe_exit, worker_text};
 use super::{
     spawn, CrashCause, RunningWorker, SupervisorError, WaitFailure, WorkerState, WorkerSupervisor,
     LIVENESS_TICK,
@@ -43,7 +43,14 @@ impl WorkerSupervisor {
         if let Err(e) = &started {
             eprintln!("weave-broker: worker start failed: {e}");
             self.schedule_restart();
-            self.update(|s| s.state = WorkerState::Restarting);
+            let why = match e {
+                SupervisorError::WorkerStart { reason } => reason.clone(),
+                other => other.to_string(),
+            };
+            self.update(|s| {
+                s.state = WorkerState::Restarting;
+                s.start_error = Some(why);
+            });
         }
         started
     }
@@ -77,6 +84,15 @@ impl WorkerSupervisor {
         self.starts += 1;
         let channel = BrokerEndpoint::create(to_worker, to_broker, generation)
             .map_err(|e| SupervisorError::Spawn(format!("channel setup: {e}")))?;
+        // The worker's own rule (a path that does not exist is left out of
+        // its sandbox), seen from here.
+        self.missing_at_start = self
+            .config
+            .models
+            .iter()
+            .filter(|m| std::fs::symlink_metadata(&m.path).is_err())
+            .map(|m| m.id.clone())
+            .collect();
         let child = spawn::spawn_worker(&self.config, &channel)?;
         let pid = child.id();
         self.worker = Some(RunningWorker { child, channel });
@@ -93,6 +109,11 @@ impl WorkerSupervisor {
         let deadline = Instant::now() + self.config.handshake_timeout;
         let (sandbox, device) = match self.wait_message(deadline) {
             Ok(FromWorker::Ready { sandbox, device }) => (sandbox, device),
+            Ok(FromWorker::StartFailed { reason }) => {
+                let reason = worker_text(reason);
+                self.kill_worker(CrashCause::Died(format!("could not start: {reason}")));
+                return Err(SupervisorError::WorkerStart { reason });
+            }
             Ok(other) => {
                 let cause = CrashCause::ProtocolViolation(format!(
                     "expected Ready, got message kind {}",
@@ -136,6 +157,7 @@ impl WorkerSupervisor {
             s.state = WorkerState::Ready;
             s.sandbox = Some(sandbox);
             s.device = Some(device);
+            s.start_error = None;
         });
         self.refresh_channel_stats();
         Ok(())
@@ -246,6 +268,12 @@ impl WorkerSupervisor {
     /// timeout, and refuses further work.
     pub fn shutdown(&mut self) {
         self.shut_down = true;
+        self.stop_worker();
+    }
+
+    /// Stops the worker in order (no crash is counted); the next operation
+    /// starts a fresh one.
+    pub(super) fn stop_worker(&mut self) {
         if let Some(mut worker) = self.worker.take() {
             let _ = worker.channel.send(&ToWorker::Shutdown);
             let deadline = Instant::now() + self.config.reply_timeout.min(Duration::from_secs(5));

@@ -28,7 +28,7 @@ mod spawn_syscalls;
 mod status;
 mod worker_stderr;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::Child;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -72,6 +72,10 @@ pub struct WorkerSupervisor {
     /// A worker died between jobs; [`WorkerSupervisor::check_idle`] starts
     /// the next one once the backoff allows.
     respawn_pending: bool,
+    /// Models whose path did not exist when the live worker started: its
+    /// Landlock ruleset cannot grant them, so loading one that is there now
+    /// needs a fresh worker.
+    missing_at_start: HashSet<String>,
 }
 
 /// How one exchange with the worker ended badly; turned into a
@@ -91,10 +95,27 @@ impl WorkerSupervisor {
             .map(|m| (m.id.clone(), m.clone()))
             .collect();
         let backoff = config.backoff_initial;
+        // Start-up check of every model's files (no weight is read): one
+        // that cannot be used is listed unavailable, the others are served.
+        let mut status = SupervisorStatus::new();
+        status.unavailable = config
+            .models
+            .iter()
+            .filter_map(|model| {
+                files_problem(model).map(|reason| {
+                    eprintln!(
+                        "weave-broker: model {:?} is unavailable: {reason}; the other models \
+                         are served",
+                        model.id
+                    );
+                    (model.id.clone(), reason)
+                })
+            })
+            .collect::<BTreeMap<_, _>>();
         Self {
             config,
             models,
-            status: Arc::new(Mutex::new(SupervisorStatus::new())),
+            status: Arc::new(Mutex::new(status)),
             worker: None,
             loaded: None,
             starts: 0,
@@ -103,6 +124,7 @@ impl WorkerSupervisor {
             not_before: Instant::now(),
             shut_down: false,
             respawn_pending: false,
+            missing_at_start: HashSet::new(),
         }
     }
 
@@ -185,6 +207,14 @@ impl Drop for WorkerSupervisor {
     }
 }
 
+/// What is wrong with `model`'s files for an admin (path included), or
+/// `None` when they pass [`weave_common::model_files::check`].
+fn files_problem(model: &ModelEntry) -> Option<String> {
+    weave_common::model_files::check(&model.path)
+        .err()
+        .map(|problem| format!("path {} {problem}", model.path.display()))
+}
+
 /// The broker creates the supervisor at start-up and moves it into its
 /// scheduler thread; the handle goes to the connection threads.
 #[allow(dead_code)]
@@ -216,6 +246,45 @@ mod tests {
     }
 
     #[test]
+    fn a_model_whose_files_fail_the_check_is_unavailable_and_refused_without_a_worker() {
+        let models = vec![
+            ModelEntry {
+                id: "gone".into(),
+                kind: weave_common::config::ModelKind::Sd1,
+                path: "/nonexistent/weave/model".into(),
+                sha256: None,
+            },
+            ModelEntry {
+                id: "good".into(),
+                kind: weave_common::config::ModelKind::Sd1,
+                path: concat!(env!("CARGO_MANIFEST_DIR"), "/../models/digits").into(),
+                sha256: None,
+            },
+        ];
+        let mut sup = WorkerSupervisor::new(SupervisorConfig::new(
+            "/nonexistent/weave-worker".into(),
+            models,
+        ));
+        let reason = sup.handle().unavailable_reason("gone").unwrap();
+        assert!(
+            reason.contains("/nonexistent/weave/model does not exist"),
+            "{reason}"
+        );
+        assert_eq!(sup.handle().unavailable_reason("good"), None);
+        let refused = sup.load("gone").unwrap_err();
+        assert!(
+            matches!(refused, SupervisorError::Unavailable { .. }),
+            "{refused}"
+        );
+        assert_eq!(
+            refused.error_code(),
+            weave_common::proto::ErrorCode::ModelUnavailable
+        );
+        // Refused before any worker was asked.
+        assert_eq!(sup.state().state, WorkerState::Down);
+    }
+
+    #[test]
     fn unknown_models_are_refused_before_any_spawn() {
         let mut sup =
             WorkerSupervisor::new(SupervisorConfig::new("/nonexistent".into(), Vec::new()));
@@ -231,7 +300,7 @@ mod tests {
         let models = vec![ModelEntry {
             id: "m".into(),
             kind: weave_common::config::ModelKind::Sd1,
-            path: "/tmp".into(),
+            path: concat!(env!("CARGO_MANIFEST_DIR"), "/../models/digits").into(),
             sha256: None,
         }];
         let mut config = SupervisorConfig::new("/nonexistent/weave-worker".into(), models);

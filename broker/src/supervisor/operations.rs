@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use weave_common::worker_proto::{FromWorker, ToWorker, WorkerFailure, WorkerGenerateParams};
 
-use super::error::bounded;
+use super::error::worker_text;
 use super::job_check::{Checked, JobCheck};
 use super::status::lock;
 use super::{
@@ -36,9 +36,48 @@ impl WorkerSupervisor {
         Ok(())
     }
 
+    /// Records that `model_id` cannot be used, and why (for admins).
+    fn mark_unavailable(&self, model_id: &str, reason: String) -> SupervisorError {
+        eprintln!("weave-broker: model {model_id:?} is unavailable: {reason}");
+        self.update(|s| {
+            s.unavailable.insert(model_id.to_owned(), reason.clone());
+        });
+        SupervisorError::Unavailable {
+            model_id: model_id.to_owned(),
+            reason,
+        }
+    }
+
+    /// The load-time check of the model's files (the same cheap checks as
+    /// at start-up): a model that fails is marked unavailable, one that
+    /// passes loses an earlier mark and is tried again.
+    fn check_files(&mut self, model_id: &str) -> Result<(), SupervisorError> {
+        let Some(entry) = self.models.get(model_id) else {
+            return Err(SupervisorError::UnknownModel {
+                model_id: model_id.to_owned(),
+            });
+        };
+        if let Some(reason) = super::files_problem(entry) {
+            return Err(self.mark_unavailable(model_id, reason));
+        }
+        self.update(|s| {
+            s.unavailable.remove(model_id);
+        });
+        if self.missing_at_start.contains(model_id) {
+            // There now, but outside the live worker's sandbox.
+            eprintln!(
+                "weave-broker: model {model_id:?} appeared after the worker started; starting a \
+                 fresh worker that may read it"
+            );
+            self.stop_worker();
+        }
+        Ok(())
+    }
+
     /// Loads `model_id` (unloading any other model first).
     pub fn load(&mut self, model_id: &str) -> Result<LoadInfo, SupervisorError> {
         self.check_model(model_id)?;
+        self.check_files(model_id)?;
         self.ensure_running()?;
         self.send(&ToWorker::Load {
             model_id: model_id.to_owned(),
@@ -78,13 +117,25 @@ impl WorkerSupervisor {
                     WorkerFailure::UnknownModel => Err(SupervisorError::UnknownModel {
                         model_id: model_id.to_owned(),
                     }),
-                    WorkerFailure::LoadFailed { reason } => Err(SupervisorError::LoadFailed {
-                        model_id: model_id.to_owned(),
-                        reason: bounded(reason),
-                    }),
-                    WorkerFailure::PinMismatch => Err(SupervisorError::PinMismatch {
-                        model_id: model_id.to_owned(),
-                    }),
+                    WorkerFailure::LoadFailed { reason } => {
+                        let reason = worker_text(reason);
+                        self.mark_unavailable(model_id, format!("loading failed: {reason}"));
+                        Err(SupervisorError::LoadFailed {
+                            model_id: model_id.to_owned(),
+                            reason,
+                        })
+                    }
+                    WorkerFailure::PinMismatch => {
+                        self.mark_unavailable(
+                            model_id,
+                            "its files do not match its sha256 pin and were refused; if they \
+                             changed on purpose, set `sha256` to what `sshmctl hash PATH` prints"
+                                .into(),
+                        );
+                        Err(SupervisorError::PinMismatch {
+                            model_id: model_id.to_owned(),
+                        })
+                    }
                     other => Err(self.crash(CrashCause::ProtocolViolation(format!(
                         "unexpected failure {other:?} for a load"
                     )))),

@@ -42,6 +42,12 @@ pub struct SupervisorStatus {
     pub channel: Option<EndpointStats>,
     /// Job being run, if any.
     pub running_job: Option<u64>,
+    /// Models that cannot be used now, with the reason for admins: their
+    /// files failed the broker's checks (at start-up, or at a load), or the
+    /// worker refused them at load. A successful load clears the entry.
+    pub unavailable: BTreeMap<String, String>,
+    /// Why the last worker start failed, until one succeeds.
+    pub start_error: Option<String>,
 }
 
 impl SupervisorStatus {
@@ -59,6 +65,8 @@ impl SupervisorStatus {
             crash_streaks: BTreeMap::new(),
             channel: None,
             running_job: None,
+            unavailable: BTreeMap::new(),
+            start_error: None,
         }
     }
 }
@@ -156,6 +164,12 @@ impl SupervisorHandle {
 
     pub fn is_quarantined(&self, model_id: &str) -> bool {
         lock(&self.status).quarantined.contains(model_id)
+    }
+
+    /// Why `model_id` cannot be used now, if it cannot (for admins: it may
+    /// name a file).
+    pub fn unavailable_reason(&self, model_id: &str) -> Option<String> {
+        lock(&self.status).unavailable.get(model_id).cloned()
     }
 
     /// Lifts a quarantine (admin verb); returns whether the model was

@@ -46,8 +46,8 @@ pub use permissions::check_permissions;
 pub use problem::{ConfigErrors, ConfigProblem, Location, Place};
 use read::read_config_text;
 pub use sections::{
-    AuditConfig, DaemonConfig, Device, Facility, Limits, ModelConfig, ModelDefaults, ModelKind,
-    OutputConfig, WorkerConfig, MAX_TORCH_THREADS,
+    is_safetensors_name, AuditConfig, DaemonConfig, Device, Facility, Limits, ModelConfig,
+    ModelDefaults, ModelKind, OutputConfig, WorkerConfig, MAX_TORCH_THREADS,
 };
 
 /// Where system mode reads its config.
@@ -161,9 +161,10 @@ impl Config {
         mode: Mode,
         allowed_owner_uids: &[u32],
     ) -> Result<Config, ConfigErrors> {
-        let (config, mut problems) = load_collecting(path, mode, allowed_owner_uids);
-        if let Some(config) = &config {
+        let (mut config, mut problems) = load_collecting(path, mode, allowed_owner_uids);
+        if let Some(config) = &mut config {
             problems.extend(config.check_model_paths());
+            config.read_native_sizes();
         }
         finish(path, config, problems)
     }
@@ -176,10 +177,28 @@ impl Config {
         finish(&source, config, problems)
     }
 
-    /// Every model path exists, is the kind of thing its name says (a
-    /// `*.safetensors` file, else a directory) and can be opened by this
-    /// process. Run as root this cannot tell whether the daemon account may
-    /// read it; the worker reports that when it loads the model.
+    /// Fills each model's `native_size` from its folder
+    /// ([`crate::model_files::native_size`]) where the folder declares one
+    /// that the bounds allow, so a model whose `[model.defaults]` sets no
+    /// width or height defaults to the size it was made for. Reads two
+    /// small JSON files per folder; a model without them keeps the kind's
+    /// default.
+    pub fn read_native_sizes(&mut self) {
+        let bounds = &self.bounds;
+        for model in &mut self.models {
+            model.native_size = crate::model_files::native_size(&model.path).filter(|size| {
+                (bounds.min_width..=bounds.max_width).contains(size)
+                    && (bounds.min_height..=bounds.max_height).contains(size)
+            });
+        }
+    }
+
+    /// Every model's files pass the broker's checks
+    /// ([`crate::model_files::check`]): the path exists, is the kind of
+    /// thing its name says (a `*.safetensors` checkpoint, else a complete
+    /// diffusers folder) and can be opened by this process. Run as root
+    /// this cannot tell whether the daemon account may read it; the broker
+    /// checks again as that account and lists the model unavailable.
     pub fn check_model_paths(&self) -> Vec<ConfigProblem> {
         self.models
             .iter()

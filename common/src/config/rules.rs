@@ -586,81 +586,27 @@ fn check_model_defaults(
     }
 }
 
-/// One model's path, for [`Config::check_model_paths`].
+/// One model's files, for [`Config::check_model_paths`]: the broker's own
+/// check ([`crate::model_files::check`]) as a config problem.
 pub(super) fn check_model_path(config: &Path, model: &ModelConfig) -> Option<ConfigProblem> {
-    let problem = |problem: String, fix: String| ConfigProblem::ModelPath {
+    let found = crate::model_files::check(&model.path).err()?;
+    let fix = if found.problem == crate::model_files::NOT_FOUND {
+        let config_dir = config.parent().unwrap_or(Path::new("/"));
+        format!(
+            "{} (a relative path is taken from {})",
+            found.fix,
+            config_dir.display()
+        )
+    } else {
+        found.fix
+    };
+    Some(ConfigProblem::ModelPath {
         config: config.to_path_buf(),
         model_id: model.id.clone(),
         path: model.path.clone(),
-        problem,
+        problem: found.problem,
         fix,
-    };
-    let path = &model.path;
-    let config_dir = config
-        .parent()
-        .unwrap_or(Path::new("/"))
-        .display()
-        .to_string();
-    let metadata = match std::fs::metadata(path) {
-        Ok(metadata) => metadata,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Some(problem(
-                "does not exist".into(),
-                format!(
-                    "put the model there, or correct `path` of this [[model]] (a relative path \
-                     is taken from {config_dir})"
-                ),
-            ))
-        }
-        Err(error) => {
-            return Some(problem(
-                format!("cannot be examined: {error}"),
-                "make every directory above it searchable (`chmod o+x DIR`) by the daemon \
-                 account"
-                    .into(),
-            ))
-        }
-    };
-    if model.is_single_file() {
-        if !metadata.is_file() {
-            return Some(problem(
-                "ends in .safetensors but is not a regular file".into(),
-                "point `path` at the checkpoint file itself, or at a diffusers folder \
-                 (without the .safetensors name)"
-                    .into(),
-            ));
-        }
-        if let Err(error) = std::fs::File::open(path) {
-            return Some(problem(
-                format!("cannot be opened: {error}"),
-                format!("make it readable: `chmod 0644 {}`", path.display()),
-            ));
-        }
-    } else {
-        if metadata.is_file() {
-            return Some(problem(
-                "is a file; a single-file checkpoint must be a .safetensors file (only \
-                 safetensors is read)"
-                    .into(),
-                "convert it to .safetensors and name it *.safetensors, or point `path` at a \
-                 diffusers folder"
-                    .into(),
-            ));
-        }
-        if !metadata.is_dir() {
-            return Some(problem(
-                "is neither a directory nor a regular file".into(),
-                "point `path` at a diffusers folder or a .safetensors file".into(),
-            ));
-        }
-        if let Err(error) = std::fs::read_dir(path) {
-            return Some(problem(
-                format!("cannot be listed: {error}"),
-                format!("make it readable: `chmod 0755 {}`", path.display()),
-            ));
-        }
-    }
-    None
+    })
 }
 
 #[cfg(test)]

@@ -315,6 +315,11 @@ pub struct ModelConfig {
     pub sha256: Option<String>,
     #[serde(default)]
     pub defaults: ModelDefaults,
+    /// The image size the model's folder declares
+    /// ([`crate::model_files::native_size`]), filled by
+    /// [`super::Config::read_native_sizes`]; never a key of the file.
+    #[serde(skip)]
+    pub native_size: Option<u32>,
 }
 
 impl ModelConfig {
@@ -323,7 +328,8 @@ impl ModelConfig {
         is_safetensors_name(&self.path)
     }
 
-    /// The generation defaults: `[model.defaults]` over the kind's defaults.
+    /// The generation defaults: `[model.defaults]`, then (for width and
+    /// height) the folder's native size, then the kind's defaults.
     pub fn defaults(&self) -> GenerationDefaults {
         let (size, guidance) = match self.kind {
             ModelKind::Sd1 => (512, 7.5),
@@ -334,8 +340,8 @@ impl ModelConfig {
         GenerationDefaults {
             steps: given.steps.unwrap_or(30),
             guidance: given.guidance.unwrap_or(guidance),
-            width: given.width.unwrap_or(size),
-            height: given.height.unwrap_or(size),
+            width: given.width.or(self.native_size).unwrap_or(size),
+            height: given.height.or(self.native_size).unwrap_or(size),
             scheduler: given.scheduler.unwrap_or(Scheduler::Euler),
         }
     }
@@ -346,6 +352,7 @@ impl ModelConfig {
     }
 }
 
-pub(crate) fn is_safetensors_name(path: &Path) -> bool {
+/// Whether `path` names a single-file checkpoint (`*.safetensors`).
+pub fn is_safetensors_name(path: &Path) -> bool {
     path.extension().is_some_and(|ext| ext == "safetensors")
 }

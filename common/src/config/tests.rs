@@ -1034,10 +1034,28 @@ fn every_problem_is_reported_together_permissions_syntax_values() {
 fn model_paths_must_exist_and_match_their_kind() {
     let dir = TempDir::new("models");
     let me = my_uid(&dir);
-    fs::create_dir(dir.join("folder")).unwrap();
+    for &(relative, required) in crate::pin::FOLDER_FILES {
+        if required {
+            let file = dir.join("folder").join(relative);
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            write(&file, "{}", 0o644);
+        }
+    }
     fs::create_dir(dir.join("dir.safetensors")).unwrap();
-    write(&dir.join("single.safetensors"), "x", 0o644);
+    // A safetensors start: header length 2, then `{}`.
+    write(
+        &dir.join("single.safetensors"),
+        "\u{2}\0\0\0\0\0\0\0{}",
+        0o644,
+    );
     write(&dir.join("weights.bin2"), "x", 0o644);
+    fs::create_dir_all(dir.join("half/unet")).unwrap();
+    write(&dir.join("half/model_index.json"), "{}", 0o644);
+    write(
+        &dir.join("pickle.safetensors"),
+        "PK\u{3}\u{4} not safetensors",
+        0o644,
+    );
     let config = dir.join("weave.toml");
     let model = |id: &str, path: &str| {
         format!("[[model]]\nid = \"{id}\"\nkind = \"sd1\"\npath = \"{path}\"\n")
@@ -1048,6 +1066,8 @@ fn model_paths_must_exist_and_match_their_kind() {
         model("dirsingle", "dir.safetensors"),
         model("file", "weights.bin2"),
         model("gone", "/nonexistent/weave/model"),
+        model("half", "half"),
+        model("pickle", "pickle.safetensors"),
     ]
     .concat();
     write(&config, &text, 0o644);
@@ -1057,7 +1077,7 @@ fn model_paths_must_exist_and_match_their_kind() {
         .iter()
         .map(ToString::to_string)
         .collect();
-    assert_eq!(all.len(), 3, "{all:#?}");
+    assert_eq!(all.len(), 5, "{all:#?}");
     assert_has(
         &all[0],
         &[
@@ -1075,6 +1095,17 @@ fn model_paths_must_exist_and_match_their_kind() {
     assert_has(
         &all[2],
         &["model `gone`: path /nonexistent/weave/model does not exist"],
+    );
+    assert_has(
+        &all[3],
+        &[
+            "model `half`",
+            "is not a complete diffusers folder: text_encoder/config.json is missing",
+        ],
+    );
+    assert_has(
+        &all[4],
+        &["model `pickle`", "is not a safetensors checkpoint"],
     );
 }
 
@@ -1253,6 +1284,7 @@ fn every_key_is_documented_in_config_md() {
             scheduler: Some(Scheduler::Ddim),
             negative_prompt: Some(String::new()),
         },
+        native_size: None,
     };
     let sections = [
         toml::Value::try_from(&daemon).unwrap(),

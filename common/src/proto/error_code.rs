@@ -59,6 +59,15 @@ pub enum ErrorCode {
     /// Code 11. Details are only in the broker's log.
     #[error("internal error in the broker; an administrator can find the details in its log")]
     Internal,
+    /// Code 12. The model's files cannot be used (missing, unreadable, not
+    /// a model the engine recognizes, or refused at load); nothing was
+    /// queued. Admins see the reason in `ListModels`. Added in protocol
+    /// version 2.
+    #[error(
+        "this model is not available on this daemon right now; use another model, or ask an \
+         administrator to look at `sshmctl models`, which says why"
+    )]
+    ModelUnavailable,
 }
 
 impl ErrorCode {
@@ -77,6 +86,7 @@ impl ErrorCode {
             ErrorCode::ProtocolError { .. } => 9,
             ErrorCode::ShuttingDown => 10,
             ErrorCode::Internal => 11,
+            ErrorCode::ModelUnavailable => 12,
         }
     }
 
@@ -95,6 +105,7 @@ impl ErrorCode {
             ErrorCode::ProtocolError { .. } => "protocol_error",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
+            ErrorCode::ModelUnavailable => "model_unavailable",
         }
     }
 
@@ -142,6 +153,7 @@ mod tests {
             },
             ErrorCode::ShuttingDown,
             ErrorCode::Internal,
+            ErrorCode::ModelUnavailable,
         ]
     }
 

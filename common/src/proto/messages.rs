@@ -321,6 +321,14 @@ pub struct ModelInfo {
     pub defaults: GenerationDefaults,
     /// The bounds the broker enforces for this model.
     pub bounds: ParamBounds,
+    /// Whether a job on this model can run: its files passed the broker's
+    /// checks (at start-up and at each load) and it is not quarantined.
+    /// Added in protocol version 2.
+    pub available: bool,
+    /// Why not, when `available` is false: to admins only (it may name a
+    /// file); `None` for clients and for available models. Added in
+    /// protocol version 2.
+    pub reason: Option<String>,
 }
 
 /// The daemon's state, answered to `Status`.
@@ -341,6 +349,23 @@ pub struct StatusReport {
     /// The device the worker runs the models on (`device = "auto"`
     /// resolved by the worker's libtorch); `None` until a worker has started.
     pub device: Option<Device>,
+    /// Why the last worker start failed (e.g. a `device` the machine does
+    /// not have), until a start succeeds: to admins only; `None` for
+    /// clients. Added in protocol version 2.
+    pub worker_error: Option<String>,
+    /// The worker process's memory, read by the broker from
+    /// `/proc/PID/status`; `None` while no worker runs. Added in protocol
+    /// version 2.
+    pub worker_memory: Option<WorkerMemory>,
+}
+
+/// A process's memory as the kernel counts it (`VmRSS`, `VmHWM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerMemory {
+    /// Resident now.
+    pub resident_bytes: u64,
+    /// The most it has ever had resident (high-water mark).
+    pub peak_bytes: u64,
 }
 
 /// The model resident in the worker. Times are ages in seconds, so that
@@ -377,14 +402,38 @@ pub struct JobInfo {
     /// Queue position while `Queued` (0 = next), otherwise `None`.
     pub position: Option<u32>,
     pub submitted_s_ago: u64,
+    /// Denoising steps done and in all (of the whole batch), once the job
+    /// runs; `0` of `0` before. Added in protocol version 2.
+    pub step: u32,
+    pub total: u32,
+    /// Where the job runs or ran; `None` while queued. Added in protocol
+    /// version 2.
+    pub device: Option<Device>,
+    /// Milliseconds since the job started (`Running`, `Cancelling`), or the
+    /// whole run (`Finished`, `Failed`); `None` while queued. Added in
+    /// protocol version 2.
+    pub run_ms: Option<u64>,
+    /// Why a `Failed` job failed (what its caller received); `None`
+    /// otherwise. Added in protocol version 2.
+    pub error: Option<ErrorCode>,
 }
 
+/// `Finished` and `Failed` are the broker's recent history (the last
+/// [`JOB_HISTORY`] jobs that ended), listed after the live ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobState {
     Queued,
     Running,
     Cancelling,
+    /// Ended with its images delivered. Added in protocol version 2.
+    Finished,
+    /// Ended with an error (`JobInfo::error`), cancelled included. Added in
+    /// protocol version 2.
+    Failed,
 }
+
+/// How many ended jobs the broker remembers for `Jobs` / `AllJobs`.
+pub const JOB_HISTORY: usize = 20;
 
 /// Counters of the broker↔worker shared-memory channel (admin only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -130,6 +130,7 @@ fn error_name(code: &ErrorCode) -> &'static str {
         ErrorCode::ProtocolError { .. } => "ProtocolError",
         ErrorCode::ShuttingDown => "ShuttingDown",
         ErrorCode::Internal => "Internal",
+        ErrorCode::ModelUnavailable => "ModelUnavailable",
     }
 }
 

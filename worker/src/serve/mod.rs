@@ -87,6 +87,34 @@ fn run_inner() -> Result<(), ServeError> {
     zeroize::Zeroize::zeroize(&mut bootstrap.to_worker_key.key);
     zeroize::Zeroize::zeroize(&mut bootstrap.to_broker_key.key);
 
+    // Steps 3 to 6. A failure there is told to the broker before the
+    // worker exits, so `status` can say why the worker did not start.
+    let (models, missing, device) = match start(&bootstrap, &mut channel) {
+        Ok(started) => started,
+        Err(error) => {
+            let _ = channel.send(&FromWorker::StartFailed {
+                reason: error.to_string(),
+            });
+            return Err(error);
+        }
+    };
+
+    Server {
+        channel,
+        models,
+        missing,
+        device,
+        loaded: None,
+        backlog: VecDeque::new(),
+    }
+    .serve()
+}
+
+/// The model table, the models whose path is missing, and the device.
+type Started = (HashMap<String, ModelEntry>, HashSet<String>, Device);
+
+/// Confinement, libtorch, seccomp and `Ready` (steps 3 to 6).
+fn start(bootstrap: &WorkerBootstrap, channel: &mut WorkerEndpoint) -> Result<Started, ServeError> {
     // 3. Landlock while single-threaded: libtorch has not started a thread
     // yet. Whether it grants the GPU is decided without calling CUDA. A model
     // whose path is missing is left out (and refused at load), so it cannot
@@ -99,11 +127,11 @@ fn run_inner() -> Result<(), ServeError> {
         torch_cuda_linked,
         std::path::Path::new(device::NVIDIA_CONTROL_NODE).exists(),
     );
-    let missing = missing_models(&bootstrap);
+    let missing = missing_models(bootstrap);
     for id in &missing {
         log!("model {id:?} is unavailable: its path does not exist; the other models are served");
     }
-    let landlock = confine_filesystem(&bootstrap, gpu_possible, &missing)?;
+    let landlock = confine_filesystem(bootstrap, gpu_possible, &missing)?;
 
     // 4. libtorch and the model table. Without the executable-mapping
     // opt-in, oneDNN (which JIT-compiles kernels) is switched off first.
@@ -113,7 +141,7 @@ fn run_inner() -> Result<(), ServeError> {
         ));
     }
     let device = device::resolve(bootstrap.device, gpu_possible, tch::Cuda::is_available);
-    loaded_model::init_torch(&bootstrap, device).map_err(ServeError::Torch)?;
+    loaded_model::init_torch(bootstrap, device).map_err(ServeError::Torch)?;
     log!("device {device} (configured {})", bootstrap.device);
     let models: HashMap<String, ModelEntry> = bootstrap
         .models
@@ -146,16 +174,7 @@ fn run_inner() -> Result<(), ServeError> {
     }
     log!("sandbox: {sandbox:?}");
     channel.send(&FromWorker::Ready { sandbox, device })?;
-
-    Server {
-        channel,
-        models,
-        missing,
-        device,
-        loaded: None,
-        backlog: VecDeque::new(),
-    }
-    .serve()
+    Ok((models, missing, device))
 }
 
 /// Ids of the models whose configured path does not exist now.

@@ -43,7 +43,8 @@ use crate::job_runner::JobRunner;
 pub use config::SupervisorConfig;
 pub use error::{describe_exit, CrashCause, SupervisorError};
 pub use job_check::{Image, JobEvent};
-pub use spawner::{Spawner, SpawnerError};
+pub use spawner::{SpawnFds, Spawner, SpawnerError};
+pub use worker_process::WorkerProcess;
 use status::lock;
 pub use status::{LoadInfo, SupervisorHandle, SupervisorStatus};
 

@@ -12,7 +12,9 @@ use weave_policy::SeccompMode;
 
 /// Why the boundary could not be crossed (the broker does not start).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot install the broker's seccomp allowlist: {0}; the kernel needs CONFIG_SECCOMP_FILTER")]
+#[error(
+    "cannot install the broker's seccomp allowlist: {0}; the kernel needs CONFIG_SECCOMP_FILTER"
+)]
 pub struct BoundaryError(#[from] BrokerConfineError);
 
 /// Loads what later lookups of a caller's groups need, then locks the

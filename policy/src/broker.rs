@@ -211,6 +211,14 @@ pub fn broker_filter() -> SyscallPolicy {
     p.allow(libc::SYS_statx);
     p.allow(libc::SYS_fstat);
     p.allow(libc::SYS_newfstatat);
+    // why: glibc's NSS `files` backend rewinds /etc/passwd and /etc/group
+    // between lookups of a caller's groups (system mode).
+    p.allow(libc::SYS_lseek);
+    // why: NSS `systemd` looks for userdb drop-in records in /etc/userdb,
+    // /run/userdb, /usr/lib/userdb: it walks the path with O_PATH opens
+    // and readlinkat, and lists the folders that exist.
+    p.allow(libc::SYS_readlinkat);
+    p.allow(libc::SYS_getdents64);
     // why: F_ADD_SEALS/F_GET_SEALS on segments, F_GETFL/F_SETFL,
     // F_DUPFD_CLOEXEC (try_clone of a connection).
     p.allow(libc::SYS_fcntl);

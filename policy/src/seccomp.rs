@@ -120,7 +120,11 @@ impl SyscallPolicy {
 
     /// Allows `nr` when all `conditions` hold (one more alternative if called
     /// again for the same syscall).
-    pub(crate) fn allow_when(&mut self, nr: libc::c_long, conditions: Vec<SeccompCondition>) -> &mut Self {
+    pub(crate) fn allow_when(
+        &mut self,
+        nr: libc::c_long,
+        conditions: Vec<SeccompCondition>,
+    ) -> &mut Self {
         let rule = match SeccompRule::new(conditions) {
             Ok(rule) => rule,
             Err(e) => panic!("invalid seccomp rule in the policy source: {e}"),

@@ -612,15 +612,26 @@ pub fn proc_status_field(pid: u32, field: &str) -> String {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-/// Child processes of `pid` (from /proc/<pid>/task/*/children).
-pub fn children_of(pid: u32) -> Vec<u32> {
+/// The worker processes among the children of `pid` (from
+/// /proc/<pid>/task/*/children, those whose name is `weave-worker`): a
+/// broker's other child is its spawner (`weave-spawner`).
+pub fn workers_of(pid: u32) -> Vec<u32> {
+    children_named(pid, "weave-worker")
+}
+
+/// The children of `pid` whose `comm` is `name`.
+pub fn children_named(pid: u32, name: &str) -> Vec<u32> {
     let mut out = Vec::new();
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
             if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
                 out.extend(
                     text.split_whitespace()
-                        .filter_map(|p| p.parse::<u32>().ok()),
+                        .filter_map(|p| p.parse::<u32>().ok())
+                        .filter(|child| {
+                            std::fs::read_to_string(format!("/proc/{child}/comm"))
+                                .is_ok_and(|comm| comm.trim_end() == name)
+                        }),
                 );
             }
         }

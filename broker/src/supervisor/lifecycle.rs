@@ -77,7 +77,10 @@ impl WorkerSupervisor {
         self.starts += 1;
         let channel = BrokerEndpoint::create(to_worker, to_broker, generation)
             .map_err(|e| SupervisorError::Spawn(format!("channel setup: {e}")))?;
-        let spawner = self.spawner.as_ref().map_err(|e| SupervisorError::Spawn(e.clone()))?;
+        let spawner = self
+            .spawner
+            .as_ref()
+            .map_err(|e| SupervisorError::Spawn(e.clone()))?;
         let child = spawn::spawn_worker(spawner, &self.config, &channel)?;
         let pid = child.id();
         self.worker = Some(RunningWorker { child, channel });

@@ -44,9 +44,9 @@ pub use config::SupervisorConfig;
 pub use error::{describe_exit, CrashCause, SupervisorError};
 pub use job_check::{Image, JobEvent};
 pub use spawner::{SpawnFds, Spawner, SpawnerError};
-pub use worker_process::WorkerProcess;
 use status::lock;
 pub use status::{LoadInfo, SupervisorHandle, SupervisorStatus};
+pub use worker_process::WorkerProcess;
 
 /// How often a wait for the worker also checks whether it is still alive.
 const LIVENESS_TICK: Duration = Duration::from_millis(20);
@@ -94,8 +94,8 @@ impl WorkerSupervisor {
     /// (for `config.worker_exe` and `config.worker_env`), so the broker
     /// makes it before its seccomp boundary.
     pub fn new(config: SupervisorConfig) -> Self {
-        let spawner = Spawner::start(&config.worker_exe, &config.worker_env)
-            .map_err(|e| e.to_string());
+        let spawner =
+            Spawner::start(&config.worker_exe, &config.worker_env).map_err(|e| e.to_string());
         let models = config
             .models
             .iter()

@@ -179,8 +179,7 @@ pub fn recv_with_fds(
     unsafe {
         let mut header = libc::CMSG_FIRSTHDR(&msg);
         while !header.is_null() {
-            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS
-            {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(header);
                 let bytes = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
                 for i in 0..bytes / std::mem::size_of::<RawFd>() {
@@ -287,7 +286,13 @@ impl ExecImage {
 pub fn child_exec(image: &ExecImage) -> io::Error {
     // SAFETY: every pointer comes from `image`, whose C strings outlive the
     // call, and both arrays end with a null pointer.
-    unsafe { libc::execve(image.path.as_ptr(), image.argv.as_ptr(), image.envp.as_ptr()) };
+    unsafe {
+        libc::execve(
+            image.path.as_ptr(),
+            image.argv.as_ptr(),
+            image.envp.as_ptr(),
+        )
+    };
     io::Error::last_os_error()
 }
 
@@ -420,5 +425,14 @@ pub fn child_dup_at_least(fd: RawFd, min: RawFd) -> io::Result<RawFd> {
 pub fn dup_onto_cloexec(src: RawFd, dst: RawFd) -> io::Result<()> {
     // SAFETY: dup3 only edits this process's descriptor table.
     check(unsafe { libc::dup3(src, dst, libc::O_CLOEXEC) })?;
+    Ok(())
+}
+
+/// Names the calling process `weave-spawner` in `ps` and /proc (comm), so
+/// it is not mistaken for the broker or a worker.
+pub fn child_name_spawner() -> io::Result<()> {
+    // SAFETY: PR_SET_NAME reads a static NUL-terminated name (at most 16
+    // bytes with the NUL).
+    check(unsafe { libc::prctl(libc::PR_SET_NAME, c"weave-spawner".as_ptr(), 0, 0, 0) })?;
     Ok(())
 }

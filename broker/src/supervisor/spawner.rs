@@ -247,10 +247,11 @@ fn run(socket: RawFd, null: RawFd, image: &ExecImage) -> ! {
     }
 }
 
-/// Dies with the broker; keeps only its socket (3) and /dev/null (4)
+/// Dies with the broker; names itself `weave-spawner`; keeps only its socket (3) and /dev/null (4)
 /// besides 0–2.
 fn settle(socket: RawFd, null: RawFd) -> io::Result<()> {
     sys::child_die_with_parent()?;
+    sys::child_name_spawner()?;
     let socket = sys::child_dup_at_least(socket, STAGING_FD_MIN)?;
     let null = sys::child_dup_at_least(null, STAGING_FD_MIN)?;
     sys::dup_onto_cloexec(socket, SPAWNER_SOCKET)?;
@@ -403,7 +404,10 @@ mod tests {
         for fd in 0..=7 {
             assert!(seen.contains(&fd), "fd {fd} missing: {listing}");
         }
-        assert!(!seen.contains(&LEAK_PROBE), "the caller's fd leaked: {listing}");
+        assert!(
+            !seen.contains(&LEAK_PROBE),
+            "the caller's fd leaked: {listing}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

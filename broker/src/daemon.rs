@@ -51,6 +51,11 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
     if options.mode == Mode::System && euid != 0 {
         return Err(ModeError::SystemNeedsRoot.into());
     }
+    modes::check_user_mode_uid(
+        options.mode,
+        euid,
+        std::env::var_os(modes::ALLOW_ROOT_USER_MODE_ENV).as_deref(),
+    )?;
     let config_path = options.config_path()?;
     let trusted_uids = match options.mode {
         Mode::User => vec![euid],

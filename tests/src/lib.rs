@@ -387,6 +387,12 @@ impl TestConfig {
     }
 }
 
+/// The tests run as root and most of them run a user-mode broker (the
+/// clients connect as root too): `weave-broker --user` refuses root unless
+/// this is `1` (docs/BROKER.md). Brokers started by the helpers below get
+/// it; `broker_user_mode` checks the refusal without it.
+pub const ROOT_USER_MODE_HATCH: &str = "WEAVE_ALLOW_ROOT_USER_MODE";
+
 /// A running `weave-broker`.
 pub struct BrokerProcess {
     pub child: Child,
@@ -420,6 +426,7 @@ impl BrokerProcess {
     pub fn start_command(mut command: Command, socket: &Path, log: &Path) -> Self {
         let log_file = std::fs::File::create(log).unwrap();
         let child = command
+            .env(ROOT_USER_MODE_HATCH, "1")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
@@ -452,6 +459,7 @@ impl BrokerProcess {
         let log_file = std::fs::File::create(log).unwrap();
         Command::new(target_bin("weave-broker"))
             .args(args)
+            .env(ROOT_USER_MODE_HATCH, "1")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)

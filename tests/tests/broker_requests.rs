@@ -380,6 +380,7 @@ fn an_unknown_scheduler_index_names_the_field() {
         }
         other => panic!("expected InvalidParameter for scheduler, got {other:?}"),
     }
+    assert!(client.read_to_end().is_empty(), "closed after the error");
     assert!(setup
         .sink
         .wait_for(

@@ -1,7 +1,8 @@
 //! Start-up, confinement, the serving threads and orderly shutdown.
 //!
 //! Order matters: config (checked) → audit → socket → privilege drop while
-//! still single-threaded → worker → threads → READY.
+//! still single-threaded → worker supervisor (forks the spawner) →
+//! initialization complete (seccomp) → threads → READY.
 #![forbid(unsafe_code)]
 
 use std::os::fd::AsRawFd;
@@ -38,6 +39,8 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Boundary(#[from] crate::boundary::BoundaryError),
 }
 
 /// The account that may own the system config besides root.
@@ -48,6 +51,11 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
     if options.mode == Mode::System && euid != 0 {
         return Err(ModeError::SystemNeedsRoot.into());
     }
+    modes::check_user_mode_uid(
+        options.mode,
+        euid,
+        std::env::var_os(modes::ALLOW_ROOT_USER_MODE_ENV).as_deref(),
+    )?;
     let config_path = options.config_path()?;
     let trusted_uids = match options.mode {
         Mode::User => vec![euid],
@@ -120,6 +128,11 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
             .field("mode", format!("{:?}", options.mode).to_lowercase())
             .field("uid", syscalls::effective_uid()),
     );
+
+    // Initialization complete: the socket is bound, privileges are dropped
+    // and the spawner is forked (by the supervisor); from here on the
+    // broker's seccomp allowlist holds on every thread.
+    crate::boundary::initialization_complete()?;
 
     let scheduler = {
         let broker = Arc::clone(&broker);

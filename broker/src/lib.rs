@@ -7,6 +7,7 @@ pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod background_log;
+pub mod boundary;
 pub mod connections;
 pub mod daemon;
 pub mod job_runner;

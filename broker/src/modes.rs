@@ -22,6 +22,12 @@ pub enum ModeError {
     Environment(String),
     #[error("system mode must be started as root (it drops to the service user itself)")]
     SystemNeedsRoot,
+    #[error(
+        "--user refuses to run as root: a user-mode broker keeps the uid it was started \
+         with, and uid 0 owns the system's files; use --system (it drops to daemon.user), \
+         or start --user as the user it serves"
+    )]
+    UserModeAsRoot,
     #[error("another broker is already listening on {0}; stop it first")]
     AlreadyRunning(PathBuf),
     #[error("{path} exists and is not a socket; remove it or choose another --socket")]
@@ -152,6 +158,25 @@ impl Options {
         }
         default_socket_path(self.mode, &EnvPaths::from_process())
             .map_err(|problem| ModeError::Environment(problem.to_string()))
+    }
+}
+
+/// The escape hatch for a throwaway root-only sandbox (a CI container, the
+/// demo run as root): with this variable set to `1`, `--user` as root is
+/// allowed. Documented in docs/BROKER.md and weave-broker(8).
+pub const ALLOW_ROOT_USER_MODE_ENV: &str = "WEAVE_ALLOW_ROOT_USER_MODE";
+
+/// Refuses a user-mode broker started as root (euid 0) unless `hatch` (the
+/// value of [`ALLOW_ROOT_USER_MODE_ENV`]) is exactly `1`.
+pub fn check_user_mode_uid(
+    mode: Mode,
+    euid: u32,
+    hatch: Option<&std::ffi::OsStr>,
+) -> Result<(), ModeError> {
+    let allowed = hatch.is_some_and(|value| value == "1");
+    match mode {
+        Mode::User if euid == 0 && !allowed => Err(ModeError::UserModeAsRoot),
+        Mode::User | Mode::System => Ok(()),
     }
 }
 
@@ -297,6 +322,21 @@ mod tests {
         assert_eq!(options.socket_path(None).unwrap(), PathBuf::from("/tmp/s"));
         assert!(Options::parse(args(&["--config"]), 0).is_err());
         assert!(Options::parse(args(&["--tcp"]), 0).is_err());
+    }
+
+    #[test]
+    fn user_mode_as_root_is_refused_with_the_fix_unless_the_hatch_says_1() {
+        let error = check_user_mode_uid(Mode::User, 0, None).unwrap_err();
+        assert!(error.to_string().contains("use --system"), "{error}");
+        for value in ["0", "yes", "", "1 "] {
+            assert!(
+                check_user_mode_uid(Mode::User, 0, Some(std::ffi::OsStr::new(value))).is_err(),
+                "{value:?} opens the hatch"
+            );
+        }
+        check_user_mode_uid(Mode::User, 0, Some(std::ffi::OsStr::new("1"))).unwrap();
+        check_user_mode_uid(Mode::User, 1000, None).unwrap();
+        check_user_mode_uid(Mode::System, 0, None).unwrap();
     }
 
     #[test]

@@ -239,19 +239,20 @@ impl Connection {
         let Some(code) = error.to_error_code() else {
             return;
         };
+        // A field the decoder could name (an unknown scheduler index) is
+        // audited by that name; everything else is the frame's fault.
+        let (field, reason) = match &code {
+            ErrorCode::ProtocolError { reason } => ("frame", reason.as_str()),
+            ErrorCode::InvalidParameter { field, .. } => (field.as_str(), "unknown index"),
+            _ => ("frame", "encoding"),
+        };
         self.broker.audit().record(
             Severity::Notice,
             &AuditRecord::new("invalid_request")
                 .field("uid", self.peer.uid)
                 .field("pid", self.peer.pid)
-                .field("field", "frame")
-                .field(
-                    "reason",
-                    match &code {
-                        ErrorCode::ProtocolError { reason } => reason.as_str(),
-                        _ => "encoding",
-                    },
-                ),
+                .field("field", field)
+                .field("reason", reason),
         );
         let _ = self.send(&Response::Error(code));
     }

@@ -94,7 +94,7 @@ pub struct SyscallPolicy {
     enosys: Vec<i64>,
 }
 
-fn condition(arg: u8, len: ArgLen, op: Op, value: u64) -> SeccompCondition {
+pub(crate) fn condition(arg: u8, len: ArgLen, op: Op, value: u64) -> SeccompCondition {
     // The arguments are compile-time constants of this module: index < 6 and
     // a valid length, which is all `new` validates.
     match SeccompCondition::new(arg, len, op, value) {
@@ -104,7 +104,7 @@ fn condition(arg: u8, len: ArgLen, op: Op, value: u64) -> SeccompCondition {
 }
 
 impl SyscallPolicy {
-    fn new(process: &'static str) -> Self {
+    pub(crate) fn new(process: &'static str) -> Self {
         Self {
             process,
             allowed: BTreeMap::new(),
@@ -113,14 +113,18 @@ impl SyscallPolicy {
     }
 
     /// Allows `nr` with any arguments.
-    fn allow(&mut self, nr: libc::c_long) -> &mut Self {
+    pub(crate) fn allow(&mut self, nr: libc::c_long) -> &mut Self {
         self.allowed.insert(nr, Vec::new());
         self
     }
 
     /// Allows `nr` when all `conditions` hold (one more alternative if called
     /// again for the same syscall).
-    fn allow_when(&mut self, nr: libc::c_long, conditions: Vec<SeccompCondition>) -> &mut Self {
+    pub(crate) fn allow_when(
+        &mut self,
+        nr: libc::c_long,
+        conditions: Vec<SeccompCondition>,
+    ) -> &mut Self {
         let rule = match SeccompRule::new(conditions) {
             Ok(rule) => rule,
             Err(e) => panic!("invalid seccomp rule in the policy source: {e}"),
@@ -130,7 +134,7 @@ impl SyscallPolicy {
     }
 
     /// Makes `nr` fail with ENOSYS (the second filter), whatever the mode.
-    fn enosys(&mut self, nr: libc::c_long) -> &mut Self {
+    pub(crate) fn enosys(&mut self, nr: libc::c_long) -> &mut Self {
         self.enosys.push(nr);
         self
     }
@@ -253,11 +257,11 @@ pub const NVIDIA_IOCTL_MASKS: &[(u32, u32)] = &[
     (0xffff_ffff, 0x3000_0002),
 ];
 
-fn arg_eq(arg: u8, value: u64) -> SeccompCondition {
+pub(crate) fn arg_eq(arg: u8, value: u64) -> SeccompCondition {
     condition(arg, ArgLen::Qword, Op::Eq, value)
 }
 
-fn arg_masked_zero(arg: u8, mask: u64) -> SeccompCondition {
+pub(crate) fn arg_masked_zero(arg: u8, mask: u64) -> SeccompCondition {
     condition(arg, ArgLen::Qword, Op::MaskedEq(mask), 0)
 }
 
@@ -434,54 +438,6 @@ pub fn worker_filter(options: WorkerSyscallOptions) -> SyscallPolicy {
     p
 }
 
-/// The broker's allowlist: not applied yet. The broker runs std threads (one
-/// per connection, one scheduler thread), accepts connections, encodes PNGs,
-/// supervises (forks and execs) the worker and writes to syslog; its allowlist is drafted here but the broker calls
-/// [`crate::broker::confine`] only for privileges, capabilities and flags
-/// until the broker's own traces exist (see docs/SANDBOX.md).
-pub fn broker_filter() -> SyscallPolicy {
-    let mut p = worker_filter(WorkerSyscallOptions {
-        gpu: false,
-        exec_mappings: false,
-    });
-    p.process = "broker";
-    // why: the Unix socket server and the syslog connection.
-    for nr in [
-        libc::SYS_socket,
-        libc::SYS_accept4,
-        libc::SYS_bind,
-        libc::SYS_listen,
-        libc::SYS_connect,
-        libc::SYS_getsockopt,
-        libc::SYS_setsockopt,
-        libc::SYS_getsockname,
-        libc::SYS_sendto,
-        libc::SYS_recvfrom,
-        libc::SYS_sendmsg,
-        libc::SYS_recvmsg,
-        libc::SYS_shutdown,
-    ] {
-        p.allow(nr);
-    }
-    // why: the channel's doorbells are eventfds the broker creates (waiting
-    // on them and polling connections for a hang-up is `poll`/`ppoll`,
-    // already allowed above).
-    p.allow(libc::SYS_eventfd2);
-    // why: creating, sealing and passing the shm segments.
-    p.allow(libc::SYS_memfd_create);
-    p.allow(libc::SYS_ftruncate);
-    // why: supervising the worker: spawn, wait, kill.
-    p.allow(libc::SYS_execve);
-    p.allow(libc::SYS_wait4);
-    p.allow(libc::SYS_waitid);
-    p.allow(libc::SYS_kill);
-    p.allow(libc::SYS_pidfd_open);
-    p.allow(libc::SYS_pidfd_send_signal);
-    p.allow(libc::SYS_pipe2);
-    p.allow(libc::SYS_dup3);
-    p
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -598,7 +554,7 @@ mod tests {
                 .unwrap();
             assert!(!errno.is_empty());
             assert!(allow.len() > 50);
-            broker_filter().compile(mode).unwrap();
+            crate::broker::broker_filter().compile(mode).unwrap();
         }
     }
 }

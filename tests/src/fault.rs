@@ -361,7 +361,7 @@ impl Rng {
 
 /// The worker's pid: the broker's (only) child process, if one runs.
 pub fn worker_pid(broker: u32) -> Option<u32> {
-    crate::children_of(broker).first().copied()
+    crate::workers_of(broker).first().copied()
 }
 
 /// SIGKILL to `pid`; whether the signal was delivered.

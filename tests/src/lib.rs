@@ -387,6 +387,12 @@ impl TestConfig {
     }
 }
 
+/// The tests run as root and most of them run a user-mode broker (the
+/// clients connect as root too): `weave-broker --user` refuses root unless
+/// this is `1` (docs/BROKER.md). Brokers started by the helpers below get
+/// it; `broker_user_mode` checks the refusal without it.
+pub const ROOT_USER_MODE_HATCH: &str = "WEAVE_ALLOW_ROOT_USER_MODE";
+
 /// A running `weave-broker`.
 pub struct BrokerProcess {
     pub child: Child,
@@ -420,6 +426,7 @@ impl BrokerProcess {
     pub fn start_command(mut command: Command, socket: &Path, log: &Path) -> Self {
         let log_file = std::fs::File::create(log).unwrap();
         let child = command
+            .env(ROOT_USER_MODE_HATCH, "1")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
@@ -452,6 +459,7 @@ impl BrokerProcess {
         let log_file = std::fs::File::create(log).unwrap();
         Command::new(target_bin("weave-broker"))
             .args(args)
+            .env(ROOT_USER_MODE_HATCH, "1")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
@@ -612,15 +620,26 @@ pub fn proc_status_field(pid: u32, field: &str) -> String {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-/// Child processes of `pid` (from /proc/<pid>/task/*/children).
-pub fn children_of(pid: u32) -> Vec<u32> {
+/// The worker processes among the children of `pid` (from
+/// /proc/<pid>/task/*/children, those whose name is `weave-worker`): a
+/// broker's other child is its spawner (`weave-spawner`).
+pub fn workers_of(pid: u32) -> Vec<u32> {
+    children_named(pid, "weave-worker")
+}
+
+/// The children of `pid` whose `comm` is `name`.
+pub fn children_named(pid: u32, name: &str) -> Vec<u32> {
     let mut out = Vec::new();
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
             if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
                 out.extend(
                     text.split_whitespace()
-                        .filter_map(|p| p.parse::<u32>().ok()),
+                        .filter_map(|p| p.parse::<u32>().ok())
+                        .filter(|child| {
+                            std::fs::read_to_string(format!("/proc/{child}/comm"))
+                                .is_ok_and(|comm| comm.trim_end() == name)
+                        }),
                 );
             }
         }

@@ -30,6 +30,7 @@ fn socket_activation_and_readiness_notification() {
         .arg("--listen")
         .arg(&socket)
         .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
+        .arg(format!("--setenv={}=1", weave_tests::ROOT_USER_MODE_HATCH))
         .arg(target_bin("weave-broker"))
         .args(["--user", "--config"])
         .arg(&config)

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use weave_common::proto::{ErrorCode, GenerateRequest, JobState, Request, Response};
 use weave_tests::{
-    children_of, digits_request, require_digits, require_root, stream_error, AuditSink,
+    digits_request, require_digits, require_root, stream_error, workers_of, AuditSink,
     BrokerProcess, Client, Scratch, TestConfig,
 };
 
@@ -229,7 +229,7 @@ fn kill_9_of_the_worker_mid_generation_is_worker_crashed_and_the_next_succeeds()
     let mut victim = Client::hello(socket);
     submit(&mut victim, slow_request(None));
     wait_progress(&mut victim);
-    let worker = *children_of(setup.broker.pid())
+    let worker = *workers_of(setup.broker.pid())
         .first()
         .expect("a worker child");
     let status = std::process::Command::new("kill")
@@ -372,7 +372,7 @@ fn sigterm_fails_running_and_queued_jobs_with_shutting_down() {
     wait_progress(&mut running);
     let mut queued = Client::hello(&socket);
     submit(&mut queued, slow_request(None));
-    let worker = *children_of(setup.broker.pid())
+    let worker = *workers_of(setup.broker.pid())
         .first()
         .expect("a worker child");
     let status = setup.broker.stop();

@@ -365,3 +365,41 @@ fn a_slow_reader_is_dropped_after_30_s_and_the_drop_is_logged() {
     let mut other = Client::hello(&broker.socket);
     assert!(matches!(other.call(&Request::Status), Response::Status(_)));
 }
+
+/// A `Generate` whose scheduler index is past the last scheduler (a client
+/// built against a newer protocol, or a forged frame) is answered with
+/// `InvalidParameter { field: "scheduler" }` and the allowed indexes, not a
+/// bare "malformed message body"; the audit names the field.
+#[test]
+fn an_unknown_scheduler_index_names_the_field() {
+    let Some(setup) = start("scheduler_index", "") else {
+        return;
+    };
+    let mut client = Client::hello(&setup.broker.socket);
+    let mut request = digits_request("a 7");
+    request.scheduler = Some(Scheduler::DpmPp2mKarras);
+    let good = encode_request(&Request::Generate(request.clone())).unwrap();
+    request.scheduler = Some(Scheduler::Ddim);
+    let other = encode_request(&Request::Generate(request)).unwrap();
+    // The one byte that differs is the scheduler's index (4 vs 0).
+    let at = good.iter().zip(&other).position(|(a, b)| a != b).unwrap();
+    assert_eq!(good[at], 4);
+    let mut forged = good.clone();
+    forged[at] = 9;
+    client.send_raw(&forged);
+    match client.recv() {
+        Ok(Response::Error(ErrorCode::InvalidParameter { field, allowed })) => {
+            assert_eq!(field, "scheduler");
+            assert!(allowed.contains("4 dpmpp_2m_karras"), "{allowed}");
+        }
+        other => panic!("expected InvalidParameter for scheduler, got {other:?}"),
+    }
+    assert!(client.read_to_end().is_empty(), "closed after the error");
+    assert!(setup
+        .sink
+        .wait_for(
+            &["event=invalid_request", "field=scheduler"],
+            Duration::from_secs(5)
+        )
+        .is_some());
+}

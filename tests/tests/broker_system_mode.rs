@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use weave_common::proto::Request;
 use weave_tests::{
-    children_of, ensure_group, ensure_user, probe_as_user, proc_status_field, require_root,
+    ensure_group, ensure_user, probe_as_user, proc_status_field, require_root, workers_of,
     AuditSink, BrokerProcess, Client, Scratch, TestConfig,
 };
 
@@ -107,7 +107,7 @@ fn system_mode_runs_as_the_service_user_with_no_capabilities() {
     });
     let end = Instant::now() + Duration::from_secs(30);
     let worker = loop {
-        if let Some(&pid) = children_of(broker.pid()).first() {
+        if let Some(&pid) = workers_of(broker.pid()).first() {
             break pid;
         }
         assert!(

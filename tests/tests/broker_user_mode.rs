@@ -119,3 +119,44 @@ fn inherited_descriptors_are_closed_at_start() {
     ));
     drop(leaked);
 }
+
+/// `weave-broker --user` started as root (euid 0) is refused with the fix:
+/// it would keep uid 0, which owns the system's files. Nothing is bound.
+/// (The other tests' brokers run as root with the documented escape hatch
+/// `WEAVE_ALLOW_ROOT_USER_MODE=1`; here it is absent, and set to another
+/// value.)
+#[test]
+fn user_mode_started_as_root_is_refused_with_the_fix() {
+    if !require_root("user_mode_started_as_root_is_refused_with_the_fix") {
+        return;
+    }
+    let scratch = Scratch::new("usermode-root");
+    let sink = AuditSink::bind(scratch.join("audit.sock"));
+    let etc = scratch.join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let config = TestConfig::new(&sink.path).write(&etc);
+    let socket = scratch.join("run/weave.sock");
+    for hatch in [None, Some("yes")] {
+        let mut command = Command::new(target_bin("weave-broker"));
+        command
+            .args(["--user", "--config"])
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .env_remove(weave_tests::ROOT_USER_MODE_HATCH);
+        if let Some(value) = hatch {
+            command.env(weave_tests::ROOT_USER_MODE_HATCH, value);
+        }
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{hatch:?}: {stderr}");
+        assert!(
+            stderr.contains("--user refuses to run as root") && stderr.contains("use --system"),
+            "{hatch:?}: {stderr}"
+        );
+        assert!(!socket.exists(), "nothing bound");
+    }
+    // The hatch set to exactly 1 lets it start (what the other tests use).
+    let mut broker = BrokerProcess::start_user(&scratch, &config);
+    assert!(broker.stop().success(), "{}", broker.log_text());
+}

@@ -303,6 +303,7 @@ fn broker_flags_and_a_backgrounded_broker_keep_the_terminal_clean() {
     let mut command = Command::new("bash");
     command
         .args(["--norc", "-c", &script])
+        .env(weave_tests::ROOT_USER_MODE_HATCH, "1")
         .env("XDG_STATE_HOME", &state)
         .env("TERM", "dumb");
     let mut term = PtyChild::spawn(command, 80, 24);

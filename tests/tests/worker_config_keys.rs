@@ -12,7 +12,7 @@ use std::time::Duration;
 use weave_common::config::Device;
 use weave_common::proto::{Request, Response, StatusReport};
 use weave_tests::{
-    children_of, digits_request, require_digits, require_root, AuditSink, BrokerProcess, Client,
+    digits_request, require_digits, require_root, workers_of, AuditSink, BrokerProcess, Client,
     Scratch, TestConfig,
 };
 
@@ -59,7 +59,7 @@ fn generate(setup: &Setup) -> u32 {
         "{events:?}\n{}",
         setup.broker.log_text()
     );
-    let workers = children_of(setup.broker.pid());
+    let workers = workers_of(setup.broker.pid());
     assert_eq!(workers.len(), 1, "one worker: {workers:?}");
     workers[0]
 }
@@ -165,7 +165,7 @@ fn seccomp_exec_mappings_lets_onednn_write_code_and_the_default_does_not() {
         let pid = generate(&setup);
         // The worker is alive (it would have died of SIGSYS otherwise).
         std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(children_of(setup.broker.pid()), vec![pid]);
+        assert_eq!(workers_of(setup.broker.pid()), vec![pid]);
         seen.push(jit_mappings(pid));
     }
     assert!(

@@ -146,7 +146,7 @@ fn main() {
     let mut client = Client::hello(&socket);
     // The first request starts the worker and loads the model.
     through_daemon(&mut client, 0);
-    let worker_threads = weave_tests::children_of(broker.pid())
+    let worker_threads = weave_tests::workers_of(broker.pid())
         .first()
         .map(|&pid| proc_status_field(pid, "Threads"))
         .unwrap_or_else(|| "?".into());

@@ -93,7 +93,11 @@ impl WorkerSupervisor {
             .filter(|m| std::fs::symlink_metadata(&m.path).is_err())
             .map(|m| m.id.clone())
             .collect();
-        let child = spawn::spawn_worker(&self.config, &channel)?;
+        let spawner = self
+            .spawner
+            .as_ref()
+            .map_err(|e| SupervisorError::Spawn(e.clone()))?;
+        let child = spawn::spawn_worker(spawner, &self.config, &channel)?;
         let pid = child.id();
         self.worker = Some(RunningWorker { child, channel });
         self.loaded = None;

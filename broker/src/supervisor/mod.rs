@@ -25,11 +25,12 @@ mod lifecycle;
 mod operations;
 mod spawn;
 mod spawn_syscalls;
+mod spawner;
 mod status;
+mod worker_process;
 mod worker_stderr;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::Child;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,14 +43,16 @@ use crate::job_runner::JobRunner;
 pub use config::SupervisorConfig;
 pub use error::{describe_exit, CrashCause, SupervisorError};
 pub use job_check::{Image, JobEvent};
+pub use spawner::{SpawnFds, Spawner, SpawnerError};
 use status::lock;
 pub use status::{LoadInfo, SupervisorHandle, SupervisorStatus};
+pub use worker_process::WorkerProcess;
 
 /// How often a wait for the worker also checks whether it is still alive.
 const LIVENESS_TICK: Duration = Duration::from_millis(20);
 
 struct RunningWorker {
-    child: Child,
+    child: worker_process::WorkerProcess,
     channel: BrokerEndpoint,
 }
 
@@ -57,6 +60,10 @@ struct RunningWorker {
 /// worker is set to die with that thread (PR_SET_PDEATHSIG).
 pub struct WorkerSupervisor {
     config: SupervisorConfig,
+    /// Forked when the supervisor was made (before the broker's seccomp
+    /// boundary); every worker starts through it. An error here is
+    /// reported by every start.
+    spawner: Result<Spawner, String>,
     models: HashMap<String, ModelEntry>,
     status: Arc<Mutex<SupervisorStatus>>,
     worker: Option<RunningWorker>,
@@ -87,8 +94,12 @@ enum WaitFailure {
 
 impl WorkerSupervisor {
     /// A supervisor with no worker yet; the first operation (or
-    /// [`WorkerSupervisor::ensure_running`]) starts it.
+    /// [`WorkerSupervisor::ensure_running`]) starts it. Forks the spawner
+    /// (for `config.worker_exe` and `config.worker_env`), so the broker
+    /// makes it before its seccomp boundary.
     pub fn new(config: SupervisorConfig) -> Self {
+        let spawner =
+            Spawner::start(&config.worker_exe, &config.worker_env).map_err(|e| e.to_string());
         let models = config
             .models
             .iter()
@@ -114,6 +125,7 @@ impl WorkerSupervisor {
             .collect::<BTreeMap<_, _>>();
         Self {
             config,
+            spawner,
             models,
             status: Arc::new(Mutex::new(status)),
             worker: None,
@@ -145,6 +157,11 @@ impl WorkerSupervisor {
     /// Pid of the live worker (for tests and diagnostics).
     pub fn worker_pid(&self) -> Option<u32> {
         self.worker.as_ref().map(|w| w.child.id())
+    }
+
+    /// Pid of the spawner process (for tests and diagnostics).
+    pub fn spawner_pid(&self) -> Option<u32> {
+        self.spawner.as_ref().ok().map(Spawner::pid)
     }
 
     pub(super) fn update(&self, f: impl FnOnce(&mut SupervisorStatus)) {

@@ -55,6 +55,14 @@ pub enum FrameError {
     UnknownMessage { index: u32 },
     #[error("the message body is malformed ({0}); check the encoder against docs/PROTOCOL.md")]
     Malformed(postcard::Error),
+    /// A field holds an enum index this version does not know (a
+    /// `Generate` whose `scheduler` is past the last scheduler).
+    #[error("unknown {field} index {index}; allowed: {allowed}")]
+    UnknownVariant {
+        field: &'static str,
+        index: u32,
+        allowed: &'static str,
+    },
     #[error("{count} bytes follow the end of the message; send exactly one message per frame")]
     TrailingBytes { count: u64 },
     #[error("the message is not in canonical postcard encoding (e.g. an over-long varint)")]
@@ -83,6 +91,12 @@ impl FrameError {
             FrameError::TooLarge { max, .. } => format!("frame longer than {max} bytes"),
             FrameError::UnknownMessage { index } => format!("unknown message type {index}"),
             FrameError::Malformed(_) => "malformed message body".to_owned(),
+            FrameError::UnknownVariant { field, allowed, .. } => {
+                return Some(ErrorCode::InvalidParameter {
+                    field: (*field).to_owned(),
+                    allowed: (*allowed).to_owned(),
+                })
+            }
             FrameError::TrailingBytes { .. } => "bytes after the end of the message".to_owned(),
             FrameError::NonCanonical => "message not in canonical encoding".to_owned(),
         };
@@ -238,7 +252,12 @@ fn read_body<R: Read + ?Sized>(reader: &mut R, max_body: u32) -> Result<Vec<u8>,
 }
 
 fn decode_request_body(body: &[u8]) -> Result<Request, FrameError> {
-    let request: Request = decode_body(body, REQUEST_VARIANTS)?;
+    let request: Request = match decode_body(body, REQUEST_VARIANTS) {
+        Err(FrameError::Malformed(error)) => {
+            return Err(unknown_scheduler(body).unwrap_or(FrameError::Malformed(error)))
+        }
+        other => other?,
+    };
     // Requests come from untrusted callers: accept only the canonical form,
     // so that one request has one byte representation (audit, dedup, fuzz).
     let canonical = postcard::to_stdvec(&request).map_err(FrameError::Encode)?;
@@ -246,6 +265,51 @@ fn decode_request_body(body: &[u8]) -> Result<Request, FrameError> {
         return Err(FrameError::NonCanonical);
     }
     Ok(request)
+}
+
+/// The wire index of `Request::Generate`.
+const GENERATE_INDEX: u32 = 3;
+/// The scheduler indexes a `Generate` may carry, for the error message.
+const SCHEDULER_INDEXES: &str =
+    "0 ddim, 1 euler, 2 euler_a, 3 dpmpp_2m, 4 dpmpp_2m_karras, or none for the model's default";
+
+/// `GenerateRequest` as it is on the wire with the scheduler as its raw
+/// index: decoded only after the real decode failed, to name the field
+/// when the failure is a scheduler index this version does not know.
+/// (`generate_wire_mirrors_generate_request` keeps the two in step.)
+#[derive(Debug, serde::Deserialize)]
+#[allow(dead_code)] // only `scheduler` is read; the rest keeps the layout
+struct GenerateWire {
+    model_id: String,
+    prompt: String,
+    negative_prompt: String,
+    width: Option<u32>,
+    height: Option<u32>,
+    steps: Option<u32>,
+    guidance: Option<f32>,
+    seed: Option<u64>,
+    scheduler: Option<u32>,
+    batch: u32,
+    tag: Option<String>,
+    use_model_negative: bool,
+}
+
+/// `UnknownVariant` for a `Generate` body whose only fault is its
+/// scheduler index.
+fn unknown_scheduler(body: &[u8]) -> Option<FrameError> {
+    let (index, rest) = postcard::take_from_bytes::<u32>(body).ok()?;
+    if index != GENERATE_INDEX {
+        return None;
+    }
+    let (wire, _) = postcard::take_from_bytes::<GenerateWire>(rest).ok()?;
+    let scheduler = wire.scheduler?;
+    (usize::try_from(scheduler).map_or(true, |i| i >= super::Scheduler::ALL.len())).then_some(
+        FrameError::UnknownVariant {
+            field: "scheduler",
+            index: scheduler,
+            allowed: SCHEDULER_INDEXES,
+        },
+    )
 }
 
 fn decode_response_body(body: &[u8]) -> Result<Response, FrameError> {
@@ -272,6 +336,85 @@ fn decode_body<T: DeserializeOwned>(body: &[u8], known_variants: u32) -> Result<
 #[allow(clippy::unwrap_used)]
 mod tests {
     use std::io::Cursor;
+
+    #[test]
+    fn an_unknown_scheduler_index_names_the_field() {
+        let mut request = GenerateRequest {
+            model_id: "digits".into(),
+            prompt: "a 7".into(),
+            negative_prompt: String::new(),
+            width: Some(32),
+            height: None,
+            steps: Some(4),
+            guidance: Some(5.0),
+            seed: Some(1),
+            scheduler: Some(Scheduler::DpmPp2mKarras),
+            batch: 1,
+            tag: Some("t".into()),
+            use_model_negative: true,
+        };
+        let body = postcard::to_stdvec(&Request::Generate(request.clone())).unwrap();
+        // The scheduler's index is the only byte 4 in this body past the
+        // strings; find it by re-encoding with another scheduler.
+        request.scheduler = Some(Scheduler::Ddim);
+        let other = postcard::to_stdvec(&Request::Generate(request)).unwrap();
+        let at = body.iter().zip(&other).position(|(a, b)| a != b).unwrap();
+        assert_eq!(body[at], 4);
+        for bad in [5u8, 9, 0x7f] {
+            let mut forged = body.clone();
+            forged[at] = bad;
+            match decode_request_body(&forged) {
+                Err(FrameError::UnknownVariant { field, index, .. }) => {
+                    assert_eq!((field, index), ("scheduler", u32::from(bad)));
+                }
+                other => panic!("index {bad}: {other:?}"),
+            }
+            let error = decode_request_body(&forged).unwrap_err();
+            assert!(
+                error.to_string().contains("unknown scheduler index"),
+                "{error}"
+            );
+            match error.to_error_code() {
+                Some(ErrorCode::InvalidParameter { field, allowed }) => {
+                    assert_eq!(field, "scheduler");
+                    assert!(allowed.contains("4 dpmpp_2m_karras"), "{allowed}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Another fault in a Generate stays a malformed body.
+        let mut broken = body.clone();
+        let last = broken.len() - 1;
+        broken[last] = 9; // use_model_negative: not a bool
+        assert!(matches!(
+            decode_request_body(&broken),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn generate_wire_mirrors_generate_request() {
+        let request = GenerateRequest {
+            model_id: "m".into(),
+            prompt: "p".into(),
+            negative_prompt: "n".into(),
+            width: Some(1),
+            height: Some(2),
+            steps: Some(3),
+            guidance: Some(4.5),
+            seed: Some(u64::MAX),
+            scheduler: Some(Scheduler::EulerAncestral),
+            batch: 6,
+            tag: Some("tag".into()),
+            use_model_negative: false,
+        };
+        let body = postcard::to_stdvec(&request).unwrap();
+        let (wire, rest) = postcard::take_from_bytes::<GenerateWire>(&body).unwrap();
+        assert!(rest.is_empty(), "the mirror must use every byte");
+        assert_eq!(wire.scheduler, Some(2));
+        assert_eq!((wire.batch, wire.use_model_negative), (6, false));
+        assert_eq!(wire.tag.as_deref(), Some("tag"));
+    }
 
     use super::*;
     use crate::proto::{GenerateRequest, Scheduler};

@@ -88,10 +88,8 @@ fn exercise(mut broker: BrokerProcess, user: &str, socket: &Path, out_dir: &Path
     generate("first.png");
     let worker = wait_worker(&broker, None);
     // SAFETY: kill with the pid of the broker's worker.
-    assert_eq!(
-        unsafe { libc::kill(worker as libc::pid_t, libc::SIGKILL) },
-        0
-    );
+    let killed = unsafe { libc::kill(worker as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(killed, 0);
     let next = wait_worker(&broker, Some(worker));
     assert_ne!(next, worker);
     generate("after-respawn.png");

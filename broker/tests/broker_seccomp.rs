@@ -52,12 +52,15 @@ enum Expect {
     Signal(i32),
 }
 
+/// A check of what a probe left behind.
+type AfterCheck = fn(&Path) -> Result<(), String>;
+
 struct Case {
     name: &'static str,
     expect: Expect,
     probe: fn(&Path) -> i32,
     /// Checked by the parent after the child ended.
-    after: Option<fn(&Path) -> Result<(), String>>,
+    after: Option<AfterCheck>,
 }
 
 fn killed(name: &'static str, probe: fn(&Path) -> i32) -> Case {
@@ -211,7 +214,10 @@ fn c_path(path: &Path) -> std::ffi::CString {
     std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap()
 }
 
-/// A child that sleeps until killed (made before the boundary).
+/// A child that sleeps until killed (made before the boundary). The probe
+/// reaps it with a raw `waitpid` after the boundary, or dies first (then
+/// init reaps it).
+#[allow(clippy::zombie_processes)]
 fn sleeping_child() -> libc::pid_t {
     let child = Command::new("sleep").arg("10").spawn().unwrap();
     child.id() as libc::pid_t

@@ -44,10 +44,17 @@ fn wait_worker(broker: &BrokerProcess, other_than: Option<u32>) -> u32 {
 /// seccomp throughout.
 fn exercise(mut broker: BrokerProcess, user: &str, socket: &Path, out_dir: &Path) {
     let pid = broker.pid();
+    // The socket answers (connections queue in its backlog) from the bind
+    // on, a moment before the boundary: wait for the filter.
+    let end = Instant::now() + Duration::from_secs(20);
+    while proc_status_field(pid, "Seccomp") != "2" && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         proc_status_field(pid, "Seccomp"),
         "2",
-        "the broker runs in seccomp filter mode"
+        "the broker runs in seccomp filter mode: {}",
+        broker.log_text()
     );
     // The errno filter (clone3 → ENOSYS) and the allowlist.
     assert_eq!(proc_status_field(pid, "Seccomp_filters"), "2");
@@ -88,10 +95,8 @@ fn exercise(mut broker: BrokerProcess, user: &str, socket: &Path, out_dir: &Path
     generate("first.png");
     let worker = wait_worker(&broker, None);
     // SAFETY: kill with the pid of the broker's worker.
-    assert_eq!(
-        unsafe { libc::kill(worker as libc::pid_t, libc::SIGKILL) },
-        0
-    );
+    let killed = unsafe { libc::kill(worker as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(killed, 0);
     let next = wait_worker(&broker, Some(worker));
     assert_ne!(next, worker);
     generate("after-respawn.png");

@@ -663,7 +663,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_nested_variant_and_bad_values_are_malformed() {
+    fn unknown_nested_variant_names_its_field_and_bad_values_are_malformed() {
         let mut body = postcard::to_stdvec(&generate()).unwrap();
         // The scheduler is Some(DpmPp2mKarras = 4): ... 01 04 01 01 ...
         let scheduler_at = body
@@ -673,7 +673,11 @@ mod tests {
         body[scheduler_at + 1] = 9;
         assert!(matches!(
             decode_request(&frame_with_body(&body)),
-            Err(FrameError::Malformed(_))
+            Err(FrameError::UnknownVariant {
+                field: "scheduler",
+                index: 9,
+                ..
+            })
         ));
 
         let bad_option = [3u8, 1, b'm', 0, 0, 2];

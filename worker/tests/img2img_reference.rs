@@ -188,6 +188,31 @@ fn tiny_sd1_img2img_and_inpaint_match_diffusers() {
     assert!(kept > 0 && changed > 0, "kept {kept}, changed {changed}");
 }
 
+/// Each other scheduler's `add_noise` and start index, img2img and inpaint.
+#[test]
+fn every_scheduler_starts_where_diffusers_does() {
+    let Some(dir) = fixtures() else { return };
+    let case = Case::load(&dir);
+    for (name, kind) in [
+        ("ddim", SchedulerKind::Ddim),
+        ("euler", SchedulerKind::Euler),
+        ("dpmpp_2m", SchedulerKind::DpmPlusPlus2M),
+        ("dpmpp_2m_karras", SchedulerKind::DpmPlusPlus2MKarras),
+    ] {
+        for (what, steps, strength, mask) in
+            [("img2img", 5, 0.6, false), ("inpaint", 4, 0.75, true)]
+        {
+            let p = GenerateParams {
+                scheduler: kind,
+                ..case.params(steps, strength, mask)
+            };
+            let lat = case.pipe.generate_latents(&p, &mut go()).unwrap();
+            let key = format!("{what}_{name}_latents_final");
+            assert_close(&key, &lat, &case.get(&key));
+        }
+    }
+}
+
 #[test]
 fn bad_image_inputs_get_typed_errors() {
     let Some(dir) = fixtures() else { return };
@@ -227,4 +252,17 @@ fn bad_image_inputs_get_typed_errors() {
     assert!(single.vae_encoder().is_none());
     let err = single.generate(&case.params(4, 0.5, false), &mut go());
     assert!(matches!(err, Err(EngineError::NotBuilt(_))), "{err:?}");
+
+    // SDXL image inputs are not checked against diffusers yet: refused.
+    let xl = Pipeline::load(
+        &ModelSpec::new(dir.join("tiny-sdxl")),
+        DeviceChoice::Cpu,
+        Precision::F32,
+    )
+    .unwrap();
+    let err = xl.generate(&case.params(4, 0.5, false), &mut go());
+    assert!(
+        matches!(err, Err(EngineError::NotBuilt(ref m)) if m.contains("SDXL")),
+        "{err:?}"
+    );
 }

@@ -185,6 +185,11 @@ impl Pipeline {
                 "image inputs are denoised one image at a time (batch 1 per call)".into(),
             ));
         }
+        if self.is_sdxl() {
+            return Err(EngineError::NotBuilt(
+                "image inputs with SDXL models (StableDiffusionXLImg2ImgPipeline is not checked against diffusers yet)".into(),
+            ));
+        }
         if self.unet.in_channels() != 4 {
             return Err(EngineError::NotBuilt(format!(
                 "image inputs with a {}-channel UNet (inpainting UNets with mask and masked-image channels are not built yet)",

@@ -232,6 +232,7 @@ fn check_pipeline(pipe: &Pipeline, r: &Reference, label: &str) {
         batch: 1,
         clip_skip: 0,
         max_prompt_chunks: 1,
+        image: None,
     };
     let neg = pipe
         .encode_text(&base.negative_prompt, PromptField::NegativePrompt, 0, 1)

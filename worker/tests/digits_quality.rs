@@ -132,6 +132,7 @@ fn digits_model_draws_recognizable_novel_digits() {
                     batch: 2,
                     clip_skip: 0,
                     max_prompt_chunks: 1,
+                    image: None,
                 };
                 let images = pipe
                     .generate(&params, &mut |_, _| ControlFlow::Continue(()))

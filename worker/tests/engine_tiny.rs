@@ -32,6 +32,7 @@ fn params(scheduler: SchedulerKind, seed: u64) -> GenerateParams {
         batch: 2,
         clip_skip: 0,
         max_prompt_chunks: 8,
+        image: None,
     }
 }
 

@@ -150,6 +150,7 @@ fn sandboxed_generation_matches_the_engine_in_process() {
                 batch: 2,
                 clip_skip: 0,
                 max_prompt_chunks: job.max_prompt_chunks,
+                image: None,
             },
             &mut |_, _| ControlFlow::Continue(()),
         )

@@ -296,6 +296,7 @@ fn tiny_sdxl_pipeline_matches_diffusers() {
             batch: 1,
             clip_skip: 0,
             max_prompt_chunks: 1,
+            image: None,
         };
         let mut seen = Vec::new();
         let latents = pipe
@@ -429,6 +430,7 @@ fn sdxl_long_prompts_weights_and_break_use_both_encoders() {
         batch: 1,
         clip_skip: 0,
         max_prompt_chunks: 4,
+        image: None,
     };
     let images = pipe
         .generate(&params, &mut |_, _| ControlFlow::Continue(()))

@@ -24,12 +24,14 @@ pub mod pipelines;
 pub mod schedulers;
 pub mod text;
 pub mod vae;
+pub mod vae_encoder;
 pub mod weights;
 
 pub use loader::{LoaderError, ModelKind, ModelSpec};
 pub use nn::ModelError;
 pub use pipelines::{
-    global_rng_lock, DeviceChoice, GenerateParams, Pipeline, Precision, PromptInput, RgbImage,
+    global_rng_lock, DeviceChoice, GenerateParams, ImageInput, Mask, Pipeline, Precision,
+    PromptInput, RgbImage,
 };
 pub use schedulers::{SchedulerError, SchedulerKind};
 pub use text::tokenizer::TokenizerError;
@@ -50,6 +52,8 @@ pub enum EngineError {
     InvalidParams(String),
     #[error("device unavailable: {0}")]
     Device(String),
+    #[error("not built yet: {0}")]
+    NotBuilt(String),
     #[error("generation cancelled")]
     Cancelled,
     #[error("the {} is {chunks} chunks of 75 tokens, more than allowed", field.field_name())]

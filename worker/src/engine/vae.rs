@@ -1,5 +1,5 @@
-//! The decoder half of diffusers' `AutoencoderKL` (latents → RGB in [-1, 1]).
-//! Text-to-image never encodes, so the encoder's weights are not loaded.
+//! The decoder half of diffusers' `AutoencoderKL` (latents → RGB in [-1, 1]);
+//! the encoder half (img2img, inpainting) is in `vae_encoder.rs`.
 #![forbid(unsafe_code)]
 
 use serde::Deserialize;
@@ -25,6 +25,12 @@ pub struct VaeConfig {
     pub shift_factor: Option<f64>,
     #[serde(default = "d_true")]
     pub use_post_quant_conv: bool,
+    #[serde(default = "d_three")]
+    pub in_channels: i64,
+    #[serde(default = "d_true")]
+    pub use_quant_conv: bool,
+    #[serde(default)]
+    pub down_block_types: Vec<String>,
     #[serde(default)]
     pub up_block_types: Vec<String>,
     #[serde(default = "d_true")]
@@ -72,6 +78,15 @@ impl VaeConfig {
                 "VAE up block type {t:?} (supported: UpDecoderBlock2D)"
             )));
         }
+        if let Some(t) = c
+            .down_block_types
+            .iter()
+            .find(|t| t.as_str() != "DownEncoderBlock2D")
+        {
+            return Err(ModelError::Config(format!(
+                "VAE down block type {t:?} (supported: DownEncoderBlock2D)"
+            )));
+        }
         Ok(c)
     }
 
@@ -86,6 +101,9 @@ impl VaeConfig {
             scaling_factor: 0.18215,
             shift_factor: None,
             use_post_quant_conv: true,
+            in_channels: 3,
+            use_quant_conv: true,
+            down_block_types: vec!["DownEncoderBlock2D".into(); 4],
             up_block_types: vec!["UpDecoderBlock2D".into(); 4],
             mid_block_add_attention: true,
             force_upcast: true,
@@ -100,7 +118,7 @@ impl VaeConfig {
 
 /// The VAE's single-head self-attention over pixels, with its own GroupNorm
 /// and a residual connection.
-struct PixelAttention {
+pub(crate) struct PixelAttention {
     group_norm: GroupNorm,
     to_q: Linear,
     to_k: Linear,
@@ -109,7 +127,7 @@ struct PixelAttention {
 }
 
 impl PixelAttention {
-    fn new(s: &Scope, channels: i64, groups: i64) -> Result<Self, ModelError> {
+    pub(crate) fn new(s: &Scope, channels: i64, groups: i64) -> Result<Self, ModelError> {
         Ok(Self {
             group_norm: GroupNorm::new(&s.sub("group_norm"), groups, channels, 1e-6)?,
             to_q: Linear::new(&s.sub("to_q"), channels, channels, true)?,
@@ -119,7 +137,7 @@ impl PixelAttention {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let (b, c, h, w) = x.size4()?;
         let tokens = self
             .group_norm

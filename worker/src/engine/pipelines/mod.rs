@@ -17,10 +17,14 @@ use crate::engine::text::clip::ClipTextModel;
 use crate::engine::text::prompt_encoding;
 use crate::engine::text::tokenizer::ClipTokenizer;
 use crate::engine::vae::VaeDecoder;
+use crate::engine::vae_encoder::VaeEncoder;
 use crate::engine::EngineError;
 
+pub mod img2img;
 pub mod sd;
 pub mod sdxl;
+
+pub use img2img::{ImageInput, Mask};
 
 /// One prompt's conditioning, batch 1.
 pub struct PromptEmbeds {
@@ -146,6 +150,8 @@ pub struct GenerateParams {
     pub clip_skip: u32,
     /// 75-token chunks each prompt may take (`limits.max_prompt_chunks`).
     pub max_prompt_chunks: u32,
+    /// img2img / inpainting: the image to start from (see `img2img.rs`).
+    pub image: Option<ImageInput>,
 }
 
 impl Default for GenerateParams {
@@ -162,6 +168,7 @@ impl Default for GenerateParams {
             batch: 1,
             clip_skip: 0,
             max_prompt_chunks: DEFAULT_MAX_PROMPT_CHUNKS,
+            image: None,
         }
     }
 }
@@ -196,6 +203,9 @@ pub struct Pipeline {
     conditioner: Box<dyn Conditioner>,
     unet: UNet,
     vae: VaeDecoder,
+    /// Absent when the weights have no encoder (single-file checkpoints:
+    /// only the decoder's keys are mapped).
+    vae_encoder: Option<VaeEncoder>,
     /// The VAE's dtype: the compute dtype, or fp32 for an SDXL VAE with
     /// `force_upcast` when computing in fp16 (it overflows there).
     vae_kind: Kind,
@@ -258,11 +268,17 @@ impl Pipeline {
         };
         let vae_weights = parts.weights(Component::Vae, vae_kind, device);
         let vae = VaeDecoder::new(&vae_weights.root(), &parts.vae_config)?;
+        let vae_encoder = if vae_weights.contains("encoder.conv_in.weight") {
+            Some(VaeEncoder::new(&vae_weights.root(), &parts.vae_config)?)
+        } else {
+            None
+        };
         memory_bytes += unet_weights.loaded_bytes() + vae_weights.loaded_bytes();
         Ok(Self {
             conditioner,
             unet,
             vae,
+            vae_encoder,
             vae_kind,
             scheduler_config: parts.scheduler_config,
             device,
@@ -308,6 +324,11 @@ impl Pipeline {
 
     pub fn vae(&self) -> &VaeDecoder {
         &self.vae
+    }
+
+    /// The VAE encoder, when the weights have one.
+    pub fn vae_encoder(&self) -> Option<&VaeEncoder> {
+        self.vae_encoder.as_ref()
     }
 
     pub fn scheduler_config(&self) -> &SchedulerConfig {
@@ -392,6 +413,9 @@ impl Pipeline {
         p: &GenerateParams,
         progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor, EngineError> {
+        if let Some(input) = &p.image {
+            return self.image_latents(p, input, progress);
+        }
         let _no_grad = tch::no_grad_guard();
         self.validate(p)?;
         let cfg = p.guidance > 1.0;
@@ -556,7 +580,11 @@ impl Pipeline {
             let mut image_progress =
                 |step: usize, total: usize| progress(batch_step(index, images, step, total), total);
             let latents = self.generate_latents(&single, &mut image_progress)?;
-            out.extend(to_rgb8(&self.decode(&latents)?)?);
+            let mut images = to_rgb8(&self.decode(&latents)?)?;
+            if let Some(input) = &p.image {
+                input.keep_unmasked(&mut images);
+            }
+            out.extend(images);
         }
         Ok(out)
     }

@@ -60,6 +60,20 @@ impl NoiseSchedule for Ddim {
         &self.timesteps
     }
 
+    /// `√ᾱ_t · original + √(1-ᾱ_t) · noise` at `t = timesteps[index]`.
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> Result<Tensor, SchedulerError> {
+        let t = *self.timesteps.get(index).ok_or(SchedulerError::Exhausted)? as i64;
+        let a = self.alpha_at(t)?;
+        Ok(original
+            .f_mul_scalar(a.sqrt())?
+            .f_add(&noise.f_mul_scalar((1.0 - a).sqrt())?)?)
+    }
+
     fn step(
         &mut self,
         index: usize,

@@ -79,6 +79,20 @@ impl NoiseSchedule for DpmSolverMultistep {
         &self.sigmas
     }
 
+    /// `α_σ · original + σ_t · noise` with DPM's (α, σ) from step `index`'s σ.
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> Result<Tensor, SchedulerError> {
+        let sigma = *self.sigmas.get(index).ok_or(SchedulerError::Exhausted)?;
+        let (alpha, sigma_t) = alpha_sigma(sigma);
+        Ok(original
+            .f_mul_scalar(alpha)?
+            .f_add(&noise.f_mul_scalar(sigma_t)?)?)
+    }
+
     fn step(
         &mut self,
         i: usize,

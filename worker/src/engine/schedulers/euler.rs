@@ -63,6 +63,17 @@ impl SigmaSchedule {
         Ok(sample.f_div_scalar((sigma * sigma + 1.0).sqrt())?)
     }
 
+    /// `original + noise · σ_index` (the Euler family's `add_noise`).
+    pub fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> Result<Tensor, SchedulerError> {
+        let sigma = *self.sigmas.get(index).ok_or(SchedulerError::Exhausted)?;
+        Ok(original.f_add(&noise.f_mul_scalar(sigma)?)?)
+    }
+
     /// σ at step `index` and the next one.
     pub fn pair(&self, index: usize) -> Result<(f64, f64), SchedulerError> {
         match (self.sigmas.get(index), self.sigmas.get(index + 1)) {
@@ -118,6 +129,15 @@ impl NoiseSchedule for Euler {
 
     fn scale_model_input(&self, sample: &Tensor, index: usize) -> Result<Tensor, SchedulerError> {
         self.schedule.scale(sample, index)
+    }
+
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> Result<Tensor, SchedulerError> {
+        self.schedule.add_noise(original, noise, index)
     }
 
     fn step(

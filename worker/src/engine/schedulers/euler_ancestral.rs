@@ -38,6 +38,15 @@ impl NoiseSchedule for EulerAncestral {
         self.schedule.scale(sample, index)
     }
 
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> Result<Tensor, SchedulerError> {
+        self.schedule.add_noise(original, noise, index)
+    }
+
     fn step(
         &mut self,
         index: usize,

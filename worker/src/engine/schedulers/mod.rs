@@ -77,6 +77,15 @@ pub trait NoiseSchedule: Send {
     fn scale_model_input(&self, sample: &Tensor, _index: usize) -> Result<Tensor, SchedulerError> {
         Ok(sample.shallow_clone())
     }
+    /// diffusers' `add_noise` for the step `index` of the full schedule:
+    /// `original` noised to that step's noise level (img2img's start,
+    /// inpainting's kept region).
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> Result<Tensor, SchedulerError>;
     /// One denoising step from `sample` given the model output.
     fn step(
         &mut self,
@@ -126,6 +135,27 @@ impl Scheduler {
 
     pub fn timesteps(&self) -> &[f64] {
         self.inner.timesteps()
+    }
+
+    /// diffusers' `set_begin_index`: the next step is step `index` of the
+    /// full schedule (img2img skips the first `steps - init_timestep`).
+    pub fn begin_at(&mut self, index: usize) -> Result<(), SchedulerError> {
+        if index >= self.inner.timesteps().len() {
+            return Err(SchedulerError::Exhausted);
+        }
+        self.step_index = index;
+        Ok(())
+    }
+
+    /// `original` noised to the noise level of step `index` of the full
+    /// schedule (diffusers' `scheduler.add_noise` at `timesteps[index]`).
+    pub fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> Result<Tensor, SchedulerError> {
+        self.inner.add_noise(original, noise, index)
     }
 
     pub fn sigmas(&self) -> &[f64] {

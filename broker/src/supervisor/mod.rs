@@ -43,7 +43,7 @@ pub use config::SupervisorConfig;
 pub use error::{describe_exit, CrashCause, SupervisorError};
 pub use job_check::{Image, JobEvent};
 use status::lock;
-pub use status::{LoadInfo, SupervisorHandle, SupervisorStatus};
+pub use status::{LoadInfo, SupervisorHandle, SupervisorStatus, Unavailable};
 
 /// How often a wait for the worker also checks whether it is still alive.
 const LIVENESS_TICK: Duration = Duration::from_millis(20);
@@ -108,7 +108,11 @@ impl WorkerSupervisor {
                          are served",
                         model.id
                     );
-                    (model.id.clone(), reason)
+                    let unavailable = Unavailable {
+                        reason,
+                        refuse_jobs: true,
+                    };
+                    (model.id.clone(), unavailable)
                 })
             })
             .collect::<BTreeMap<_, _>>();

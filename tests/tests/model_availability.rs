@@ -331,13 +331,26 @@ fn status_says_why_the_worker_could_not_start() {
         .as_str()
         .unwrap()
         .contains("no CUDA device"));
-    // The failed job is in the history, never started.
+    // sshmctl generate: the worker could not start, and why.
+    let out = sshmctl(
+        &broker.socket,
+        &["generate", "-m", "digits", "-p", "3", "-o", "-"],
+    );
+    assert_eq!(out.status.code(), Some(6));
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("could not start") && said.contains("libtorch sees no CUDA device"),
+        "{said}"
+    );
+    // The failed jobs are in the history, never started.
     match client.call(&Request::Jobs) {
         Response::Jobs(jobs) => {
-            assert_eq!(jobs.len(), 1, "{jobs:?}");
-            assert_eq!(jobs[0].state, JobState::Failed);
-            assert_eq!(jobs[0].error, Some(ErrorCode::WorkerCrashed));
-            assert_eq!(jobs[0].run_ms, None);
+            assert_eq!(jobs.len(), 2, "{jobs:?}");
+            for job in &jobs {
+                assert_eq!(job.state, JobState::Failed);
+                assert_eq!(job.error, Some(ErrorCode::WorkerCrashed));
+                assert_eq!(job.run_ms, None);
+            }
         }
         other => panic!("{other:?}"),
     }

@@ -154,7 +154,16 @@ fn a_missing_and_a_broken_model_are_listed_unavailable_and_the_good_one_generate
     assert_eq!(by_id("digits")["defaults"]["width"], 32);
 
     // sshmctl jobs: the two finished jobs, newest first, with progress,
-    // device and run time; refused requests never became jobs.
+    // device and run time; refused requests never became jobs. (The last
+    // job moves to the history a moment after its stream ended.)
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < end {
+        match client.call(&Request::Jobs) {
+            Response::Jobs(jobs) if jobs.iter().all(|j| j.state == JobState::Finished) => break,
+            Response::Jobs(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            other => panic!("{other:?}"),
+        }
+    }
     let out = sshmctl(&broker.socket, &["jobs", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let jobs: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -342,17 +351,24 @@ fn status_says_why_the_worker_could_not_start() {
         said.contains("could not start") && said.contains("libtorch sees no CUDA device"),
         "{said}"
     );
-    // The failed jobs are in the history, never started.
-    match client.call(&Request::Jobs) {
-        Response::Jobs(jobs) => {
-            assert_eq!(jobs.len(), 2, "{jobs:?}");
-            for job in &jobs {
-                assert_eq!(job.state, JobState::Failed);
-                assert_eq!(job.error, Some(ErrorCode::WorkerCrashed));
-                assert_eq!(job.run_ms, None);
-            }
+    // The failed jobs are in the history, never started (the last one
+    // moves there a moment after its stream ended).
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let jobs = loop {
+        let jobs = match client.call(&Request::Jobs) {
+            Response::Jobs(jobs) => jobs,
+            other => panic!("{other:?}"),
+        };
+        if jobs.iter().all(|j| j.state == JobState::Failed) || std::time::Instant::now() > end {
+            break jobs;
         }
-        other => panic!("{other:?}"),
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for job in &jobs {
+        assert_eq!(job.state, JobState::Failed, "{jobs:?}");
+        assert_eq!(job.error, Some(ErrorCode::WorkerCrashed));
+        assert_eq!(job.run_ms, None);
     }
 }
 

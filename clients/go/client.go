@@ -268,8 +268,10 @@ func (c *Client) Cancel(ctx context.Context, jobID uint64) error {
 	return c.ok(ctx, &request{kind: reqCancel, jobID: jobID})
 }
 
-// Jobs lists the caller's own queued and running jobs (every tag of its
-// uid: filter by JobInfo.Tag to separate end users).
+// Jobs lists the caller's own running and queued jobs, then the broker's
+// history of the last ones that ended (JobFinished, JobFailed; newest
+// first), for every tag of its uid: filter by JobInfo.Tag to separate end
+// users.
 func (c *Client) Jobs(ctx context.Context) ([]JobInfo, error) {
 	resp, err := c.simple(ctx, &request{kind: reqJobs}, respJobs)
 	if err != nil {

@@ -39,13 +39,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Daemon version and mode, loaded model, queue, worker and sandbox state.
+    /// Daemon version and mode, loaded model, queue, worker state (admins:
+    /// why it last failed to start), its memory, sandbox and device.
     Status,
-    /// Configured models: ids, kinds, loaded or not, defaults and bounds.
+    /// Configured models: ids, kinds, available or not (admins: why not),
+    /// loaded, defaults and bounds.
     Models,
     /// Generate images and write them as PNG files.
     Generate(GenerateArgs),
-    /// Your jobs (admins: `--all` for everyone's).
+    /// Your jobs: running (progress, device), queued, and the last 20 that
+    /// ended with their outcome and run time (admins: `--all` for everyone's).
     Jobs {
         /// List every user's jobs (admin).
         #[arg(long)]

@@ -63,12 +63,16 @@ pub enum CliError {
     )]
     QueueExpired { job_id: Option<u64> },
     #[error(
-        "the daemon's generation worker could not start (it is {state}), so the job never ran; \
-         retrying will not help until that is fixed. An administrator finds the cause in the \
-         broker log (a `[worker] device` the machine does not have is a common one; \
-         `sshmctl config check` checks the rest of the config)"
+        "the daemon's generation worker could not start (it is {state}){}, so the job never \
+         ran; retrying will not help until that is fixed. An administrator finds the cause in \
+         `sshmctl status` and the broker log (a `[worker] device` the machine does not have is \
+         a common one; `sshmctl config check` checks the rest of the config)",
+        why.as_deref().map_or(String::new(), |why| format!(": {why}"))
     )]
-    WorkerDown { state: &'static str },
+    WorkerDown {
+        state: &'static str,
+        why: Option<String>,
+    },
 }
 
 impl CliError {

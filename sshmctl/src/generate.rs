@@ -196,21 +196,26 @@ pub fn run(
 /// daemon says its worker is not up, the worker could not start at all and
 /// retrying will not help; otherwise the daemon's own "retry" stands.
 fn worker_failure(socket: &std::path::Path) -> CliError {
-    let state = Connection::open(socket)
+    let report = Connection::open(socket)
         .and_then(|mut c| c.call(&Request::Status))
         .ok()
         .and_then(|response| match response {
-            Response::Status(report) => Some(report.worker),
+            Response::Status(report) => Some(report),
             _ => None,
         });
-    match state {
-        Some(WorkerState::Ready) | None => ClientError::Daemon(ErrorCode::WorkerCrashed).into(),
-        Some(state) => CliError::WorkerDown {
-            state: match state {
+    match report {
+        None => ClientError::Daemon(ErrorCode::WorkerCrashed).into(),
+        Some(report) if report.worker == WorkerState::Ready => {
+            ClientError::Daemon(ErrorCode::WorkerCrashed).into()
+        }
+        Some(report) => CliError::WorkerDown {
+            state: match report.worker {
                 WorkerState::Starting => "starting",
                 WorkerState::Restarting => "restarting",
                 WorkerState::Down | WorkerState::Ready => "down",
             },
+            // The broker's reason, to admins only.
+            why: report.worker_error,
         },
     }
 }

@@ -37,7 +37,8 @@ Invalid request: a flag out of range, an unknown model or job.
 .B 6
 The job failed: the worker crashed or could not start, the job timed out or
 expired in the queue,
-the model is quarantined.
+the model is quarantined or unavailable (its files cannot be used; an
+administrator sees why in \fBsshmctl models\fR).
 .TP
 .B 7
 \fBconfig check\fR found problems.

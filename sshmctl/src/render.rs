@@ -347,7 +347,7 @@ fn error_fields(err: &CliError) -> Value {
             ids,
         } => json!({ "model_id": given, "suggestion": suggestion, "models": ids }),
         CliError::QueueExpired { job_id } => json!({ "job_id": job_id }),
-        CliError::WorkerDown { state } => json!({ "worker": state }),
+        CliError::WorkerDown { state, why } => json!({ "worker": state, "worker_error": why }),
         CliError::OutputExists { path }
         | CliError::OutputUnwritable { path, .. }
         | CliError::WriteImage { path, .. } => json!({ "path": path }),

@@ -334,8 +334,9 @@ impl TestConfig {
             daemon: String::new(),
             worker: "device = \"cpu\"\n".into(),
             model_kind: "sd1".into(),
-            // An empty folder next to the sink: the worker can open it (its
-            // sandbox needs every model path), loading it fails.
+            // A folder next to the sink with a diffusers folder's files, all
+            // `{}`: it passes the broker's file checks and the worker's
+            // sandbox includes it, but loading it fails.
             model_path: audit_sink
                 .parent()
                 .unwrap_or(Path::new("/"))
@@ -379,6 +380,17 @@ impl TestConfig {
             std::fs::create_dir_all(&self.model_path).unwrap();
             std::fs::set_permissions(&self.model_path, std::fs::Permissions::from_mode(0o755))
                 .unwrap();
+            for &(relative, required) in weave_common::pin::FOLDER_FILES {
+                if required {
+                    let file = self.model_path.join(relative);
+                    let dir = file.parent().unwrap();
+                    std::fs::create_dir_all(dir).unwrap();
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+                    std::fs::write(&file, b"{}").unwrap();
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+                        .unwrap();
+                }
+            }
         }
         let path = dir.join("weave.toml");
         std::fs::write(&path, self.toml()).unwrap();

@@ -31,7 +31,7 @@ fn admin_verbs_drive_the_real_worker_and_are_audited() {
     });
     assert_eq!(
         load,
-        Response::Error(ErrorCode::Internal),
+        Response::Error(ErrorCode::ModelUnavailable),
         "{}",
         broker.log_text()
     );

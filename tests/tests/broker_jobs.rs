@@ -337,7 +337,16 @@ fn client_disconnect_cancels_its_job() {
     let end = Instant::now() + Duration::from_secs(30);
     loop {
         match admin.call(&Request::AllJobs) {
-            Response::Jobs(jobs) if jobs.is_empty() => break,
+            // Ended: in the history, cancelled.
+            Response::Jobs(jobs)
+                if jobs.iter().any(|j| {
+                    j.job_id == id
+                        && j.state == JobState::Failed
+                        && j.error == Some(ErrorCode::Cancelled)
+                }) =>
+            {
+                break
+            }
             Response::Jobs(_) => {}
             other => panic!("{other:?}"),
         }

@@ -61,7 +61,7 @@ fn a_wrong_pin_is_refused_by_model_id_and_the_printed_pin_loads() {
     let events = client.generate(digits_request("7"));
     assert_eq!(
         stream_error(&events),
-        Some(ErrorCode::Internal),
+        Some(ErrorCode::ModelUnavailable),
         "{events:?}"
     );
     let refused = sink

@@ -323,7 +323,14 @@ fn ctrl_c_cancels_the_job_on_the_daemon() {
     let job_id = job_id.expect("sshmctl never reported the job as started");
     let mut admin = Client::hello(daemon.socket());
     let running = |admin: &mut Client| match admin.call(&Request::AllJobs) {
-        Response::Jobs(jobs) => jobs.iter().any(|j| j.job_id == job_id),
+        // Live, not in the history of ended jobs.
+        Response::Jobs(jobs) => jobs.iter().any(|j| {
+            j.job_id == job_id
+                && !matches!(
+                    j.state,
+                    weave_common::proto::JobState::Finished | weave_common::proto::JobState::Failed
+                )
+        }),
         other => panic!("unexpected {other:?}"),
     };
     assert!(running(&mut admin), "job {job_id} is not on the daemon");

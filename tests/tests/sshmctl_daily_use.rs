@@ -142,7 +142,7 @@ fn errors_speak_the_command_line() {
     let models = json(&daemon.sshmctl(&["--json", "models"]));
     assert_eq!(models[0]["defaults"]["scheduler"], "ddim");
     assert_eq!(models[0]["available"], true);
-    assert!(models[0].get("reason").is_none(), "{models}");
+    assert!(models[0]["reason"].is_null(), "{models}");
 
     // A socket the caller may not open: said so, not "is it running?".
     let outsider = "weave-test-firstrun-outsider";

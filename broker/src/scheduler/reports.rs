@@ -109,7 +109,10 @@ impl Broker {
                 let reason = if quarantined {
                     Some(QUARANTINE_REASON.to_owned())
                 } else {
-                    snapshot.unavailable.get(&model.id).cloned()
+                    snapshot
+                        .unavailable
+                        .get(&model.id)
+                        .map(|u| u.reason.clone())
                 };
                 ModelInfo {
                     id: model.id.clone(),

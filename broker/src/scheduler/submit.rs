@@ -42,9 +42,9 @@ impl Broker {
         if self.status.is_quarantined(&model.id) {
             return Err(ErrorCode::ModelQuarantined);
         }
-        // Its files failed a check, or the worker refused them: refused at
-        // once (an admin's `Load` checks again).
-        if self.status.unavailable_reason(&model.id).is_some() {
+        // Its files failed the check or its pin: refused at once until an
+        // admin's `Load` finds them fixed.
+        if self.status.refuses_jobs(&model.id) {
             return Err(ErrorCode::ModelUnavailable);
         }
         let running_uid = state.running.as_ref().map(|running| running.owner.uid);

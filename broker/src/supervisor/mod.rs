@@ -45,7 +45,7 @@ pub use error::{describe_exit, CrashCause, SupervisorError};
 pub use job_check::{Image, JobEvent};
 pub use spawner::{SpawnFds, Spawner, SpawnerError};
 use status::lock;
-pub use status::{LoadInfo, SupervisorHandle, SupervisorStatus};
+pub use status::{LoadInfo, SupervisorHandle, SupervisorStatus, Unavailable};
 pub use worker_process::WorkerProcess;
 
 /// How often a wait for the worker also checks whether it is still alive.
@@ -119,7 +119,11 @@ impl WorkerSupervisor {
                          are served",
                         model.id
                     );
-                    (model.id.clone(), reason)
+                    let unavailable = Unavailable {
+                        reason,
+                        refuse_jobs: true,
+                    };
+                    (model.id.clone(), unavailable)
                 })
             })
             .collect::<BTreeMap<_, _>>();

@@ -36,11 +36,21 @@ impl WorkerSupervisor {
         Ok(())
     }
 
-    /// Records that `model_id` cannot be used, and why (for admins).
-    fn mark_unavailable(&self, model_id: &str, reason: String) -> SupervisorError {
+    /// Records that `model_id` cannot be used, and why (for admins);
+    /// `refuse_jobs`: see [`super::Unavailable::refuse_jobs`].
+    fn mark_unavailable(
+        &self,
+        model_id: &str,
+        reason: String,
+        refuse_jobs: bool,
+    ) -> SupervisorError {
         eprintln!("weave-broker: model {model_id:?} is unavailable: {reason}");
         self.update(|s| {
-            s.unavailable.insert(model_id.to_owned(), reason.clone());
+            let entry = super::Unavailable {
+                reason: reason.clone(),
+                refuse_jobs,
+            };
+            s.unavailable.insert(model_id.to_owned(), entry);
         });
         SupervisorError::Unavailable {
             model_id: model_id.to_owned(),
@@ -58,7 +68,7 @@ impl WorkerSupervisor {
             });
         };
         if let Some(reason) = super::files_problem(entry) {
-            return Err(self.mark_unavailable(model_id, reason));
+            return Err(self.mark_unavailable(model_id, reason, true));
         }
         self.update(|s| {
             s.unavailable.remove(model_id);
@@ -119,7 +129,11 @@ impl WorkerSupervisor {
                     }),
                     WorkerFailure::LoadFailed { reason } => {
                         let reason = worker_text(reason);
-                        self.mark_unavailable(model_id, format!("loading failed: {reason}"));
+                        self.mark_unavailable(
+                            model_id,
+                            format!("loading failed: {reason}; the next job tries again"),
+                            false,
+                        );
                         Err(SupervisorError::LoadFailed {
                             model_id: model_id.to_owned(),
                             reason,
@@ -129,8 +143,10 @@ impl WorkerSupervisor {
                         self.mark_unavailable(
                             model_id,
                             "its files do not match its sha256 pin and were refused; if they \
-                             changed on purpose, set `sha256` to what `sshmctl hash PATH` prints"
+                             changed on purpose, set `sha256` to what `sshmctl hash PATH` prints, \
+                             then `sshmctl load ID`"
                                 .into(),
+                            true,
                         );
                         Err(SupervisorError::PinMismatch {
                             model_id: model_id.to_owned(),

@@ -22,6 +22,18 @@ pub struct LoadInfo {
     pub since: SystemTime,
 }
 
+/// Why a model cannot be used now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    /// For admins (it may name a file).
+    pub reason: String,
+    /// Whether new jobs on it are refused at once: its files failed the
+    /// check or its pin, which stays so until the files change (an admin's
+    /// `Load` checks again). A load the worker failed for another reason
+    /// is tried again by the next job.
+    pub refuse_jobs: bool,
+}
+
 /// A snapshot of the supervisor; cheap to clone, never waits on the worker.
 #[derive(Debug, Clone)]
 pub struct SupervisorStatus {
@@ -42,10 +54,10 @@ pub struct SupervisorStatus {
     pub channel: Option<EndpointStats>,
     /// Job being run, if any.
     pub running_job: Option<u64>,
-    /// Models that cannot be used now, with the reason for admins: their
-    /// files failed the broker's checks (at start-up, or at a load), or the
-    /// worker refused them at load. A successful load clears the entry.
-    pub unavailable: BTreeMap<String, String>,
+    /// Models that cannot be used now: their files failed the broker's
+    /// checks (at start-up, or at a load), or the worker refused them at
+    /// load. A successful check and load clears the entry.
+    pub unavailable: BTreeMap<String, Unavailable>,
     /// Why the last worker start failed, until one succeeds.
     pub start_error: Option<String>,
 }
@@ -166,10 +178,22 @@ impl SupervisorHandle {
         lock(&self.status).quarantined.contains(model_id)
     }
 
+    /// Whether new jobs on `model_id` are refused at once
+    /// ([`Unavailable::refuse_jobs`]).
+    pub fn refuses_jobs(&self, model_id: &str) -> bool {
+        lock(&self.status)
+            .unavailable
+            .get(model_id)
+            .is_some_and(|u| u.refuse_jobs)
+    }
+
     /// Why `model_id` cannot be used now, if it cannot (for admins: it may
     /// name a file).
     pub fn unavailable_reason(&self, model_id: &str) -> Option<String> {
-        lock(&self.status).unavailable.get(model_id).cloned()
+        lock(&self.status)
+            .unavailable
+            .get(model_id)
+            .map(|u| u.reason.clone())
     }
 
     /// Lifts a quarantine (admin verb); returns whether the model was

@@ -84,7 +84,14 @@ fn user_example_parses_in_user_mode_with_paths_from_its_directory() {
         config.models[0].path,
         PathBuf::from("/home/me/.config/weave/models/digits")
     );
-    let digits = config.models[0].defaults();
+    // No size in [model.defaults]: the folder's native size decides.
+    assert_eq!(config.models[0].defaults.width, None);
+    // Where the README copies it to, models/digits is next to the config;
+    // here, the checkout's own.
+    let in_checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../weave.toml");
+    let mut copied = Config::from_toml_str(text, &in_checkout, Mode::User).unwrap();
+    copied.read_native_sizes();
+    let digits = copied.models[0].defaults();
     assert_eq!((digits.width, digits.height), (32, 32));
     assert_eq!(config.limits.queue_depth, 8);
     // The commented-out sd15 placeholder is a valid model once uncommented.

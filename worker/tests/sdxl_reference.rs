@@ -380,3 +380,50 @@ fn single_file_sdxl_is_refused_with_a_typed_error() {
         }
     }
 }
+
+/// A pinned SDXL folder covers the second encoder and tokenizer: it loads
+/// with its pin, and a changed byte in `text_encoder_2/` is refused.
+#[test]
+fn a_pinned_sdxl_folder_covers_text_encoder_2() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&dir.join("tiny-sdxl"), tmp.path());
+    let pin = weave_common::pin::pin_of(tmp.path()).unwrap();
+    let spec = ModelSpec {
+        sha256: Some(pin),
+        ..ModelSpec::new(tmp.path())
+    };
+    let pipe = Pipeline::load(&spec, DeviceChoice::Cpu, Precision::F32).unwrap();
+    assert!(pipe.is_sdxl());
+    let config = tmp.path().join("text_encoder_2/config.json");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push(' ');
+    std::fs::write(&config, text).unwrap();
+    assert!(matches!(
+        Pipeline::load(&spec, DeviceChoice::Cpu, Precision::F32),
+        Err(EngineError::Loader(LoaderError::PinMismatch))
+    ));
+}
+
+/// SDXL's VAE overflows in fp16, so with `force_upcast` (the fixture's
+/// vae/config.json) an fp16 SDXL pipeline decodes in fp32, as diffusers'
+/// SDXL pipeline does; the SD 1.x/2.x pipeline (which diffusers does not
+/// upcast) keeps its VAE in the compute dtype.
+#[test]
+fn an_fp16_sdxl_pipeline_decodes_in_fp32() {
+    let Some(dir) = fixtures() else { return };
+    let mut spec = ModelSpec::new(dir.join("tiny-sdxl"));
+    spec.kind = ModelKind::Sdxl;
+    let half = Pipeline::load(&spec, DeviceChoice::Cpu, Precision::F16).unwrap();
+    assert_eq!(half.vae_kind(), Kind::Float);
+    assert_eq!(half.kind(), Kind::Half);
+    let latents = Tensor::randn([1, 4, 8, 6], (Kind::Half, Device::Cpu));
+    assert_eq!(half.decode(&latents).unwrap().kind(), Kind::Float);
+    let sd = Pipeline::load(
+        &ModelSpec::new(dir.join("tiny-sd2")),
+        DeviceChoice::Cpu,
+        Precision::F16,
+    )
+    .unwrap();
+    assert_eq!(sd.vae_kind(), Kind::Half);
+}

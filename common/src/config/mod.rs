@@ -46,8 +46,8 @@ pub use permissions::check_permissions;
 pub use problem::{ConfigErrors, ConfigProblem, Location, Place};
 use read::read_config_text;
 pub use sections::{
-    AuditConfig, DaemonConfig, Device, Facility, Limits, ModelConfig, ModelDefaults, ModelKind,
-    OutputConfig, WorkerConfig, MAX_TORCH_THREADS,
+    AuditConfig, DaemonConfig, Device, Facility, Limits, ModelBounds, ModelConfig, ModelDefaults,
+    ModelKind, OutputConfig, WorkerConfig, MAX_TORCH_THREADS,
 };
 
 /// Where system mode reads its config.

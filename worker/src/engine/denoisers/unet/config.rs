@@ -193,6 +193,26 @@ impl UNetConfig {
         Self::standard(PerBlock::Each(vec![5, 10, 20, 20]), 1024, true)
     }
 
+    /// SDXL base (sd_xl_base.yaml) for single-file checkpoints.
+    pub fn sdxl() -> Self {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        Self {
+            sample_size: 128,
+            down_block_types: s(&[
+                "DownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+            ]),
+            up_block_types: s(&["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]),
+            block_out_channels: vec![320, 640, 1280],
+            transformer_layers_per_block: PerBlock::Each(vec![1, 2, 10]),
+            addition_embed_type: Some("text_time".into()),
+            addition_time_embed_dim: Some(256),
+            projection_class_embeddings_input_dim: Some(2816),
+            ..Self::standard(PerBlock::Each(vec![5, 10, 20]), 2048, true)
+        }
+    }
+
     fn standard(heads: PerBlock, cross: i64, linear: bool) -> Self {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         Self {

@@ -662,6 +662,36 @@ mod tests {
         assert_eq!(VaeConfig::sdxl().scaling_factor, 0.13025);
     }
 
+    /// SDXL-shaped UNet configs: text_time needs its dimensions; unknown
+    /// addition types and per-layer up-block depths are refused, not ignored.
+    #[test]
+    fn sdxl_unet_config_variants_are_checked() {
+        let base = serde_json::json!({
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+            "block_out_channels": [32, 64],
+            "cross_attention_dim": 40,
+            "transformer_layers_per_block": [1, 2],
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 64
+        });
+        assert!(UNetConfig::from_json(&base).is_ok());
+        let with = |key: &str, value: serde_json::Value| {
+            let mut v = base.clone();
+            v[key] = value;
+            UNetConfig::from_json(&v).unwrap_err().to_string()
+        };
+        assert!(with("addition_embed_type", "image".into()).contains("supported: text_time"));
+        assert!(with("addition_time_embed_dim", serde_json::Value::Null).contains("text_time"));
+        assert!(with("projection_class_embeddings_input_dim", 40.into()).contains("text_time"));
+        assert!(with(
+            "reverse_transformer_layers_per_block",
+            serde_json::json!([[1, 1], [2, 2]])
+        )
+        .contains("reverse_transformer_layers_per_block"));
+    }
+
     #[test]
     fn legacy_vae_names() {
         assert_eq!(

@@ -80,6 +80,9 @@ pub struct UNetConfig {
     /// SDXL `text_time`: width of each added time id's sinusoidal embedding.
     #[serde(default)]
     pub addition_time_embed_dim: Option<i64>,
+    /// Per-layer up-block depths (SSD-1B-style distilled SDXL): refused.
+    #[serde(default)]
+    pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
     /// SDXL `text_time`: pooled text width + 6 × `addition_time_embed_dim`.
     #[serde(default)]
     pub projection_class_embeddings_input_dim: Option<i64>,
@@ -159,6 +162,14 @@ impl UNetConfig {
                     "addition_embed_type {other:?} (supported: text_time)"
                 ))
             }
+        }
+        if c.reverse_transformer_layers_per_block
+            .as_ref()
+            .is_some_and(|v| !v.is_null())
+        {
+            return unsupported(
+                "reverse_transformer_layers_per_block (per-layer depths of distilled SDXL variants) is not supported".into(),
+            );
         }
         if c.act_fn != "silu" || c.resnet_time_scale_shift != "default" {
             return unsupported(format!(
@@ -249,6 +260,7 @@ impl UNetConfig {
             addition_embed_type: None,
             time_cond_proj_dim: None,
             addition_time_embed_dim: None,
+            reverse_transformer_layers_per_block: None,
             projection_class_embeddings_input_dim: None,
             act_fn: "silu".into(),
             only_cross_attention: serde_json::Value::Null,

@@ -10,9 +10,10 @@ use weave_common::worker_proto::WorkerGenerateParams;
 
 use crate::settings::ModelConfig;
 
-/// Checks `request` against `bounds` (common rules) and resolves the
-/// model's defaults. `random_seed` is used when the request has none;
-/// `max_prompt_chunks` travels to the worker, which alone can count tokens.
+/// Checks `request` against the model's bounds (`[model.bounds]` over
+/// `bounds`, common rules) and resolves the model's defaults. `random_seed`
+/// is used when the request has none; `max_prompt_chunks` travels to the
+/// worker, which alone can count tokens.
 pub fn resolve(
     request: &GenerateRequest,
     model: &ModelConfig,
@@ -20,7 +21,7 @@ pub fn resolve(
     max_prompt_chunks: u32,
     random_seed: u64,
 ) -> Result<WorkerGenerateParams, ErrorCode> {
-    validate_generate(request, bounds)?;
+    validate_generate(request, &model.bounds(bounds))?;
     let defaults = model.defaults();
     // Defaults were checked against the bounds when the config loaded.
     Ok(WorkerGenerateParams {
@@ -40,4 +41,60 @@ pub fn resolve(
         batch: request.batch,
         max_prompt_chunks,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use weave_common::config::{ModelBounds, ModelDefaults, ModelKind};
+
+    fn request(width: u32) -> GenerateRequest {
+        GenerateRequest {
+            model_id: "xl".into(),
+            prompt: "a cat".into(),
+            negative_prompt: String::new(),
+            width: Some(width),
+            height: None,
+            steps: None,
+            guidance: None,
+            seed: Some(1),
+            scheduler: None,
+            batch: 1,
+            tag: None,
+            use_model_negative: false,
+        }
+    }
+
+    /// `[model.bounds]` narrows `[bounds]` for that model only.
+    #[test]
+    fn a_models_own_bounds_apply_to_its_requests() {
+        let bounds = ParamBounds {
+            max_width: 2048,
+            max_height: 2048,
+            ..ParamBounds::default()
+        };
+        let mut model = ModelConfig {
+            id: "xl".into(),
+            kind: ModelKind::Sdxl,
+            path: "/m".into(),
+            sha256: None,
+            defaults: ModelDefaults::default(),
+            bounds: ModelBounds::default(),
+            native_size: None,
+        };
+        assert!(resolve(&request(512), &model, &bounds, 8, 0).is_ok());
+        model.bounds.min_width = Some(768);
+        model.bounds.max_width = Some(1536);
+        assert!(matches!(
+            resolve(&request(512), &model, &bounds, 8, 0),
+            Err(ErrorCode::InvalidParameter { field, allowed })
+                if field == "width" && allowed.contains("768") && allowed.contains("1536")
+        ));
+        assert!(resolve(&request(1536), &model, &bounds, 8, 0).is_ok());
+        assert!(matches!(
+            resolve(&request(2048), &model, &bounds, 8, 0),
+            Err(ErrorCode::InvalidParameter { .. })
+        ));
+    }
 }

@@ -32,6 +32,28 @@ pub const FOLDER_FILES: &[(&str, bool)] = &[
     ("vae/diffusion_pytorch_model.safetensors", true),
 ];
 
+/// SDXL's second text encoder and tokenizer: part of a folder's pin when
+/// the folder has `text_encoder_2/` (appended after [`FOLDER_FILES`], so an
+/// SD 1.x/2.x folder's pin is what it always was).
+pub const SDXL_FOLDER_FILES: &[(&str, bool)] = &[
+    ("text_encoder_2/config.json", true),
+    ("text_encoder_2/model.safetensors", true),
+    ("tokenizer_2/merges.txt", true),
+    ("tokenizer_2/special_tokens_map.json", false),
+    ("tokenizer_2/tokenizer_config.json", false),
+    ("tokenizer_2/vocab.json", true),
+];
+
+/// The files a folder's pin covers, in order: [`FOLDER_FILES`], then
+/// [`SDXL_FOLDER_FILES`] when `root/text_encoder_2` exists.
+pub fn folder_files(root: &Path) -> Vec<(&'static str, bool)> {
+    let mut files = FOLDER_FILES.to_vec();
+    if root.join("text_encoder_2").exists() {
+        files.extend_from_slice(SDXL_FOLDER_FILES);
+    }
+    files
+}
+
 /// Lower-case hex of the SHA-256 of `bytes`.
 pub fn digest_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
@@ -93,8 +115,9 @@ pub fn pin_of(path: &Path) -> Result<String, PinError> {
     if !path.is_dir() {
         return stream_digest(path);
     }
-    let mut digests = Vec::with_capacity(FOLDER_FILES.len());
-    for &(rel, required) in FOLDER_FILES {
+    let wanted = folder_files(path);
+    let mut digests = Vec::with_capacity(wanted.len());
+    for &(rel, required) in &wanted {
         let file = path.join(rel);
         if file.is_file() {
             digests.push((rel, Some(stream_digest(&file)?)));
@@ -153,6 +176,36 @@ mod tests {
         assert_ne!(pin_of(&dir).unwrap(), changed);
         std::fs::remove_file(dir.join("vae/config.json")).unwrap();
         assert!(matches!(pin_of(&dir), Err(PinError::Missing { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_sdxl_folder_pin_adds_the_second_text_encoder_and_nothing_else_changes() {
+        let dir = std::env::temp_dir().join(format!("weave-pin-xl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for &(rel, required) in FOLDER_FILES {
+            if required {
+                let path = dir.join(rel);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, rel.as_bytes()).unwrap();
+            }
+        }
+        let sd = pin_of(&dir).unwrap();
+        assert_eq!(folder_files(&dir), FOLDER_FILES.to_vec());
+        std::fs::create_dir_all(dir.join("text_encoder_2")).unwrap();
+        // text_encoder_2/ without its files: refused, not silently skipped.
+        assert!(matches!(pin_of(&dir), Err(PinError::Missing { .. })));
+        for &(rel, required) in SDXL_FOLDER_FILES {
+            if required {
+                let path = dir.join(rel);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, rel.as_bytes()).unwrap();
+            }
+        }
+        let xl = pin_of(&dir).unwrap();
+        assert_ne!(xl, sd);
+        std::fs::write(dir.join("tokenizer_2/vocab.json"), b"{}").unwrap();
+        assert_ne!(pin_of(&dir).unwrap(), xl);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -15,8 +15,8 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use weave_common::proto::{ErrorCode, GenerateRequest, JobState, ModelInfo, Request, Response};
 use weave_tests::{
-    children_of, digits_request, ensure_group, ensure_user, proc_status_field, require_digits,
-    require_root, stream_error, target_bin, AuditSink, BrokerProcess, Client, Scratch, TestConfig,
+    digits_request, ensure_group, ensure_user, proc_status_field, require_digits, require_root,
+    stream_error, target_bin, workers_of, AuditSink, BrokerProcess, Client, Scratch, TestConfig,
 };
 
 /// The digits config plus `ghost` (no such path) and `broken` (a folder
@@ -94,7 +94,7 @@ fn a_missing_and_a_broken_model_are_listed_unavailable_and_the_good_one_generate
             && reason.contains("text_encoder/config.json is missing"),
         "{reason}"
     );
-    assert!(children_of(broker.pid()).is_empty(), "no worker yet");
+    assert!(workers_of(broker.pid()).is_empty(), "no worker yet");
 
     let events = client.generate(digits_request("7"));
     assert!(
@@ -188,7 +188,7 @@ fn a_missing_and_a_broken_model_are_listed_unavailable_and_the_good_one_generate
     assert!(first.contains("cpu") && first.contains("(ran "), "{human}");
 
     // sshmctl status: the worker's memory as the kernel counts it.
-    let worker = children_of(broker.pid())[0];
+    let worker = workers_of(broker.pid())[0];
     let out = sshmctl(&broker.socket, &["status", "--json"]);
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     let resident = status["worker_memory"]["resident_bytes"].as_u64().unwrap();

@@ -37,9 +37,13 @@ fn libtorch_lib() -> PathBuf {
 }
 
 fn supervisor(model_dir: &Path) -> WorkerSupervisor {
+    supervisor_for(model_dir, ModelKind::Sd1)
+}
+
+fn supervisor_for(model_dir: &Path, kind: ModelKind) -> WorkerSupervisor {
     let models = vec![ModelEntry {
         id: "tiny".into(),
-        kind: ModelKind::Sd1,
+        kind,
         path: model_dir.to_path_buf(),
         sha256: None,
     }];
@@ -173,6 +177,70 @@ fn sandboxed_generation_matches_the_engine_in_process() {
     assert_eq!(again, images);
     sup.unload().unwrap();
     assert!(sup.state().loaded.is_none());
+}
+
+/// `kind = "sdxl"` end to end in the worker: the tiny SDXL fixture (two
+/// text encoders, text-time UNet; built by diffusers) loads under the full
+/// sandbox and generates exactly the in-process engine's pixels, whose
+/// latents `tests/sdxl_reference.rs` checks against diffusers.
+#[test]
+fn sandboxed_sdxl_generation_matches_the_engine_in_process() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sdxl");
+    if !dir.join("text_encoder_2/config.json").exists() {
+        assert!(!common::ci(), "{} is missing", dir.display());
+        eprintln!("skipping: no {}", dir.display());
+        return;
+    }
+    let mut sup = supervisor_for(&dir, ModelKind::Sdxl);
+    sup.load("tiny")
+        .unwrap_or_else(|e| panic!("SDXL load under the full sandbox failed: {e}"));
+    assert!(sup.state().sandbox.unwrap().fully_enforced);
+    let job = WorkerGenerateParams {
+        width: 48,
+        height: 64,
+        steps: 3,
+        scheduler: Scheduler::Euler,
+        ..params(3, 1, 11)
+    };
+    let mut events = Vec::new();
+    let images = sup
+        .run_job(1, &job, soon(), &AtomicBool::new(false), &mut |e| {
+            events.push(e)
+        })
+        .unwrap();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(images.len(), 1);
+    assert_eq!((images[0].width, images[0].height), (48, 64));
+
+    assert!(weave_worker::onednn::set_enabled(false));
+    let mut spec = ModelSpec::new(&dir);
+    spec.kind = weave_worker::engine::ModelKind::Sdxl;
+    let pipe = Pipeline::load(&spec, DeviceChoice::Cpu, Precision::Auto).unwrap();
+    assert!(pipe.is_sdxl());
+    let reference = pipe
+        .generate(
+            &GenerateParams {
+                prompt: job.prompt.clone(),
+                negative_prompt: String::new(),
+                width: 48,
+                height: 64,
+                steps: 3,
+                guidance: 5.0,
+                seed: 11,
+                scheduler: SchedulerKind::Euler,
+                batch: 1,
+                clip_skip: 0,
+                max_prompt_chunks: job.max_prompt_chunks,
+                image: None,
+            },
+            &mut |_, _| ControlFlow::Continue(()),
+        )
+        .unwrap();
+    assert!(
+        images[0].rgb == reference[0].pixels,
+        "sandboxed SDXL pixels differ from the in-process engine"
+    );
+    sup.unload().unwrap();
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! the time and text-time embeddings, the UNet, the VAE, every scheduler
 //! step on SDXL's config and on SDXL-Turbo's (Euler ancestral, trailing),
 //! and whole pipeline runs: five schedulers with a negative prompt, the
-//! zeroed empty negative, and Turbo at guidance 0.
+//! zeroed empty negative, and Turbo at guidance 0 — and the same model as
+//! one SGM-named single file (`tiny-sdxl.safetensors`).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -365,16 +366,100 @@ fn force_zeros_for_empty_prompt_is_read_from_model_index() {
     );
 }
 
-/// Single-file SDXL checkpoints are refused with what to do instead.
+/// The same weights as one SGM-named checkpoint (`tiny-sdxl.safetensors`,
+/// written by the fixture script and checked there with diffusers'
+/// `from_single_file(config=folder)`): `conditioner.embedders.0/1`, OpenCLIP's
+/// fused `in_proj` split into q/k/v, the transposed `text_projection`,
+/// `label_emb` → `add_embedding`. Loaded with the folder's configs, as
+/// `from_single_file(config=...)`, and `kind` inferred from the keys.
 #[test]
-fn single_file_sdxl_is_refused_with_a_typed_error() {
+fn tiny_sdxl_single_file_matches_diffusers() {
+    let Some(dir) = fixtures() else { return };
+    let r = Reference::open(&dir);
+    let spec = ModelSpec {
+        config: Some(dir.join("tiny-sdxl")),
+        ..ModelSpec::new(dir.join("tiny-sdxl.safetensors"))
+    };
+    let pipe = Pipeline::load(&spec, DeviceChoice::Cpu, Precision::F32).unwrap();
+    assert!(pipe.is_sdxl());
+    let _no_grad = tch::no_grad_guard();
+    let (_, enc2) = pipe.second_text().unwrap();
+    let one = pipe
+        .text_encoder()
+        .hidden_and_pooled(&r.raw("token_ids"), 0)
+        .unwrap();
+    assert_close(
+        "single file penultimate",
+        &one.hidden,
+        &r.get("penultimate"),
+    );
+    let two = enc2.hidden_and_pooled(&r.raw("token_ids_2"), 0).unwrap();
+    assert_close(
+        "single file penultimate_2",
+        &two.hidden,
+        &r.get("penultimate_2"),
+    );
+    assert_close(
+        "single file pooled_2",
+        &two.pooled.unwrap(),
+        &r.get("pooled_2"),
+    );
+    let added = TextTime {
+        text_embeds: r.get("unet_text_embeds"),
+        time_ids: r.get("unet_time_ids"),
+    };
+    let t = r.raw("unet_timestep").int64_value(&[]) as f64;
+    let out = pipe
+        .unet()
+        .forward_with(
+            &r.get("unet_sample"),
+            t,
+            &r.get("unet_encoder_hidden_states"),
+            Some(&added),
+        )
+        .unwrap();
+    assert_close("single file unet_out", &out, &r.get("unet_out"));
+    let dec = pipe.decode(&r.get("vae_latents")).unwrap();
+    assert_close("single file vae_decoded", &dec, &r.get("vae_decoded"));
+    let p = &r.params["pipeline"]["euler"];
+    let params = GenerateParams {
+        prompt: p["prompt"].as_str().unwrap().into(),
+        negative_prompt: p["negative_prompt"].as_str().unwrap().into(),
+        width: p["width"].as_u64().unwrap() as u32,
+        height: p["height"].as_u64().unwrap() as u32,
+        steps: p["num_inference_steps"].as_u64().unwrap() as u32,
+        guidance: p["guidance_scale"].as_f64().unwrap(),
+        seed: p["seed"].as_u64().unwrap(),
+        scheduler: SchedulerKind::Euler,
+        batch: 1,
+        clip_skip: 0,
+        max_prompt_chunks: 1,
+        image: None,
+    };
+    let latents = pipe
+        .generate_latents(&params, &mut |_, _| ControlFlow::Continue(()))
+        .unwrap();
+    assert_close(
+        "single file pipeline euler final latents",
+        &latents,
+        &r.get("pipeline_euler_latents_final"),
+    );
+}
+
+/// An SGM checkpoint without the OpenCLIP bigG tower (a refiner, a
+/// truncated file) is refused with a typed error, never a crash.
+#[test]
+fn an_incomplete_single_file_sdxl_is_refused_with_a_typed_error() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("sdxl.safetensors");
     let t = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
     Tensor::write_safetensors(
         &[
             ("model.diffusion_model.input_blocks.0.0.weight", &t),
-            ("conditioner.embedders.1.model.token_embedding.weight", &t),
+            (
+                "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+                &t,
+            ),
         ],
         &path,
     )
@@ -384,10 +469,10 @@ fn single_file_sdxl_is_refused_with_a_typed_error() {
         spec.kind = kind;
         match Pipeline::load(&spec, DeviceChoice::Cpu, Precision::F32) {
             Err(EngineError::Loader(LoaderError::SingleFile { reason, .. })) => {
-                assert!(reason.contains("diffusers folder"), "{reason}")
+                assert!(reason.contains("conditioner.embedders.1.model"), "{reason}")
             }
             Err(other) => panic!("{kind:?}: wrong error {other}"),
-            Ok(_) => panic!("{kind:?}: a single-file SDXL checkpoint loaded"),
+            Ok(_) => panic!("{kind:?}: an incomplete SDXL checkpoint loaded"),
         }
     }
 }
@@ -436,4 +521,51 @@ fn sdxl_long_prompts_weights_and_break_use_both_encoders() {
         .generate(&params, &mut |_, _| ControlFlow::Continue(()))
         .unwrap();
     assert_eq!(images.len(), 1);
+}
+
+/// A pinned SDXL folder covers the second encoder and tokenizer: it loads
+/// with its pin, and a changed byte in `text_encoder_2/` is refused.
+#[test]
+fn a_pinned_sdxl_folder_covers_text_encoder_2() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&dir.join("tiny-sdxl"), tmp.path());
+    let pin = weave_common::pin::pin_of(tmp.path()).unwrap();
+    let spec = ModelSpec {
+        sha256: Some(pin),
+        ..ModelSpec::new(tmp.path())
+    };
+    let pipe = Pipeline::load(&spec, DeviceChoice::Cpu, Precision::F32).unwrap();
+    assert!(pipe.is_sdxl());
+    let config = tmp.path().join("text_encoder_2/config.json");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push(' ');
+    std::fs::write(&config, text).unwrap();
+    assert!(matches!(
+        Pipeline::load(&spec, DeviceChoice::Cpu, Precision::F32),
+        Err(EngineError::Loader(LoaderError::PinMismatch))
+    ));
+}
+
+/// SDXL's VAE overflows in fp16, so with `force_upcast` (the fixture's
+/// vae/config.json) an fp16 SDXL pipeline decodes in fp32, as diffusers'
+/// SDXL pipeline does; the SD 1.x/2.x pipeline (which diffusers does not
+/// upcast) keeps its VAE in the compute dtype.
+#[test]
+fn an_fp16_sdxl_pipeline_decodes_in_fp32() {
+    let Some(dir) = fixtures() else { return };
+    let mut spec = ModelSpec::new(dir.join("tiny-sdxl"));
+    spec.kind = ModelKind::Sdxl;
+    let half = Pipeline::load(&spec, DeviceChoice::Cpu, Precision::F16).unwrap();
+    assert_eq!(half.vae_kind(), Kind::Float);
+    assert_eq!(half.kind(), Kind::Half);
+    let latents = Tensor::randn([1, 4, 8, 6], (Kind::Half, Device::Cpu));
+    assert_eq!(half.decode(&latents).unwrap().kind(), Kind::Float);
+    let sd = Pipeline::load(
+        &ModelSpec::new(dir.join("tiny-sd2")),
+        DeviceChoice::Cpu,
+        Precision::F16,
+    )
+    .unwrap();
+    assert_eq!(sd.vae_kind(), Kind::Half);
 }

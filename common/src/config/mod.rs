@@ -46,8 +46,8 @@ pub use permissions::check_permissions;
 pub use problem::{ConfigErrors, ConfigProblem, Location, Place};
 use read::read_config_text;
 pub use sections::{
-    is_safetensors_name, AuditConfig, DaemonConfig, Device, Facility, Limits, ModelConfig,
-    ModelDefaults, ModelKind, OutputConfig, WorkerConfig, MAX_TORCH_THREADS,
+    is_safetensors_name, AuditConfig, DaemonConfig, Device, Facility, Limits, ModelBounds,
+    ModelConfig, ModelDefaults, ModelKind, OutputConfig, WorkerConfig, MAX_TORCH_THREADS,
 };
 
 /// Where system mode reads its config.

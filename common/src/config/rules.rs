@@ -437,7 +437,70 @@ fn check_models(config: &mut Config, report: &mut Report<'_, '_>) {
             }
             sha256.make_ascii_lowercase();
         }
-        check_model_defaults(model, &here, &config.bounds, report);
+        check_model_bounds(model, &here, &config.bounds, report);
+        check_model_defaults(model, &here, &model.bounds(&config.bounds), report);
+    }
+}
+
+/// `[model.bounds]`: multiples of 8 inside `[bounds]`, min ≤ max.
+fn check_model_bounds(
+    model: &ModelConfig,
+    here: &KeyPath,
+    global: &ParamBounds,
+    report: &mut Report<'_, '_>,
+) {
+    let own = &model.bounds;
+    let mine = model.bounds(global);
+    let key = |name: &str| here.key("bounds").key(name);
+    for (name, value, min, max) in [
+        (
+            "min_width",
+            own.min_width,
+            global.min_width,
+            global.max_width,
+        ),
+        (
+            "max_width",
+            own.max_width,
+            global.min_width,
+            global.max_width,
+        ),
+        (
+            "min_height",
+            own.min_height,
+            global.min_height,
+            global.max_height,
+        ),
+        (
+            "max_height",
+            own.max_height,
+            global.min_height,
+            global.max_height,
+        ),
+    ] {
+        let Some(value) = value else { continue };
+        if value == 0 || value % 8 != 0 || value < min || value > max {
+            report.invalid(
+                &key(name),
+                format!(
+                    "is {value}, not a multiple of 8 inside [bounds] ({min}..={max}); a model's \
+                     range narrows the daemon's"
+                ),
+                format!("choose a multiple of 8 in {min}..={max}, or widen [bounds]"),
+            );
+        }
+    }
+    for (min_name, min, max_name, max) in [
+        ("min_width", mine.min_width, "max_width", mine.max_width),
+        ("min_height", mine.min_height, "max_height", mine.max_height),
+    ] {
+        if min > max {
+            report.invalid(
+                &key(min_name),
+                format!("is {min}, larger than this model's {max_name} ({max})"),
+                format!("make {min_name} at most {max_name} for this model"),
+            );
+        }
     }
 }
 

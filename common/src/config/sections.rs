@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{by_name, DEFAULT_AUDIT_SINK};
 use crate::proto::{GenerationDefaults, Scheduler};
+use crate::validate::ParamBounds;
 
 /// `[daemon]`: where to listen and, in system mode, who is who.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +299,23 @@ pub struct ModelDefaults {
     pub negative_prompt: Option<String>,
 }
 
+/// `[model.bounds]`: a model's own image-size range (SDXL's differs from
+/// SD 1.5's), inside `[bounds]`; an absent key takes `[bounds]`' value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelBounds {
+    pub min_width: Option<u32>,
+    pub max_width: Option<u32>,
+    pub min_height: Option<u32>,
+    pub max_height: Option<u32>,
+}
+
+impl ModelBounds {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// One `[[model]]`: clients name models by `id`; the path never leaves the
 /// broker (DESIGN.md invariants 2 and 10).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,6 +338,8 @@ pub struct ModelConfig {
     /// [`super::Config::read_native_sizes`]; never a key of the file.
     #[serde(skip)]
     pub native_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "ModelBounds::is_empty")]
+    pub bounds: ModelBounds,
 }
 
 impl ModelConfig {
@@ -343,6 +363,19 @@ impl ModelConfig {
             width: given.width.or(self.native_size).unwrap_or(size),
             height: given.height.or(self.native_size).unwrap_or(size),
             scheduler: given.scheduler.unwrap_or(Scheduler::Euler),
+        }
+    }
+
+    /// The bounds requests for this model are held to: `[model.bounds]`
+    /// over `[bounds]`.
+    pub fn bounds(&self, global: &ParamBounds) -> ParamBounds {
+        let own = &self.bounds;
+        ParamBounds {
+            min_width: own.min_width.unwrap_or(global.min_width),
+            max_width: own.max_width.unwrap_or(global.max_width),
+            min_height: own.min_height.unwrap_or(global.min_height),
+            max_height: own.max_height.unwrap_or(global.max_height),
+            ..global.clone()
         }
     }
 

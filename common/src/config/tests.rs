@@ -1292,6 +1292,12 @@ fn every_key_is_documented_in_config_md() {
             negative_prompt: Some(String::new()),
         },
         native_size: None,
+        bounds: ModelBounds {
+            min_width: Some(8),
+            max_width: Some(8),
+            min_height: Some(8),
+            max_height: Some(8),
+        },
     };
     let sections = [
         toml::Value::try_from(&daemon).unwrap(),
@@ -1302,6 +1308,7 @@ fn every_key_is_documented_in_config_md() {
         toml::Value::try_from(OutputConfig::default()).unwrap(),
         toml::Value::try_from(&model).unwrap(),
         toml::Value::try_from(&model.defaults).unwrap(),
+        toml::Value::try_from(&model.bounds).unwrap(),
     ];
     let mut count = 0;
     for section in &sections {
@@ -1314,4 +1321,42 @@ fn every_key_is_documented_in_config_md() {
         }
     }
     assert!(count >= 40, "{count}");
+}
+
+#[test]
+fn model_bounds_narrow_the_daemons_and_hold_the_models_defaults() {
+    let text = "[bounds]\nmax_width = 2048\nmax_height = 2048\n\n[[model]]\nid = \"xl\"\n\
+                kind = \"sdxl\"\npath = \"/m/xl\"\n\n[model.bounds]\nmin_width = 768\n\
+                max_width = 1536\nmin_height = 768\nmax_height = 1536\n";
+    let config = parse(text, Mode::User).unwrap();
+    let model = &config.models[0];
+    let mine = model.bounds(&config.bounds);
+    assert_eq!((mine.min_width, mine.max_width), (768, 1536));
+    assert_eq!(mine.max_steps, config.bounds.max_steps);
+
+    let outside = "[[model]]\nid = \"xl\"\nkind = \"sdxl\"\npath = \"/m/xl\"\n\n\
+                   [model.bounds]\nmax_width = 2048\nmin_height = 1100\nmax_height = 1024\n";
+    let joined = problems(outside, Mode::User).join("\n");
+    assert_has(
+        &joined,
+        &[
+            "`model[0].bounds.max_width` is 2048, not a multiple of 8 inside [bounds] (32..=1024)",
+            "`model[0].bounds.min_height` is 1100, not a multiple of 8 inside [bounds]",
+            "`model[0].bounds.min_height` is 1100, larger than this model's max_height (1024)",
+        ],
+    );
+    // The kind's 1024 px default must fit the model's own range.
+    let small = "[[model]]\nid = \"xl\"\nkind = \"sdxl\"\npath = \"/m/xl\"\n\n\
+                 [model.bounds]\nmax_width = 512\n";
+    let joined = problems(small, Mode::User).join("\n");
+    assert_has(
+        &joined,
+        &["`model[0].defaults.width` is 1024 (the default for kind \"sdxl\"), outside the bounds \
+           32..=512"],
+    );
+    let unknown = "[[model]]\nid = \"xl\"\nkind = \"sdxl\"\npath = \"/m/xl\"\n\n\
+                   [model.bounds]\nmax_steps = 10\n";
+    assert!(problems(unknown, Mode::User)
+        .join("\n")
+        .contains("max_steps"));
 }

@@ -41,6 +41,9 @@ pub enum ModelError {
 pub struct StoredRef {
     pub name: String,
     pub chunk: Option<(i64, i64)>,
+    /// Stored as the transpose of what we use (OpenCLIP's `text_projection`
+    /// is a `[width, proj]` matrix, a Linear weight is `[proj, width]`).
+    pub transpose: bool,
 }
 
 impl StoredRef {
@@ -48,6 +51,7 @@ impl StoredRef {
         Self {
             name: name.to_string(),
             chunk: None,
+            transpose: false,
         }
     }
 }
@@ -84,6 +88,7 @@ impl Weights {
                     StoredRef {
                         name: stored.clone(),
                         chunk,
+                        transpose: false,
                     },
                 );
             }
@@ -96,6 +101,14 @@ impl Weights {
             device,
             loaded_bytes: std::cell::Cell::new(0),
         }
+    }
+
+    /// Marks the weight we call `ours` as stored transposed (2-D only).
+    pub fn transposed(mut self, ours: &str) -> Self {
+        if let Some(stored) = self.names.get_mut(ours) {
+            stored.transpose = true;
+        }
+        self
     }
 
     /// A source that makes up small random weights of whatever shape is
@@ -186,6 +199,16 @@ impl Weights {
                 name: name.to_string(),
             })?;
         let mut found = info.shape.clone();
+        if stored.transpose {
+            if found.len() != 2 || stored.chunk.is_some() {
+                return Err(ModelError::Shape {
+                    name: name.to_string(),
+                    expected: expected.to_vec(),
+                    found,
+                });
+            }
+            found.reverse();
+        }
         if let Some((_, count)) = stored.chunk {
             match found.first_mut() {
                 Some(first) if count > 0 && *first % count == 0 => *first /= count,
@@ -220,6 +243,9 @@ impl Weights {
             )));
         }
         let mut t = file.read_as(&stored.name, self.kind, self.device)?;
+        if stored.transpose {
+            t = t.f_transpose(0, 1)?.f_contiguous()?;
+        }
         if let Some((index, count)) = stored.chunk {
             t = t
                 .f_chunk(count, 0)?

@@ -110,6 +110,14 @@ impl VaeConfig {
         }
     }
 
+    /// SDXL's autoencoder (same shape, `scaling_factor` 0.13025).
+    pub fn sdxl() -> Self {
+        Self {
+            scaling_factor: 0.13025,
+            ..Self::sd()
+        }
+    }
+
     /// Image pixels per latent pixel.
     pub fn scale_factor(&self) -> i64 {
         1 << (self.block_out_channels.len() - 1)

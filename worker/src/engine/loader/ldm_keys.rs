@@ -38,6 +38,9 @@ pub(super) fn map_ldm_unet(k: &str, layers_per_block: i64) -> Option<String> {
     for (old, new) in [
         ("time_embed.0.", "time_embedding.linear_1."),
         ("time_embed.2.", "time_embedding.linear_2."),
+        // SGM (SDXL): the text-time embedding.
+        ("label_emb.0.0.", "add_embedding.linear_1."),
+        ("label_emb.0.2.", "add_embedding.linear_2."),
         ("input_blocks.0.0.", "conv_in."),
         ("out.0.", "conv_norm_out."),
         ("out.2.", "conv_out."),
@@ -144,15 +147,25 @@ pub(super) fn map_ldm_vae(k: &str, levels: i64) -> Option<String> {
     None
 }
 
-/// An OpenCLIP text tower key (SD 2.x single files) → transformers names.
-pub(super) fn map_openclip(k: &str) -> Vec<(String, Option<(i64, i64)>)> {
-    let Some(rest) = k.strip_prefix("cond_stage_model.model.") else {
+/// Where SD 2.x single files keep the OpenCLIP text tower.
+pub(super) const SD2_OPENCLIP: &str = "cond_stage_model.model.";
+/// Where SDXL (SGM) single files keep the OpenCLIP bigG tower.
+pub(super) const SDXL_OPENCLIP: &str = "conditioner.embedders.1.model.";
+/// Where SDXL single files keep the CLIP ViT-L tower.
+pub(super) const SDXL_CLIP: &str = "conditioner.embedders.0.transformer.";
+
+/// An OpenCLIP text tower key under `prefix` → transformers names
+/// (`text_projection`, a `[width, proj]` matrix, is stored transposed:
+/// the caller marks it with `Weights::transposed`).
+pub(super) fn map_openclip(k: &str, prefix: &str) -> Vec<(String, Option<(i64, i64)>)> {
+    let Some(rest) = k.strip_prefix(prefix) else {
         return Vec::new();
     };
     let one = |s: String| vec![(s, None)];
     match rest {
         "token_embedding.weight" => return one("embeddings.token_embedding.weight".into()),
         "positional_embedding" => return one("embeddings.position_embedding.weight".into()),
+        "text_projection" => return one("text_projection.weight".into()),
         _ => {}
     }
     if let Some(t) = rest.strip_prefix("ln_final.") {
@@ -274,13 +287,31 @@ mod tests {
 
     #[test]
     fn openclip_names() {
-        let v = map_openclip("cond_stage_model.model.transformer.resblocks.3.attn.in_proj_weight");
+        let v = map_openclip(
+            "cond_stage_model.model.transformer.resblocks.3.attn.in_proj_weight",
+            SD2_OPENCLIP,
+        );
         assert_eq!(v.len(), 3);
         assert_eq!(v[1].0, "encoder.layers.3.self_attn.k_proj.weight");
         assert_eq!(v[1].1, Some((1, 3)));
         assert_eq!(
-            map_openclip("cond_stage_model.model.positional_embedding")[0].0,
+            map_openclip("cond_stage_model.model.positional_embedding", SD2_OPENCLIP)[0].0,
             "embeddings.position_embedding.weight"
+        );
+        assert_eq!(
+            map_openclip(
+                "conditioner.embedders.1.model.text_projection",
+                SDXL_OPENCLIP
+            )[0]
+            .0,
+            "text_projection.weight"
+        );
+        assert!(
+            map_openclip("conditioner.embedders.1.model.ln_final.bias", SD2_OPENCLIP).is_empty()
+        );
+        assert_eq!(
+            map_ldm_unet("label_emb.0.2.weight", 2).as_deref(),
+            Some("add_embedding.linear_2.weight")
         );
     }
 }

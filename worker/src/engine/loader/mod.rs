@@ -31,7 +31,7 @@ use crate::engine::weights::safetensors::{SafetensorsError, SafetensorsFile};
 
 mod ldm_keys;
 
-use ldm_keys::{map_ldm_unet, map_ldm_vae, map_openclip};
+use ldm_keys::{map_ldm_unet, map_ldm_vae, map_openclip, SD2_OPENCLIP, SDXL_CLIP, SDXL_OPENCLIP};
 
 /// Largest config JSON we read.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
@@ -74,8 +74,8 @@ pub enum ModelKind {
     Sd2,
     /// SD 2.x 768-v (v-prediction).
     Sd2V,
-    /// SDXL: two text encoders, text-time conditioning. Diffusers folders
-    /// only for now; single files are refused.
+    /// SDXL: two text encoders, text-time conditioning (folders with
+    /// `text_encoder_2/`, or SGM single files with `conditioner.embedders.*`).
     Sdxl,
 }
 
@@ -131,6 +131,9 @@ pub struct SecondText {
     pub tokenizer_dir: PathBuf,
     pub force_zeros_for_empty_prompt: bool,
     weights: Arc<SafetensorsFile>,
+    /// `None`: a folder's `text_encoder_2/` (transformers names); `Some`: the
+    /// OpenCLIP prefix inside a single file.
+    openclip_prefix: Option<&'static str>,
 }
 
 enum Layout {
@@ -141,8 +144,17 @@ enum Layout {
     },
     Single {
         file: Arc<SafetensorsFile>,
-        openclip: bool,
+        text: SingleText,
     },
+}
+
+/// How a single file names its (first) text encoder.
+#[derive(Clone, Copy)]
+enum SingleText {
+    /// transformers names under this prefix (with or without `text_model.`).
+    Clip(&'static str),
+    /// OpenCLIP names under this prefix.
+    OpenClip(&'static str),
 }
 
 pub fn read_json(path: &Path) -> Result<serde_json::Value, LoaderError> {
@@ -353,9 +365,7 @@ impl ModelParts {
                 .keys()
                 .any(|k| k.starts_with("conditioner.embedders."))
         {
-            return Err(single(
-                "single-file SDXL checkpoints (conditioner.embedders.*) are not supported yet; use the diffusers folder form (StableDiffusionXLPipeline.from_single_file(...).save_pretrained(dir) converts one)".into(),
-            ));
+            return Self::open_single_sdxl(spec, files, file);
         }
         let openclip = tensors.contains_key("cond_stage_model.model.token_embedding.weight");
         let kind = match spec.kind {
@@ -393,7 +403,88 @@ impl ModelParts {
             scheduler_config,
             tokenizer_dir,
             second_text: None,
-            layout: Layout::Single { file, openclip },
+            layout: Layout::Single {
+                file,
+                text: if openclip {
+                    SingleText::OpenClip(SD2_OPENCLIP)
+                } else {
+                    SingleText::Clip("cond_stage_model.transformer.")
+                },
+            },
+            files,
+        })
+    }
+
+    /// An SGM (SDXL) single file: `conditioner.embedders.0.transformer.*`
+    /// (CLIP ViT-L), `conditioner.embedders.1.model.*` (OpenCLIP bigG, fused
+    /// `in_proj` split into q/k/v, `text_projection` transposed), the UNet
+    /// with `label_emb.0.{0,2}` as the text-time embedding, the VAE as in
+    /// SD. Configs from `spec.config` (a diffusers SDXL folder) or the
+    /// standard SDXL base ones; tokenizers `tokenizer/` and `tokenizer_2/`
+    /// there or next to the file.
+    fn open_single_sdxl(
+        spec: &ModelSpec,
+        files: ModelFiles,
+        file: Arc<SafetensorsFile>,
+    ) -> Result<Self, LoaderError> {
+        let path = &spec.path;
+        if !file
+            .tensors()
+            .contains_key(&format!("{SDXL_OPENCLIP}token_embedding.weight"))
+        {
+            return Err(LoaderError::SingleFile {
+                path: path.clone(),
+                reason: format!(
+                    "an SDXL checkpoint needs its second text encoder under {SDXL_OPENCLIP}* (OpenCLIP ViT-bigG); refiner-only or incomplete files are not supported"
+                ),
+            });
+        }
+        let (parts, second_config, force_zeros, tokenizers) = match &spec.config {
+            Some(dir) => {
+                let parts = folder_configs(&files, dir)?;
+                let c2 = dir.join("text_encoder_2/config.json");
+                let second = ClipTextConfig::from_json(&read_json_in(&files, &c2)?)
+                    .map_err(config_error(&c2))?;
+                let index = dir.join("model_index.json");
+                let force_zeros = if files.exists(&index) {
+                    force_zeros_for_empty_prompt(&read_json_in(&files, &index)?, &index)?
+                } else {
+                    true
+                };
+                (parts, second, force_zeros, dir.to_path_buf())
+            }
+            None => (
+                (
+                    ClipTextConfig::sd1(),
+                    UNetConfig::sdxl(),
+                    VaeConfig::sdxl(),
+                    SchedulerConfig::sdxl(),
+                ),
+                ClipTextConfig::sdxl_bigg(),
+                true,
+                path.parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from(".")),
+            ),
+        };
+        let (text_config, unet_config, vae_config, scheduler_config) = parts;
+        Ok(Self {
+            text_config,
+            unet_config,
+            vae_config,
+            scheduler_config,
+            tokenizer_dir: tokenizers.join("tokenizer"),
+            second_text: Some(SecondText {
+                config: second_config,
+                tokenizer_dir: tokenizers.join("tokenizer_2"),
+                force_zeros_for_empty_prompt: force_zeros,
+                weights: file.clone(),
+                openclip_prefix: Some(SDXL_OPENCLIP),
+            }),
+            layout: Layout::Single {
+                file,
+                text: SingleText::Clip(SDXL_CLIP),
+            },
             files,
         })
     }
@@ -412,9 +503,15 @@ impl ModelParts {
     /// `text_model.`; `text_projection.*` stays as it is).
     pub fn second_text_weights(&self, kind: tch::Kind, device: tch::Device) -> Option<Weights> {
         let second = self.second_text.as_ref()?;
-        Some(Weights::new(second.weights.clone(), kind, device, |k| {
-            vec![(k.strip_prefix("text_model.").unwrap_or(k).to_string(), None)]
-        }))
+        Some(match second.openclip_prefix {
+            None => Weights::new(second.weights.clone(), kind, device, |k| {
+                vec![(k.strip_prefix("text_model.").unwrap_or(k).to_string(), None)]
+            }),
+            Some(prefix) => Weights::new(second.weights.clone(), kind, device, move |k| {
+                map_openclip(k, prefix)
+            })
+            .transposed("text_projection.weight"),
+        })
     }
 
     /// The weights of one component, named as our modules expect.
@@ -435,16 +532,16 @@ impl ModelParts {
                     vec![(legacy_vae_attention(k), None)]
                 }),
             },
-            Layout::Single { file, openclip } => {
+            Layout::Single { file, text } => {
                 let lpb = self.unet_config.layers_per_block;
                 let vae_levels = self.vae_config.block_out_channels.len() as i64;
-                let openclip = *openclip;
+                let text = *text;
                 match component {
-                    Component::TextEncoder => Weights::new(file.clone(), kind, device, move |k| {
-                        if openclip {
-                            map_openclip(k)
-                        } else {
-                            k.strip_prefix("cond_stage_model.transformer.")
+                    Component::TextEncoder => {
+                        Weights::new(file.clone(), kind, device, move |k| match text {
+                            SingleText::OpenClip(prefix) => map_openclip(k, prefix),
+                            SingleText::Clip(prefix) => k
+                                .strip_prefix(prefix)
                                 .map(|rest| {
                                     vec![(
                                         rest.strip_prefix("text_model.")
@@ -453,9 +550,9 @@ impl ModelParts {
                                         None,
                                     )]
                                 })
-                                .unwrap_or_default()
-                        }
-                    }),
+                                .unwrap_or_default(),
+                        })
+                    }
                     Component::Unet => Weights::new(file.clone(), kind, device, move |k| {
                         k.strip_prefix("model.diffusion_model.")
                             .and_then(|rest| map_ldm_unet(rest, lpb))
@@ -474,6 +571,21 @@ impl ModelParts {
     }
 }
 
+/// `model_index.json`'s `force_zeros_for_empty_prompt` (absent: true, as
+/// diffusers' SDXL pipeline defaults it).
+fn force_zeros_for_empty_prompt(
+    index: &serde_json::Value,
+    path: &Path,
+) -> Result<bool, LoaderError> {
+    match index.get("force_zeros_for_empty_prompt") {
+        None => Ok(true),
+        Some(v) => v.as_bool().ok_or_else(|| LoaderError::BadConfig {
+            path: path.to_path_buf(),
+            reason: "force_zeros_for_empty_prompt must be true or false".into(),
+        }),
+    }
+}
+
 /// SDXL's second text side, when the folder has `text_encoder_2/`.
 fn second_text(
     files: &ModelFiles,
@@ -486,17 +598,14 @@ fn second_text(
     }
     let config = ClipTextConfig::from_json(&read_json_in(files, &config_path)?)
         .map_err(config_error(&config_path))?;
-    let force_zeros_for_empty_prompt = match index.get("force_zeros_for_empty_prompt") {
-        None => true,
-        Some(v) => v.as_bool().ok_or_else(|| LoaderError::BadConfig {
-            path: dir.join("model_index.json"),
-            reason: "force_zeros_for_empty_prompt must be true or false".into(),
-        })?,
-    };
     Ok(Some(SecondText {
         config,
         tokenizer_dir: dir.join("tokenizer_2"),
-        force_zeros_for_empty_prompt,
+        force_zeros_for_empty_prompt: force_zeros_for_empty_prompt(
+            index,
+            &dir.join("model_index.json"),
+        )?,
+        openclip_prefix: None,
         weights: open_weights(
             files,
             &dir.join("text_encoder_2"),
@@ -533,6 +642,54 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&fixed).unwrap();
         assert!(v["a"].is_null() && v["c"][0].is_null() && v["c"][1].is_null());
         assert_eq!(v["b"], "NaN \" Infinity");
+    }
+
+    /// SDXL base's standard configs fit together: the UNet attends to both
+    /// encoders' widths and its text-time input is 6 time ids plus bigG's
+    /// projection.
+    #[test]
+    fn standard_sdxl_configs_are_consistent() {
+        let unet = UNetConfig::sdxl();
+        let (one, two) = (ClipTextConfig::sd1(), ClipTextConfig::sdxl_bigg());
+        assert_eq!(
+            unet.cross_attention_dim.last().unwrap(),
+            one.hidden_size + two.hidden_size
+        );
+        assert_eq!(
+            unet.projection_class_embeddings_input_dim,
+            Some(6 * unet.addition_time_embed_dim.unwrap() + two.projection_dim.unwrap())
+        );
+        assert_eq!(VaeConfig::sdxl().scaling_factor, 0.13025);
+    }
+
+    /// SDXL-shaped UNet configs: text_time needs its dimensions; unknown
+    /// addition types and per-layer up-block depths are refused, not ignored.
+    #[test]
+    fn sdxl_unet_config_variants_are_checked() {
+        let base = serde_json::json!({
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+            "block_out_channels": [32, 64],
+            "cross_attention_dim": 40,
+            "transformer_layers_per_block": [1, 2],
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 64
+        });
+        assert!(UNetConfig::from_json(&base).is_ok());
+        let with = |key: &str, value: serde_json::Value| {
+            let mut v = base.clone();
+            v[key] = value;
+            UNetConfig::from_json(&v).unwrap_err().to_string()
+        };
+        assert!(with("addition_embed_type", "image".into()).contains("supported: text_time"));
+        assert!(with("addition_time_embed_dim", serde_json::Value::Null).contains("text_time"));
+        assert!(with("projection_class_embeddings_input_dim", 40.into()).contains("text_time"));
+        assert!(with(
+            "reverse_transformer_layers_per_block",
+            serde_json::json!([[1, 1], [2, 2]])
+        )
+        .contains("reverse_transformer_layers_per_block"));
     }
 
     #[test]

@@ -300,6 +300,11 @@ impl Pipeline {
         self.kind
     }
 
+    /// The dtype the VAE runs in (fp32 for an upcast SDXL VAE).
+    pub fn vae_kind(&self) -> Kind {
+        self.vae_kind
+    }
+
     pub fn tokenizer(&self) -> &ClipTokenizer {
         self.conditioner.tokenizer()
     }

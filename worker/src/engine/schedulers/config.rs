@@ -92,6 +92,16 @@ impl Default for SchedulerConfig {
 }
 
 impl SchedulerConfig {
+    /// SDXL base's `scheduler_config.json` (EulerDiscreteScheduler).
+    pub fn sdxl() -> Self {
+        Self {
+            clip_sample: None,
+            set_alpha_to_one: None,
+            use_karras_sigmas: Some(false),
+            ..Self::default()
+        }
+    }
+
     pub fn from_json(value: &serde_json::Value) -> Result<Self, SchedulerError> {
         let c: Self = serde_json::from_value(value.clone())
             .map_err(|e| SchedulerError::Config(e.to_string()))?;

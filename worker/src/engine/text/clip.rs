@@ -88,6 +88,23 @@ impl ClipTextConfig {
         }
     }
 
+    /// OpenCLIP ViT-bigG/14's text tower with its projection (SDXL's
+    /// second encoder).
+    pub fn sdxl_bigg() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 1280,
+            intermediate_size: 5120,
+            num_hidden_layers: 32,
+            num_attention_heads: 20,
+            max_position_embeddings: 77,
+            hidden_act: "gelu".into(),
+            layer_norm_eps: 1e-5,
+            eos_token_id: 49407,
+            projection_dim: Some(1280),
+        }
+    }
+
     /// OpenCLIP ViT-H/14's text tower less its last layer (SD 2.x).
     pub fn sd2() -> Self {
         Self {

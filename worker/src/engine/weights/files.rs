@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use weave_common::pin::{self, FOLDER_FILES};
+use weave_common::pin;
 
 use crate::engine::loader::LoaderError;
 use crate::engine::text::tokenizer::{TokenizerError, MAX_VOCAB_FILE_BYTES};
@@ -42,7 +42,7 @@ fn read_whole(path: &Path) -> Result<Arc<Vec<u8>>, LoaderError> {
 
 impl ModelFiles {
     /// Reads what the pin covers under `root` (a file, or a diffusers
-    /// folder: [`FOLDER_FILES`]) and checks it against `expected` (lower-
+    /// folder: [`pin::folder_files`]) and checks it against `expected` (lower-
     /// case hex, as the config stores it).
     pub fn pinned(root: &Path, expected: &str) -> Result<Self, LoaderError> {
         let mut files = HashMap::new();
@@ -53,8 +53,9 @@ impl ModelFiles {
             files.insert(root.to_owned(), bytes);
             digest
         } else {
-            let mut digests = Vec::with_capacity(FOLDER_FILES.len());
-            for &(rel, required) in FOLDER_FILES {
+            let wanted = pin::folder_files(root);
+            let mut digests = Vec::with_capacity(wanted.len());
+            for &(rel, required) in &wanted {
                 let path = root.join(rel);
                 if path.is_file() {
                     let bytes = read_whole(&path)?;

@@ -80,6 +80,9 @@ pub struct UNetConfig {
     /// SDXL `text_time`: width of each added time id's sinusoidal embedding.
     #[serde(default)]
     pub addition_time_embed_dim: Option<i64>,
+    /// Per-layer up-block depths (SSD-1B-style distilled SDXL): refused.
+    #[serde(default)]
+    pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
     /// SDXL `text_time`: pooled text width + 6 × `addition_time_embed_dim`.
     #[serde(default)]
     pub projection_class_embeddings_input_dim: Option<i64>,
@@ -160,6 +163,14 @@ impl UNetConfig {
                 ))
             }
         }
+        if c.reverse_transformer_layers_per_block
+            .as_ref()
+            .is_some_and(|v| !v.is_null())
+        {
+            return unsupported(
+                "reverse_transformer_layers_per_block (per-layer depths of distilled SDXL variants) is not supported".into(),
+            );
+        }
         if c.act_fn != "silu" || c.resnet_time_scale_shift != "default" {
             return unsupported(format!(
                 "act_fn {:?} / resnet_time_scale_shift {:?} (supported: silu / default)",
@@ -191,6 +202,26 @@ impl UNetConfig {
     /// SD 2.x (v2-inference.yaml) for single-file checkpoints.
     pub fn sd2() -> Self {
         Self::standard(PerBlock::Each(vec![5, 10, 20, 20]), 1024, true)
+    }
+
+    /// SDXL base (sd_xl_base.yaml) for single-file checkpoints.
+    pub fn sdxl() -> Self {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        Self {
+            sample_size: 128,
+            down_block_types: s(&[
+                "DownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+            ]),
+            up_block_types: s(&["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]),
+            block_out_channels: vec![320, 640, 1280],
+            transformer_layers_per_block: PerBlock::Each(vec![1, 2, 10]),
+            addition_embed_type: Some("text_time".into()),
+            addition_time_embed_dim: Some(256),
+            projection_class_embeddings_input_dim: Some(2816),
+            ..Self::standard(PerBlock::Each(vec![5, 10, 20]), 2048, true)
+        }
     }
 
     fn standard(heads: PerBlock, cross: i64, linear: bool) -> Self {
@@ -229,6 +260,7 @@ impl UNetConfig {
             addition_embed_type: None,
             time_cond_proj_dim: None,
             addition_time_embed_dim: None,
+            reverse_transformer_layers_per_block: None,
             projection_class_embeddings_input_dim: None,
             act_fn: "silu".into(),
             only_cross_attention: serde_json::Value::Null,

@@ -92,9 +92,12 @@ load: deps libtorch
 	$(CARGO) build --release --bins
 	target/release/weave-load --seconds $(LOAD_SECONDS) --assert
 
+# MODEL=digits (SD 1.x, the default) or MODEL=digits-xl (SDXL): the
+# project's demo models in models/.
+MODEL ?= digits
 demo: libtorch
 	$(CARGO) build --release --bins
-	scripts/demo.sh
+	WEAVE_DEMO_ID=$(MODEL) scripts/demo.sh
 
 # Where the packages put libtorch. The packaged worker's rpath names only this
 # folder (patchelf below), so an installed package never reaches back into a

@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
 # End-to-end demo (run by `make demo` after `cargo build --release --bins`):
-# starts a user-mode weave-broker on a private socket with the digits demo
+# starts a user-mode weave-broker on a private socket with a digits demo
 # model, generates one digit with `sshmctl generate` (a progress bar when
 # stderr is a terminal), prints where the PNG is and how to look at it, and
 # stops the broker.
+#
+# WEAVE_DEMO_ID (`make demo MODEL=...`) picks the model: `digits` (SD 1.x,
+# the default) or `digits-xl` (SDXL), both in models/ (models/README.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${WEAVE_BIN_DIR:-$ROOT/target/release}"
-MODEL="${WEAVE_DEMO_MODEL:-$ROOT/models/digits}"
+ID="${WEAVE_DEMO_ID:-digits}"
+case "$ID" in
+digits) KIND=sd1 SCHEDULER=ddim PNG_NAME=digit ;;
+digits-xl) KIND=sdxl SCHEDULER=euler PNG_NAME=digit-xl ;;
+*)
+	echo "demo: unknown demo model '$ID'; use MODEL=digits or MODEL=digits-xl (models/README.md)" >&2
+	exit 2
+	;;
+esac
+MODEL="${WEAVE_DEMO_MODEL:-$ROOT/models/$ID}"
 OUT_DIR="${WEAVE_DEMO_OUT:-$ROOT/target/demo}"
 DIGIT="${DIGIT:-7}"
 
@@ -18,7 +30,7 @@ for exe in weave-broker weave-worker sshmctl; do
 	fi
 done
 if [[ ! -d "$MODEL" ]]; then
-	echo "demo: $MODEL is missing; the digits demo model is produced by tools/ (see docs/ENGINE.md)" >&2
+	echo "demo: $MODEL is missing; the digits demo models are produced by tools/ (see models/README.md)" >&2
 	exit 1
 fi
 
@@ -45,8 +57,8 @@ sink = "$SINK"
 device = "cpu"
 
 [[model]]
-id = "digits"
-kind = "sd1"
+id = "$ID"
+kind = "$KIND"
 path = "$MODEL"
 
 [model.defaults]
@@ -54,7 +66,7 @@ width = 32
 height = 32
 steps = 20
 guidance = 5.0
-scheduler = "ddim"
+scheduler = "$SCHEDULER"
 TOML
 chmod 600 "$CONFIG"
 
@@ -88,8 +100,8 @@ done
 echo "demo: broker pid $BROKER listening on $SOCKET"
 
 mkdir -p "$OUT_DIR"
-PNG="$OUT_DIR/digit-$DIGIT.png"
-if ! "$BIN/sshmctl" --socket "$SOCKET" generate --model digits \
+PNG="$OUT_DIR/$PNG_NAME-$DIGIT.png"
+if ! "$BIN/sshmctl" --socket "$SOCKET" generate --model "$ID" \
 	--prompt "the number $DIGIT" --seed 42 --force -o "$PNG"; then
 	echo "demo: generation failed; broker log:" >&2
 	cat "$LOG" >&2

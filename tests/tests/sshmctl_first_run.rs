@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cli_support::{decode_png, text, Daemon};
+use cli_support::{decode_png, png_parameters, text, Daemon};
 use weave_tests::pty::{visible_lines, PtyChild};
 use weave_tests::{
     ensure_user, in_ci, repo_root, require_digits, require_root, target_bin, AuditSink,
@@ -542,4 +542,48 @@ fn make_demo_drives_sshmctl_with_a_progress_bar_on_a_terminal() {
     );
     let (width, height, _) = decode_png(&std::fs::read(&png).unwrap());
     assert_eq!((width, height), (32, 32));
+}
+
+/// `make demo MODEL=digits-xl` (the Makefile passes it as WEAVE_DEMO_ID):
+/// the same script serves the SDXL demo model as `kind = "sdxl"`, and the
+/// PNG's parameters name it; any other name is refused with the two that
+/// work, before anything starts.
+#[test]
+fn make_demo_model_digits_xl_serves_the_sdxl_model() {
+    let name = "first-run-demo-xl";
+    if !require_root(name) || !require_digits(name) {
+        return;
+    }
+    let model = repo_root().join("models/digits-xl/model_index.json");
+    if !model.exists() {
+        assert!(!in_ci(), "{name} needs models/digits-xl");
+        eprintln!("SKIP {name}: models/digits-xl is not in the tree");
+        return;
+    }
+    let scratch = Scratch::new(name);
+    let out_dir = scratch.join("demo");
+    let run = |id: &str| {
+        Command::new(repo_root().join("scripts/demo.sh"))
+            .env("WEAVE_BIN_DIR", target_bin("sshmctl").parent().unwrap())
+            .env("WEAVE_DEMO_OUT", &out_dir)
+            .env("WEAVE_DEMO_ID", id)
+            .output()
+            .unwrap()
+    };
+    let out = run("digits-xl");
+    let shown = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{shown}");
+    let png = std::fs::read(out_dir.join("digit-xl-7.png")).unwrap();
+    let (width, height, _) = decode_png(&png);
+    assert_eq!((width, height), (32, 32));
+    let parameters = png_parameters(&png);
+    assert!(parameters.contains("Model: digits-xl"), "{parameters}");
+
+    let refused = run("sd15");
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("MODEL=digits-xl"),
+        "{}",
+        text(&refused.stderr)
+    );
 }

@@ -1,9 +1,11 @@
-//! The quality gate (issue 3, item 7): our pipeline draws 200 digits from the
-//! project's demo model (every digit, DDIM and Euler, varied phrasings and
-//! seeds) and `tools/digits_gate.py` checks them with a classifier trained on
-//! the real data and a nearest-training-image distance (no copies).
+//! The quality gate (issue 3, item 7; issue 14, item 4): our pipeline draws
+//! 200 digits from each of the project's demo models — `models/digits`
+//! (SD 1.x) and `models/digits-xl` (SDXL, loaded as `ModelKind::Sdxl`) —
+//! (every digit, DDIM and Euler, varied phrasings and seeds) and
+//! `tools/digits_gate.py` checks them with a classifier trained on the real
+//! data and a nearest-training-image distance (no copies).
 //!
-//! Needs `models/digits` and the test venv (`scripts/deps.sh`: numpy,
+//! Needs the models and the test venv (`scripts/deps.sh`: numpy,
 //! scikit-learn, mlxtend). Under `CI=true` a missing piece fails the test.
 #![allow(clippy::unwrap_used)]
 
@@ -17,7 +19,7 @@ use std::time::Instant;
 
 use common::{ci, repo_root};
 use weave_worker::engine::{
-    DeviceChoice, GenerateParams, ModelSpec, Pipeline, Precision, SchedulerKind,
+    DeviceChoice, GenerateParams, ModelKind, ModelSpec, Pipeline, Precision, SchedulerKind,
 };
 
 const WORDS: [&str; 10] = [
@@ -87,12 +89,23 @@ fn python_ready(python: &Path) -> Result<(), String> {
 
 #[test]
 fn digits_model_draws_recognizable_novel_digits() {
-    let model = repo_root().join("models/digits");
+    gate("models/digits", ModelKind::Auto, 1000);
+}
+
+/// The SDXL demo model through the SDXL path: two text encoders, pooled and
+/// time-id conditioning; its empty negative prompt is the zeroed one
+/// (`force_zeros_for_empty_prompt`).
+#[test]
+fn digits_xl_model_draws_recognizable_novel_digits() {
+    gate("models/digits-xl", ModelKind::Sdxl, 5000);
+}
+
+/// Draws 200 digits from the model at `rel` (relative to the repository)
+/// and runs `tools/digits_gate.py` on them.
+fn gate(rel: &str, kind: ModelKind, seed_base: u64) {
+    let model = repo_root().join(rel);
     if !model.join("model_index.json").exists() {
-        assert!(
-            !ci(),
-            "models/digits is missing; it is part of the repository"
-        );
+        assert!(!ci(), "{rel} is missing; it is part of the repository");
         eprintln!(
             "skipping: {} has no model (not committed yet)",
             model.display()
@@ -109,7 +122,16 @@ fn digits_model_draws_recognizable_novel_digits() {
     // One intra-op thread: the model is tiny, and on a shared CI machine
     // OpenMP workers spinning at every barrier cost more than they give.
     tch::set_num_threads(1);
-    let pipe = Pipeline::load(&ModelSpec::new(&model), DeviceChoice::Cpu, Precision::F32).unwrap();
+    let spec = ModelSpec {
+        kind,
+        ..ModelSpec::new(&model)
+    };
+    let pipe = Pipeline::load(&spec, DeviceChoice::Cpu, Precision::F32).unwrap();
+    assert_eq!(
+        pipe.is_sdxl(),
+        kind == ModelKind::Sdxl,
+        "{rel} loaded as the wrong family"
+    );
     let mut pixels = Vec::new();
     let mut labels: Vec<i64> = Vec::new();
     let mut groups: Vec<i64> = Vec::new();
@@ -127,7 +149,7 @@ fn digits_model_draws_recognizable_novel_digits() {
                     height: 32,
                     steps: 20,
                     guidance: 5.0,
-                    seed: 1000 + (group * 100 + digit * 10 + k) as u64,
+                    seed: seed_base + (group * 100 + digit * 10 + k) as u64,
                     scheduler,
                     batch: 2,
                     clip_skip: 0,
@@ -188,11 +210,11 @@ fn digits_model_draws_recognizable_novel_digits() {
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     eprintln!(
-        "digits gate (group 0 = DDIM, 1 = Euler):\n{report}{}",
+        "digits gate for {rel} (group 0 = DDIM, 1 = Euler):\n{report}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         out.status.success(),
-        "the digits quality gate failed:\n{report}"
+        "the digits quality gate failed for {rel}:\n{report}"
     );
 }

@@ -51,7 +51,12 @@ impl Daemon {
 
     pub fn running_jobs(&self) -> Vec<u64> {
         match Client::hello(&self.broker.socket).call(&Request::AllJobs) {
-            Response::Jobs(jobs) => jobs.iter().map(|j| j.job_id).collect(),
+            // Live jobs, not the history of ended ones.
+            Response::Jobs(jobs) => jobs
+                .iter()
+                .filter(|j| !matches!(j.state, JobState::Finished | JobState::Failed))
+                .map(|j| j.job_id)
+                .collect(),
             other => panic!("unexpected {other:?}"),
         }
     }

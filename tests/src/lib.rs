@@ -377,20 +377,7 @@ impl TestConfig {
     /// group/world-writable).
     pub fn write(&self, dir: &Path) -> PathBuf {
         if !self.model_path.exists() {
-            std::fs::create_dir_all(&self.model_path).unwrap();
-            std::fs::set_permissions(&self.model_path, std::fs::Permissions::from_mode(0o755))
-                .unwrap();
-            for &(relative, required) in weave_common::pin::FOLDER_FILES {
-                if required {
-                    let file = self.model_path.join(relative);
-                    let dir = file.parent().unwrap();
-                    std::fs::create_dir_all(dir).unwrap();
-                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-                    std::fs::write(&file, b"{}").unwrap();
-                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
-                        .unwrap();
-                }
-            }
+            write_placeholder_model(&self.model_path);
         }
         let path = dir.join("weave.toml");
         std::fs::write(&path, self.toml()).unwrap();
@@ -617,6 +604,23 @@ pub fn digits_request(prompt: &str) -> GenerateRequest {
         batch: 1,
         tag: None,
         use_model_negative: true,
+    }
+}
+
+/// A folder holding every file the broker's model check requires, each
+/// `{}`: it passes the check and a real worker fails to load it.
+pub fn write_placeholder_model(path: &Path) {
+    std::fs::create_dir_all(path).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for &(relative, required) in weave_common::pin::FOLDER_FILES {
+        if required {
+            let file = path.join(relative);
+            let dir = file.parent().unwrap();
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::write(&file, b"{}").unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
     }
 }
 

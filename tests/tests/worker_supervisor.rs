@@ -222,8 +222,15 @@ fn keys_rotate_without_restarting_the_worker() {
 
 #[test]
 fn unknown_and_unloadable_models_fail_typed() {
-    let (mut sup, dir) = scratch_supervisor("unloadable");
-    std::fs::write(dir.join("model.safetensors"), b"not a model").unwrap();
+    // Passes the broker's file check; the worker cannot load it.
+    let dir = scratch_model_dir("unloadable");
+    weave_tests::write_placeholder_model(&dir);
+    let mut sup = WorkerSupervisor::new(config(vec![ModelEntry {
+        id: "m".into(),
+        kind: ModelKind::Sd1,
+        path: dir.clone(),
+        sha256: None,
+    }]));
     assert!(matches!(
         sup.load("nope"),
         Err(SupervisorError::UnknownModel { .. })

@@ -107,7 +107,10 @@ fn fake_worker() {
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut &pipe, &mut bytes).unwrap();
     let bootstrap = worker_proto::decode_bootstrap(&bytes).unwrap();
-    let mode = bootstrap.models[0].path.to_string_lossy().into_owned();
+    let path = &bootstrap.models[0].path;
+    let mode = path
+        .file_name()
+        .map_or_else(String::new, |name| name.to_string_lossy().into_owned());
     let mut ch = WorkerEndpoint::from_inherited(
         &bootstrap,
         take(fds::TO_WORKER_SEGMENT),
@@ -228,7 +231,7 @@ fn supervisor(mode: &str) -> WorkerSupervisor {
     let models = vec![ModelEntry {
         id: "m".into(),
         kind: ModelKind::Sd1,
-        path: mode.into(),
+        path: placeholder(mode),
         sha256: None,
     }];
     let mut c = SupervisorConfig::new(fake_exe(), models);
@@ -267,6 +270,16 @@ fn run(
         &AtomicBool::new(false),
         &mut |_| {},
     )
+}
+
+/// A folder named after the misbehaviour that passes the broker's model
+/// file check (the fake worker never reads it).
+fn placeholder(mode: &str) -> PathBuf {
+    let path = std::env::temp_dir()
+        .join(format!("weave-untrusted-{}", std::process::id()))
+        .join(mode);
+    weave_tests::write_placeholder_model(&path);
+    path
 }
 
 fn assert_killed_for_bad_output(mode: &str, bad_output: bool) {

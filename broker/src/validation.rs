@@ -63,6 +63,11 @@ mod tests {
             batch: 1,
             tag: None,
             use_model_negative: false,
+            init_image: None,
+            mask: None,
+            strength: None,
+            loras: Vec::new(),
+            preview_every: 0,
         }
     }
 

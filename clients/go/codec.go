@@ -73,6 +73,15 @@ func (r *request) encode(e *encoder) {
 		e.u32(g.Batch)
 		e.optStr(g.Tag)
 		e.bool(g.UseModelNegative)
+		e.optBytes(g.InitImage)
+		e.optBytes(g.Mask)
+		e.optF32(g.Strength)
+		e.u32(uint32(len(g.Loras)))
+		for _, l := range g.Loras {
+			e.str(l.ID)
+			e.f32(l.Weight)
+		}
+		e.u32(g.PreviewEvery)
 	case reqCancel:
 		e.u64(r.jobID)
 	case reqLoad, reqPin, reqUnpin, reqQuarantineClear:
@@ -106,6 +115,16 @@ func decodeRequest(body []byte) (*request, error) {
 		g.Batch = d.u32("batch")
 		g.Tag = d.optStr("tag")
 		g.UseModelNegative = d.bool("use_model_negative")
+		g.InitImage = d.optBytes("init_image")
+		g.Mask = d.optBytes("mask")
+		g.Strength = d.optF32("strength")
+		if n := d.length("loras"); n > 0 {
+			g.Loras = make([]LoraChoice, 0, n)
+			for i := 0; i < n; i++ {
+				g.Loras = append(g.Loras, LoraChoice{ID: d.str("loras.id"), Weight: d.f32("loras.weight")})
+			}
+		}
+		g.PreviewEvery = d.u32("preview_every")
 	case reqCancel:
 		r.jobID = d.u64("job_id")
 	case reqLoad, reqPin, reqUnpin, reqQuarantineClear:

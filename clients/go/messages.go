@@ -194,6 +194,23 @@ type GenerateRequest struct {
 	// negative prompt ([model.defaults] negative_prompt). False: the
 	// NegativePrompt is used as sent, and empty means none.
 	UseModelNegative bool
+	// InitImage: img2img and inpainting start from these PNG bytes; nil:
+	// text to image.
+	InitImage []byte
+	// Mask: inpainting, a PNG the size of InitImage, white = repaint.
+	Mask []byte
+	// Strength: img2img denoising strength in (0, 1]; nil: the default.
+	Strength *float32
+	// Loras: configured LoRA ids with their weights, applied in order.
+	Loras []LoraChoice
+	// PreviewEvery: a Preview event every this many steps; 0: none.
+	PreviewEvery uint32
+}
+
+// LoraChoice names one configured LoRA ([[lora]] id) and its weight.
+type LoraChoice struct {
+	ID     string
+	Weight float32
 }
 
 // Ptr returns a pointer to v, for the optional fields of GenerateRequest.

@@ -77,6 +77,14 @@ func (e *encoder) optF32(v *float32) {
 	}
 }
 
+// optBytes writes nil as None and any other slice (empty included) as
+// Some(bytes).
+func (e *encoder) optBytes(v []byte) {
+	if e.some(v != nil) {
+		e.bytes(v)
+	}
+}
+
 func (e *encoder) optStr(v *string) {
 	if e.some(v != nil) {
 		e.str(*v)
@@ -273,6 +281,13 @@ func (d *decoder) optF32(what string) *float32 {
 	}
 	v := d.f32(what)
 	return &v
+}
+
+func (d *decoder) optBytes(what string) []byte {
+	if !d.some(what) {
+		return nil
+	}
+	return d.raw(what)
 }
 
 func (d *decoder) optStr(what string) *string {

@@ -93,6 +93,9 @@ pub enum ValidationError {
     /// A prompt whose A1111 attention syntax does not parse: a `(text:w)`
     /// weight that is not a number or is out of range.
     BadPromptSyntax { field: &'static str },
+    /// A field of the protocol whose feature this version does not build
+    /// yet: refused, never ignored.
+    NotBuilt { field: &'static str },
 }
 
 impl ValidationError {
@@ -104,7 +107,8 @@ impl ValidationError {
             | ValidationError::NotFinite { field, .. }
             | ValidationError::BadLength { field, .. }
             | ValidationError::ForbiddenCharacter { field, .. }
-            | ValidationError::BadPromptSyntax { field } => field,
+            | ValidationError::BadPromptSyntax { field }
+            | ValidationError::NotBuilt { field } => field,
         }
     }
 
@@ -136,6 +140,9 @@ impl ValidationError {
                  (write `\\(` and `\\)` for literal brackets)",
                 max = crate::prompt::syntax::MAX_EXPLICIT_WEIGHT
             ),
+            ValidationError::NotBuilt { .. } => {
+                "left out: this version of the daemon does not build that feature yet".to_owned()
+            }
         }
     }
 }
@@ -192,6 +199,19 @@ pub fn validate_generate(
     validate_range("batch", request.batch, 1, bounds.max_batch)?;
     if let Some(tag) = &request.tag {
         validate_identifier("tag", tag, bounds.max_tag_len)?;
+    }
+    refuse_not_built("init_image", request.init_image.is_some())?;
+    refuse_not_built("mask", request.mask.is_some())?;
+    refuse_not_built("strength", request.strength.is_some())?;
+    refuse_not_built("loras", !request.loras.is_empty())?;
+    refuse_not_built("preview_every", request.preview_every != 0)?;
+    Ok(())
+}
+
+/// Refuses a set field whose feature is not built yet.
+fn refuse_not_built(field: &'static str, set: bool) -> Result<(), ValidationError> {
+    if set {
+        return Err(ValidationError::NotBuilt { field });
     }
     Ok(())
 }
@@ -365,6 +385,11 @@ mod tests {
             batch: 2,
             tag: Some("user-42.session_7".into()),
             use_model_negative: true,
+            init_image: None,
+            mask: None,
+            strength: None,
+            loras: Vec::new(),
+            preview_every: 0,
         }
     }
 
@@ -558,6 +583,27 @@ mod tests {
     }
 
     type Change = dyn FnOnce(&mut GenerateRequest);
+
+    #[test]
+    fn fields_of_features_not_built_are_refused_by_name() {
+        assert_eq!(
+            rejected(|r| r.init_image = Some(vec![0x89, b'P'])).field(),
+            "init_image"
+        );
+        assert_eq!(rejected(|r| r.mask = Some(Vec::new())).field(), "mask");
+        assert_eq!(rejected(|r| r.strength = Some(0.5)).field(), "strength");
+        assert_eq!(
+            rejected(|r| r.loras.push(crate::proto::LoraChoice {
+                id: "bold".into(),
+                weight: 1.0
+            }))
+            .field(),
+            "loras"
+        );
+        let error = rejected(|r| r.preview_every = 2);
+        assert_eq!(error.field(), "preview_every");
+        assert!(error.to_string().contains("does not build"), "{error}");
+    }
 
     #[test]
     fn errors_never_contain_the_rejected_value() {

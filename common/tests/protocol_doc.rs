@@ -110,6 +110,11 @@ fn examples() -> BTreeMap<&'static str, Example> {
             batch: 2,
             tag: Some("u-42".into()),
             use_model_negative: false,
+            init_image: None,
+            mask: None,
+            strength: None,
+            loras: Vec::new(),
+            preview_every: 0,
         }),
     );
     request(
@@ -127,6 +132,11 @@ fn examples() -> BTreeMap<&'static str, Example> {
             batch: 1,
             tag: None,
             use_model_negative: true,
+            init_image: None,
+            mask: None,
+            strength: None,
+            loras: Vec::new(),
+            preview_every: 0,
         }),
     );
     request("request/cancel", Request::Cancel { job_id: 300 });

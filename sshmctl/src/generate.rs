@@ -44,6 +44,11 @@ pub fn run(
         batch: args.batch,
         tag: args.tag.clone(),
         use_model_negative: args.negative.is_none(),
+        init_image: None,
+        mask: None,
+        strength: None,
+        loras: Vec::new(),
+        preview_every: 0,
     };
 
     let job = Arc::new(AtomicU64::new(NO_JOB));

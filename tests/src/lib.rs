@@ -604,6 +604,11 @@ pub fn digits_request(prompt: &str) -> GenerateRequest {
         batch: 1,
         tag: None,
         use_model_negative: true,
+        init_image: None,
+        mask: None,
+        strength: None,
+        loras: Vec::new(),
+        preview_every: 0,
     }
 }
 

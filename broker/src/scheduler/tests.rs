@@ -162,6 +162,11 @@ impl Harness {
             batch: 1,
             tag: tag.map(str::to_owned),
             use_model_negative: true,
+            init_image: None,
+            mask: None,
+            strength: None,
+            loras: Vec::new(),
+            preview_every: 0,
         };
         let admission = self.broker.submit(uid, &request)?;
         self.tags

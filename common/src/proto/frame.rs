@@ -292,6 +292,11 @@ struct GenerateWire {
     batch: u32,
     tag: Option<String>,
     use_model_negative: bool,
+    init_image: Option<Vec<u8>>,
+    mask: Option<Vec<u8>>,
+    strength: Option<f32>,
+    loras: Vec<super::LoraChoice>,
+    preview_every: u32,
 }
 
 /// `UnknownVariant` for a `Generate` body whose only fault is its
@@ -352,6 +357,11 @@ mod tests {
             batch: 1,
             tag: Some("t".into()),
             use_model_negative: true,
+            init_image: None,
+            mask: None,
+            strength: None,
+            loras: Vec::new(),
+            preview_every: 0,
         };
         let body = postcard::to_stdvec(&Request::Generate(request.clone())).unwrap();
         // The scheduler's index is the only byte 4 in this body past the
@@ -384,8 +394,10 @@ mod tests {
         }
         // Another fault in a Generate stays a malformed body.
         let mut broken = body.clone();
-        let last = broken.len() - 1;
-        broken[last] = 9; // use_model_negative: not a bool
+        // use_model_negative, before the five one-byte empty fields after it
+        // (init_image, mask, strength, loras, preview_every): not a bool.
+        let at = broken.len() - 6;
+        broken[at] = 9;
         assert!(matches!(
             decode_request_body(&broken),
             Err(FrameError::Malformed(_))
@@ -407,6 +419,11 @@ mod tests {
             batch: 6,
             tag: Some("tag".into()),
             use_model_negative: false,
+            init_image: None,
+            mask: None,
+            strength: None,
+            loras: Vec::new(),
+            preview_every: 0,
         };
         let body = postcard::to_stdvec(&request).unwrap();
         let (wire, rest) = postcard::take_from_bytes::<GenerateWire>(&body).unwrap();
@@ -433,6 +450,11 @@ mod tests {
             batch: 1,
             tag: Some("u-17".into()),
             use_model_negative: true,
+            init_image: None,
+            mask: None,
+            strength: None,
+            loras: Vec::new(),
+            preview_every: 0,
         })
     }
 

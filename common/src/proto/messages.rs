@@ -123,6 +123,32 @@ pub struct GenerateRequest {
     /// prompt (`[model.defaults] negative_prompt`). `false`:
     /// `negative_prompt` is used as sent, and empty means none.
     pub use_model_negative: bool,
+    /// img2img and inpainting: the starting image, as PNG bytes
+    /// (docs/PROTOCOL.md, "Image inputs"). `None`: text to image. Added in
+    /// protocol version 2.
+    pub init_image: Option<Vec<u8>>,
+    /// Inpainting: a PNG mask the size of `init_image`, white = repaint,
+    /// black = keep. Needs `init_image`. Added in protocol version 2.
+    pub mask: Option<Vec<u8>>,
+    /// img2img denoising strength in (0, 1]: the share of the schedule that
+    /// runs on the noised `init_image`. `None`: the broker's default. Only
+    /// with `init_image`. Added in protocol version 2.
+    pub strength: Option<f32>,
+    /// LoRAs to apply, by `[[lora]]` id from the config (never a path), with
+    /// their weights, in order. Empty: none. Added in protocol version 2.
+    pub loras: Vec<LoraChoice>,
+    /// Send a `Response::Preview` every this many steps; 0: no previews
+    /// (the default). Added in protocol version 2.
+    pub preview_every: u32,
+}
+
+/// One LoRA a request asks for: a configured id and its weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraChoice {
+    /// The `[[lora]] id` from the config.
+    pub id: String,
+    /// How strongly it is applied; the config bounds it.
+    pub weight: f32,
 }
 
 /// Sampling schedulers the engine implements. On the wire a variant is its

@@ -24,7 +24,7 @@ pub use frame::{
 };
 pub use messages::{
     ChannelDirection, ChannelStatsReport, GenerateRequest, GenerationDefaults, JobInfo, JobState,
-    LoadedModel, Mode, ModelInfo, ParseSchedulerError, Request, Response, Role, Scheduler,
+    LoadedModel, LoraChoice, Mode, ModelInfo, ParseSchedulerError, Request, Response, Role, Scheduler,
     SegmentStats, StatusReport, WorkerMemory, WorkerState, JOB_HISTORY,
 };
 pub use named::Named;

@@ -222,6 +222,11 @@ fn main() -> ExitCode {
                 batch: 1,
                 tag: value("--tag"),
                 use_model_negative: true,
+                init_image: None,
+                mask: None,
+                strength: None,
+                loras: Vec::new(),
+                preview_every: 0,
             };
             write_request(&mut stream, &Request::Generate(request)).unwrap();
             loop {

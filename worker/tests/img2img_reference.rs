@@ -252,17 +252,4 @@ fn bad_image_inputs_get_typed_errors() {
     assert!(single.vae_encoder().is_none());
     let err = single.generate(&case.params(4, 0.5, false), &mut go());
     assert!(matches!(err, Err(EngineError::NotBuilt(_))), "{err:?}");
-
-    // SDXL image inputs are not checked against diffusers yet: refused.
-    let xl = Pipeline::load(
-        &ModelSpec::new(dir.join("tiny-sdxl")),
-        DeviceChoice::Cpu,
-        Precision::F32,
-    )
-    .unwrap();
-    let err = xl.generate(&case.params(4, 0.5, false), &mut go());
-    assert!(
-        matches!(err, Err(EngineError::NotBuilt(ref m)) if m.contains("SDXL")),
-        "{err:?}"
-    );
 }

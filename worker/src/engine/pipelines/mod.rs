@@ -20,11 +20,13 @@ use crate::engine::vae::VaeDecoder;
 use crate::engine::vae_encoder::VaeEncoder;
 use crate::engine::EngineError;
 
+pub mod image_input;
 pub mod img2img;
 pub mod sd;
 pub mod sdxl;
 
-pub use img2img::{ImageInput, Mask};
+pub use image_input::{ImageInput, Mask};
+pub use img2img::Stage;
 
 /// One prompt's conditioning, batch 1.
 pub struct PromptEmbeds {
@@ -418,11 +420,23 @@ impl Pipeline {
         p: &GenerateParams,
         progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor, EngineError> {
+        self.generate_latents_traced(p, progress, &mut |_, _| {})
+    }
+
+    /// [`Self::generate_latents`], handing every intermediate [`Stage`] of
+    /// an image-conditioned run to `trace` (text-to-image traces nothing).
+    pub fn generate_latents_traced(
+        &self,
+        p: &GenerateParams,
+        progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
+        trace: &mut dyn FnMut(Stage, &Tensor),
+    ) -> Result<Tensor, EngineError> {
         if let Some(input) = &p.image {
-            return self.image_latents(p, input, progress);
+            return self.image_latents(p, input, progress, trace);
         }
         let _no_grad = tch::no_grad_guard();
         self.validate(p)?;
+        self.check_text_to_image()?;
         let cfg = p.guidance > 1.0;
         let cond = self.conditioning(p, cfg)?;
         let mut scheduler = Scheduler::new(p.scheduler, &self.scheduler_config, p.steps as usize)?;

@@ -172,6 +172,8 @@ fn nine_channel_inpainting_matches_diffusers_stage_by_stage() {
                     Stage::UnetOutput(0) => "unet_output_0".into(),
                     Stage::Latents(n) => format!("latents_step_{n}"),
                     Stage::ImageLatents
+                    | Stage::TimeIds
+                    | Stage::TextEmbeds
                     | Stage::Noise
                     | Stage::UnetInput(_)
                     | Stage::UnetOutput(_) => return,

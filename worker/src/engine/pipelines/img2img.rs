@@ -28,6 +28,10 @@ use crate::engine::EngineError;
 /// stage against diffusers (`Pipeline::generate_latents_traced`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// SDXL's added time ids, batched as the UNet gets them `[b, 6]`.
+    TimeIds,
+    /// SDXL's pooled text embeddings, batched `[b, P]`.
+    TextEmbeds,
     /// The scaled VAE sample of the init image (absent for a 9-channel UNet
     /// at strength 1, which diffusers does not encode).
     ImageLatents,
@@ -132,6 +136,10 @@ impl Pipeline {
         let (start, run) = strength_schedule(p.steps as usize, input.strength)?;
         let cfg = p.guidance > 1.0;
         let cond = self.conditioning(p, cfg)?;
+        if let Some(tt) = &cond.text_time {
+            trace(Stage::TimeIds, &tt.time_ids);
+            trace(Stage::TextEmbeds, &tt.text_embeds);
+        }
         let mut scheduler = Scheduler::new(p.scheduler, &self.scheduler_config, p.steps as usize)?;
         scheduler.begin_at(start)?;
         let (kind, device) = (self.kind, self.device);

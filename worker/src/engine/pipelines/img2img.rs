@@ -92,8 +92,8 @@ impl Pipeline {
     /// the caller holds the RNG lock.
     fn encode_sample(&self, image: &Tensor) -> Result<Tensor, EngineError> {
         let encoder = self.vae_encoder.as_ref().ok_or_else(|| {
-            EngineError::NotBuilt(
-                "img2img and inpainting with a single-file checkpoint (its VAE encoder keys are not mapped yet); use a diffusers folder".into(),
+            EngineError::InvalidParams(
+                "init_image: this model's VAE has no encoder weights (no vae/encoder.* or first_stage_model.encoder.* keys), which img2img and inpainting need; use a checkpoint or diffusers folder that includes the full VAE".into(),
             )
         })?;
         let c = self.vae.config();

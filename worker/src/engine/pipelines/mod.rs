@@ -205,8 +205,8 @@ pub struct Pipeline {
     conditioner: Box<dyn Conditioner>,
     unet: UNet,
     vae: VaeDecoder,
-    /// Absent when the weights have no encoder (single-file checkpoints:
-    /// only the decoder's keys are mapped).
+    /// Absent when the weights have no encoder (a decoder-only VAE file or
+    /// a checkpoint pruned of it): image inputs are then refused.
     vae_encoder: Option<VaeEncoder>,
     /// The VAE's dtype: the compute dtype, or fp32 for an SDXL VAE with
     /// `force_upcast` when computing in fp16 (it overflows there).

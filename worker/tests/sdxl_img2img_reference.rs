@@ -264,3 +264,64 @@ fn sdxl_every_scheduler_matches_diffusers() {
         }
     }
 }
+
+/// An SDXL UNet with 9 input channels (an SDXL inpainting model) is refused
+/// with `NotBuilt`, not run as if it were the base model: the tiny SDXL
+/// model with its `conv_in` widened to 9 channels.
+#[test]
+fn sdxl_nine_channel_unet_is_refused() {
+    let Some(case) = Case::load() else { return };
+    let dir = fixtures().unwrap().join("tiny-sdxl");
+    let model = tempfile::tempdir().unwrap();
+    for entry in walk(&dir) {
+        let rel = entry.strip_prefix(&dir).unwrap();
+        let to = model.path().join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &to).unwrap();
+    }
+    let unet_file = model
+        .path()
+        .join("unet/diffusion_pytorch_model.safetensors");
+    let widened: Vec<(String, Tensor)> = Tensor::read_safetensors(&unet_file)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            if k == "conv_in.weight" {
+                let (o, _, h, w) = t.size4().unwrap();
+                (k, Tensor::zeros([o, 9, h, w], (t.kind(), Device::Cpu)))
+            } else {
+                (k, t)
+            }
+        })
+        .collect();
+    Tensor::write_safetensors(&widened, &unet_file).unwrap();
+    let config_path = model.path().join("unet/config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["in_channels"] = 9.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let pipe = Pipeline::load(
+        &ModelSpec::new(model.path()),
+        DeviceChoice::Cpu,
+        Precision::F32,
+    )
+    .unwrap();
+    let err = pipe.generate(&case.params(4, 0.75, true), &mut go());
+    assert!(
+        matches!(err, Err(weave_worker::engine::EngineError::NotBuilt(ref m)) if m.contains("SDXL inpainting UNets")),
+        "{err:?}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -20,7 +20,7 @@ use tch::{Device, Tensor};
 
 use super::image_input::{image_tensor, strength_schedule};
 use super::{global_rng_lock, GenerateParams, ImageInput, Pipeline};
-use crate::engine::denoisers::Denoiser;
+use crate::engine::denoisers::{Conditioning, Denoiser};
 use crate::engine::schedulers::{Scheduler, SchedulerError};
 use crate::engine::EngineError;
 
@@ -109,6 +109,7 @@ impl Pipeline {
         &self,
         p: &GenerateParams,
         input: &ImageInput,
+        cond: &Conditioning,
         progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
         trace: &mut dyn FnMut(Stage, &Tensor),
     ) -> Result<Tensor, EngineError> {
@@ -135,7 +136,6 @@ impl Pipeline {
         }
         let (start, run) = strength_schedule(p.steps as usize, input.strength)?;
         let cfg = p.guidance > 1.0;
-        let cond = self.conditioning(p, cfg)?;
         if let Some(tt) = &cond.text_time {
             trace(Stage::TimeIds, &tt.time_ids);
             trace(Stage::TextEmbeds, &tt.text_embeds);
@@ -227,7 +227,7 @@ impl Pipeline {
                 model_input = Tensor::f_cat(&[&model_input, extra], 1)?;
             }
             trace(Stage::UnetInput(done), &model_input);
-            let noise_pred = self.unet.predict(&model_input, t, &cond)?;
+            let noise_pred = self.unet.predict(&model_input, t, cond)?;
             trace(Stage::UnetOutput(done), &noise_pred);
             let noise_pred = if cfg {
                 let halves = noise_pred.f_chunk(2, 0)?;

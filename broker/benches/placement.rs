@@ -33,7 +33,15 @@ fn main() {
     const SEED: u64 = 2026;
     println!(
         "{:<34} {:>4} {:>9} {:>8} {:>6} {:>6} {:>7} {:>8} {:>10}",
-        "scenario", "gpus", "makespan", "jobs/s", "loads", "evict", "util", "fairness", "worst wait"
+        "scenario",
+        "gpus",
+        "makespan",
+        "jobs/s",
+        "loads",
+        "evict",
+        "util",
+        "fairness",
+        "worst wait"
     );
     for devices in [1, 2, 8] {
         let scenario = shared_box(devices, OWNERS, JOBS_PER_OWNER, SEED);

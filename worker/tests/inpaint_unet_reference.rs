@@ -281,3 +281,44 @@ fn nine_channel_unet_refuses_requests_without_a_mask() {
         "{err:?}"
     );
 }
+
+/// A UNet taking neither 4 nor 9 channels (InstructPix2Pix's 8) is refused
+/// with `NotBuilt` for every request, not run on a wrong-sized input.
+#[test]
+fn other_unet_channel_counts_are_refused() {
+    let Some(dir) = fixtures() else { return };
+    let case = Case::load(&dir);
+    let model = case._model.path();
+    let unet_file = model.join("unet/diffusion_pytorch_model.safetensors");
+    let narrowed: Vec<(String, Tensor)> = Tensor::read_safetensors(&unet_file)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            if k == "conv_in.weight" {
+                let (o, _, h, w) = t.size4().unwrap();
+                (k, Tensor::zeros([o, 8, h, w], (t.kind(), Device::Cpu)))
+            } else {
+                (k, t)
+            }
+        })
+        .collect();
+    Tensor::write_safetensors(&narrowed, &unet_file).unwrap();
+    let config_path = model.join("unet/config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["in_channels"] = 8.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let pipe = Pipeline::load(&ModelSpec::new(model), DeviceChoice::Cpu, Precision::F32).unwrap();
+    let mut p = case.params(0.75);
+    let err = pipe.generate(&p, &mut go());
+    assert!(
+        matches!(err, Err(EngineError::NotBuilt(ref m)) if m.contains("8 input channels")),
+        "{err:?}"
+    );
+    p.image = None;
+    let err = pipe.generate(&p, &mut go());
+    assert!(
+        matches!(err, Err(EngineError::NotBuilt(ref m)) if m.contains("8 input channels")),
+        "{err:?}"
+    );
+}

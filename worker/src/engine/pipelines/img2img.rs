@@ -68,8 +68,8 @@ impl Pipeline {
         match self.unet.in_channels() {
             n if n == latent => Ok(UnetInputs::Latents),
             n if n == 2 * latent + 1 => Ok(UnetInputs::Inpainting),
-            n => Err(EngineError::InvalidParams(format!(
-                "the UNet takes {n} input channels; the VAE gives {latent}, so it must take {latent} (text-to-image) or {} (inpainting)",
+            n => Err(EngineError::NotBuilt(format!(
+                "a UNet with {n} input channels (e.g. InstructPix2Pix's 8): only {latent} (text-to-image) and {} (inpainting) are built for this VAE",
                 2 * latent + 1
             ))),
         }

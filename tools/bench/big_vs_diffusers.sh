@@ -25,6 +25,15 @@ DEVICE="${DEVICE:-cpu}"
 FLAVOR="${FLAVOR:-$([[ "$DEVICE" == cuda* ]] && echo cuda || echo cpu)}"
 scripts/libtorch.sh "$FLAVOR" >&2
 export LIBTORCH="$ROOT/.cache/libtorch/$FLAVOR" LIBTORCH_CXX11_ABI=1 WEAVE_TORCH_FLAVOR="$FLAVOR"
+if [[ "$FLAVOR" == cuda ]]; then
+	# As the Makefile's FLAVOR=cuda: torch 2.11.0 (the GPU machine's build),
+	# tch's version check skipped, the stubs of docs/PERFORMANCE.md's GPU
+	# check force-included, its own target folder.
+	export CUDA_TORCH_VERSION="${CUDA_TORCH_VERSION:-2.11.0}" LIBTORCH_BYPASS_VERSION_CHECK=1
+	export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/cuda}"
+	compat="$ROOT/scripts/tch-compat/torch-$CUDA_TORCH_VERSION.h"
+	if [[ -f "$compat" ]]; then export CXXFLAGS="${CXXFLAGS:-} -include $compat"; fi
+fi
 DIR="${BENCH_BIG_DIR:-$ROOT/.cache/bench-models}"
 "$PYTHON" tools/bench/make_big_models.py "$DIR" --models "${BENCH_BIG_MODELS:-sd15,sdxl}" >&2
 cargo build --release --bins >&2

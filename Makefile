@@ -80,9 +80,16 @@ fuzz-smoke: deps
 # docs/PERFORMANCE.md: every bench, ratios measured within one run. The
 # engine-vs-diffusers bench needs diffusers (tools/bench/venv.sh installs it
 # into .cache/venv-bench; WEAVE_BENCH_PYTHON=... uses another Python).
+# BENCH_BIG=1 adds the SD 1.5-size and SDXL-size models through the daemon
+# against diffusers (big_vs_diffusers; tens of minutes on a CPU): it builds
+# their random-weight folders into .cache/bench-models first (≈ 8.5 GB,
+# kept); BENCH_BIG_* and DEVICE tune it (tools/bench/big_vs_diffusers.sh).
+BENCH_BIG ?= 0
 bench: deps libtorch
 	$(CARGO) build --workspace --release --bins  # the broker benches start the real binaries
-	python="$$(tools/bench/venv.sh)" && WEAVE_BENCH_PYTHON="$$python" $(CARGO) bench --workspace
+	python="$$(tools/bench/venv.sh)" && \
+	if [[ "$(BENCH_BIG)" == 1 ]]; then "$$python" tools/bench/make_big_models.py "$${BENCH_BIG_DIR:-$(ROOT)/.cache/bench-models}" --models "$${BENCH_BIG_MODELS:-sd15,sdxl}"; fi && \
+	WEAVE_BENCH_PYTHON="$$python" WEAVE_BENCH_BIG=$(BENCH_BIG) $(CARGO) bench --workspace
 
 # The load harness (docs/RELIABILITY.md): 60 s of valid, invalid,
 # unauthorized, malformed and slow-reader clients against a user-mode broker.

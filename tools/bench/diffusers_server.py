@@ -1,14 +1,28 @@
 #!/usr/bin/env python3
-"""The diffusers side of `worker/benches/engine_vs_diffusers.rs`.
+"""The diffusers side of `worker/benches/engine_vs_diffusers.rs` and
+`worker/benches/big_vs_diffusers.rs` (and of tools/gpu/check.sh).
 
-Loads a StableDiffusionPipeline once, warms it up, prints `ready <info>`, then
-answers each stdin line `gen <seed> <onednn 0|1> [PNG path]` with the
-seconds one generation took (and saves the image when a path is given) (measured here, around the pipeline call only, so neither
-process start-up nor the pipe counts). The Rust bench drives it between its
-own generations, so both sides see the same machine load.
+Loads a pipeline once (timed: `from_pretrained` and the move to the
+device, not the imports), warms it up, prints `ready <info>`, then answers
+each stdin line:
 
-Arguments: model device threads steps guidance size prompt
+- `gen <seed> <onednn 0|1> [PNG path]`: the seconds one generation took
+  (and saves the image when a path is given), measured here around the
+  pipeline call only, so neither process start-up nor the pipe counts;
+- `stats`: `load_s <seconds of the first load> vmhwm_kb <VmHWM of this
+  process> vmrss_kb <VmRSS>`;
+- `reload`: drops the pipeline, loads it again, answers the seconds.
+
+The Rust benches drive it between their own generations, so both sides see
+the same machine load.
+
+Arguments: model device threads steps guidance size prompt [options]
+  --pipeline sd|sdxl      StableDiffusionPipeline (default) or StableDiffusionXLPipeline
+  --scheduler ddim|euler  DDIMScheduler (default) or EulerDiscreteScheduler, from the folder's config
+  --warmup onednn|once|none  one generation with oneDNN on and one off (default), one, or none
 """
+import argparse
+import gc
 import sys
 import time
 import warnings
@@ -16,17 +30,42 @@ import warnings
 import diffusers
 import torch
 import transformers
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import (
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 
 # Only the timings go to stdout; keep stderr to real errors.
 warnings.filterwarnings("ignore", category=FutureWarning)
 diffusers.utils.logging.disable_progress_bar()
 transformers.utils.logging.disable_progress_bar()
 
+PIPELINES = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
+SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
+
+
+def proc_status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
 
 def main() -> None:
-    model, device, threads, steps, guidance, size, prompt = sys.argv[1:8]
-    threads, steps, size, guidance = int(threads), int(steps), int(size), float(guidance)
+    ap = argparse.ArgumentParser()
+    for name in ("model", "device", "threads", "steps", "guidance", "size", "prompt"):
+        ap.add_argument(name)
+    ap.add_argument("--pipeline", choices=sorted(PIPELINES), default="sd")
+    ap.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim")
+    ap.add_argument("--warmup", choices=["onednn", "once", "none"], default="onednn")
+    args = ap.parse_args()
+    model, device = args.model, args.device
+    threads, steps, size, guidance = int(args.threads), int(args.steps), int(args.size), float(args.guidance)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"diffusers side: device {device} asked for, but this torch ({torch.__version__}) sees no CUDA device")
     torch.set_num_threads(threads)
     # The worker runs libtorch with one inter-op thread too.
     try:
@@ -35,12 +74,21 @@ def main() -> None:
         pass
     # Precision as the engine's `Precision::Auto`: fp32 on CPU, fp16 on CUDA.
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = StableDiffusionPipeline.from_pretrained(
-        model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
-    )
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    pipe = pipe.to(device)
+
+    def load():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        extra = {} if args.pipeline == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+        pipe = PIPELINES[args.pipeline].from_pretrained(model, torch_dtype=dtype, **extra)
+        pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        pipe = pipe.to(device)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return pipe, time.perf_counter() - start
+
+    pipe, load_s = load()
 
     def generate(seed: int, save: str = "") -> float:
         # Initial noise from a CPU generator, as diffusers' default and the
@@ -51,7 +99,7 @@ def main() -> None:
         start = time.perf_counter()
         with torch.inference_mode():
             image = pipe(
-                prompt,
+                prompt=args.prompt,
                 height=size,
                 width=size,
                 num_inference_steps=steps,
@@ -67,21 +115,36 @@ def main() -> None:
             image.save(save)
         return elapsed
 
-    for onednn in (True, False):
+    warmups = {"onednn": (True, False), "once": (True,), "none": ()}[args.warmup]
+    for onednn in warmups:
         torch.backends.mkldnn.enabled = onednn
         generate(0)
-    info = f"torch {torch.__version__}, threads {torch.get_num_threads()}, {dtype}, device {device}"
+    torch.backends.mkldnn.enabled = True
+    info = (
+        f"torch {torch.__version__}, diffusers {diffusers.__version__}, {type(pipe).__name__}, "
+        f"{type(pipe.scheduler).__name__}, threads {torch.get_num_threads()}, {dtype}, device {device}"
+    )
     print(f"ready {info}", flush=True)
     for line in sys.stdin:
         words = line.split()
         if not words:
             continue
-        if words[0] != "gen" or len(words) not in (3, 4):
+        if words[0] == "gen" and len(words) in (3, 4):
+            torch.backends.mkldnn.enabled = words[2] == "1"
+            save = words[3] if len(words) == 4 else ""
+            print(f"{generate(int(words[1]), save):.6f}", flush=True)
+        elif words == ["stats"]:
+            print(
+                f"load_s {load_s:.6f} vmhwm_kb {proc_status('VmHWM')} vmrss_kb {proc_status('VmRSS')}",
+                flush=True,
+            )
+        elif words == ["reload"]:
+            del pipe
+            gc.collect()
+            pipe, seconds = load()
+            print(f"{seconds:.6f}", flush=True)
+        else:
             print(f"error unknown command {line.strip()!r}", flush=True)
-            continue
-        torch.backends.mkldnn.enabled = words[2] == "1"
-        save = words[3] if len(words) == 4 else ""
-        print(f"{generate(int(words[1]), save):.6f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 
 /// Switches oneDNN on or off for every later libtorch op in this process and
 /// reports whether the switch now reads `enabled`.
+#[allow(dead_code)] // the big-model bench leaves oneDNN to the worker's config
 pub fn set_onednn(enabled: bool) -> bool {
     weave_worker::onednn::set_enabled(enabled)
 }

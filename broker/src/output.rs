@@ -123,6 +123,7 @@ mod tests {
             scheduler: Scheduler::EulerAncestral,
             batch: 1,
             max_prompt_chunks: 8,
+            image: None,
         }
     }
 

@@ -5,7 +5,9 @@
 #![forbid(unsafe_code)]
 
 use weave_common::config::{Device, ModelKind};
+use weave_common::image::{decode_luma, decode_rgb, strength_f64, ImageField, ImageProblem};
 use weave_common::proto::Scheduler;
+use weave_common::worker_proto::WorkerImageInput;
 
 use crate::engine;
 
@@ -37,6 +39,37 @@ pub fn model_kind(kind: ModelKind) -> Result<engine::ModelKind, String> {
         ModelKind::Sd2 => Ok(engine::ModelKind::Sd2),
         ModelKind::Sdxl => Ok(engine::ModelKind::Sdxl),
     }
+}
+
+/// Decodes a job's image inputs for the engine (the full PNG decode runs
+/// here, inside the sandbox), naming the field that failed.
+pub fn image_input(
+    input: &WorkerImageInput,
+    width: u32,
+    height: u32,
+) -> Result<engine::ImageInput, (ImageField, ImageProblem)> {
+    let pixels =
+        decode_rgb(&input.init_png, width, height).map_err(|p| (ImageField::InitImage, p))?;
+    let mask = match &input.mask_png {
+        Some(png) => {
+            let luma = decode_luma(png, width, height).map_err(|p| (ImageField::Mask, p))?;
+            // The decode returned exactly width × height bytes.
+            Some(
+                engine::Mask::from_luma(width, height, &luma)
+                    .map_err(|_| (ImageField::Mask, ImageProblem::BadStructure))?,
+            )
+        }
+        None => None,
+    };
+    Ok(engine::ImageInput {
+        init: engine::RgbImage {
+            width,
+            height,
+            pixels,
+        },
+        mask,
+        strength: strength_f64(input.strength),
+    })
 }
 
 #[cfg(test)]

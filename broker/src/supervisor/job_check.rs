@@ -3,6 +3,7 @@
 //! (the cross-process tests in `tests/` add a real lying process).
 #![forbid(unsafe_code)]
 
+use weave_common::image::ImageField;
 use weave_common::worker_proto::{FromWorker, WorkerFailure, WorkerGenerateParams};
 
 use super::error::bounded;
@@ -81,7 +82,7 @@ impl<'a> JobCheck<'a> {
                         "progress for job {id} during job {job_id}"
                     )));
                 }
-                if total != params.steps
+                if total != params.steps_to_run()
                     || step == 0
                     || step > total
                     || step < self.last_step
@@ -89,7 +90,7 @@ impl<'a> JobCheck<'a> {
                 {
                     return Err(CrashCause::BadOutput(format!(
                         "progress {step}/{total} out of order for {} steps",
-                        params.steps
+                        params.steps_to_run()
                     )));
                 }
                 self.last_step = step;
@@ -175,6 +176,32 @@ impl<'a> JobCheck<'a> {
                         )))
                     }
                 }
+                // Only a field the job has can be at fault.
+                WorkerFailure::BadImage { field, problem } => {
+                    let sent = params.image.as_ref().is_some_and(|image| match field {
+                        ImageField::InitImage => true,
+                        ImageField::Mask => image.mask_png.is_some(),
+                    });
+                    if sent {
+                        Ok(Checked::Failed(SupervisorError::BadImage {
+                            field,
+                            problem,
+                        }))
+                    } else {
+                        Err(violation(format!(
+                            "worker blames {} the job does not have",
+                            field.name()
+                        )))
+                    }
+                }
+                WorkerFailure::ImageNotBuilt { reason } if params.image.is_some() => {
+                    Ok(Checked::Failed(SupervisorError::ImageNotBuilt {
+                        reason: bounded(reason),
+                    }))
+                }
+                WorkerFailure::ImageNotBuilt { .. } => Err(violation(
+                    "worker claims image inputs are not built for a text-to-image job".into(),
+                )),
                 // The supervisor loaded the model itself: the worker lost track.
                 WorkerFailure::NotLoaded | WorkerFailure::UnknownModel => Err(violation(format!(
                     "worker claims {failure:?} for a loaded model"
@@ -215,6 +242,7 @@ mod tests {
             scheduler: Scheduler::Ddim,
             batch,
             max_prompt_chunks: 8,
+            image: None,
         }
     }
 

@@ -21,6 +21,18 @@ pub const FRAME_PREFIX_LEN: usize = 4;
 /// `Generate` with prompts at their configured maximum) is far smaller.
 pub const MAX_REQUEST_FRAME: u32 = 64 * 1024;
 
+/// Default of `limits.max_image_request_bytes`: the largest body of a
+/// `Generate` that carries `init_image` (docs/PROTOCOL.md, "Frame limits").
+pub const DEFAULT_MAX_IMAGE_REQUEST_FRAME: u32 = 8 << 20;
+
+/// Largest `limits.max_image_request_bytes` a config may set; one
+/// broker → worker shared-memory slot must hold the request.
+pub const MAX_IMAGE_REQUEST_FRAME: u32 = 24 << 20;
+
+/// The first body byte of a `Generate` (its variant index as a one-byte
+/// varint): the only request allowed past [`MAX_REQUEST_FRAME`].
+const GENERATE_FIRST_BYTE: u8 = 3;
+
 /// Default maximum body length a client accepts for one response (one PNG
 /// image per `Image` event).
 pub const DEFAULT_MAX_RESPONSE_FRAME: u32 = 64 * 1024 * 1024;
@@ -104,9 +116,19 @@ impl FrameError {
     }
 }
 
-/// Encodes a complete request frame (prefix and body).
+/// Encodes a complete request frame (prefix and body). A `Generate` with
+/// `init_image` may be up to [`MAX_IMAGE_REQUEST_FRAME`]; the broker holds
+/// it to its configured `limits.max_image_request_bytes`.
 pub fn encode_request(request: &Request) -> Result<Vec<u8>, FrameError> {
-    encode_frame(request, MAX_REQUEST_FRAME)
+    encode_frame(request, request_limit(request, MAX_IMAGE_REQUEST_FRAME))
+}
+
+/// The body limit that applies to `request` once decoded.
+fn request_limit(request: &Request, max_image_request: u32) -> u32 {
+    match request {
+        Request::Generate(g) if g.init_image.is_some() => max_image_request.max(MAX_REQUEST_FRAME),
+        _ => MAX_REQUEST_FRAME,
+    }
 }
 
 /// Encodes a complete response frame (prefix and body).
@@ -115,9 +137,20 @@ pub fn encode_response(response: &Response) -> Result<Vec<u8>, FrameError> {
 }
 
 /// Decodes one complete request frame; `frame` must hold exactly one frame.
+/// Image requests are bounded by [`DEFAULT_MAX_IMAGE_REQUEST_FRAME`].
 pub fn decode_request(frame: &[u8]) -> Result<Request, FrameError> {
-    let body = split_frame(frame, MAX_REQUEST_FRAME)?;
-    decode_request_body(body)
+    decode_request_bounded(frame, DEFAULT_MAX_IMAGE_REQUEST_FRAME)
+}
+
+/// [`decode_request`] with `max_image_request` as the bound of a
+/// `Generate` that carries `init_image`.
+pub fn decode_request_bounded(frame: &[u8], max_image_request: u32) -> Result<Request, FrameError> {
+    let max_image_request = max_image_request.max(MAX_REQUEST_FRAME);
+    let body = split_frame(frame, max_image_request)?;
+    check_first_byte(body.len() as u64, body.first().copied())?;
+    let request = decode_request_body(body)?;
+    check_decoded_limit(&request, body.len() as u64, max_image_request)?;
+    Ok(request)
 }
 
 /// Decodes one complete response frame whose body is at most `max_body`.
@@ -142,10 +175,63 @@ pub fn write_response<W: Write + ?Sized>(
     write_all_and_flush(writer, &encode_response(response)?)
 }
 
-/// Reads one request frame (body at most [`MAX_REQUEST_FRAME`]).
+/// Reads one request frame: body at most [`MAX_REQUEST_FRAME`], or
+/// [`DEFAULT_MAX_IMAGE_REQUEST_FRAME`] for a `Generate` with `init_image`.
 pub fn read_request<R: Read + ?Sized>(reader: &mut R) -> Result<Request, FrameError> {
-    let body = read_body(reader, MAX_REQUEST_FRAME)?;
-    decode_request_body(&body)
+    read_request_bounded(reader, DEFAULT_MAX_IMAGE_REQUEST_FRAME)
+}
+
+/// Reads one request frame; a `Generate` with `init_image` may be up to
+/// `max_image_request` bytes (`limits.max_image_request_bytes`), every
+/// other request up to [`MAX_REQUEST_FRAME`].
+///
+/// The decision needs no more than the first body byte: a length above
+/// `max_image_request` is refused from the prefix alone; a length above
+/// [`MAX_REQUEST_FRAME`] reads one byte, and anything but a `Generate`
+/// there is refused before the rest is read. A `Generate` read that way
+/// must then carry `init_image`.
+pub fn read_request_bounded<R: Read + ?Sized>(
+    reader: &mut R,
+    max_image_request: u32,
+) -> Result<Request, FrameError> {
+    let max_image_request = max_image_request.max(MAX_REQUEST_FRAME);
+    let body_len = read_prefix(reader, max_image_request)?;
+    let mut body = Vec::with_capacity(body_capacity(body_len));
+    if body_len > u64::from(MAX_REQUEST_FRAME) {
+        read_exactly(reader, 1, body_len, &mut body)?;
+        check_first_byte(body_len, body.first().copied())?;
+    }
+    read_exactly(reader, body_len, body_len, &mut body)?;
+    let request = decode_request_body(&body)?;
+    check_decoded_limit(&request, body_len, max_image_request)?;
+    Ok(request)
+}
+
+/// A body over [`MAX_REQUEST_FRAME`] must start as a `Generate`.
+fn check_first_byte(body_len: u64, first: Option<u8>) -> Result<(), FrameError> {
+    if body_len > u64::from(MAX_REQUEST_FRAME) && first != Some(GENERATE_FIRST_BYTE) {
+        return Err(FrameError::TooLarge {
+            len: body_len,
+            max: u64::from(MAX_REQUEST_FRAME),
+        });
+    }
+    Ok(())
+}
+
+/// A decoded request must fit the limit of its kind.
+fn check_decoded_limit(
+    request: &Request,
+    body_len: u64,
+    max_image_request: u32,
+) -> Result<(), FrameError> {
+    let max = request_limit(request, max_image_request);
+    if body_len > u64::from(max) {
+        return Err(FrameError::TooLarge {
+            len: body_len,
+            max: u64::from(max),
+        });
+    }
+    Ok(())
 }
 
 /// Reads one response frame whose body is at most `max_body` bytes
@@ -219,6 +305,21 @@ fn check_prefix(prefix: [u8; FRAME_PREFIX_LEN], max_body: u32) -> Result<u64, Fr
 }
 
 fn read_body<R: Read + ?Sized>(reader: &mut R, max_body: u32) -> Result<Vec<u8>, FrameError> {
+    let body_len = read_prefix(reader, max_body)?;
+    let mut body = Vec::with_capacity(body_capacity(body_len));
+    read_exactly(reader, body_len, body_len, &mut body)?;
+    Ok(body)
+}
+
+/// First allocation for a body of `body_len` bytes.
+fn body_capacity(body_len: u64) -> usize {
+    usize::try_from(body_len)
+        .unwrap_or(usize::MAX)
+        .min(INITIAL_BODY_CAPACITY)
+}
+
+/// Reads the length prefix and checks it against `max_body`.
+fn read_prefix<R: Read + ?Sized>(reader: &mut R, max_body: u32) -> Result<u64, FrameError> {
     let mut prefix = [0u8; FRAME_PREFIX_LEN];
     let mut filled = 0;
     while filled < FRAME_PREFIX_LEN {
@@ -235,20 +336,26 @@ fn read_body<R: Read + ?Sized>(reader: &mut R, max_body: u32) -> Result<Vec<u8>,
             Err(error) => return Err(FrameError::Io(error)),
         }
     }
-    let body_len = check_prefix(prefix, max_body)?;
-    let capacity = usize::try_from(body_len)
-        .unwrap_or(usize::MAX)
-        .min(INITIAL_BODY_CAPACITY);
-    let mut body = Vec::with_capacity(capacity);
-    (&mut *reader).take(body_len).read_to_end(&mut body)?;
+    check_prefix(prefix, max_body)
+}
+
+/// Reads body bytes until `body` holds `until` of the `body_len` bytes.
+fn read_exactly<R: Read + ?Sized>(
+    reader: &mut R,
+    until: u64,
+    body_len: u64,
+    body: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    let want = until.saturating_sub(body.len() as u64);
+    (&mut *reader).take(want).read_to_end(body)?;
     let received = body.len() as u64;
-    if received < body_len {
+    if received < until {
         return Err(FrameError::Truncated {
             expected: FRAME_PREFIX_LEN as u64 + body_len,
             received: FRAME_PREFIX_LEN as u64 + received,
         });
     }
-    Ok(body)
+    Ok(())
 }
 
 fn decode_request_body(body: &[u8]) -> Result<Request, FrameError> {
@@ -541,7 +648,13 @@ mod tests {
             }
             other => panic!("expected TooLarge, got {other:?}"),
         }
-        assert_eq!(reader.consumed, FRAME_PREFIX_LEN, "body must not be read");
+        // The first body byte (the message type, here not `Generate`) is
+        // the only one read: it decides the limit.
+        assert_eq!(
+            reader.consumed,
+            FRAME_PREFIX_LEN + 1,
+            "body must not be read"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use weave_common::proto::{
     read_request_bounded, write_response, ErrorCode, FrameError, Request, Response, Role,
-    PROTOCOL_VERSION,
+    MAX_REQUEST_FRAME, PROTOCOL_VERSION,
 };
 
 use crate::audit::{AuditRecord, Severity};
@@ -168,7 +168,13 @@ impl Connection {
         };
         let mut greeted = false;
         loop {
-            let max_image_request = self.broker.settings().limits.max_image_request_bytes;
+            // Only a greeted caller may send an image request: the first
+            // frame must be a Hello, held to the ordinary limit.
+            let max_image_request = if greeted {
+                self.broker.settings().limits.max_image_request_bytes
+            } else {
+                MAX_REQUEST_FRAME
+            };
             let request = match read_request_bounded(&mut reader, max_image_request) {
                 Ok(request) => request,
                 Err(error) if !greeted => {

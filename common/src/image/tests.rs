@@ -398,3 +398,23 @@ fn problems_name_the_fix() {
     assert_eq!(ImageField::InitImage.name(), "init_image");
     assert_eq!(ImageField::Mask.name(), "mask");
 }
+
+#[test]
+fn the_fuzz_seeds_decode() {
+    // fuzz/corpus/png_input: every color type, bit depth 1 to 16, a
+    // palette with tRNS, a text chunk and an interlaced image.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/png_input");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let header = inspect(&bytes, be32(&bytes, 16), be32(&bytes, 20)).unwrap();
+        let rgb = decode_rgb(&bytes, header.width, header.height).unwrap();
+        assert_eq!(rgb.len(), header.width as usize * header.height as usize * 3);
+        seen += 1;
+    }
+    assert!(seen >= 7, "{seen} seeds");
+}
+
+fn be32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap())
+}

@@ -937,10 +937,7 @@ fn document_states_the_constants_the_code_uses() {
             "`MAX_IMAGE_REQUEST_FRAME` = {}",
             weave_common::proto::MAX_IMAGE_REQUEST_FRAME
         ),
-        format!(
-            "default strength {}",
-            weave_common::image::DEFAULT_STRENGTH
-        ),
+        format!("default strength {}", weave_common::image::DEFAULT_STRENGTH),
     ] {
         assert!(
             PROTOCOL_MD.contains(&needle),

@@ -114,6 +114,9 @@ fn parse_ihdr(data: &[u8]) -> Result<PngHeader, ImageProblem> {
     })
 }
 
+/// A chunk's type and data.
+type Chunk<'a> = ([u8; 4], &'a [u8]);
+
 /// Iterates over chunks by their length fields only.
 struct Chunks<'a> {
     rest: &'a [u8],
@@ -121,7 +124,7 @@ struct Chunks<'a> {
 
 impl<'a> Chunks<'a> {
     /// The next chunk's type and data; `None` at the end of the bytes.
-    fn next_chunk(&mut self) -> Result<Option<([u8; 4], &'a [u8])>, ImageProblem> {
+    fn next_chunk(&mut self) -> Result<Option<Chunk<'a>>, ImageProblem> {
         if self.rest.is_empty() {
             return Ok(None);
         }

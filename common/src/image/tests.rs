@@ -409,7 +409,10 @@ fn the_fuzz_seeds_decode() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         let header = inspect(&bytes, be32(&bytes, 16), be32(&bytes, 20)).unwrap();
         let rgb = decode_rgb(&bytes, header.width, header.height).unwrap();
-        assert_eq!(rgb.len(), header.width as usize * header.height as usize * 3);
+        assert_eq!(
+            rgb.len(),
+            header.width as usize * header.height as usize * 3
+        );
         seen += 1;
     }
     assert!(seen >= 7, "{seen} seeds");

@@ -465,4 +465,68 @@ mod tests {
         }
         assert!(violation(1, vec![failed(too_long(8))]).contains("exceeds the limit of 8"));
     }
+
+    #[test]
+    fn image_jobs_count_their_steps_and_blame_only_their_fields() {
+        use weave_common::image::{ImageField, ImageProblem};
+        let mut job = params(1);
+        job.steps = 10;
+        job.image = Some(weave_common::worker_proto::WorkerImageInput {
+            init_png: vec![1],
+            mask_png: None,
+            strength: 0.35,
+        });
+        let mut check = JobCheck::new(JOB, &job, LEN);
+        // int(10 × 0.35) = 3 steps: a total of 10 is a lie.
+        assert!(check.accept(progress(1, 3)).is_ok());
+        let mut check = JobCheck::new(JOB, &job, LEN);
+        assert!(matches!(
+            check.accept(progress(1, 10)),
+            Err(CrashCause::BadOutput(_))
+        ));
+        let bad = |field| {
+            failed(WorkerFailure::BadImage {
+                field,
+                problem: ImageProblem::Corrupt,
+            })
+        };
+        let mut check = JobCheck::new(JOB, &job, LEN);
+        match check.accept(bad(ImageField::InitImage)) {
+            Ok(Checked::Failed(error)) => match error.error_code() {
+                ErrorCode::InvalidParameter { field, allowed } => {
+                    assert_eq!(field, "init_image");
+                    assert!(allowed.contains("decodes"), "{allowed}");
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        // No mask was sent: the worker cannot blame one.
+        let mut check = JobCheck::new(JOB, &job, LEN);
+        assert!(matches!(
+            check.accept(bad(ImageField::Mask)),
+            Err(CrashCause::ProtocolViolation(_))
+        ));
+        let not_built = || {
+            failed(WorkerFailure::ImageNotBuilt {
+                reason: "image inputs with SDXL models".into(),
+            })
+        };
+        let mut check = JobCheck::new(JOB, &job, LEN);
+        match check.accept(not_built()) {
+            Ok(Checked::Failed(error)) => {
+                let ErrorCode::InvalidParameter { field, allowed } = error.error_code() else {
+                    panic!("{error:?}");
+                };
+                assert_eq!(field, "init_image");
+                assert!(allowed.contains("SDXL") && allowed.contains("without init_image"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A text-to-image job cannot fail for want of image support.
+        assert!(matches!(
+            run(1, vec![not_built()]),
+            Err(CrashCause::ProtocolViolation(_))
+        ));
+    }
 }

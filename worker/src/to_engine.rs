@@ -84,6 +84,38 @@ mod tests {
         }
     }
 
+    /// A 1×1 RGB PNG (the one docs/PROTOCOL.md's examples carry).
+    const TINY_PNG: [u8; 69] = [
+        0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44,
+        0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x02, 0x00, 0x00, 0x00, 0x90,
+        0x77, 0x53, 0xde, 0x00, 0x00, 0x00, 0x0c, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0xf8,
+        0xdf, 0xc0, 0x00, 0x00, 0x04, 0x01, 0x01, 0x80, 0xfb, 0xd7, 0xcb, 0xf1, 0x00, 0x00, 0x00,
+        0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+    ];
+
+    #[test]
+    fn image_inputs_decode_for_the_engine_and_name_their_field() {
+        let mut input = WorkerImageInput {
+            init_png: TINY_PNG.to_vec(),
+            mask_png: Some(TINY_PNG.to_vec()),
+            strength: 0.35,
+        };
+        let decoded = image_input(&input, 1, 1).unwrap();
+        assert_eq!(decoded.init.pixels.len(), 3);
+        assert_eq!(decoded.mask.unwrap().repaint.len(), 1);
+        // The f32's shortest decimal, as a Python caller wrote it.
+        assert_eq!(decoded.strength, 0.35);
+        assert_eq!(
+            image_input(&input, 2, 1).unwrap_err().0,
+            ImageField::InitImage
+        );
+        input.mask_png = Some(b"not a png".to_vec());
+        assert_eq!(
+            image_input(&input, 1, 1).unwrap_err(),
+            (ImageField::Mask, ImageProblem::NotPng)
+        );
+    }
+
     #[test]
     fn every_kind_reaches_the_engine() {
         assert_eq!(model_kind(ModelKind::Sdxl), Ok(engine::ModelKind::Sdxl));

@@ -342,4 +342,20 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn the_largest_image_request_fits_one_broker_to_worker_slot() {
+        use weave_common::proto::{MAX_IMAGE_REQUEST_FRAME, MAX_REQUEST_FRAME};
+        // The request body bounds the PNG bytes; the rest of the message
+        // is far below MAX_TO_WORKER_MESSAGE.
+        assert!(MAX_TO_WORKER_MESSAGE >= MAX_REQUEST_FRAME as usize);
+        let largest = MAX_TO_WORKER_MESSAGE + MAX_IMAGE_REQUEST_FRAME as usize;
+        let slot = WorkerSupervisor::slot_size_for(largest).unwrap();
+        assert!(slot as usize >= largest);
+        let geometry = weave_common::shm::RingGeometry {
+            slot_count: SLOTS_TO_WORKER,
+            slot_size: slot,
+        };
+        assert!(geometry.validate().is_ok(), "{geometry:?}");
+    }
 }

@@ -60,25 +60,17 @@ pub fn validate_images(
     Ok(())
 }
 
-/// The strength as the f64 a Python caller would have written: through
-/// its shortest decimal form, so `0.35f32` is `0.35`, not
-/// `0.3499999940395355`, and `int(steps × strength)` counts as diffusers
-/// counts it for the same number.
+/// The strength as the f64 a Python caller would have written (see
+/// [`crate::strength::strength_from_f32`]).
 pub fn strength_f64(strength: f32) -> f64 {
-    // `Display` of an f32 is its shortest round-trip decimal; it always
-    // parses as an f64 (finite or not).
-    strength.to_string().parse().unwrap_or(f64::from(strength))
+    crate::strength::strength_from_f32(strength)
 }
 
-/// Denoising steps an img2img job runs: diffusers' `get_timesteps`,
-/// `min(int(steps × strength), steps)` in float64.
+/// Denoising steps an img2img job runs, 0 when none would:
+/// [`crate::strength::strength_steps`] (diffusers' `get_timesteps`) on the
+/// request's f32 strength.
 pub fn steps_run(steps: u32, strength: f32) -> u32 {
-    let run = f64::from(steps) * strength_f64(strength);
-    if run.is_nan() || run <= 0.0 {
-        return 0;
-    }
-    // `as` truncates toward zero like Python's int() and saturates.
-    (run as u32).min(steps)
+    crate::strength::strength_steps(steps, strength_f64(strength)).map_or(0, |s| s.run)
 }
 
 #[cfg(test)]

@@ -72,6 +72,11 @@ pub fn parameters_text(job: &WorkerGenerateParams, seed: u64) -> String {
         job.height,
         job.model_id
     ));
+    // A1111 writes the requested steps and, for img2img and inpainting,
+    // the strength after the model.
+    if let Some(image) = &job.image {
+        text.push_str(&format!(", Denoising strength: {}", image.strength));
+    }
     text
 }
 
@@ -123,6 +128,7 @@ mod tests {
             scheduler: Scheduler::EulerAncestral,
             batch: 1,
             max_prompt_chunks: 8,
+            image: None,
         }
     }
 
@@ -175,5 +181,23 @@ mod tests {
             .read_info()
             .unwrap();
         assert!(reader.info().uncompressed_latin1_text.is_empty());
+    }
+
+    #[test]
+    fn img2img_parameters_name_the_strength() {
+        let job = WorkerGenerateParams {
+            negative_prompt: String::new(),
+            image: Some(weave_common::worker_proto::WorkerImageInput {
+                init_png: vec![1, 2, 3],
+                mask_png: None,
+                strength: 0.35,
+            }),
+            ..job()
+        };
+        assert_eq!(
+            parameters_text(&job, 42),
+            "a 7\nSteps: 12, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 8x16, \
+             Model: digits, Denoising strength: 0.35"
+        );
     }
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weave_common::proto::{
-    read_request, write_response, ErrorCode, FrameError, Request, Response, Role, PROTOCOL_VERSION,
+    read_request_bounded, write_response, ErrorCode, FrameError, Request, Response, Role,
+    MAX_REQUEST_FRAME, PROTOCOL_VERSION,
 };
 
 use crate::audit::{AuditRecord, Severity};
@@ -167,7 +168,14 @@ impl Connection {
         };
         let mut greeted = false;
         loop {
-            let request = match read_request(&mut reader) {
+            // Only a greeted caller may send an image request: the first
+            // frame must be a Hello, held to the ordinary limit.
+            let max_image_request = if greeted {
+                self.broker.settings().limits.max_image_request_bytes
+            } else {
+                MAX_REQUEST_FRAME
+            };
+            let request = match read_request_bounded(&mut reader, max_image_request) {
                 Ok(request) => request,
                 Err(error) if !greeted => {
                     self.hello_missing(&error);

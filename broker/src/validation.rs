@@ -3,10 +3,11 @@
 //! checked before anything is queued.
 #![forbid(unsafe_code)]
 
+use weave_common::image::{validate_images, DEFAULT_STRENGTH};
 use weave_common::proto::{ErrorCode, GenerateRequest};
 use weave_common::validate::{validate_generate, ParamBounds};
 
-use weave_common::worker_proto::WorkerGenerateParams;
+use weave_common::worker_proto::{WorkerGenerateParams, WorkerImageInput};
 
 use crate::settings::ModelConfig;
 
@@ -23,6 +24,17 @@ pub fn resolve(
 ) -> Result<WorkerGenerateParams, ErrorCode> {
     validate_generate(request, &model.bounds(bounds))?;
     let defaults = model.defaults();
+    let width = request.width.unwrap_or(defaults.width);
+    let height = request.height.unwrap_or(defaults.height);
+    let steps = request.steps.unwrap_or(defaults.steps);
+    // Image inputs are checked against the resolved size: their PNG
+    // structure and IHDR only, nothing is decoded here (docs/SANDBOX.md).
+    validate_images(request, width, height, steps)?;
+    let image = request.init_image.as_ref().map(|init| WorkerImageInput {
+        init_png: init.clone(),
+        mask_png: request.mask.clone(),
+        strength: request.strength.unwrap_or(DEFAULT_STRENGTH),
+    });
     // Defaults were checked against the bounds when the config loaded.
     Ok(WorkerGenerateParams {
         model_id: model.id.clone(),
@@ -32,14 +44,15 @@ pub fn resolve(
         } else {
             request.negative_prompt.clone()
         },
-        width: request.width.unwrap_or(defaults.width),
-        height: request.height.unwrap_or(defaults.height),
-        steps: request.steps.unwrap_or(defaults.steps),
+        width,
+        height,
+        steps,
         guidance: request.guidance.unwrap_or(defaults.guidance),
         seed: request.seed.unwrap_or(random_seed),
         scheduler: request.scheduler.unwrap_or(defaults.scheduler),
         batch: request.batch,
         max_prompt_chunks,
+        image,
     })
 }
 

@@ -79,6 +79,7 @@ pub fn supervisor_config(config: &Config, worker: PathBuf) -> SupervisorConfig {
     supervisor.seccomp_exec_mappings = config.worker.seccomp_exec_mappings;
     supervisor.max_image_pixels =
         config.bounds.max_width as usize * config.bounds.max_height as usize;
+    supervisor.max_image_request_bytes = config.limits.max_image_request_bytes as usize;
     supervisor
 }
 

@@ -224,11 +224,15 @@ func (e *FrameTooLargeError) Error() string {
 	return fmt.Sprintf("the broker sent a frame of %d bytes, over this client's limit of %d; raise Dialer.MaxResponseFrame for larger images", e.Len, e.Max)
 }
 
-// RequestTooLargeError: the request would exceed MaxRequestFrame; nothing
-// was sent and the connection stays usable.
-type RequestTooLargeError struct{ Len int }
+// RequestTooLargeError: the request would exceed MaxRequestFrame (or, for
+// a Generate with InitImage, MaxImageRequestFrame); nothing was sent and
+// the connection stays usable.
+type RequestTooLargeError struct{ Len, Max int }
 
 func (e *RequestTooLargeError) Error() string {
+	if e.Max > MaxRequestFrame {
+		return fmt.Sprintf("the image request is %d bytes, over the most any broker accepts (%d); send smaller PNGs", e.Len, e.Max)
+	}
 	return fmt.Sprintf("the request is %d bytes, over the broker's limit of %d; shorten the prompts", e.Len, MaxRequestFrame)
 }
 

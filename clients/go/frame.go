@@ -14,8 +14,12 @@ func frameRequest(r *request) ([]byte, error) {
 	e := &encoder{buf: make([]byte, 4, 64)}
 	r.encode(e)
 	n := len(e.buf) - 4
-	if n > MaxRequestFrame {
-		return nil, &RequestTooLargeError{Len: n}
+	max := MaxRequestFrame
+	if r.kind == reqGenerate && r.generate.InitImage != nil {
+		max = MaxImageRequestFrame
+	}
+	if n > max {
+		return nil, &RequestTooLargeError{Len: n, Max: max}
 	}
 	binary.LittleEndian.PutUint32(e.buf, uint32(n))
 	return e.buf, nil

@@ -10,6 +10,16 @@ const (
 	// MaxRequestFrame is the largest request body the broker reads; the
 	// client refuses to send a larger one (RequestTooLargeError).
 	MaxRequestFrame = 65536
+	// DefaultMaxImageRequestFrame is the broker's default bound
+	// (limits.max_image_request_bytes) on a Generate that carries
+	// InitImage; only such a request may exceed MaxRequestFrame.
+	DefaultMaxImageRequestFrame = 8 << 20
+	// MaxImageRequestFrame is the most any broker configuration allows for
+	// an image request; the client refuses to send a larger one.
+	MaxImageRequestFrame = 24 << 20
+	// DefaultStrength is the strength the broker applies when InitImage is
+	// sent without Strength.
+	DefaultStrength float32 = 0.75
 	// DefaultMaxResponseFrame is the largest response body a Dialer accepts
 	// unless told otherwise (Image events carry a whole PNG).
 	DefaultMaxResponseFrame = 64 << 20

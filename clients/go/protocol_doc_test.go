@@ -92,6 +92,10 @@ func expectedRequests() map[string]*request {
 		"request/generate_model_defaults": {kind: reqGenerate, generate: GenerateRequest{
 			ModelID: sd15, Prompt: "a red fox", Batch: 1, UseModelNegative: true,
 		}},
+		"request/generate_img2img": {kind: reqGenerate, generate: GenerateRequest{
+			ModelID: sd15, Prompt: "a red fox", Width: Ptr[uint32](1), Height: Ptr[uint32](1), Batch: 1,
+			UseModelNegative: true, InitImage: tinyPNG, Strength: Ptr[float32](0.5),
+		}},
 		"request/cancel":           {kind: reqCancel, jobID: 300},
 		"request/jobs":             {kind: reqJobs},
 		"request/load":             {kind: reqLoad, modelID: sd15},
@@ -192,9 +196,9 @@ func TestEveryDocExampleIsCovered(t *testing.T) {
 		t.Fatalf("docs/PROTOCOL.md and this test disagree: missing from the doc %v, unknown to this test %v", missing, extra)
 	}
 	// Every request (16), every response but Error (12), one Error per
-	// code (12), and generate_model_defaults.
-	if len(doc) != int(requestKindCount)+int(responseKindCount)-1+int(errorCodeCount)+1 {
-		t.Fatalf("expected 41 examples, the document has %d", len(doc))
+	// code (12), generate_model_defaults and generate_img2img.
+	if len(doc) != int(requestKindCount)+int(responseKindCount)-1+int(errorCodeCount)+2 {
+		t.Fatalf("expected 42 examples, the document has %d", len(doc))
 	}
 }
 

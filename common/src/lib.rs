@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod config;
+pub mod image;
 pub mod model_files;
 pub mod pin;
 pub mod prompt;

@@ -96,6 +96,17 @@ pub enum ValidationError {
     /// A field of the protocol whose feature this version does not build
     /// yet: refused, never ignored.
     NotBuilt { field: &'static str },
+    /// `mask` or `strength` without `init_image`.
+    NeedsInitImage { field: &'static str },
+    /// `strength` not in (0, 1].
+    BadStrength,
+    /// `int(steps × strength)` is 0: no denoising step would run.
+    StrengthRunsNoStep { steps: u32 },
+    /// `init_image` or `mask` is not a usable PNG of the request's size.
+    BadImage {
+        field: &'static str,
+        problem: crate::image::ImageProblem,
+    },
 }
 
 impl ValidationError {
@@ -108,7 +119,10 @@ impl ValidationError {
             | ValidationError::BadLength { field, .. }
             | ValidationError::ForbiddenCharacter { field, .. }
             | ValidationError::BadPromptSyntax { field }
-            | ValidationError::NotBuilt { field } => field,
+            | ValidationError::NotBuilt { field }
+            | ValidationError::NeedsInitImage { field }
+            | ValidationError::BadImage { field, .. } => field,
+            ValidationError::BadStrength | ValidationError::StrengthRunsNoStep { .. } => "strength",
         }
     }
 
@@ -143,6 +157,21 @@ impl ValidationError {
             ValidationError::NotBuilt { .. } => {
                 "left out: this version of the daemon does not build that feature yet".to_owned()
             }
+            ValidationError::NeedsInitImage { .. } => {
+                "left out unless init_image is sent (send the starting image as init_image, \
+                 or leave this field out for text to image)"
+                    .to_owned()
+            }
+            ValidationError::BadStrength => format!(
+                "a number above 0 and at most 1 (the share of the steps run on the noised \
+                 init_image; {} when left out)",
+                crate::image::DEFAULT_STRENGTH
+            ),
+            ValidationError::StrengthRunsNoStep { steps } => format!(
+                "large enough that int({steps} steps × strength) is at least 1 (no step would \
+                 run; raise the strength or the steps)"
+            ),
+            ValidationError::BadImage { problem, .. } => problem.allowed(),
         }
     }
 }
@@ -200,9 +229,7 @@ pub fn validate_generate(
     if let Some(tag) = &request.tag {
         validate_identifier("tag", tag, bounds.max_tag_len)?;
     }
-    refuse_not_built("init_image", request.init_image.is_some())?;
-    refuse_not_built("mask", request.mask.is_some())?;
-    refuse_not_built("strength", request.strength.is_some())?;
+    crate::image::validate_image_fields(request)?;
     refuse_not_built("loras", !request.loras.is_empty())?;
     refuse_not_built("preview_every", request.preview_every != 0)?;
     Ok(())
@@ -586,12 +613,6 @@ mod tests {
 
     #[test]
     fn fields_of_features_not_built_are_refused_by_name() {
-        assert_eq!(
-            rejected(|r| r.init_image = Some(vec![0x89, b'P'])).field(),
-            "init_image"
-        );
-        assert_eq!(rejected(|r| r.mask = Some(Vec::new())).field(), "mask");
-        assert_eq!(rejected(|r| r.strength = Some(0.5)).field(), "strength");
         assert_eq!(
             rejected(|r| r.loras.push(crate::proto::LoraChoice {
                 id: "bold".into(),

@@ -33,7 +33,7 @@ pub mod channel;
 /// Version of the broker ↔ worker protocol. The worker refuses a bootstrap
 /// with any other version (broker and worker binaries must come from the same
 /// build).
-pub const WORKER_PROTOCOL_VERSION: u32 = 5;
+pub const WORKER_PROTOCOL_VERSION: u32 = 6;
 
 /// Largest bootstrap the worker accepts from the pipe. A model table of a few
 /// hundred entries with long paths fits comfortably.
@@ -143,9 +143,42 @@ pub struct WorkerGenerateParams {
     pub batch: u32,
     /// `limits.max_prompt_chunks`: 75-token chunks each prompt may take.
     pub max_prompt_chunks: u32,
+    /// img2img / inpainting; `None`: text to image.
+    pub image: Option<WorkerImageInput>,
+}
+
+/// A request's image inputs on their way to the worker: the caller's PNG
+/// bytes as they came (the broker checked their structure and size from
+/// the header; the sandboxed worker decodes them, see docs/SANDBOX.md).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerImageInput {
+    pub init_png: Vec<u8>,
+    pub mask_png: Option<Vec<u8>>,
+    /// In (0, 1], the default applied.
+    pub strength: f32,
+}
+
+// Lengths only: a Debug of a job must not dump a caller's image.
+impl fmt::Debug for WorkerImageInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerImageInput")
+            .field("init_png_len", &self.init_png.len())
+            .field("mask_png_len", &self.mask_png.as_ref().map(Vec::len))
+            .field("strength", &self.strength)
+            .finish()
+    }
 }
 
 impl WorkerGenerateParams {
+    /// Denoising steps each image runs, the `total` of every `Progress`:
+    /// `steps`, or with an init image diffusers' `int(steps × strength)`.
+    pub fn steps_to_run(&self) -> u32 {
+        match &self.image {
+            Some(image) => crate::image::steps_run(self.steps, image.strength),
+            None => self.steps,
+        }
+    }
+
     /// Bytes of one RGB8 image of these dimensions, `None` on overflow.
     pub fn image_len(&self) -> Option<usize> {
         usize::try_from(self.width)
@@ -226,6 +259,16 @@ pub enum WorkerFailure {
     PromptTooLong {
         field: PromptField,
         chunks: u32,
+    },
+    /// An image input did not decode (the broker's header check passed).
+    BadImage {
+        field: crate::image::ImageField,
+        problem: crate::image::ImageProblem,
+    },
+    /// The loaded model's engine does not build image inputs for its
+    /// family or UNet yet (the engine's `NotBuilt`).
+    ImageNotBuilt {
+        reason: String,
     },
 }
 
@@ -535,6 +578,7 @@ mod tests {
             scheduler: Scheduler::Ddim,
             batch: 1,
             max_prompt_chunks: 8,
+            image: None,
         };
         assert_eq!(p.image_len(), Some(64 * 32 * 3));
         p.width = u32::MAX;

@@ -139,6 +139,28 @@ fn examples() -> BTreeMap<&'static str, Example> {
             preview_every: 0,
         }),
     );
+    request(
+        "request/generate_img2img",
+        Request::Generate(GenerateRequest {
+            model_id: model_id(),
+            prompt: "a red fox".into(),
+            negative_prompt: String::new(),
+            width: Some(1),
+            height: Some(1),
+            steps: None,
+            guidance: None,
+            seed: None,
+            scheduler: None,
+            batch: 1,
+            tag: None,
+            use_model_negative: true,
+            init_image: Some(TINY_PNG.to_vec()),
+            mask: None,
+            strength: Some(0.5),
+            loras: Vec::new(),
+            preview_every: 0,
+        }),
+    );
     request("request/cancel", Request::Cancel { job_id: 300 });
     request("request/jobs", Request::Jobs);
     request(
@@ -907,6 +929,15 @@ fn document_states_the_constants_the_code_uses() {
             weave_common::proto::MAX_REQUEST_FRAME
         ),
         format!("`DEFAULT_MAX_RESPONSE_FRAME` = {DEFAULT_MAX_RESPONSE_FRAME}"),
+        format!(
+            "`DEFAULT_MAX_IMAGE_REQUEST_FRAME` = {}",
+            weave_common::proto::DEFAULT_MAX_IMAGE_REQUEST_FRAME
+        ),
+        format!(
+            "`MAX_IMAGE_REQUEST_FRAME` = {}",
+            weave_common::proto::MAX_IMAGE_REQUEST_FRAME
+        ),
+        format!("default strength {}", weave_common::image::DEFAULT_STRENGTH),
     ] {
         assert!(
             PROTOCOL_MD.contains(&needle),

@@ -199,6 +199,20 @@ pub struct GenerateArgs {
     /// Overwrite output files that exist.
     #[arg(long)]
     pub force: bool,
+    /// img2img: start from this PNG instead of noise. sshmctl reads the
+    /// file and sends its bytes (never the path); without --width and
+    /// --height the request takes the PNG's size.
+    #[arg(long, value_name = "PATH")]
+    pub init_image: Option<PathBuf>,
+    /// With --init-image: the share of the steps run on the noised image,
+    /// above 0 and at most 1 (default 0.75). Low keeps the image, 1 follows
+    /// the prompt; int(steps × strength) steps run.
+    #[arg(long, requires = "init_image")]
+    pub strength: Option<f32>,
+    /// Inpainting, with --init-image: a PNG of the same size, white =
+    /// repaint, black = keep (color is read as luma, split at 128).
+    #[arg(long, value_name = "PATH", requires = "init_image")]
+    pub mask: Option<PathBuf>,
 }
 
 /// Parses a [`Named`] value (`--scheduler euler_a`) with the names the

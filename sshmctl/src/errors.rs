@@ -34,6 +34,24 @@ pub enum CliError {
     },
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
+    /// An image file named by `flag` could not be read; nothing was sent.
+    #[error("cannot read {flag} {}: {source}; nothing was sent to the daemon", path.display())]
+    ReadInput {
+        flag: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{flag} {} is {len} bytes, more than a request can carry ({max}); use a smaller \
+         PNG (fewer pixels, or stripped metadata)",
+        path.display()
+    )]
+    InputTooLarge {
+        flag: &'static str,
+        path: PathBuf,
+        len: u64,
+        max: u32,
+    },
     #[error("{0}")]
     Hash(weave_common::pin::PinError),
     /// An `InvalidParameter` about a field the user set with `flag`.
@@ -83,6 +101,7 @@ impl CliError {
             | CliError::OutputExists { .. }
             | CliError::OutputUnwritable { .. } => 2,
             CliError::WriteImage { .. } | CliError::Output(_) | CliError::Hash(_) => 1,
+            CliError::ReadInput { .. } | CliError::InputTooLarge { .. } => 2,
             CliError::BadFlag { .. } | CliError::UnknownModel { .. } => 5,
             CliError::QueueExpired { .. } | CliError::WorkerDown { .. } => 6,
         }
@@ -104,6 +123,8 @@ impl CliError {
             CliError::OutputExists { .. } => "output_exists",
             CliError::OutputUnwritable { .. } => "output_unwritable",
             CliError::WriteImage { .. } | CliError::Output(_) => "write_failed",
+            CliError::ReadInput { .. } => "read_failed",
+            CliError::InputTooLarge { .. } => "input_too_large",
             CliError::BadFlag { .. } => "invalid_parameter",
             CliError::UnknownModel { .. } => "unknown_model",
             CliError::QueueExpired { .. } => "queue_expired",
@@ -128,6 +149,9 @@ pub fn flag_for_field(command: &Command, field: &str) -> Option<&'static str> {
             "scheduler" => Some("--scheduler"),
             "batch" => Some("--batch"),
             "tag" => Some("--tag"),
+            "init_image" => Some("--init-image"),
+            "mask" => Some("--mask"),
+            "strength" => Some("--strength"),
             _ => None,
         },
         Command::Cancel { .. } => (field == "job_id").then_some("JOB"),

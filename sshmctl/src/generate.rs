@@ -2,8 +2,8 @@
 //! with a progress bar, write the PNGs. Ctrl-C cancels the job on the daemon.
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,13 +11,54 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use signal_hook::consts::SIGINT;
-use weave_common::proto::{ErrorCode, GenerateRequest, Request, Response, WorkerState};
+use weave_common::proto::{
+    ErrorCode, GenerateRequest, Request, Response, WorkerState, MAX_IMAGE_REQUEST_FRAME,
+};
 
 use crate::cli::GenerateArgs;
 use crate::client::{ClientError, Connection};
 use crate::output_files::Outputs;
 use crate::render::Renderer;
 use crate::CliError;
+
+/// Reads an image file named on the command line, refusing one larger
+/// than any request may carry before reading it.
+fn read_input(flag: &'static str, path: Option<&Path>) -> Result<Option<Vec<u8>>, CliError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let failed = |source| CliError::ReadInput {
+        flag,
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(failed)?;
+    let len = file.metadata().map_err(failed)?.len();
+    let max = MAX_IMAGE_REQUEST_FRAME;
+    if len > u64::from(max) {
+        return Err(CliError::InputTooLarge {
+            flag,
+            path: path.to_owned(),
+            len,
+            max,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(u64::from(max) + 1)
+        .read_to_end(&mut bytes)
+        .map_err(failed)?;
+    Ok(Some(bytes))
+}
+
+/// Width and height from a PNG's IHDR, if the bytes start like a PNG.
+fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    const HEAD: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR";
+    if !bytes.starts_with(HEAD) {
+        return None;
+    }
+    let be = |at: usize| Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    Some((be(16)?, be(20)?))
+}
 
 /// No job id yet: Ctrl-C before `Queued` just closes the connection, which
 /// the broker treats as a cancel.
@@ -29,14 +70,19 @@ pub fn run(
     out: &Renderer,
     debug: bool,
 ) -> Result<u8, CliError> {
+    let init_image = read_input("--init-image", args.init_image.as_deref())?;
+    let mask = read_input("--mask", args.mask.as_deref())?;
+    // Without --width/--height an init image sets the size (its IHDR); the
+    // daemon checks it either way.
+    let png_size = init_image.as_deref().and_then(png_size);
     let mut outputs = Outputs::prepare(&args.output, args.batch, args.force, out.is_json())?;
     let to_stdout = matches!(outputs, Outputs::Stdout);
     let request = GenerateRequest {
         model_id: args.model.clone(),
         prompt: args.prompt.clone(),
         negative_prompt: args.negative.clone().unwrap_or_default(),
-        width: args.width,
-        height: args.height,
+        width: args.width.or(png_size.map(|(w, _)| w)),
+        height: args.height.or(png_size.map(|(_, h)| h)),
         steps: args.steps,
         guidance: args.cfg,
         seed: args.seed,
@@ -44,9 +90,9 @@ pub fn run(
         batch: args.batch,
         tag: args.tag.clone(),
         use_model_negative: args.negative.is_none(),
-        init_image: None,
-        mask: None,
-        strength: None,
+        init_image,
+        mask,
+        strength: args.strength,
         loras: Vec::new(),
         preview_every: 0,
     };

@@ -80,6 +80,8 @@ sshmctl models
 sshmctl generate \-\-model digits \-\-prompt "a handwritten digit seven" \-o seven.png
 sshmctl generate \-m digits \-p "a 3" \-\-seed 42 \-\-steps 30 \-o \- > three.png
 sshmctl \-\-json generate \-m digits \-p "a 5" \-\-batch 4 \-o five.png
+sshmctl generate \-m digits \-p "a handwritten digit eight" \-\-init\-image three.png \-\-strength 0.6 \-o eight.png
+sshmctl generate \-m digits \-p "a 1" \-\-init\-image three.png \-\-mask right\-half.png \-o inpainted.png
 sshmctl jobs
 sshmctl config check \-\-system
 .RE

@@ -351,6 +351,13 @@ fn error_fields(err: &CliError) -> Value {
         CliError::OutputExists { path }
         | CliError::OutputUnwritable { path, .. }
         | CliError::WriteImage { path, .. } => json!({ "path": path }),
+        CliError::ReadInput { flag, path, .. } => json!({ "flag": flag, "path": path }),
+        CliError::InputTooLarge {
+            flag,
+            path,
+            len,
+            max,
+        } => json!({ "flag": flag, "path": path, "bytes": len, "max_bytes": max }),
         CliError::Client(ClientError::Frame(_) | ClientError::Unexpected(_))
         | CliError::Usage(_)
         | CliError::Output(_)

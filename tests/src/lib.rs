@@ -4,6 +4,7 @@
 //! real Unix datagram socket.
 #![allow(clippy::unwrap_used)]
 
+pub mod digits_gate;
 pub mod fault;
 pub mod pty;
 pub mod staged;

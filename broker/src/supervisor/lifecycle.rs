@@ -14,11 +14,13 @@ use super::{
     LIVENESS_TICK,
 };
 
-/// Slots per direction. Broker → worker messages are small; worker → broker
-/// carries one image per message.
+/// Slots per direction. Broker → worker messages are small but for a
+/// `Generate` with image inputs; worker → broker carries one image per
+/// message.
 const SLOTS_TO_WORKER: u32 = 8;
 const SLOTS_TO_BROKER: u32 = 4;
-/// Largest broker → worker message (prompts are bounded far below this).
+/// Largest broker → worker message without image inputs (prompts are
+/// bounded far below this); an image request's PNG bytes come on top.
 const MAX_TO_WORKER_MESSAGE: usize = 64 * 1024;
 /// Room for the non-pixel fields of `FromWorker::Image`.
 const IMAGE_MESSAGE_OVERHEAD: usize = 256;
@@ -71,7 +73,12 @@ impl WorkerSupervisor {
         let to_worker = SegmentGeometry {
             segment_id: self.starts * 2 + 1,
             slot_count: SLOTS_TO_WORKER,
-            slot_size: Self::slot_size_for(MAX_TO_WORKER_MESSAGE)?,
+            // A whole image request fits one slot: its PNG bytes are at
+            // most the request's body, which is at most this bound. Pages
+            // of the memfd are only backed once written.
+            slot_size: Self::slot_size_for(
+                MAX_TO_WORKER_MESSAGE.saturating_add(self.config.max_image_request_bytes),
+            )?,
         };
         let to_broker = SegmentGeometry {
             segment_id: self.starts * 2 + 2,
@@ -334,5 +341,21 @@ mod tests {
                 "{configured} -> {reported}"
             );
         }
+    }
+
+    #[test]
+    fn the_largest_image_request_fits_one_broker_to_worker_slot() {
+        use weave_common::proto::{MAX_IMAGE_REQUEST_FRAME, MAX_REQUEST_FRAME};
+        // The request body bounds the PNG bytes; the rest of the message
+        // is far below MAX_TO_WORKER_MESSAGE.
+        assert!(MAX_TO_WORKER_MESSAGE >= MAX_REQUEST_FRAME as usize);
+        let largest = MAX_TO_WORKER_MESSAGE + MAX_IMAGE_REQUEST_FRAME as usize;
+        let slot = WorkerSupervisor::slot_size_for(largest).unwrap();
+        assert!(slot as usize >= largest);
+        let geometry = weave_common::shm::RingGeometry {
+            slot_count: SLOTS_TO_WORKER,
+            slot_size: slot,
+        };
+        assert!(geometry.validate().is_ok(), "{geometry:?}");
     }
 }

@@ -217,6 +217,24 @@ fn check_limits(config: &Config, report: &mut Report<'_, '_>) {
             );
         }
     }
+    let (min_image, max_image) = (
+        crate::proto::MAX_REQUEST_FRAME,
+        crate::proto::MAX_IMAGE_REQUEST_FRAME,
+    );
+    if !(min_image..=max_image).contains(&limits.max_image_request_bytes) {
+        report.invalid(
+            &KeyPath::of(&["limits", "max_image_request_bytes"]),
+            format!(
+                "is {}, outside {min_image}..={max_image} bytes",
+                limits.max_image_request_bytes
+            ),
+            format!(
+                "set it from {min_image} (no room beyond an ordinary request) to {max_image}, \
+                 or remove it for the default {}",
+                crate::proto::DEFAULT_MAX_IMAGE_REQUEST_FRAME
+            ),
+        );
+    }
     if limits.queue_depth != 0 && limits.per_client_queue_depth > limits.queue_depth {
         report.invalid(
             &KeyPath::of(&["limits", "per_client_queue_depth"]),

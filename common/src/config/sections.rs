@@ -63,6 +63,10 @@ pub struct Limits {
     /// syntax and `BREAK`s; each chunk is one more text-encoder pass and 77
     /// more positions for the UNet's cross-attention.
     pub max_prompt_chunks: u32,
+    /// Largest request body of a `Generate` carrying `init_image` (and
+    /// `mask`), in bytes; every other request stays within
+    /// `proto::MAX_REQUEST_FRAME`.
+    pub max_image_request_bytes: u32,
 }
 
 impl Default for Limits {
@@ -81,6 +85,7 @@ impl Default for Limits {
             admin_reserved_connections: 16,
             hello_timeout_s: 5,
             max_prompt_chunks: crate::prompt::DEFAULT_MAX_PROMPT_CHUNKS,
+            max_image_request_bytes: crate::proto::DEFAULT_MAX_IMAGE_REQUEST_FRAME,
         }
     }
 }

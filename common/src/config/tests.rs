@@ -1360,3 +1360,24 @@ fn model_bounds_narrow_the_daemons_and_hold_the_models_defaults() {
         .join("\n")
         .contains("max_steps"));
 }
+
+#[test]
+fn max_image_request_bytes_is_bounded() {
+    let parsed = parse(
+        &format!("{MODEL}[limits]\nmax_image_request_bytes = 1048576\n"),
+        Mode::User,
+    );
+    assert_eq!(parsed.unwrap().limits.max_image_request_bytes, 1 << 20);
+    for bad in ["1000", "100000000"] {
+        let problem = only_problem(
+            &format!("{MODEL}[limits]\nmax_image_request_bytes = {bad}\n"),
+            Mode::User,
+        );
+        assert_has(
+            &problem,
+            &[&format!(
+                "`limits.max_image_request_bytes` is {bad}, outside 65536..=25165824 bytes"
+            )],
+        );
+    }
+}

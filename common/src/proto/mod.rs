@@ -18,9 +18,10 @@ mod named;
 
 pub use error_code::ErrorCode;
 pub use frame::{
-    decode_request, decode_response, encode_request, encode_response, read_request, read_response,
-    write_request, write_response, FrameError, DEFAULT_MAX_RESPONSE_FRAME, FRAME_PREFIX_LEN,
-    MAX_REQUEST_FRAME,
+    decode_request, decode_request_bounded, decode_response, encode_request, encode_response,
+    read_request, read_request_bounded, read_response, write_request, write_response, FrameError,
+    DEFAULT_MAX_IMAGE_REQUEST_FRAME, DEFAULT_MAX_RESPONSE_FRAME, FRAME_PREFIX_LEN,
+    MAX_IMAGE_REQUEST_FRAME, MAX_REQUEST_FRAME,
 };
 pub use messages::{
     ChannelDirection, ChannelStatsReport, GenerateRequest, GenerationDefaults, JobInfo, JobState,

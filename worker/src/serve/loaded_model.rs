@@ -77,6 +77,13 @@ impl LoadedModel {
         params: &WorkerGenerateParams,
         on_step: &mut dyn FnMut(u32, u32) -> ControlFlow<()>,
     ) -> Result<Vec<engine::RgbImage>, WorkerFailure> {
+        let image = match &params.image {
+            Some(input) => Some(
+                to_engine::image_input(input, params.width, params.height)
+                    .map_err(|(field, problem)| WorkerFailure::BadImage { field, problem })?,
+            ),
+            None => None,
+        };
         let gp = engine::GenerateParams {
             prompt: params.prompt.clone(),
             negative_prompt: params.negative_prompt.clone(),
@@ -88,6 +95,7 @@ impl LoadedModel {
             scheduler: to_engine::scheduler(params.scheduler),
             batch: params.batch,
             max_prompt_chunks: params.max_prompt_chunks,
+            image,
             ..Default::default()
         };
         let mut progress = |step: usize, total: usize| {
@@ -104,6 +112,9 @@ impl LoadedModel {
                     WorkerFailure::PromptTooLong { field, chunks }
                 }
                 engine::EngineError::InvalidParams(reason) => WorkerFailure::Unsupported { reason },
+                engine::EngineError::NotBuilt(reason) if params.image.is_some() => {
+                    WorkerFailure::ImageNotBuilt { reason }
+                }
                 other => WorkerFailure::EngineError {
                     reason: other.to_string(),
                 },

@@ -5,8 +5,9 @@
 #![forbid(unsafe_code)]
 
 use weave_common::config::{Device, ModelKind};
-use weave_common::image::{decode_luma, decode_rgb, strength_f64, ImageField, ImageProblem};
+use weave_common::image::{decode_luma, decode_rgb, ImageField, ImageProblem};
 use weave_common::proto::Scheduler;
+use weave_common::strength::strength_from_f32;
 use weave_common::worker_proto::WorkerImageInput;
 
 use crate::engine;
@@ -68,7 +69,7 @@ pub fn image_input(
             pixels,
         },
         mask,
-        strength: strength_f64(input.strength),
+        strength: strength_from_f32(input.strength),
     })
 }
 

@@ -22,9 +22,7 @@ mod rules;
 
 pub use decode::{decode_luma, decode_rgb};
 pub use header::{inspect, PngHeader};
-pub use rules::{
-    steps_run, strength_f64, validate_image_fields, validate_images, DEFAULT_STRENGTH,
-};
+pub use rules::{steps_run, validate_image_fields, validate_images, DEFAULT_STRENGTH};
 
 /// Which image field of a request an image or a problem is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -60,17 +60,12 @@ pub fn validate_images(
     Ok(())
 }
 
-/// The strength as the f64 a Python caller would have written (see
-/// [`crate::strength::strength_from_f32`]).
-pub fn strength_f64(strength: f32) -> f64 {
-    crate::strength::strength_from_f32(strength)
-}
-
 /// Denoising steps an img2img job runs, 0 when none would:
 /// [`crate::strength::strength_steps`] (diffusers' `get_timesteps`) on the
 /// request's f32 strength.
 pub fn steps_run(steps: u32, strength: f32) -> u32 {
-    crate::strength::strength_steps(steps, strength_f64(strength)).map_or(0, |s| s.run)
+    crate::strength::strength_steps(steps, crate::strength::strength_from_f32(strength))
+        .map_or(0, |s| s.run)
 }
 
 #[cfg(test)]
@@ -89,7 +84,7 @@ mod tests {
         assert_eq!(steps_run(20, 0.33), 6);
         assert_eq!(steps_run(10, 0.05), 0);
         assert_eq!(steps_run(10, f32::NAN), 0);
-        assert_eq!(strength_f64(0.35), 0.35);
-        assert_eq!(strength_f64(0.75), 0.75);
+        assert_eq!(crate::strength::strength_from_f32(0.35), 0.35);
+        assert_eq!(crate::strength::strength_from_f32(0.75), 0.75);
     }
 }

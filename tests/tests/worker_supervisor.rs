@@ -263,6 +263,8 @@ fn digits_params(steps: u32, batch: u32, seed: u64) -> WorkerGenerateParams {
         scheduler: Scheduler::Ddim,
         batch,
         max_prompt_chunks: 8,
+        preview_every: 0,
+        preview_max_size: 0,
     }
 }
 

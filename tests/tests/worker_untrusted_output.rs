@@ -256,6 +256,8 @@ fn params() -> WorkerGenerateParams {
         scheduler: Scheduler::Euler,
         batch: 1,
         max_prompt_chunks: 8,
+        preview_every: 0,
+        preview_max_size: 0,
     }
 }
 

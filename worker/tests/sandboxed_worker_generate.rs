@@ -68,6 +68,8 @@ fn params(steps: u32, batch: u32, seed: u64) -> WorkerGenerateParams {
         scheduler: Scheduler::EulerAncestral,
         batch,
         max_prompt_chunks: 8,
+        preview_every: 0,
+        preview_max_size: 0,
     }
 }
 

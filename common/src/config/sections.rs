@@ -63,6 +63,12 @@ pub struct Limits {
     /// syntax and `BREAK`s; each chunk is one more text-encoder pass and 77
     /// more positions for the UNet's cross-attention.
     pub max_prompt_chunks: u32,
+    /// The smallest `preview_every` a request may ask for: at most one
+    /// preview per this many steps of each image (the previews' rate).
+    pub min_preview_every: u32,
+    /// Longest edge of a preview, in pixels. Previews are drawn at the
+    /// latent resolution (or twice it) and scaled down to fit.
+    pub preview_max_size: u32,
 }
 
 impl Default for Limits {
@@ -81,6 +87,8 @@ impl Default for Limits {
             admin_reserved_connections: 16,
             hello_timeout_s: 5,
             max_prompt_chunks: crate::prompt::DEFAULT_MAX_PROMPT_CHUNKS,
+            min_preview_every: 1,
+            preview_max_size: 256,
         }
     }
 }

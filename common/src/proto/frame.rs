@@ -28,7 +28,7 @@ pub const DEFAULT_MAX_RESPONSE_FRAME: u32 = 64 * 1024 * 1024;
 /// Number of `Request` variants this version knows; index >= this is unknown.
 const REQUEST_VARIANTS: u32 = 16;
 /// Number of `Response` variants this version knows.
-const RESPONSE_VARIANTS: u32 = 13;
+const RESPONSE_VARIANTS: u32 = 14;
 
 /// First allocation for a body; the buffer grows only as bytes arrive, so a
 /// peer cannot make us reserve a large limit by sending only a prefix.
@@ -666,7 +666,7 @@ mod tests {
         ));
         assert!(matches!(
             decode_response(&frame_with_body(&[RESPONSE_VARIANTS as u8]), 100),
-            Err(FrameError::UnknownMessage { index: 13 })
+            Err(FrameError::UnknownMessage { index: 14 })
         ));
     }
 
@@ -679,8 +679,16 @@ mod tests {
                 model_id: "m".into()
             }
         );
-        let error = Response::Error(ErrorCode::Internal);
-        let body = postcard::to_stdvec(&error).unwrap();
+        let preview = Response::Preview {
+            job_id: 1,
+            index: 0,
+            step: 1,
+            total: 1,
+            width: 1,
+            height: 1,
+            png: Vec::new(),
+        };
+        let body = postcard::to_stdvec(&preview).unwrap();
         assert_eq!(u32::from(body[0]), RESPONSE_VARIANTS - 1);
     }
 

@@ -176,6 +176,7 @@ impl Pipeline {
         p: &GenerateParams,
         input: &ImageInput,
         progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
+        tap: &mut super::StepTap<'_>,
     ) -> Result<Tensor, EngineError> {
         let _no_grad = tch::no_grad_guard();
         self.validate(p)?;
@@ -263,6 +264,12 @@ impl Pipeline {
                 let keep = m.f_neg()?.f_add_scalar(1.0)?;
                 latents = keep.f_mul(&kept)?.f_add(&m.f_mul(&latents)?)?;
             }
+            tap(
+                done + 1,
+                run,
+                &latents,
+                super::preview_sigma(&scheduler, index + 1),
+            )?;
             if progress(done + 1, run).is_break() {
                 return Err(EngineError::Cancelled);
             }

@@ -12,6 +12,7 @@ use weave_common::prompt::{PromptField, DEFAULT_MAX_PROMPT_CHUNKS};
 use crate::engine::denoisers::unet::UNet;
 use crate::engine::denoisers::{Conditioning, Denoiser, TextTime};
 use crate::engine::loader::{Component, ModelParts, ModelSpec};
+use crate::engine::preview::{LatentRgb, Preview, PreviewRequest};
 use crate::engine::schedulers::{Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
 use crate::engine::text::clip::ClipTextModel;
 use crate::engine::text::prompt_encoding;
@@ -194,6 +195,23 @@ pub fn global_rng_lock() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// What the denoising loops call after every step with the step (1-based),
+/// the steps in all, the latents and their noise level (σ in the Euler
+/// parametrization, 0 when the sampler's latents are not scaled by it):
+/// how previews see the latents without a second loop.
+pub(crate) type StepTap<'a> = dyn FnMut(usize, usize, &Tensor, f64) -> Result<(), EngineError> + 'a;
+
+/// The noise level of the latents after `steps_done` steps, for a preview:
+/// σ of the Euler family (whose latents carry noise of σ on a signal of
+/// about unit scale), 0 for samplers whose latents stay at unit variance.
+pub(crate) fn preview_sigma(scheduler: &Scheduler, steps_done: usize) -> f64 {
+    if scheduler.init_noise_sigma() > 1.0 {
+        scheduler.sigmas().get(steps_done).copied().unwrap_or(0.0)
+    } else {
+        0.0
+    }
+}
+
 /// Limits the engine itself enforces (the broker validates tighter ones).
 pub const MAX_SIDE: u32 = 4096;
 pub const MAX_BATCH: u32 = 64;
@@ -213,6 +231,10 @@ pub struct Pipeline {
     device: Device,
     kind: Kind,
     memory_bytes: u64,
+    /// The latent → RGB map of previews, fitted to this VAE the first time
+    /// a job asks for previews (so a model never used with previews never
+    /// pays the fitting decode).
+    preview_map: std::sync::OnceLock<LatentRgb>,
 }
 
 impl Pipeline {
@@ -284,6 +306,7 @@ impl Pipeline {
             device,
             kind,
             memory_bytes,
+            preview_map: std::sync::OnceLock::new(),
         })
     }
 
@@ -418,8 +441,19 @@ impl Pipeline {
         p: &GenerateParams,
         progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor, EngineError> {
+        self.denoise(p, progress, &mut |_, _, _, _| Ok(()))
+    }
+
+    /// [`Self::generate_latents`], with `tap` seeing the latents after
+    /// every step.
+    fn denoise(
+        &self,
+        p: &GenerateParams,
+        progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
+        tap: &mut StepTap<'_>,
+    ) -> Result<Tensor, EngineError> {
         if let Some(input) = &p.image {
-            return self.image_latents(p, input, progress);
+            return self.image_latents(p, input, progress, tap);
         }
         let _no_grad = tch::no_grad_guard();
         self.validate(p)?;
@@ -454,6 +488,7 @@ impl Pipeline {
                 noise_pred
             };
             latents = scheduler.step(&noise_pred, &latents, &mut draw_noise)?;
+            tap(i + 1, total, &latents, preview_sigma(&scheduler, i + 1))?;
             if progress(i + 1, total).is_break() {
                 return Err(EngineError::Cancelled);
             }
@@ -547,6 +582,21 @@ impl Pipeline {
         Ok(Conditioning { context, text_time })
     }
 
+    /// The preview map of this model's VAE, fitted on first use.
+    pub fn preview_map(&self) -> Result<&LatentRgb, EngineError> {
+        if let Some(map) = self.preview_map.get() {
+            return Ok(map);
+        }
+        let map = LatentRgb::fit(
+            self.vae.config().latent_channels,
+            self.vae.config().scale_factor(),
+            self.kind,
+            self.device,
+            |latents| self.decode(latents),
+        )?;
+        Ok(self.preview_map.get_or_init(|| map))
+    }
+
     /// Latents → images in [-1, 1] (diffusers' `vae.decode(latents / scaling_factor)`),
     /// in fp32 for an upcast SDXL VAE.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, EngineError> {
@@ -573,6 +623,22 @@ impl Pipeline {
         p: &GenerateParams,
         progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Vec<RgbImage>, EngineError> {
+        self.generate_with_previews(p, PreviewRequest::default(), progress, &mut |_| {
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// [`Self::generate`], handing `previews` a preview of image `index`
+    /// after every step of its own that `preview` wants (docs/WORKER.md,
+    /// "Previews"); `Break` from either callback cancels. Previews only
+    /// read the latents: the images are the same as without them.
+    pub fn generate_with_previews(
+        &self,
+        p: &GenerateParams,
+        preview: PreviewRequest,
+        progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
+        previews: &mut dyn FnMut(Preview) -> ControlFlow<()>,
+    ) -> Result<Vec<RgbImage>, EngineError> {
         self.validate(p)?;
         let images = p.batch as usize;
         let mut out = Vec::with_capacity(images);
@@ -584,7 +650,25 @@ impl Pipeline {
             };
             let mut image_progress =
                 |step: usize, total: usize| progress(batch_step(index, images, step, total), total);
-            let latents = self.generate_latents(&single, &mut image_progress)?;
+            let mut tap = |step: usize, total: usize, latents: &Tensor, sigma: f64| {
+                if !preview.wants(step) {
+                    return Ok(());
+                }
+                let image = self
+                    .preview_map()?
+                    .render(latents, sigma, preview.max_size)?;
+                let shown = Preview {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    step: u32::try_from(step).unwrap_or(u32::MAX),
+                    total: u32::try_from(total).unwrap_or(u32::MAX),
+                    image,
+                };
+                match previews(shown) {
+                    ControlFlow::Continue(()) => Ok(()),
+                    ControlFlow::Break(()) => Err(EngineError::Cancelled),
+                }
+            };
+            let latents = self.denoise(&single, &mut image_progress, &mut tap)?;
             let mut images = to_rgb8(&self.decode(&latents)?)?;
             if let Some(input) = &p.image {
                 input.keep_unmasked(&mut images);

@@ -199,6 +199,13 @@ pub struct GenerateArgs {
     /// Overwrite output files that exist.
     #[arg(long)]
     pub force: bool,
+    /// Live preview every K steps: a small approximate PNG next to each
+    /// output (`out.png` → `out.preview.png`), replaced at every preview
+    /// (point an auto-reloading image viewer at it) and removed once the
+    /// image is written. K of at least the daemon's
+    /// `limits.min_preview_every`; not with `-o -`.
+    #[arg(long, value_name = "K")]
+    pub preview: Option<u32>,
 }
 
 /// Parses a [`Named`] value (`--scheduler euler_a`) with the names the

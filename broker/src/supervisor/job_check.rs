@@ -238,7 +238,9 @@ impl<'a> JobCheck<'a> {
 
 impl JobCheck<'_> {
     /// What is wrong with a preview, if anything: one the job did not ask
-    /// for, of an image already delivered or not begun, at a step that is
+    /// for, of an image already delivered or beyond the batch (the worker
+    /// sends a batch's images at its end, so previews of later images may
+    /// come first; `(index, step)` must rise), at a step that is
     /// not a multiple of `preview_every` or out of order, or larger than
     /// `preview_max_size` or its image.
     fn preview_problem(&self, p: &Preview) -> Option<String> {
@@ -252,10 +254,10 @@ impl JobCheck<'_> {
             .and_then(|(w, h)| w.checked_mul(h)?.checked_mul(3));
         if every == 0 {
             Some("a preview the job did not ask for".into())
-        } else if p.index != current || p.index >= params.batch {
+        } else if p.index < current || p.index >= params.batch {
             Some(format!(
-                "a preview of image {}, while image {current} is being made",
-                p.index
+                "a preview of image {}, with {current} of {} images delivered",
+                p.index, params.batch
             ))
         } else if p.total == 0
             || p.total > params.steps
@@ -589,6 +591,7 @@ mod tests {
             preview(0, 1, 2, 1, 6),
             progress(1, 3),
             preview(0, 3, 4, 2, 24),
+            preview(1, 1, 2, 1, 6),
             image(0, 4, 2, LEN),
             preview(1, 2, 2, 1, 6),
         ])
@@ -599,7 +602,7 @@ mod tests {
                 if rgb.len() == 6
         ));
         assert!(matches!(
-            &events[4],
+            &events[5],
             JobEvent::Preview(Preview {
                 index: 1,
                 step: 2,
@@ -612,11 +615,15 @@ mod tests {
     fn previews_that_do_not_fit_the_request_are_bad_output() {
         // Not asked for.
         assert!(bad_output(1, vec![preview(0, 1, 2, 1, 6)]).contains("did not ask"));
-        // Of an image not being made.
-        assert!(bad_preview(vec![preview(1, 1, 2, 1, 6)]).contains("image 1, while image 0"));
+        // Of an image delivered, beyond the batch, or going back.
+        assert!(bad_preview(vec![preview(2, 1, 2, 1, 6)]).contains("image 2, with 0 of 2"));
         assert!(
             bad_preview(vec![image(0, 4, 2, LEN), preview(0, 1, 2, 1, 6)])
-                .contains("image 0, while image 1")
+                .contains("image 0, with 1 of 2")
+        );
+        assert!(
+            bad_preview(vec![preview(1, 1, 2, 1, 6), preview(0, 2, 2, 1, 6)])
+                .contains("out of order")
         );
         // Steps out of range or out of order.
         assert!(bad_preview(vec![preview(0, 0, 2, 1, 6)]).contains("step 0/3"));

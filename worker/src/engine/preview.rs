@@ -213,6 +213,23 @@ impl LatentRgb {
     }
 }
 
+/// What the denoising loops call after every step with the step (1-based),
+/// the steps in all, the latents and their noise level (σ in the Euler
+/// parametrization, 0 when the sampler's latents are not scaled by it):
+/// how previews see the latents without a second loop.
+pub type StepTap<'a> = dyn FnMut(usize, usize, &Tensor, f64) -> Result<(), EngineError> + 'a;
+
+/// The noise level of the latents after `steps_done` steps, for a preview:
+/// σ of the Euler family (whose latents carry noise of σ on a signal of
+/// about unit scale), 0 for samplers whose latents stay at unit variance.
+pub fn preview_sigma(scheduler: &super::schedulers::Scheduler, steps_done: usize) -> f64 {
+    if scheduler.init_noise_sigma() > 1.0 {
+        scheduler.sigmas().get(steps_done).copied().unwrap_or(0.0)
+    } else {
+        0.0
+    }
+}
+
 /// The preview's size for latents of `h × w`: twice over when that fits in
 /// `max_size`, else scaled down (aspect kept, at least 1 pixel).
 pub fn preview_size(h: i64, w: i64, max_size: u32) -> (i64, i64) {

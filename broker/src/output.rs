@@ -4,7 +4,7 @@
 
 use weave_common::worker_proto::WorkerGenerateParams;
 
-use crate::supervisor::Image;
+use crate::supervisor::{Image, Preview};
 
 /// Why the worker's output cannot be delivered. Any of these means the
 /// worker misbehaved: the scheduler treats it as a crash.
@@ -80,6 +80,23 @@ pub fn parameters_text(job: &WorkerGenerateParams, seed: u64) -> String {
     text
 }
 
+/// Encodes one checked preview: plain 8-bit RGB, no text chunk (the
+/// final image carries the parameters), fast compression (previews are
+/// small and frequent).
+pub fn encode_preview_png(preview: &Preview) -> Result<Vec<u8>, OutputError> {
+    let mut out = Vec::with_capacity(preview.rgb.len() / 2 + 128);
+    {
+        let mut encoder = png::Encoder::new(&mut out, preview.width, preview.height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.set_compression(png::Compression::Fast);
+        let mut writer = encoder.write_header()?;
+        writer.write_image_data(&preview.rgb)?;
+        writer.finish()?;
+    }
+    Ok(out)
+}
+
 /// Encodes one checked image.
 pub fn encode_png(
     job: &WorkerGenerateParams,
@@ -129,6 +146,8 @@ mod tests {
             batch: 1,
             max_prompt_chunks: 8,
             image: None,
+            preview_every: 0,
+            preview_max_size: 0,
         }
     }
 

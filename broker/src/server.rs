@@ -470,7 +470,14 @@ impl Connection {
             match admission.events.recv_timeout(HANGUP_POLL) {
                 Ok(event) => {
                     let done = event.ends_generate_stream();
-                    if self.send(&event).is_err() {
+                    let is_preview = matches!(event, Response::Preview { .. });
+                    let sent = self.send(&event);
+                    if is_preview {
+                        // Out of the channel and into the socket (or lost
+                        // with it): room for the next preview.
+                        admission.previews.written();
+                    }
+                    if sent.is_err() {
                         self.broker.cancel(self.peer.uid, true, job_id);
                         return Err(Closed);
                     }

@@ -3,9 +3,10 @@
 //! checked before anything is queued.
 #![forbid(unsafe_code)]
 
+use weave_common::config::Limits;
 use weave_common::image::{validate_images, DEFAULT_STRENGTH};
 use weave_common::proto::{ErrorCode, GenerateRequest};
-use weave_common::validate::{validate_generate, ParamBounds};
+use weave_common::validate::{validate_generate, validate_preview_every, ParamBounds};
 
 use weave_common::worker_proto::{WorkerGenerateParams, WorkerImageInput};
 
@@ -53,7 +54,31 @@ pub fn resolve(
         batch: request.batch,
         max_prompt_chunks,
         image,
+        preview_every: 0,
+        preview_max_size: 0,
     })
+}
+
+/// Checks `request.preview_every` against `[limits]` and the resolved
+/// steps, and sets the previews of `params` (none when it is 0).
+pub fn resolve_previews(
+    request: &GenerateRequest,
+    limits: &Limits,
+    params: &mut WorkerGenerateParams,
+) -> Result<(), ErrorCode> {
+    // Of the steps that run: with an init image, int(steps × strength).
+    validate_preview_every(
+        request.preview_every,
+        limits.min_preview_every,
+        params.steps_to_run(),
+    )?;
+    params.preview_every = request.preview_every;
+    params.preview_max_size = if request.preview_every == 0 {
+        0
+    } else {
+        limits.preview_max_size
+    };
+    Ok(())
 }
 
 #[cfg(test)]
@@ -114,5 +139,47 @@ mod tests {
             resolve(&request(2048), &model, &bounds, 8, 0),
             Err(ErrorCode::InvalidParameter { .. })
         ));
+    }
+
+    /// `preview_every` is checked against the resolved steps (the model's
+    /// default here) and `[limits]`, which also give the preview size.
+    #[test]
+    fn previews_follow_the_limits_and_the_steps() {
+        let model = ModelConfig {
+            id: "xl".into(),
+            kind: ModelKind::Sdxl,
+            path: "/m".into(),
+            sha256: None,
+            defaults: ModelDefaults {
+                steps: Some(6),
+                ..ModelDefaults::default()
+            },
+            bounds: ModelBounds::default(),
+            native_size: None,
+        };
+        let limits = Limits {
+            min_preview_every: 2,
+            preview_max_size: 96,
+            ..Limits::default()
+        };
+        let run = |every: u32| {
+            let mut req = request(512);
+            req.preview_every = every;
+            let mut params = resolve(&req, &model, &ParamBounds::default(), 8, 0)?;
+            resolve_previews(&req, &limits, &mut params).map(|()| params)
+        };
+        let off = run(0).unwrap();
+        assert_eq!((off.preview_every, off.preview_max_size), (0, 0));
+        let on = run(3).unwrap();
+        assert_eq!((on.preview_every, on.preview_max_size), (3, 96));
+        for every in [1, 7] {
+            match run(every) {
+                Err(ErrorCode::InvalidParameter { field, allowed }) => {
+                    assert_eq!(field, "preview_every");
+                    assert!(allowed.contains("from 2 to 6"), "{allowed}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

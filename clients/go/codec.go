@@ -155,12 +155,13 @@ const (
 	respChannelStats
 	respOK
 	respError
+	respPreview // added in protocol version 2
 	responseKindCount
 )
 
 var responseNames = [responseKindCount]string{
 	"Hello", "Models", "Status", "Queued", "Position", "Started", "Progress", "Image",
-	"Finished", "Jobs", "ChannelStats", "Ok", "Error",
+	"Finished", "Jobs", "ChannelStats", "Ok", "Error", "Preview",
 }
 
 func (k responseKind) String() string {
@@ -220,6 +221,16 @@ func decodeResponse(body []byte) (*response, error) {
 		}
 	case respFinished:
 		r.event = &Finished{JobID: d.u64("job_id")}
+	case respPreview:
+		r.event = &Preview{
+			JobID:  d.u64("job_id"),
+			Index:  d.u32("index"),
+			Step:   d.u32("step"),
+			Total:  d.u32("total"),
+			Width:  d.u32("width"),
+			Height: d.u32("height"),
+			PNG:    d.raw("png"),
+		}
 	case respJobs:
 		n := d.length("jobs")
 		r.jobs = make([]JobInfo, 0, n)
@@ -365,7 +376,7 @@ func (r *response) encode(e *encoder) {
 			e.u64(s.WorkerMemory.ResidentBytes)
 			e.u64(s.WorkerMemory.PeakBytes)
 		}
-	case respQueued, respPosition, respStarted, respProgress, respImage, respFinished:
+	case respQueued, respPosition, respStarted, respProgress, respImage, respFinished, respPreview:
 		encodeEvent(e, r.event)
 	case respJobs:
 		e.uvarint(uint64(len(r.jobs)))
@@ -455,5 +466,13 @@ func encodeEvent(e *encoder, ev Event) {
 		e.bytes(ev.PNG)
 	case *Finished:
 		e.u64(ev.JobID)
+	case *Preview:
+		e.u64(ev.JobID)
+		e.u32(ev.Index)
+		e.u32(ev.Step)
+		e.u32(ev.Total)
+		e.u32(ev.Width)
+		e.u32(ev.Height)
+		e.bytes(ev.PNG)
 	}
 }

@@ -51,7 +51,7 @@ func (c *Client) Generate(ctx context.Context, req GenerateRequest) (*Generation
 func (g *Generation) JobID() uint64 { return g.jobID }
 
 // Next returns the next event: *Queued (first), *Position, *Started,
-// *Progress, *Image, and *Finished (last). After *Finished it returns
+// *Progress, *Preview (with PreviewEvery), *Image, and *Finished (last). After *Finished it returns
 // io.EOF. A job that fails after admission ends with its typed error
 // (*CancelledError, *TimedOutError, *WorkerCrashedError, ...); images
 // already returned are complete and valid.
@@ -76,7 +76,7 @@ func (g *Generation) Next() (Event, error) {
 			g.c.Close()
 		}
 		return nil, g.finish(resp.err)
-	case respQueued, respPosition, respStarted, respProgress, respImage, respFinished:
+	case respQueued, respPosition, respStarted, respProgress, respImage, respFinished, respPreview:
 	default:
 		g.c.Close()
 		return nil, g.finish(&DecodeError{Reason: fmt.Sprintf("%v in the middle of a Generate stream", resp.kind)})

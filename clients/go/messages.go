@@ -341,7 +341,7 @@ type SegmentStats struct {
 }
 
 // Event is one frame of a Generate stream: *Queued, *Position, *Started,
-// *Progress, *Image or *Finished. A stream that fails ends with an error
+// *Progress, *Preview, *Image or *Finished. A stream that fails ends with an error
 // instead of *Finished (see Generation.Next).
 type Event interface {
 	// Job is the id the broker assigned to the job.
@@ -389,15 +389,33 @@ type Finished struct {
 	JobID uint64
 }
 
+// Preview is a small approximate look at image Index after Step of its
+// Total denoising steps, PNG-encoded, at most limits.preview_max_size
+// pixels on its longer edge. Only with GenerateRequest.PreviewEvery > 0:
+// one after every step of each image that is a multiple of it, before the
+// images. The broker drops previews a caller reads too slowly (never
+// images). Added in protocol version 2.
+type Preview struct {
+	JobID  uint64
+	Index  uint32
+	Step   uint32
+	Total  uint32
+	Width  uint32
+	Height uint32
+	PNG    []byte
+}
+
 func (e *Queued) Job() uint64   { return e.JobID }
 func (e *Position) Job() uint64 { return e.JobID }
 func (e *Started) Job() uint64  { return e.JobID }
 func (e *Progress) Job() uint64 { return e.JobID }
 func (e *Image) Job() uint64    { return e.JobID }
 func (e *Finished) Job() uint64 { return e.JobID }
+func (e *Preview) Job() uint64  { return e.JobID }
 func (*Queued) isEvent()        {}
 func (*Position) isEvent()      {}
 func (*Started) isEvent()       {}
 func (*Progress) isEvent()      {}
 func (*Image) isEvent()         {}
 func (*Finished) isEvent()      {}
+func (*Preview) isEvent()       {}

@@ -132,6 +132,7 @@ func expectedResponses() map[string]*response {
 		"response/progress": {kind: respProgress, event: &Progress{JobID: 7, Step: 1, Total: 30}},
 		"response/image":    {kind: respImage, event: &Image{JobID: 7, Index: 0, Seed: 1234, Width: 1, Height: 1, PNG: tinyPNG}},
 		"response/finished": {kind: respFinished, event: &Finished{JobID: 7}},
+		"response/preview":  {kind: respPreview, event: &Preview{JobID: 7, Index: 0, Step: 2, Total: 6, Width: 1, Height: 1, PNG: tinyPNG}},
 		"response/jobs": {kind: respJobs, jobs: []JobInfo{{
 			JobID: 7, OwnerUID: 1000, Tag: Ptr("u-42"), ModelID: "sd15", State: JobRunning,
 			SubmittedSAgo: 3, Step: 12, Total: 30, Device: Ptr("cuda:0"), RunMs: Ptr[uint64](2500),

@@ -38,7 +38,7 @@ func TestStrictDecoding(t *testing.T) {
 		{"option tag 2", []byte{0x02, 0x00, 0x00, 0x00, 0x02}, "Option tag"},
 		{"bad utf-8", []byte{0x00, 0x01, 0x02, 0xc3, 0x28, 0x00, 0x00}, "UTF-8"},
 		{"trailing byte", []byte{0x0b, 0x00}, "follow the end"},
-		{"unknown response", []byte{0x0d}, "unknown variant 13"},
+		{"unknown response", []byte{0x0e}, "unknown variant 14"},
 		{"unknown error code", []byte{0x0c, 0x0d}, "unknown variant 13"},
 		{"unknown role", []byte{0x00, 0x01, 0x00, 0x02, 0x00}, "role: unknown variant 2"},
 		{"length past end", []byte{0x07, 0x07, 0x00, 0x00, 0x01, 0x01, 0x10, 0x89}, "exceeds"},

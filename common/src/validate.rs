@@ -51,6 +51,10 @@ pub const MAX_CLIENT_NAME_LEN: usize = 64;
 /// Width and height must be multiples of this (the VAE downsamples by 8).
 pub const DIMENSION_MULTIPLE: u32 = 8;
 
+/// Largest `limits.preview_max_size` the config accepts: previews are
+/// small by design (the latents are 1/8 of the image's edge).
+pub const MAX_PREVIEW_SIZE: u32 = 1024;
+
 /// Description of the identifier charset, as shown to callers.
 const IDENTIFIER_CHARSET: &str =
     "ASCII letters, digits, '.', '_' and '-', starting with a letter or digit";
@@ -107,6 +111,8 @@ pub enum ValidationError {
         field: &'static str,
         problem: crate::image::ImageProblem,
     },
+    /// `preview_every` neither 0 nor from `min` to `max` (the job's steps).
+    Preview { min: u32, max: u32 },
 }
 
 impl ValidationError {
@@ -123,6 +129,7 @@ impl ValidationError {
             | ValidationError::NeedsInitImage { field }
             | ValidationError::BadImage { field, .. } => field,
             ValidationError::BadStrength | ValidationError::StrengthRunsNoStep { .. } => "strength",
+            ValidationError::Preview { .. } => "preview_every",
         }
     }
 
@@ -172,6 +179,13 @@ impl ValidationError {
                  run; raise the strength or the steps)"
             ),
             ValidationError::BadImage { problem, .. } => problem.allowed(),
+            ValidationError::Preview { min, max } if min > max => format!(
+                "0 (no previews): the job's {max} steps are fewer than limits.min_preview_every \
+                 ({min})"
+            ),
+            ValidationError::Preview { min, max } => {
+                format!("0 (no previews) or from {min} to {max} (the job's steps)")
+            }
         }
     }
 }
@@ -231,8 +245,25 @@ pub fn validate_generate(
     }
     crate::image::validate_image_fields(request)?;
     refuse_not_built("loras", !request.loras.is_empty())?;
-    refuse_not_built("preview_every", request.preview_every != 0)?;
     Ok(())
+}
+
+/// `preview_every` of a request that runs `steps` steps (the request's or
+/// the model's default): 0 (no previews), or from `min_every`
+/// (`limits.min_preview_every`, the previews' rate limit) to `steps` (a
+/// larger value would never send one).
+pub fn validate_preview_every(
+    preview_every: u32,
+    min_every: u32,
+    steps: u32,
+) -> Result<(), ValidationError> {
+    if preview_every == 0 || (min_every.max(1)..=steps).contains(&preview_every) {
+        return Ok(());
+    }
+    Err(ValidationError::Preview {
+        min: min_every.max(1),
+        max: steps,
+    })
 }
 
 /// Refuses a set field whose feature is not built yet.
@@ -621,9 +652,37 @@ mod tests {
             .field(),
             "loras"
         );
-        let error = rejected(|r| r.preview_every = 2);
-        assert_eq!(error.field(), "preview_every");
-        assert!(error.to_string().contains("does not build"), "{error}");
+    }
+
+    #[test]
+    fn preview_every_is_off_or_within_the_rate_limit_and_the_steps() {
+        // Not a field of the bounds check: it needs the resolved steps.
+        assert!(validate_generate(
+            &GenerateRequest {
+                preview_every: 1_000,
+                ..request()
+            },
+            &bounds()
+        )
+        .is_ok());
+        assert!(validate_preview_every(0, 3, 6).is_ok());
+        assert!(validate_preview_every(3, 3, 6).is_ok());
+        assert!(validate_preview_every(6, 3, 6).is_ok());
+        for (every, min, steps) in [(2, 3, 6), (7, 3, 6), (1, 2, 1)] {
+            let error = validate_preview_every(every, min, steps).unwrap_err();
+            assert_eq!(error.field(), "preview_every");
+            assert!(error.allowed().starts_with("0 (no previews)"), "{error}");
+        }
+        assert_eq!(
+            validate_preview_every(7, 3, 6).unwrap_err().to_string(),
+            "preview_every must be 0 (no previews) or from 3 to 6 (the job's steps)"
+        );
+        assert!(validate_preview_every(1, 2, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("fewer than limits.min_preview_every (2)"));
+        // A minimum of 0 (refused by the config check) still means 1.
+        assert!(validate_preview_every(1, 0, 6).is_ok());
     }
 
     #[test]

@@ -143,6 +143,11 @@ pub struct WorkerGenerateParams {
     pub batch: u32,
     /// `limits.max_prompt_chunks`: 75-token chunks each prompt may take.
     pub max_prompt_chunks: u32,
+    /// Send a `FromWorker::Preview` of each image after every step that is
+    /// a multiple of this (of the image's own steps); 0: none.
+    pub preview_every: u32,
+    /// `limits.preview_max_size`: a preview's longer edge, at most.
+    pub preview_max_size: u32,
     /// img2img / inpainting; `None`: text to image.
     pub image: Option<WorkerImageInput>,
 }
@@ -339,6 +344,19 @@ pub enum FromWorker {
     StartFailed {
         reason: String,
     },
+    /// A preview of image `index` after `step` of its `total` steps: raw
+    /// RGB8 like `Image`, at most `preview_max_size` on its longer edge.
+    /// Only when the job asked for previews; the broker checks every field
+    /// and PNG-encodes it.
+    Preview {
+        job_id: u64,
+        index: u32,
+        step: u32,
+        total: u32,
+        width: u32,
+        height: u32,
+        rgb: Vec<u8>,
+    },
 }
 
 impl FromWorker {
@@ -354,6 +372,7 @@ impl FromWorker {
             FromWorker::Failed { .. } => 7,
             FromWorker::RekeyAck => 8,
             FromWorker::StartFailed { .. } => 9,
+            FromWorker::Preview { .. } => 10,
         }
     }
 }
@@ -579,6 +598,8 @@ mod tests {
             batch: 1,
             max_prompt_chunks: 8,
             image: None,
+            preview_every: 0,
+            preview_max_size: 256,
         };
         assert_eq!(p.image_len(), Some(64 * 32 * 3));
         p.width = u32::MAX;

@@ -293,6 +293,18 @@ fn examples() -> BTreeMap<&'static str, Example> {
     );
     response("response/finished", Response::Finished { job_id: 7 });
     response(
+        "response/preview",
+        Response::Preview {
+            job_id: 7,
+            index: 0,
+            step: 2,
+            total: 6,
+            width: 1,
+            height: 1,
+            png: TINY_PNG.to_vec(),
+        },
+    );
+    response(
         "response/jobs",
         Response::Jobs(vec![
             JobInfo {
@@ -915,7 +927,7 @@ fn examples_cover_every_variant() {
     );
     assert_eq!(
         response_indices,
-        (0..13).collect(),
+        (0..14).collect(),
         "one example per Response variant"
     );
 }

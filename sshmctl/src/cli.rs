@@ -213,6 +213,13 @@ pub struct GenerateArgs {
     /// repaint, black = keep (color is read as luma, split at 128).
     #[arg(long, value_name = "PATH", requires = "init_image")]
     pub mask: Option<PathBuf>,
+    /// Live preview every K steps: a small approximate PNG next to each
+    /// output (`out.png` → `out.preview.png`), replaced at every preview
+    /// (point an auto-reloading image viewer at it) and removed once the
+    /// image is written. K of at least the daemon's
+    /// `limits.min_preview_every`; not with `-o -`.
+    #[arg(long, value_name = "K")]
+    pub preview: Option<u32>,
 }
 
 /// Parses a [`Named`] value (`--scheduler euler_a`) with the names the

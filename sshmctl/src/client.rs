@@ -313,6 +313,7 @@ pub fn response_name(response: &Response) -> &'static str {
         Response::ChannelStats(_) => "channel_stats",
         Response::Ok => "ok",
         Response::Error(_) => "error",
+        Response::Preview { .. } => "preview",
     }
 }
 

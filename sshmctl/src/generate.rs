@@ -18,6 +18,7 @@ use weave_common::proto::{
 use crate::cli::GenerateArgs;
 use crate::client::{ClientError, Connection};
 use crate::output_files::Outputs;
+use crate::previews::PreviewFiles;
 use crate::render::Renderer;
 use crate::CliError;
 
@@ -77,6 +78,13 @@ pub fn run(
     let png_size = init_image.as_deref().and_then(png_size);
     let mut outputs = Outputs::prepare(&args.output, args.batch, args.force, out.is_json())?;
     let to_stdout = matches!(outputs, Outputs::Stdout);
+    let previews = match args.preview {
+        Some(every) if every > 0 => {
+            Some(PreviewFiles::prepare(&args.output, args.batch, args.force)?)
+        }
+        _ => None,
+    };
+    let mut preview_noted = false;
     let request = GenerateRequest {
         model_id: args.model.clone(),
         prompt: args.prompt.clone(),
@@ -94,7 +102,7 @@ pub fn run(
         mask,
         strength: args.strength,
         loras: Vec::new(),
-        preview_every: 0,
+        preview_every: args.preview.unwrap_or(0),
     };
 
     let job = Arc::new(AtomicU64::new(NO_JOB));
@@ -212,6 +220,9 @@ pub fn run(
                 png,
             } => {
                 let path = outputs.write(index, &png)?;
+                if let Some(previews) = &previews {
+                    previews.finish(index);
+                }
                 if out.is_json() {
                     out.json_line(&json!({
                         "event": "image", "job_id": job_id, "index": index, "seed": image_seed,
@@ -219,6 +230,37 @@ pub fn run(
                     }));
                 }
                 written.push((path, image_seed));
+            }
+            Response::Preview {
+                job_id,
+                index,
+                step,
+                total,
+                width,
+                height,
+                png,
+            } => {
+                // Asked for only with `previews` set; a daemon sending
+                // one anyway gets it ignored.
+                let Some(previews) = &previews else { continue };
+                let path = previews.write(index, &png)?;
+                if out.is_json() {
+                    out.json_line(&json!({
+                        "event": "preview", "job_id": job_id, "index": index, "step": step,
+                        "total": total, "width": width, "height": height, "path": path,
+                        "bytes": png.len(),
+                    }));
+                } else if !preview_noted {
+                    preview_noted = true;
+                    let note = format!(
+                        "live preview: {} (until the image is written)",
+                        path.display()
+                    );
+                    match &bar {
+                        Some(bar) => bar.println(note),
+                        None => eprintln!("{note}"),
+                    }
+                }
             }
             Response::Finished { job_id } => {
                 if let Some(bar) = &bar {

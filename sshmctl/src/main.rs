@@ -11,6 +11,7 @@ mod errors;
 mod generate;
 mod manual;
 mod output_files;
+mod previews;
 mod render;
 
 use std::io::Write;

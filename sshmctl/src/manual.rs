@@ -78,6 +78,7 @@ The system config.
 sshmctl status
 sshmctl models
 sshmctl generate \-\-model digits \-\-prompt "a handwritten digit seven" \-o seven.png
+sshmctl generate \-\-model digits \-\-prompt "the digit 3" \-\-steps 20 \-\-preview 5 \-o three.png
 sshmctl generate \-m digits \-p "a 3" \-\-seed 42 \-\-steps 30 \-o \- > three.png
 sshmctl \-\-json generate \-m digits \-p "a 5" \-\-batch 4 \-o five.png
 sshmctl generate \-m digits \-p "a handwritten digit eight" \-\-init\-image three.png \-\-strength 0.6 \-o eight.png

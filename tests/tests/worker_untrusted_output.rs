@@ -257,6 +257,8 @@ fn params() -> WorkerGenerateParams {
         batch: 1,
         max_prompt_chunks: 8,
         image: None,
+        preview_every: 0,
+        preview_max_size: 0,
     }
 }
 

@@ -69,6 +69,8 @@ fn params(steps: u32, batch: u32, seed: u64) -> WorkerGenerateParams {
         batch,
         max_prompt_chunks: 8,
         image: None,
+        preview_every: 0,
+        preview_max_size: 0,
     }
 }
 

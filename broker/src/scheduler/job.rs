@@ -11,7 +11,7 @@ use super::{Broker, LoadedState, PendingJob};
 use crate::audit::{AuditRecord, Severity};
 use crate::job_runner::JobRunner;
 use crate::output;
-use crate::supervisor::{JobEvent, SupervisorError};
+use crate::supervisor::{JobEvent, Preview, SupervisorError};
 
 impl Broker {
     pub(super) fn ensure_loaded(
@@ -79,8 +79,8 @@ impl Broker {
             seed: params.seed,
         });
         let deadline = Instant::now() + self.settings.limits.job_timeout();
-        let mut on_event = |event: JobEvent| {
-            if let JobEvent::Progress { step, total } = event {
+        let mut on_event = |event: JobEvent| match event {
+            JobEvent::Progress { step, total } => {
                 self.with_running(|running| {
                     running.step = step;
                     running.total = total;
@@ -91,6 +91,8 @@ impl Broker {
                     total,
                 });
             }
+            JobEvent::Preview(preview) => self.forward_preview(pending, preview),
+            JobEvent::ModelLoaded(_) | JobEvent::Image { .. } => {}
         };
         let images = match runner.run_job(job_id, params, deadline, &pending.cancel, &mut on_event)
         {
@@ -133,6 +135,35 @@ impl Broker {
         }
         send(Response::Finished { job_id });
         Ok(())
+    }
+
+    /// PNG-encodes a checked preview and queues it for the caller, unless
+    /// the caller has not read the earlier ones yet (then it is dropped,
+    /// and counted: see `previews.rs`).
+    fn forward_preview(&self, pending: &PendingJob, preview: Preview) {
+        if !pending.previews.admit() {
+            return;
+        }
+        let png = match output::encode_preview_png(&preview) {
+            Ok(png) => png,
+            Err(error) => {
+                eprintln!("weave-broker: job {}: preview: {error}", pending.job_id);
+                pending.previews.withdraw();
+                return;
+            }
+        };
+        let sent = pending.events.send(Response::Preview {
+            job_id: pending.job_id,
+            index: preview.index,
+            step: preview.step,
+            total: preview.total,
+            width: preview.width,
+            height: preview.height,
+            png,
+        });
+        if sent.is_err() {
+            pending.previews.withdraw();
+        }
     }
 
     /// Updates the running job's entry (what `Jobs` shows of it).

@@ -24,6 +24,7 @@ use crate::supervisor::SupervisorHandle;
 
 mod commands;
 mod job;
+pub mod previews;
 mod reports;
 mod run_loop;
 mod submit;
@@ -41,6 +42,8 @@ struct PendingJob {
     events: Sender<Response>,
     cancel: Arc<AtomicBool>,
     submitted: Instant,
+    /// Bounds the previews waiting for the caller's connection.
+    previews: Arc<previews::PreviewGate>,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +130,9 @@ pub struct Admission {
     pub job_id: u64,
     pub position: u32,
     pub events: Receiver<Response>,
+    /// Call [`previews::PreviewGate::written`] after writing each
+    /// `Response::Preview` from `events`.
+    pub previews: Arc<previews::PreviewGate>,
 }
 
 impl Broker {
@@ -233,6 +239,11 @@ impl Broker {
         };
         if let Some(ms) = ms {
             record = record.field("ms", ms);
+        }
+        if params.preview_every != 0 {
+            record = record
+                .field("previews_sent", job.previews.sent())
+                .field("previews_dropped", job.previews.dropped());
         }
         if self.audit.log_prompts() {
             record = record.field("prompt", &params.prompt);

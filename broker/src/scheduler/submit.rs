@@ -25,13 +25,14 @@ impl Broker {
                 })?;
         let mut state = self.lock();
         let job_id = state.next_job_id;
-        let params = validation::resolve(
+        let mut params = validation::resolve(
             request,
             model,
             &self.settings.bounds,
             self.settings.limits.max_prompt_chunks,
             random_seed(),
         )?;
+        validation::resolve_previews(request, &self.settings.limits, &mut params)?;
         if state.shutting_down || state.draining {
             return Err(ErrorCode::ShuttingDown);
         }
@@ -63,12 +64,14 @@ impl Broker {
             .try_take(uid, now)
             .map_err(|retry_after_ms| ErrorCode::RateLimited { retry_after_ms })?;
         let (sender, receiver) = mpsc::channel();
+        let previews = Arc::new(super::previews::PreviewGate::default());
         let pending = PendingJob {
             job_id,
             params,
             events: sender,
             cancel: Arc::new(AtomicBool::new(false)),
             submitted: now,
+            previews: Arc::clone(&previews),
         };
         let position = state.queue.push(job_id, owner, now, pending);
         state.next_job_id += 1;
@@ -78,6 +81,7 @@ impl Broker {
             job_id,
             position,
             events: receiver,
+            previews,
         })
     }
 

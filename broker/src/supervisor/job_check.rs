@@ -22,6 +22,20 @@ pub enum JobEvent {
     Image {
         index: u32,
     },
+    /// A checked preview, to PNG-encode and forward (or drop).
+    Preview(Preview),
+}
+
+/// One preview of image `index` after `step` of its `total` steps: RGB8,
+/// checked against the request and `preview_max_size`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preview {
+    pub index: u32,
+    pub step: u32,
+    pub total: u32,
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
 }
 
 /// One output image: RGB8, row-major, checked against the request.
@@ -52,6 +66,8 @@ pub struct JobCheck<'a> {
     image_len: usize,
     last_step: u32,
     images: Vec<Image>,
+    /// `(index, step)` of the last preview: they must rise.
+    last_preview: Option<(u32, u32)>,
 }
 
 impl<'a> JobCheck<'a> {
@@ -62,6 +78,7 @@ impl<'a> JobCheck<'a> {
             image_len,
             last_step: 0,
             images: Vec::new(),
+            last_preview: None,
         }
     }
 
@@ -130,6 +147,34 @@ impl<'a> JobCheck<'a> {
                 }
                 self.images.push(Image { width, height, rgb });
                 Ok(Checked::Event(JobEvent::Image { index }))
+            }
+            FromWorker::Preview {
+                job_id: id,
+                index,
+                step,
+                total,
+                width,
+                height,
+                rgb,
+            } => {
+                if id != job_id {
+                    return Err(violation(format!(
+                        "preview for job {id} during job {job_id}"
+                    )));
+                }
+                let preview = Preview {
+                    index,
+                    step,
+                    total,
+                    width,
+                    height,
+                    rgb,
+                };
+                if let Some(problem) = self.preview_problem(&preview) {
+                    return Err(CrashCause::BadOutput(problem));
+                }
+                self.last_preview = Some((index, step));
+                Ok(Checked::Event(JobEvent::Preview(preview)))
             }
             FromWorker::Finished { job_id: id } => {
                 if id != job_id {
@@ -218,6 +263,72 @@ impl<'a> JobCheck<'a> {
     }
 }
 
+impl JobCheck<'_> {
+    /// What is wrong with a preview, if anything: one the job did not ask
+    /// for, of an image already delivered or beyond the batch (the worker
+    /// sends a batch's images at its end, so previews of later images may
+    /// come first; `(index, step)` must rise), at a step that is
+    /// not a multiple of `preview_every` or out of order, or larger than
+    /// `preview_max_size` or its image.
+    fn preview_problem(&self, p: &Preview) -> Option<String> {
+        let params = self.params;
+        let every = params.preview_every;
+        let current = u32::try_from(self.images.len()).unwrap_or(u32::MAX);
+        let max = params.preview_max_size;
+        let rgb_len = usize::try_from(p.width)
+            .ok()
+            .zip(usize::try_from(p.height).ok())
+            .and_then(|(w, h)| w.checked_mul(h)?.checked_mul(3));
+        if every == 0 {
+            Some("a preview the job did not ask for".into())
+        } else if p.index < current || p.index >= params.batch {
+            Some(format!(
+                "a preview of image {}, with {current} of {} images delivered",
+                p.index, params.batch
+            ))
+        } else if p.total != params.steps_to_run()
+            || p.step == 0
+            || p.step > p.total
+            || p.step % every != 0
+        {
+            Some(format!(
+                "preview at step {}/{} for previews every {every} of {} steps",
+                p.step,
+                p.total,
+                params.steps_to_run()
+            ))
+        } else if self
+            .last_preview
+            .is_some_and(|last| last >= (p.index, p.step))
+        {
+            Some(format!(
+                "preview {}/{} of image {} out of order",
+                p.step, p.total, p.index
+            ))
+        } else if p.width == 0
+            || p.height == 0
+            || p.width > max
+            || p.height > max
+            || p.width > params.width
+            || p.height > params.height
+        {
+            Some(format!(
+                "preview {}x{}, more than {max} pixels a side or its {}x{} image",
+                p.width, p.height, params.width, params.height
+            ))
+        } else if rgb_len != Some(p.rgb.len()) {
+            Some(format!(
+                "{} bytes of preview pixels for {}x{}",
+                p.rgb.len(),
+                p.width,
+                p.height
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -243,6 +354,8 @@ mod tests {
             batch,
             max_prompt_chunks: 8,
             image: None,
+            preview_every: 0,
+            preview_max_size: 0,
         }
     }
 
@@ -527,6 +640,127 @@ mod tests {
         assert!(matches!(
             run(1, vec![not_built()]),
             Err(CrashCause::ProtocolViolation(_))
+        ));
+    }
+
+    fn preview(index: u32, step: u32, width: u32, height: u32, len: usize) -> FromWorker {
+        FromWorker::Preview {
+            job_id: JOB,
+            index,
+            step,
+            total: 3,
+            width,
+            height,
+            rgb: vec![5; len],
+        }
+    }
+
+    /// Runs `messages` against a batch-2 job with previews every step, at
+    /// most 4 pixels a side (the image is 4x2).
+    fn run_previews(messages: Vec<FromWorker>) -> Result<Vec<JobEvent>, CrashCause> {
+        let mut params = params(2);
+        params.preview_every = 1;
+        params.preview_max_size = 4;
+        let mut check = JobCheck::new(JOB, &params, LEN);
+        let mut events = Vec::new();
+        for msg in messages {
+            if let Checked::Event(event) = check.accept(msg)? {
+                events.push(event);
+            }
+        }
+        Ok(events)
+    }
+
+    fn bad_preview(messages: Vec<FromWorker>) -> String {
+        match run_previews(messages) {
+            Err(CrashCause::BadOutput(what)) => what,
+            other => panic!("not bad output: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn honest_previews_are_passed_on_in_order() {
+        let events = run_previews(vec![
+            preview(0, 1, 2, 1, 6),
+            progress(1, 3),
+            preview(0, 3, 4, 2, 24),
+            preview(1, 1, 2, 1, 6),
+            image(0, 4, 2, LEN),
+            preview(1, 2, 2, 1, 6),
+        ])
+        .unwrap();
+        assert!(matches!(
+            &events[0],
+            JobEvent::Preview(Preview { index: 0, step: 1, total: 3, width: 2, height: 1, rgb })
+                if rgb.len() == 6
+        ));
+        assert!(matches!(
+            &events[5],
+            JobEvent::Preview(Preview {
+                index: 1,
+                step: 2,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn previews_that_do_not_fit_the_request_are_bad_output() {
+        // Not asked for.
+        assert!(bad_output(1, vec![preview(0, 1, 2, 1, 6)]).contains("did not ask"));
+        // Of an image delivered, beyond the batch, or going back.
+        assert!(bad_preview(vec![preview(2, 1, 2, 1, 6)]).contains("image 2, with 0 of 2"));
+        assert!(
+            bad_preview(vec![image(0, 4, 2, LEN), preview(0, 1, 2, 1, 6)])
+                .contains("image 0, with 1 of 2")
+        );
+        assert!(
+            bad_preview(vec![preview(1, 1, 2, 1, 6), preview(0, 2, 2, 1, 6)])
+                .contains("out of order")
+        );
+        // Steps out of range or out of order.
+        assert!(bad_preview(vec![preview(0, 0, 2, 1, 6)]).contains("step 0/3"));
+        assert!(bad_preview(vec![preview(0, 4, 2, 1, 6)]).contains("step 4/3"));
+        let mut long = preview(0, 1, 2, 1, 6);
+        if let FromWorker::Preview { total, .. } = &mut long {
+            *total = 4;
+        }
+        assert!(bad_preview(vec![long]).contains("1/4"));
+        assert!(
+            bad_preview(vec![preview(0, 2, 2, 1, 6), preview(0, 2, 2, 1, 6)])
+                .contains("out of order")
+        );
+        // Too large, empty, or pixels that do not match the size.
+        assert!(bad_preview(vec![preview(0, 1, 5, 1, 15)]).contains("5x1"));
+        assert!(bad_preview(vec![preview(0, 1, 4, 3, 36)]).contains("4x3"));
+        assert!(bad_preview(vec![preview(0, 1, 0, 1, 0)]).contains("0x1"));
+        assert!(bad_preview(vec![preview(0, 1, 2, 1, 7)]).contains("7 bytes"));
+        // Another job's.
+        let other = FromWorker::Preview {
+            job_id: JOB + 1,
+            index: 0,
+            step: 1,
+            total: 3,
+            width: 1,
+            height: 1,
+            rgb: vec![0; 3],
+        };
+        assert!(matches!(
+            run_previews(vec![other]),
+            Err(CrashCause::ProtocolViolation(what)) if what.contains("preview for job 8")
+        ));
+    }
+
+    #[test]
+    fn previews_every_k_steps_must_be_multiples_of_k() {
+        let mut params = params(1);
+        params.preview_every = 2;
+        params.preview_max_size = 4;
+        let mut check = JobCheck::new(JOB, &params, LEN);
+        assert!(check.accept(preview(0, 2, 2, 1, 6)).is_ok());
+        assert!(matches!(
+            check.accept(preview(0, 3, 2, 1, 6)),
+            Err(CrashCause::BadOutput(what)) if what.contains("every 2")
         ));
     }
 }

@@ -42,7 +42,7 @@ use weave_common::worker_proto::{ModelEntry, WorkerGenerateParams};
 use crate::job_runner::JobRunner;
 pub use config::SupervisorConfig;
 pub use error::{describe_exit, CrashCause, SupervisorError};
-pub use job_check::{Image, JobEvent};
+pub use job_check::{Image, JobEvent, Preview};
 pub use spawner::{SpawnFds, Spawner, SpawnerError};
 use status::lock;
 pub use status::{LoadInfo, SupervisorHandle, SupervisorStatus, Unavailable};

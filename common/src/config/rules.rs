@@ -207,6 +207,8 @@ fn check_limits(config: &Config, report: &mut Report<'_, '_>) {
         ("max_connections_per_uid", limits.max_connections_per_uid),
         ("hello_timeout_s", limits.hello_timeout_s),
         ("max_prompt_chunks", limits.max_prompt_chunks),
+        ("min_preview_every", limits.min_preview_every),
+        ("preview_max_size", limits.preview_max_size),
     ];
     for (name, value) in values {
         if value == 0 {
@@ -273,6 +275,20 @@ fn check_limits(config: &Config, report: &mut Report<'_, '_>) {
                 limits.max_connections_per_uid
             ),
             format!("set it to at most {client_places}"),
+        );
+    }
+    // A preview is never larger than its image (it is drawn from the
+    // latents, 1/8 of the image's size, at most twice over), so the frame
+    // check below covers previews too.
+    let max_preview = crate::validate::MAX_PREVIEW_SIZE;
+    if limits.preview_max_size > max_preview {
+        report.invalid(
+            &KeyPath::of(&["limits", "preview_max_size"]),
+            format!(
+                "is {}, more than {max_preview}; previews are small by design",
+                limits.preview_max_size
+            ),
+            format!("set it to at most {max_preview} (256 is the default)"),
         );
     }
     let needed = largest_png_bytes(&config.bounds);

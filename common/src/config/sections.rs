@@ -67,6 +67,12 @@ pub struct Limits {
     /// `mask`), in bytes; every other request stays within
     /// `proto::MAX_REQUEST_FRAME`.
     pub max_image_request_bytes: u32,
+    /// The smallest `preview_every` a request may ask for: at most one
+    /// preview per this many steps of each image (the previews' rate).
+    pub min_preview_every: u32,
+    /// Longest edge of a preview, in pixels. Previews are drawn at the
+    /// latent resolution (or twice it) and scaled down to fit.
+    pub preview_max_size: u32,
 }
 
 impl Default for Limits {
@@ -86,6 +92,8 @@ impl Default for Limits {
             hello_timeout_s: 5,
             max_prompt_chunks: crate::prompt::DEFAULT_MAX_PROMPT_CHUNKS,
             max_image_request_bytes: crate::proto::DEFAULT_MAX_IMAGE_REQUEST_FRAME,
+            min_preview_every: 1,
+            preview_max_size: 256,
         }
     }
 }

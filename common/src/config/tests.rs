@@ -556,6 +556,52 @@ fn limits_must_be_positive_and_consistent() {
 }
 
 #[test]
+fn preview_limits_are_read_and_checked() {
+    let config = parse(
+        &format!("{MODEL}[limits]\nmin_preview_every = 3\npreview_max_size = 64\n"),
+        Mode::User,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            config.limits.min_preview_every,
+            config.limits.preview_max_size
+        ),
+        (3, 64)
+    );
+    let defaults = Limits::default();
+    assert_eq!(
+        (defaults.min_preview_every, defaults.preview_max_size),
+        (1, 256)
+    );
+    let zero = problems(
+        &format!("{MODEL}[limits]\nmin_preview_every = 0\npreview_max_size = 0\n"),
+        Mode::User,
+    );
+    assert_eq!(zero.len(), 2, "{zero:#?}");
+    assert_has(
+        &zero[0],
+        &["`limits.min_preview_every` is 0; it must be at least 1"],
+    );
+    assert_has(
+        &zero[1],
+        &["`limits.preview_max_size` is 0; it must be at least 1"],
+    );
+    let large = problems(
+        &format!("{MODEL}[limits]\npreview_max_size = 1025\n"),
+        Mode::User,
+    );
+    assert_eq!(large.len(), 1, "{large:#?}");
+    assert_has(
+        &large[0],
+        &[
+            "`limits.preview_max_size` is 1025, more than 1024",
+            "fix: set it to at most 1024",
+        ],
+    );
+}
+
+#[test]
 fn system_mode_needs_two_distinct_groups_and_an_unprivileged_user() {
     let message = problems(MODEL, Mode::System).join("\n");
     assert_has(

@@ -40,7 +40,7 @@ pub const DEFAULT_MAX_RESPONSE_FRAME: u32 = 64 * 1024 * 1024;
 /// Number of `Request` variants this version knows; index >= this is unknown.
 const REQUEST_VARIANTS: u32 = 16;
 /// Number of `Response` variants this version knows.
-const RESPONSE_VARIANTS: u32 = 13;
+const RESPONSE_VARIANTS: u32 = 14;
 
 /// First allocation for a body; the buffer grows only as bytes arrive, so a
 /// peer cannot make us reserve a large limit by sending only a prefix.

@@ -332,7 +332,7 @@ fn unknown_top_level_variant_rejected() {
     ));
     assert!(matches!(
         decode_response(&frame_with_body(&[RESPONSE_VARIANTS as u8]), 100),
-        Err(FrameError::UnknownMessage { index: 13 })
+        Err(FrameError::UnknownMessage { index: 14 })
     ));
 }
 
@@ -345,8 +345,16 @@ fn variant_counts_match_the_enums() {
             model_id: "m".into()
         }
     );
-    let error = Response::Error(ErrorCode::Internal);
-    let body = postcard::to_stdvec(&error).unwrap();
+    let preview = Response::Preview {
+        job_id: 1,
+        index: 0,
+        step: 1,
+        total: 1,
+        width: 1,
+        height: 1,
+        png: Vec::new(),
+    };
+    let body = postcard::to_stdvec(&preview).unwrap();
     assert_eq!(u32::from(body[0]), RESPONSE_VARIANTS - 1);
 }
 

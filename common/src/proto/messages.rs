@@ -141,8 +141,10 @@ pub struct GenerateRequest {
     /// LoRAs to apply, by `[[lora]]` id from the config (never a path), with
     /// their weights, in order. Empty: none. Added in protocol version 2.
     pub loras: Vec<LoraChoice>,
-    /// Send a `Response::Preview` every this many steps; 0: no previews
-    /// (the default). Added in protocol version 2.
+    /// Send a `Response::Preview` after every step that is a multiple of
+    /// this (of each image's own steps); 0: no previews (the default).
+    /// Otherwise from `limits.min_preview_every` to the job's steps.
+    /// Added in protocol version 2.
     pub preview_every: u32,
 }
 
@@ -278,6 +280,20 @@ pub enum Response {
     ChannelStats(ChannelStatsReport),
     Ok,
     Error(ErrorCode),
+    /// A small, approximate look at image `index` after `step` of its
+    /// `total` denoising steps (`GenerateRequest::preview_every`), as a PNG
+    /// at most `limits.preview_max_size` pixels on its longer edge. Sent
+    /// before that image's `Image`; may be dropped when the caller reads
+    /// slowly (never `Image` or `Finished`). Added in protocol version 2.
+    Preview {
+        job_id: u64,
+        index: u32,
+        step: u32,
+        total: u32,
+        width: u32,
+        height: u32,
+        png: Vec<u8>,
+    },
 }
 
 impl Response {

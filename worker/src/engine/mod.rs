@@ -21,6 +21,7 @@ pub mod denoisers;
 pub mod loader;
 pub mod nn;
 pub mod pipelines;
+pub mod preview;
 pub mod schedulers;
 pub mod text;
 pub mod vae;
@@ -33,6 +34,7 @@ pub use pipelines::{
     global_rng_lock, DeviceChoice, GenerateParams, ImageInput, Mask, Pipeline, Precision,
     PromptInput, RgbImage, Stage,
 };
+pub use preview::{LatentRgb, Preview, PreviewRequest};
 pub use schedulers::{SchedulerError, SchedulerKind};
 pub use text::tokenizer::TokenizerError;
 pub use weights::safetensors::SafetensorsError;

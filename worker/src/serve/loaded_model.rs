@@ -71,11 +71,13 @@ impl LoadedModel {
     }
 
     /// Runs the generation; `on_step(step, total)` is called after every
-    /// step and may stop it.
+    /// step and may stop it, `on_preview` with each preview the job asked
+    /// for (`preview_every`).
     pub fn generate(
         &mut self,
         params: &WorkerGenerateParams,
         on_step: &mut dyn FnMut(u32, u32) -> ControlFlow<()>,
+        on_preview: &mut dyn FnMut(engine::Preview) -> ControlFlow<()>,
     ) -> Result<Vec<engine::RgbImage>, WorkerFailure> {
         let image = match &params.image {
             Some(input) => Some(
@@ -104,8 +106,12 @@ impl LoadedModel {
                 u32::try_from(total).unwrap_or(u32::MAX),
             )
         };
+        let preview = engine::PreviewRequest {
+            every: params.preview_every,
+            max_size: params.preview_max_size,
+        };
         self.pipeline
-            .generate(&gp, &mut progress)
+            .generate_with_previews(&gp, preview, &mut progress, on_preview)
             .map_err(|e| match e {
                 engine::EngineError::Cancelled => WorkerFailure::Cancelled,
                 engine::EngineError::PromptTooLong { field, chunks } => {

@@ -337,17 +337,20 @@ impl Server {
                 })?);
             }
         };
-        let channel = &mut self.channel;
+        // Both callbacks send on the channel; the engine calls them one at
+        // a time.
+        let channel = std::cell::RefCell::new(&mut self.channel);
         let backlog = &mut self.backlog;
         // A channel failure inside the step callback stops the generation and
         // is reported after it returns.
-        let mut channel_error: Option<ChannelError> = None;
+        let channel_error: std::cell::RefCell<Option<ChannelError>> = std::cell::RefCell::new(None);
         let mut cancelled = false;
         // A batch runs its images one after the other and reports the share
         // of the whole batch, so a step value repeats: each is sent once,
         // while the cancel check below still runs after every step.
         let mut last_sent = 0;
         let mut on_step = |step: u32, total: u32| -> ControlFlow<()> {
+            let mut channel = channel.borrow_mut();
             if step > last_sent {
                 last_sent = step;
                 if let Err(e) = channel.send(&FromWorker::Progress {
@@ -355,7 +358,7 @@ impl Server {
                     step,
                     total,
                 }) {
-                    channel_error = Some(e);
+                    *channel_error.borrow_mut() = Some(e);
                     return ControlFlow::Break(());
                 }
             }
@@ -367,7 +370,7 @@ impl Server {
                     Ok(Some(other)) => backlog.push_back(other),
                     Ok(None) => break,
                     Err(e) => {
-                        channel_error = Some(e);
+                        *channel_error.borrow_mut() = Some(e);
                         return ControlFlow::Break(());
                     }
                 }
@@ -379,8 +382,26 @@ impl Server {
                 ControlFlow::Continue(())
             }
         };
-        let result = model.generate(params, &mut on_step);
-        if let Some(e) = channel_error {
+        let mut on_preview = |preview: weave_worker::engine::Preview| -> ControlFlow<()> {
+            let sent = channel.borrow_mut().send(&FromWorker::Preview {
+                job_id,
+                index: preview.index,
+                step: preview.step,
+                total: preview.total,
+                width: preview.image.width,
+                height: preview.image.height,
+                rgb: preview.image.pixels,
+            });
+            match sent {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    *channel_error.borrow_mut() = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        };
+        let result = model.generate(params, &mut on_step, &mut on_preview);
+        if let Some(e) = channel_error.into_inner() {
             return Err(e.into());
         }
         if cancelled {

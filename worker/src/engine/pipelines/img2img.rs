@@ -112,6 +112,7 @@ impl Pipeline {
         cond: &Conditioning,
         progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
         trace: &mut dyn FnMut(Stage, &Tensor),
+        tap: &mut crate::engine::preview::StepTap<'_>,
     ) -> Result<Tensor, EngineError> {
         let _no_grad = tch::no_grad_guard();
         self.validate(p)?;
@@ -247,6 +248,12 @@ impl Pipeline {
                 latents = keep.f_mul(&kept)?.f_add(&m.f_mul(&latents)?)?;
             }
             trace(Stage::Latents(done), &latents);
+            tap(
+                done + 1,
+                run,
+                &latents,
+                crate::engine::preview::preview_sigma(&scheduler, index + 1),
+            )?;
             if progress(done + 1, run).is_break() {
                 return Err(EngineError::Cancelled);
             }

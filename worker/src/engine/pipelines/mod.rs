@@ -12,6 +12,7 @@ use weave_common::prompt::{PromptField, DEFAULT_MAX_PROMPT_CHUNKS};
 use crate::engine::denoisers::unet::UNet;
 use crate::engine::denoisers::{Conditioning, Denoiser};
 use crate::engine::loader::{Component, ModelParts, ModelSpec};
+use crate::engine::preview::{preview_sigma, LatentRgb, Preview, PreviewRequest, StepTap};
 use crate::engine::schedulers::{Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
 use crate::engine::text::clip::ClipTextModel;
 use crate::engine::text::tokenizer::ClipTokenizer;
@@ -215,6 +216,10 @@ pub struct Pipeline {
     device: Device,
     kind: Kind,
     memory_bytes: u64,
+    /// The latent → RGB map of previews, fitted to this VAE the first time
+    /// a job asks for previews (so a model never used with previews never
+    /// pays the fitting decode).
+    preview_map: std::sync::OnceLock<LatentRgb>,
 }
 
 impl Pipeline {
@@ -286,6 +291,7 @@ impl Pipeline {
             device,
             kind,
             memory_bytes,
+            preview_map: std::sync::OnceLock::new(),
         })
     }
 
@@ -434,7 +440,7 @@ impl Pipeline {
         let _no_grad = tch::no_grad_guard();
         self.validate(p)?;
         let cond = self.conditioning(p, p.guidance > 1.0)?;
-        self.latents_with(p, &cond, progress, trace)
+        self.latents_with(p, &cond, progress, trace, &mut |_, _, _, _| Ok(()))
     }
 
     /// The denoising loop with `p`'s conditioning already encoded (for
@@ -446,9 +452,10 @@ impl Pipeline {
         cond: &Conditioning,
         progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
         trace: &mut dyn FnMut(Stage, &Tensor),
+        tap: &mut StepTap<'_>,
     ) -> Result<Tensor, EngineError> {
         if let Some(input) = &p.image {
-            return self.image_latents(p, input, cond, progress, trace);
+            return self.image_latents(p, input, cond, progress, trace, tap);
         }
         let _no_grad = tch::no_grad_guard();
         self.validate(p)?;
@@ -483,11 +490,27 @@ impl Pipeline {
                 noise_pred
             };
             latents = scheduler.step(&noise_pred, &latents, &mut draw_noise)?;
+            tap(i + 1, total, &latents, preview_sigma(&scheduler, i + 1))?;
             if progress(i + 1, total).is_break() {
                 return Err(EngineError::Cancelled);
             }
         }
         Ok(latents)
+    }
+
+    /// The preview map of this model's VAE, fitted on first use.
+    pub fn preview_map(&self) -> Result<&LatentRgb, EngineError> {
+        if let Some(map) = self.preview_map.get() {
+            return Ok(map);
+        }
+        let map = LatentRgb::fit(
+            self.vae.config().latent_channels,
+            self.vae.config().scale_factor(),
+            self.kind,
+            self.device,
+            |latents| self.decode(latents),
+        )?;
+        Ok(self.preview_map.get_or_init(|| map))
     }
 
     /// Latents → images in [-1, 1] (diffusers' `vae.decode(latents / scaling_factor)`),
@@ -516,6 +539,22 @@ impl Pipeline {
         p: &GenerateParams,
         progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Vec<RgbImage>, EngineError> {
+        self.generate_with_previews(p, PreviewRequest::default(), progress, &mut |_| {
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// [`Self::generate`], handing `previews` a preview of image `index`
+    /// after every step of its own that `preview` wants (docs/WORKER.md,
+    /// "Previews"); `Break` from either callback cancels. Previews only
+    /// read the latents: the images are the same as without them.
+    pub fn generate_with_previews(
+        &self,
+        p: &GenerateParams,
+        preview: PreviewRequest,
+        progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
+        previews: &mut dyn FnMut(Preview) -> ControlFlow<()>,
+    ) -> Result<Vec<RgbImage>, EngineError> {
         self.validate(p)?;
         let images = p.batch as usize;
         let mut out = Vec::with_capacity(images);
@@ -535,7 +574,31 @@ impl Pipeline {
             };
             let mut image_progress =
                 |step: usize, total: usize| progress(batch_step(index, images, step, total), total);
-            let latents = self.latents_with(&single, &cond, &mut image_progress, &mut |_, _| {})?;
+            let mut tap = |step: usize, total: usize, latents: &Tensor, sigma: f64| {
+                if !preview.wants(step) {
+                    return Ok(());
+                }
+                let image = self
+                    .preview_map()?
+                    .render(latents, sigma, preview.max_size)?;
+                let shown = Preview {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    step: u32::try_from(step).unwrap_or(u32::MAX),
+                    total: u32::try_from(total).unwrap_or(u32::MAX),
+                    image,
+                };
+                match previews(shown) {
+                    ControlFlow::Continue(()) => Ok(()),
+                    ControlFlow::Break(()) => Err(EngineError::Cancelled),
+                }
+            };
+            let latents = self.latents_with(
+                &single,
+                &cond,
+                &mut image_progress,
+                &mut |_, _| {},
+                &mut tap,
+            )?;
             let mut images = to_rgb8(&self.decode(&latents)?)?;
             if let Some(input) = &p.image {
                 input.keep_unmasked(&mut images);

@@ -63,6 +63,9 @@ pub struct Limits {
     /// syntax and `BREAK`s; each chunk is one more text-encoder pass and 77
     /// more positions for the UNet's cross-attention.
     pub max_prompt_chunks: u32,
+    /// `[[lora]]`s one request may use (0: none); at most
+    /// [`super::MAX_LORAS_BOUND`].
+    pub max_loras: u32,
 }
 
 impl Default for Limits {
@@ -81,6 +84,7 @@ impl Default for Limits {
             admin_reserved_connections: 16,
             hello_timeout_s: 5,
             max_prompt_chunks: crate::prompt::DEFAULT_MAX_PROMPT_CHUNKS,
+            max_loras: 4,
         }
     }
 }

@@ -1309,6 +1309,15 @@ fn every_key_is_documented_in_config_md() {
         toml::Value::try_from(&model).unwrap(),
         toml::Value::try_from(&model.defaults).unwrap(),
         toml::Value::try_from(&model.bounds).unwrap(),
+        toml::Value::try_from(LoraConfig {
+            id: "l".into(),
+            path: "/l.safetensors".into(),
+            sha256: Some("0".repeat(64)),
+            models: vec!["m".into()],
+            min_weight: 0.0,
+            max_weight: 1.0,
+        })
+        .unwrap(),
     ];
     let mut count = 0;
     for section in &sections {

@@ -6,7 +6,7 @@
 use weave_common::proto::{ErrorCode, GenerateRequest};
 use weave_common::validate::{validate_generate, ParamBounds};
 
-use weave_common::worker_proto::WorkerGenerateParams;
+use weave_common::worker_proto::{WorkerGenerateParams, WorkerLora};
 
 use crate::settings::ModelConfig;
 
@@ -40,6 +40,15 @@ pub fn resolve(
         scheduler: request.scheduler.unwrap_or(defaults.scheduler),
         batch: request.batch,
         max_prompt_chunks,
+        // Checked against the config by the caller (`validate_loras`).
+        loras: request
+            .loras
+            .iter()
+            .map(|lora| WorkerLora {
+                id: lora.id.clone(),
+                weight: lora.weight,
+            })
+            .collect(),
     })
 }
 

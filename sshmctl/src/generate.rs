@@ -47,7 +47,7 @@ pub fn run(
         init_image: None,
         mask: None,
         strength: None,
-        loras: Vec::new(),
+        loras: args.loras.clone(),
         preview_every: 0,
     };
 

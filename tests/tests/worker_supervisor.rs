@@ -263,6 +263,7 @@ fn digits_params(steps: u32, batch: u32, seed: u64) -> WorkerGenerateParams {
         scheduler: Scheduler::Ddim,
         batch,
         max_prompt_chunks: 8,
+        loras: Vec::new(),
     }
 }
 

@@ -256,6 +256,7 @@ fn params() -> WorkerGenerateParams {
         scheduler: Scheduler::Euler,
         batch: 1,
         max_prompt_chunks: 8,
+        loras: Vec::new(),
     }
 }
 

@@ -68,6 +68,7 @@ fn params(steps: u32, batch: u32, seed: u64) -> WorkerGenerateParams {
         scheduler: Scheduler::EulerAncestral,
         batch,
         max_prompt_chunks: 8,
+        loras: Vec::new(),
     }
 }
 

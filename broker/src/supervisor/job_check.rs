@@ -5,7 +5,7 @@
 
 use weave_common::worker_proto::{FromWorker, WorkerFailure, WorkerGenerateParams};
 
-use super::error::bounded;
+use super::error::{bounded, worker_text};
 use super::{CrashCause, LoadInfo, SupervisorError};
 
 /// Events of a running job, in the order the worker produced them.
@@ -182,6 +182,19 @@ impl<'a> JobCheck<'a> {
                 WorkerFailure::LoadFailed { .. } | WorkerFailure::PinMismatch => {
                     Err(violation("load failure during a generation".into()))
                 }
+                // Only a LoRA the job asked for may fail.
+                WorkerFailure::LoraFailed { id, reason } if asked_for(params, &id) => {
+                    Ok(Checked::Failed(SupervisorError::LoraFailed {
+                        id,
+                        reason: worker_text(reason),
+                    }))
+                }
+                WorkerFailure::LoraPinMismatch { id } if asked_for(params, &id) => {
+                    Ok(Checked::Failed(SupervisorError::LoraPinMismatch { id }))
+                }
+                WorkerFailure::LoraFailed { .. } | WorkerFailure::LoraPinMismatch { .. } => Err(
+                    violation("a LoRA failure for a LoRA the job did not use".into()),
+                ),
             },
             other => Err(violation(format!(
                 "unexpected message kind {} during job {job_id}",
@@ -189,6 +202,10 @@ impl<'a> JobCheck<'a> {
             ))),
         }
     }
+}
+
+fn asked_for(params: &WorkerGenerateParams, id: &str) -> bool {
+    params.loras.iter().any(|lora| lora.id == id)
 }
 
 #[cfg(test)]
@@ -215,6 +232,7 @@ mod tests {
             scheduler: Scheduler::Ddim,
             batch,
             max_prompt_chunks: 8,
+            loras: Vec::new(),
         }
     }
 

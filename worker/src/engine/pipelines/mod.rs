@@ -308,6 +308,13 @@ impl Pipeline {
         self.lora.layers()
     }
 
+    /// Whether `file` fits this model (names and shapes), without merging.
+    pub fn check_lora(&self, file: &crate::engine::lora::LoraFile) -> Result<(), EngineError> {
+        crate::engine::lora::keys::plan(&file.shapes(), &self.lora.layers())
+            .map_err(crate::engine::lora::LoraError::from)?;
+        Ok(())
+    }
+
     /// Whether LoRAs are merged into the weights now.
     pub fn has_loras(&self) -> bool {
         self.lora.is_merged()

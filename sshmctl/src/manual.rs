@@ -80,6 +80,7 @@ sshmctl models
 sshmctl generate \-\-model digits \-\-prompt "a handwritten digit seven" \-o seven.png
 sshmctl generate \-m digits \-p "a 3" \-\-seed 42 \-\-steps 30 \-o \- > three.png
 sshmctl \-\-json generate \-m digits \-p "a 5" \-\-batch 4 \-o five.png
+sshmctl generate \-m digits \-p "a 5" \-\-lora digits\-bold:0.8 \-o bold\-five.png
 sshmctl jobs
 sshmctl config check \-\-system
 .RE

@@ -70,6 +70,13 @@ fn system_example_parses_in_system_mode() {
     assert_eq!(digits.path, PathBuf::from("/usr/share/weave/models/digits"));
     assert_eq!(digits.defaults().scheduler, Scheduler::Ddim);
     assert_eq!(digits.defaults().width, 32);
+    let bold = config.lora("digits-bold").unwrap();
+    assert_eq!(
+        bold.path,
+        PathBuf::from("/usr/share/weave/models/loras/digits-bold.safetensors")
+    );
+    assert!(bold.fits("digits"));
+    assert_eq!((bold.min_weight, bold.max_weight), (0.0, 1.5));
 }
 
 #[test]

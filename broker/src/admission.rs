@@ -122,6 +122,19 @@ impl<T> AdmissionQueue<T> {
         entry
     }
 
+    /// Takes one item by id to serve it out of turn (a worker pool runs
+    /// the first job it can place, not always the head): like [`Self::pop`],
+    /// its owner moves to the back of the rotation, so serving an owner
+    /// early costs it its turn.
+    pub fn take(&mut self, id: u64) -> Option<Queued<T>> {
+        let entry = self.remove(id)?;
+        if self.per_owner.contains_key(&entry.owner) {
+            self.rotation.retain(|owner| *owner != entry.owner);
+            self.rotation.push_back(entry.owner.clone());
+        }
+        Some(entry)
+    }
+
     /// Removes one item by id.
     pub fn remove(&mut self, id: u64) -> Option<Queued<T>> {
         let owner = self
@@ -305,6 +318,28 @@ mod tests {
         let popped: Vec<u64> = std::iter::from_fn(|| queue.pop().map(|e| e.id)).collect();
         assert_eq!(popped, vec![0, 10, 20, 1, 11, 2, 12]);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn taking_out_of_turn_costs_the_owner_its_turn() {
+        let now = Instant::now();
+        let mut queue = AdmissionQueue::new(100, 100);
+        for i in 0..2 {
+            queue.push(i, owner(1, ""), now, ());
+            queue.push(10 + i, owner(2, ""), now, ());
+            queue.push(20 + i, owner(3, ""), now, ());
+        }
+        assert_eq!(queue.service_order(), vec![0, 10, 20, 1, 11, 21]);
+        // Owner 3's job is served first: owner 3 goes to the back.
+        assert_eq!(queue.take(20).map(|e| e.id), Some(20));
+        assert_eq!(queue.service_order(), vec![0, 10, 21, 1, 11]);
+        assert_eq!(queue.take(0).map(|e| e.id), Some(0));
+        assert_eq!(queue.service_order(), vec![10, 21, 1, 11]);
+        assert!(queue.take(99).is_none());
+        // An owner whose last job is taken leaves the rotation.
+        assert_eq!(queue.take(21).map(|e| e.id), Some(21));
+        assert_eq!(queue.service_order(), vec![10, 1, 11]);
+        assert_eq!(queue.len(), 3);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod job_runner;
 pub mod modes;
 pub mod output;
+pub mod placement;
 pub mod proc_status;
 pub mod scheduler;
 pub mod server;

@@ -95,13 +95,10 @@ pub fn limit_malloc_retention() {
 pub fn close_inherited_fds(count: u32) -> io::Result<()> {
     const FIRST: libc::c_uint = 3;
     let first = FIRST.saturating_add(count);
-    // SAFETY: close_range only closes descriptors of this process; nothing
-    // in it holds one from 3 up yet except the kept activation sockets.
-    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: called first thing in main: nothing in this process owns a
+    // descriptor from 3 up yet except the kept activation sockets, which lie
+    // below `first`.
+    unsafe { weave_common::syscall::close_from(first) }
 }
 
 /// The number of sockets systemd passed this process (`LISTEN_FDS` when

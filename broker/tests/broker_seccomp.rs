@@ -8,14 +8,16 @@
 //! `cargo test -p weave-broker --test broker_seccomp [-- FILTER]`
 //!
 //! Under `CI=true` a kernel without seccomp filters fails the cases;
-//! elsewhere they are skipped with the reason printed.
+//! elsewhere they are skipped with the reason printed (the harness:
+//! `weave_policy::death_test`).
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed setup should panic
 
 use std::os::fd::AsRawFd;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::Command;
+
+use weave_policy::death_test::{self, Outcome};
 
 const PROBE_ENV: &str = "WEAVE_BROKER_PROBE";
 const DIR_ENV: &str = "WEAVE_BROKER_PROBE_DIR";
@@ -346,47 +348,9 @@ fn probe_workload(dir: &Path) -> i32 {
     i32::from(failures != 0)
 }
 
-fn seccomp_missing() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let already = status
-        .lines()
-        .find(|l| l.starts_with("Seccomp:"))
-        .is_some_and(|l| !l.ends_with('0'));
-    let actions =
-        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
-    (already || !actions.contains("kill_process")).then(|| {
-        format!(
-            "needs seccomp filters (already filtered: {already}, actions {:?})",
-            actions.trim()
-        )
-    })
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn describe(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exit status {c}"),
-        (_, Some(s)) => format!("killed by signal {s}"),
-        _ => "unknown status".into(),
-    }
-}
-
-enum Outcome {
-    Ok,
-    Skipped(String),
-    Failed(String),
-}
-
 fn run_case(case: &Case, dir: &Path) -> Outcome {
-    if let Some(reason) = seccomp_missing() {
-        return if in_ci() {
-            Outcome::Failed(format!("CI=true and {reason}"))
-        } else {
-            Outcome::Skipped(reason)
-        };
+    if let Some(reason) = death_test::seccomp_unavailable() {
+        return death_test::unmet(reason);
     }
     let case_dir = dir.join(case.name);
     std::fs::create_dir_all(case_dir.join("outside")).unwrap();
@@ -409,19 +373,9 @@ fn run_case(case: &Case, dir: &Path) -> Outcome {
         Ok(o) => o,
         Err(e) => return Outcome::Failed(format!("cannot spawn the probe: {e}")),
     };
-    let detail = || {
-        format!(
-            "{}\n--- stdout:\n{}--- stderr:\n{}",
-            describe(output.status),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    };
     let verdict = match case.expect {
-        Expect::Signal(sig) if output.status.signal() == Some(sig) => Ok(()),
-        Expect::Signal(sig) => Err(format!("expected signal {sig}, got {}", detail())),
-        Expect::Success if output.status.success() => Ok(()),
-        Expect::Success => Err(detail()),
+        Expect::Signal(sig) => death_test::expect_signal(&output, sig),
+        Expect::Success => death_test::expect_success(&output),
     };
     match verdict.and_then(|()| case.after.map_or(Ok(()), |after| after(&case_dir))) {
         Ok(()) => Outcome::Ok,
@@ -431,54 +385,21 @@ fn run_case(case: &Case, dir: &Path) -> Outcome {
 
 fn main() {
     let cases = cases();
-    if let Ok(name) = std::env::var(PROBE_ENV) {
-        let dir = PathBuf::from(std::env::var_os(DIR_ENV).unwrap_or_default());
-        let Some(case) = cases.iter().find(|c| c.name == name) else {
-            eprintln!("unknown probe {name}");
-            std::process::exit(2);
-        };
-        std::process::exit((case.probe)(&dir));
-    }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
-    let selected: Vec<&Case> = cases
-        .iter()
-        .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
-        .collect();
-    if args.iter().any(|a| a == "--list") {
-        for c in &selected {
-            println!("{}: test", c.name);
-        }
+    death_test::run_probe_if_child(PROBE_ENV, DIR_ENV, |name| {
+        cases.iter().find(|c| c.name == name).map(|c| c.probe)
+    });
+    let names: Vec<&'static str> = cases.iter().map(|c| c.name).collect();
+    let Some(selected) = death_test::select(&names) else {
         return;
-    }
+    };
     let dir = std::env::temp_dir().join(format!("weave-broker-seccomp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    println!("\nrunning {} broker seccomp tests", selected.len());
-    let (mut passed, mut failed, mut skipped) = (0, Vec::new(), 0);
-    for case in selected {
-        match run_case(case, &dir) {
-            Outcome::Ok => {
-                println!("test {} ... ok", case.name);
-                passed += 1;
-            }
-            Outcome::Skipped(reason) => {
-                println!("test {} ... skipped: {reason}", case.name);
-                skipped += 1;
-            }
-            Outcome::Failed(why) => {
-                println!("test {} ... FAILED\n{why}", case.name);
-                failed.push(case.name);
-            }
-        }
-    }
+    let by_name = |name: &str| cases.iter().find(|c| c.name == name);
+    let status = death_test::run_cases("broker seccomp tests", &selected, |name| {
+        by_name(name).map_or(Outcome::Failed("no such case".into()), |case| {
+            run_case(case, &dir)
+        })
+    });
     let _ = std::fs::remove_dir_all(&dir);
-    println!(
-        "\ntest result: {}. {passed} passed; {} failed; {skipped} skipped",
-        if failed.is_empty() { "ok" } else { "FAILED" },
-        failed.len()
-    );
-    if !failed.is_empty() {
-        println!("failures: {failed:?}");
-        std::process::exit(101);
-    }
+    std::process::exit(status);
 }

@@ -10,6 +10,7 @@ pub mod pin;
 pub mod prompt;
 pub mod proto;
 pub mod shm;
+pub mod strength;
 pub mod syscall;
 pub mod validate;
 pub mod worker_proto;

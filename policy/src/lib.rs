@@ -8,6 +8,7 @@
 
 pub mod broker;
 pub mod capabilities;
+pub mod death_test;
 pub mod landlock;
 pub mod privileges;
 pub mod process;

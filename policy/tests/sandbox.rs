@@ -11,9 +11,9 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed setup should panic
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::Command;
+use weave_policy::death_test::{self, Outcome};
 use weave_policy::seccomp::WorkerSyscallOptions;
 use weave_policy::worker::{self, WorkerPaths};
 use weave_policy::{broker, ProcessStatus, SeccompMode};
@@ -697,10 +697,6 @@ fn check_drop_output(stdout: &str) -> Result<(), String> {
 
 // ---------------------------------------------------------------- parent
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 fn missing(need: Need) -> Option<String> {
     match need {
         Need::Root => {
@@ -720,18 +716,7 @@ fn missing(need: Need) -> Option<String> {
             };
             (abi < 6).then(|| format!("needs Landlock ABI 6+ (kernel reports {abi})"))
         }
-        Need::Seccomp => {
-            // SAFETY: PR_GET_SECCOMP takes no pointer arguments.
-            let mode = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
-            let actions = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
-                .unwrap_or_default();
-            (mode != 0 || !actions.contains("kill_process")).then(|| {
-                format!(
-                    "needs seccomp filters (mode {mode}, actions {:?})",
-                    actions.trim()
-                )
-            })
-        }
+        Need::Seccomp => death_test::seccomp_unavailable(),
     }
 }
 
@@ -822,29 +807,10 @@ impl Drop for Fixture {
     }
 }
 
-fn describe(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exit status {c}"),
-        (_, Some(s)) => format!("killed by signal {s}"),
-        _ => "unknown status".into(),
-    }
-}
-
-enum Outcome {
-    Ok,
-    Skipped(String),
-    Failed(String),
-}
-
 fn run_case(case: &Case, fixture: &Fixture) -> Outcome {
     let missing: Vec<String> = case.needs.iter().filter_map(|&n| missing(n)).collect();
     if !missing.is_empty() {
-        let reason = missing.join("; ");
-        return if in_ci() {
-            Outcome::Failed(format!("CI=true and {reason}"))
-        } else {
-            Outcome::Skipped(reason)
-        };
+        return death_test::unmet(missing.join("; "));
     }
     if case.needs.contains(&Need::Root) {
         if let Err(e) = ensure_test_user() {
@@ -875,15 +841,12 @@ fn run_case(case: &Case, fixture: &Fixture) -> Outcome {
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let detail = || {
-        format!(
-            "{}\n--- stdout:\n{stdout}--- stderr:\n{stderr}",
-            describe(output.status)
-        )
-    };
+    let detail = || death_test::detail(&output);
     match case.expect {
-        Expect::Signal(sig) if output.status.signal() == Some(sig) => Outcome::Ok,
-        Expect::Signal(sig) => Outcome::Failed(format!("expected signal {sig}, got {}", detail())),
+        Expect::Signal(sig) => match death_test::expect_signal(&output, sig) {
+            Ok(()) => Outcome::Ok,
+            Err(why) => Outcome::Failed(why),
+        },
         Expect::SuccessAfterStopAndContinue if output.status.success() => {
             if stdout.contains("stopped: yes") {
                 Outcome::Ok
@@ -980,64 +943,22 @@ fn stop_and_continue(mut command: Command) -> std::io::Result<std::process::Outp
 
 fn main() {
     let cases = cases();
-    if let Ok(name) = std::env::var(PROBE_ENV) {
-        let dir = PathBuf::from(std::env::var_os(DIR_ENV).unwrap_or_default());
-        let Some(case) = cases.iter().find(|c| c.name == name) else {
-            eprintln!("unknown probe {name}");
-            std::process::exit(2);
-        };
-        std::process::exit((case.probe)(&dir));
-    }
-
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let exact = args.iter().any(|a| a == "--exact");
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
-    let selected: Vec<&Case> = cases
-        .iter()
-        .filter(|c| {
-            filters.is_empty()
-                || filters.iter().any(|f| {
-                    if exact {
-                        c.name == f.as_str()
-                    } else {
-                        c.name.contains(f.as_str())
-                    }
-                })
-        })
-        .collect();
-    if args.iter().any(|a| a == "--list") {
-        for c in &selected {
-            println!("{}: test", c.name);
-        }
+    death_test::run_probe_if_child(PROBE_ENV, DIR_ENV, |name| {
+        cases.iter().find(|c| c.name == name).map(|c| c.probe)
+    });
+    let names: Vec<&'static str> = cases.iter().map(|c| c.name).collect();
+    let Some(selected) = death_test::select(&names) else {
         return;
-    }
-
+    };
     let fixture = Fixture::new();
-    println!("\nrunning {} sandbox tests", selected.len());
-    let (mut passed, mut failed, mut skipped) = (0, Vec::new(), 0);
-    for case in selected {
-        match run_case(case, &fixture) {
-            Outcome::Ok => {
-                println!("test {} ... ok", case.name);
-                passed += 1;
-            }
-            Outcome::Skipped(reason) => {
-                println!("test {} ... skipped: {reason}", case.name);
-                skipped += 1;
-            }
-            Outcome::Failed(why) => {
-                println!("test {} ... FAILED\n{why}", case.name);
-                failed.push(case.name);
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {passed} passed; {} failed; {skipped} skipped",
-        if failed.is_empty() { "ok" } else { "FAILED" },
-        failed.len()
-    );
-    if !failed.is_empty() {
-        println!("failures: {failed:?}");
-        std::process::exit(101);
-    }
+    let status = death_test::run_cases("sandbox tests", &selected, |name| {
+        cases
+            .iter()
+            .find(|c| c.name == name)
+            .map_or(Outcome::Failed("no such case".into()), |case| {
+                run_case(case, &fixture)
+            })
+    });
+    drop(fixture);
+    std::process::exit(status);
 }

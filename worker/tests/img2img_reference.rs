@@ -239,9 +239,15 @@ fn bad_image_inputs_get_typed_errors() {
         matches!(err, Err(EngineError::InvalidParams(ref m)) if m.contains("mask")),
         "{err:?}"
     );
+}
 
-    // A single-file checkpoint's VAE encoder keys are not mapped yet:
-    // refused, not run without the image.
+/// A single-file (LDM) checkpoint's VAE encoder (`first_stage_model.encoder.*`,
+/// `quant_conv`) maps onto the folder's: the same posterior, and img2img and
+/// inpainting give the folder's latents.
+#[test]
+fn single_file_vae_encoder_matches_the_folder() {
+    let Some(dir) = fixtures() else { return };
+    let case = Case::load(&dir);
     let spec = ModelSpec {
         kind: ModelKind::Sd1,
         path: dir.join("tiny-sd1.safetensors"),
@@ -249,20 +255,90 @@ fn bad_image_inputs_get_typed_errors() {
         sha256: None,
     };
     let single = Pipeline::load(&spec, DeviceChoice::Cpu, Precision::F32).unwrap();
-    assert!(single.vae_encoder().is_none());
-    let err = single.generate(&case.params(4, 0.5, false), &mut go());
-    assert!(matches!(err, Err(EngineError::NotBuilt(_))), "{err:?}");
+    let encoder = single
+        .vae_encoder()
+        .expect("the single file's VAE encoder is mapped");
+    let posterior = encoder.encode(&case.get("preprocessed_image")).unwrap();
+    assert_close(
+        "single-file vae encoder mean",
+        &posterior.mean,
+        &case.get("vae_encoder_mean"),
+    );
+    assert_close(
+        "single-file vae encoder logvar",
+        &posterior.logvar,
+        &case.get("vae_encoder_logvar"),
+    );
+    let lat = single
+        .generate_latents(&case.params(5, 0.6, false), &mut go())
+        .unwrap();
+    assert_close(
+        "single-file img2img latents",
+        &lat,
+        &case.get("img2img_latents_final"),
+    );
+    let lat = single
+        .generate_latents(&case.params(4, 0.75, true), &mut go())
+        .unwrap();
+    assert_close(
+        "single-file inpaint latents",
+        &lat,
+        &case.get("inpaint_latents_final"),
+    );
+}
 
-    // SDXL image inputs are not checked against diffusers yet: refused.
-    let xl = Pipeline::load(
-        &ModelSpec::new(dir.join("tiny-sdxl")),
+/// A VAE without encoder weights loads (text-to-image needs only the
+/// decoder) but refuses image inputs by name, not running without them.
+#[test]
+fn decoder_only_vae_refuses_image_inputs() {
+    let Some(dir) = fixtures() else { return };
+    let case = Case::load(&dir);
+    let model = tempfile::tempdir().unwrap();
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    };
+    let sd1 = dir.join("tiny-sd1");
+    for entry in walk(&sd1) {
+        let rel = entry.strip_prefix(&sd1).unwrap();
+        if rel != std::path::Path::new("vae/diffusion_pytorch_model.safetensors") {
+            copy(&entry, &model.path().join(rel));
+        }
+    }
+    let vae =
+        Tensor::read_safetensors(sd1.join("vae/diffusion_pytorch_model.safetensors")).unwrap();
+    let decoder: Vec<(String, Tensor)> = vae
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("encoder.") && !k.starts_with("quant_conv."))
+        .collect();
+    Tensor::write_safetensors(
+        &decoder,
+        model.path().join("vae/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let pipe = Pipeline::load(
+        &ModelSpec::new(model.path()),
         DeviceChoice::Cpu,
         Precision::F32,
     )
     .unwrap();
-    let err = xl.generate(&case.params(4, 0.5, false), &mut go());
+    assert!(pipe.vae_encoder().is_none());
+    let err = pipe.generate(&case.params(4, 0.5, false), &mut go());
     assert!(
-        matches!(err, Err(EngineError::NotBuilt(ref m)) if m.contains("SDXL")),
+        matches!(err, Err(EngineError::InvalidParams(ref m)) if m.contains("init_image") && m.contains("no encoder")),
         "{err:?}"
     );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -334,12 +334,9 @@ pub fn child_dup_onto(src: RawFd, dst: RawFd) -> io::Result<()> {
 pub fn close_from(first: RawFd) -> io::Result<()> {
     let first =
         libc::c_uint::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: close_range only closes descriptors of this process.
-    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0u32) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: the spawner's own descriptors are below `first` (its caller
+    // moved them there); nothing in it owns one from `first` up.
+    unsafe { weave_common::syscall::close_from(first) }
 }
 
 /// `write` of all of `bytes` (short writes continue; EINTR retried).

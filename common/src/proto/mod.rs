@@ -24,8 +24,8 @@ pub use frame::{
 };
 pub use messages::{
     ChannelDirection, ChannelStatsReport, GenerateRequest, GenerationDefaults, JobInfo, JobState,
-    LoadedModel, LoraChoice, Mode, ModelInfo, ParseSchedulerError, Request, Response, Role, Scheduler,
-    SegmentStats, StatusReport, WorkerMemory, WorkerState, JOB_HISTORY,
+    LoadedModel, LoraChoice, Mode, ModelInfo, ParseSchedulerError, Request, Response, Role,
+    Scheduler, SegmentStats, StatusReport, WorkerMemory, WorkerState, JOB_HISTORY,
 };
 pub use named::Named;
 

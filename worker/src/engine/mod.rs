@@ -32,7 +32,7 @@ pub use loader::{LoaderError, ModelKind, ModelSpec};
 pub use nn::ModelError;
 pub use pipelines::{
     global_rng_lock, DeviceChoice, GenerateParams, ImageInput, Mask, Pipeline, Precision,
-    PromptInput, RgbImage,
+    PromptInput, RgbImage, Stage,
 };
 pub use schedulers::{SchedulerError, SchedulerKind};
 pub use text::tokenizer::TokenizerError;

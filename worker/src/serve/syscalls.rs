@@ -28,19 +28,8 @@ pub fn seals(fd: RawFd) -> io::Result<libc::c_int> {
 pub fn close_from(first: RawFd) -> io::Result<()> {
     let first =
         libc::c_uint::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: close_range only closes descriptors; this runs at the very start
-    // of main, before anything in this process owns a descriptor >= `first`
-    // (Rust's std opens none before main).
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first,
-            libc::c_uint::MAX,
-            0 as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: this runs at the very start of main, before anything in this
+    // process owns a descriptor >= `first` (Rust's std opens none before
+    // main).
+    unsafe { weave_common::syscall::close_from(first) }
 }

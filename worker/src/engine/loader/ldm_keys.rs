@@ -92,26 +92,32 @@ pub(super) fn map_ldm_unet(k: &str, layers_per_block: i64) -> Option<String> {
 }
 
 /// An original SD VAE key (after `first_stage_model.`) → diffusers name.
-/// Only the decoder side is mapped.
+/// Both halves: the encoder's `down.{i}` keep their order, the decoder's
+/// `up.{i}` are numbered from the bottom (`up_blocks.{levels - 1 - i}`).
 pub(super) fn map_ldm_vae(k: &str, levels: i64) -> Option<String> {
-    if let Some(tail) = k.strip_prefix("post_quant_conv.") {
-        return Some(format!("post_quant_conv.{tail}"));
+    for conv in ["quant_conv.", "post_quant_conv."] {
+        if let Some(tail) = k.strip_prefix(conv) {
+            return Some(format!("{conv}{tail}"));
+        }
     }
-    let rest = k.strip_prefix("decoder.")?;
+    let (half, rest) = k.split_once('.')?;
+    if half != "encoder" && half != "decoder" {
+        return None;
+    }
     for (old, new) in [
         ("conv_in.", "conv_in."),
         ("conv_out.", "conv_out."),
         ("norm_out.", "conv_norm_out."),
     ] {
         if let Some(tail) = rest.strip_prefix(old) {
-            return Some(format!("decoder.{new}{tail}"));
+            return Some(format!("{half}.{new}{tail}"));
         }
     }
     if let Some(tail) = rest.strip_prefix("mid.block_1.") {
-        return Some(format!("decoder.mid_block.resnets.0.{}", map_resnet(tail)));
+        return Some(format!("{half}.mid_block.resnets.0.{}", map_resnet(tail)));
     }
     if let Some(tail) = rest.strip_prefix("mid.block_2.") {
-        return Some(format!("decoder.mid_block.resnets.1.{}", map_resnet(tail)));
+        return Some(format!("{half}.mid_block.resnets.1.{}", map_resnet(tail)));
     }
     if let Some(tail) = rest.strip_prefix("mid.attn_1.") {
         for (old, new) in [
@@ -122,29 +128,33 @@ pub(super) fn map_ldm_vae(k: &str, levels: i64) -> Option<String> {
             ("proj_out.", "to_out.0."),
         ] {
             if let Some(t) = tail.strip_prefix(old) {
-                return Some(format!("decoder.mid_block.attentions.0.{new}{t}"));
+                return Some(format!("{half}.mid_block.attentions.0.{new}{t}"));
             }
         }
         return None;
     }
-    if let Some(up) = rest.strip_prefix("up.") {
-        let (p, tail) = split_parts(up, 1)?;
-        let i: i64 = p[0].parse().ok()?;
-        let block = levels - 1 - i;
-        if block < 0 {
-            return None;
-        }
-        if let Some(t) = tail.strip_prefix("upsample.conv.") {
-            return Some(format!("decoder.up_blocks.{block}.upsamplers.0.conv.{t}"));
-        }
-        let (q, t) = split_parts(tail.strip_prefix("block.")?, 1)?;
+    let (blocks, sampler, resampler, reversed) = match half {
+        "encoder" => ("down", "downsample.conv.", "downsamplers", false),
+        _ => ("up", "upsample.conv.", "upsamplers", true),
+    };
+    let level = rest.strip_prefix(blocks)?.strip_prefix('.')?;
+    let (p, tail) = split_parts(level, 1)?;
+    let i: i64 = p[0].parse().ok()?;
+    let block = if reversed { levels - 1 - i } else { i };
+    if !(0..levels).contains(&block) {
+        return None;
+    }
+    if let Some(t) = tail.strip_prefix(sampler) {
         return Some(format!(
-            "decoder.up_blocks.{block}.resnets.{}.{}",
-            q[0],
-            map_resnet(t)
+            "{half}.{blocks}_blocks.{block}.{resampler}.0.conv.{t}"
         ));
     }
-    None
+    let (q, t) = split_parts(tail.strip_prefix("block.")?, 1)?;
+    Some(format!(
+        "{half}.{blocks}_blocks.{block}.resnets.{}.{}",
+        q[0],
+        map_resnet(t)
+    ))
 }
 
 /// Where SD 2.x single files keep the OpenCLIP text tower.
@@ -282,7 +292,30 @@ mod tests {
             m("decoder.norm_out.bias").as_deref(),
             Some("decoder.conv_norm_out.bias")
         );
-        assert_eq!(m("encoder.conv_in.weight"), None);
+        assert_eq!(
+            m("encoder.conv_in.weight").as_deref(),
+            Some("encoder.conv_in.weight")
+        );
+        assert_eq!(
+            m("encoder.down.0.block.1.nin_shortcut.bias").as_deref(),
+            Some("encoder.down_blocks.0.resnets.1.conv_shortcut.bias")
+        );
+        assert_eq!(
+            m("encoder.down.2.downsample.conv.weight").as_deref(),
+            Some("encoder.down_blocks.2.downsamplers.0.conv.weight")
+        );
+        assert_eq!(
+            m("encoder.mid.attn_1.proj_out.weight").as_deref(),
+            Some("encoder.mid_block.attentions.0.to_out.0.weight")
+        );
+        assert_eq!(
+            m("encoder.norm_out.weight").as_deref(),
+            Some("encoder.conv_norm_out.weight")
+        );
+        assert_eq!(m("quant_conv.weight").as_deref(), Some("quant_conv.weight"));
+        assert_eq!(m("decoder.up.4.block.0.conv1.weight"), None);
+        assert_eq!(m("encoder.down.4.block.0.conv1.weight"), None);
+        assert_eq!(m("loss.logvar"), None);
     }
 
     #[test]

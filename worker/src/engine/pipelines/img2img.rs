@@ -1,173 +1,107 @@
 //! Image-to-image and inpainting, step for step as diffusers'
-//! `StableDiffusionImg2ImgPipeline` and `StableDiffusionInpaintPipeline`
-//! (4-channel UNets: latent masking). The init image is encoded by the VAE,
-//! noised to the strength's first step and denoised from there; with a
-//! mask, the region outside it is replaced after every step by the original
-//! latents noised to that step, and after decoding the original pixels are
-//! pasted back outside the mask so they are kept exactly.
+//! `StableDiffusionImg2ImgPipeline` / `StableDiffusionInpaintPipeline` (SD
+//! 1.x/2.x) and `StableDiffusionXLImg2ImgPipeline` /
+//! `StableDiffusionXLInpaintPipeline` (SDXL base: no aesthetic score, the
+//! same added time ids as text-to-image, the VAE encoding in fp32 when
+//! `force_upcast`, no `denoising_start`). The init image is encoded by the
+//! VAE, noised to the strength's first step and denoised from there.
+//!
+//! Inpainting comes in two kinds, told apart by the UNet's `in_channels`:
+//! a 4-channel UNet masks in latent space (the region outside the mask is
+//! replaced after every step by the original latents noised to that step);
+//! a 9-channel inpainting UNet sees `[latents, mask, masked-image latents]`
+//! on every call. Either way the original pixels are pasted back outside
+//! the mask after decoding, so they are kept exactly.
 #![forbid(unsafe_code)]
 
 use std::ops::ControlFlow;
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
-use super::{global_rng_lock, GenerateParams, Pipeline, RgbImage};
-use crate::engine::denoisers::Denoiser;
+use super::image_input::{image_tensor, strength_schedule};
+use super::{global_rng_lock, GenerateParams, ImageInput, Pipeline};
+use crate::engine::denoisers::{Conditioning, Denoiser};
 use crate::engine::schedulers::{Scheduler, SchedulerError};
 use crate::engine::EngineError;
 
-/// Which pixels to repaint: one flag per pixel, rows top to bottom.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mask {
-    pub width: u32,
-    pub height: u32,
-    /// `true` = repaint (a white mask pixel).
-    pub repaint: Vec<bool>,
+/// An intermediate tensor of an image-conditioned run, for checking each
+/// stage against diffusers (`Pipeline::generate_latents_traced`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// SDXL's added time ids, batched as the UNet gets them `[b, 6]`.
+    TimeIds,
+    /// SDXL's pooled text embeddings, batched `[b, P]`.
+    TextEmbeds,
+    /// The scaled VAE sample of the init image (absent for a 9-channel UNet
+    /// at strength 1, which diffusers does not encode).
+    ImageLatents,
+    /// The initial noise `[1, 4, h/8, w/8]`.
+    Noise,
+    /// The mask at latent size `[1, 1, h/8, w/8]`, 1 = repaint.
+    MaskLatents,
+    /// The init image with the repainted region zeroed, `[1, 3, H, W]` in
+    /// [-1, 1] (9-channel UNets only).
+    MaskedImage,
+    /// Its scaled VAE sample (9-channel UNets only).
+    MaskedImageLatents,
+    /// The UNet's input at step `n` of those that run (0-based): with
+    /// guidance both halves, with a 9-channel UNet all 9 channels.
+    UnetInput(usize),
+    /// The UNet's raw output at step `n`.
+    UnetOutput(usize),
+    /// The latents after step `n` (and after latent masking).
+    Latents(usize),
 }
 
-impl Mask {
-    /// From 8-bit luma: diffusers binarizes `v / 255 ≥ 0.5`, i.e. v ≥ 128.
-    pub fn from_luma(width: u32, height: u32, luma: &[u8]) -> Result<Self, EngineError> {
-        if luma.len() != width as usize * height as usize {
-            return Err(EngineError::InvalidParams(
-                "mask: the pixel count does not match its size".into(),
-            ));
-        }
-        Ok(Self {
-            width,
-            height,
-            repaint: luma.iter().map(|&v| v >= 128).collect(),
-        })
-    }
-
-    /// From RGB8, converted to luma as PIL's `convert("L")` does
-    /// (ITU-R 601-2, fixed point) before binarizing.
-    pub fn from_rgb(image: &RgbImage) -> Result<Self, EngineError> {
-        let luma: Vec<u8> = image
-            .pixels
-            .chunks_exact(3)
-            .map(|p| {
-                let l = p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000;
-                (l >> 16) as u8
-            })
-            .collect();
-        Self::from_luma(image.width, image.height, &luma)
-    }
-
-    /// `[1, 1, h, w]`, 1.0 where repainted.
-    fn tensor(&self, kind: Kind, device: Device) -> Result<Tensor, EngineError> {
-        let v: Vec<f32> = self
-            .repaint
-            .iter()
-            .map(|&r| if r { 1.0 } else { 0.0 })
-            .collect();
-        Ok(Tensor::from_slice(&v)
-            .f_view([1, 1, self.height as i64, self.width as i64])?
-            .f_to_kind(kind)?
-            .f_to_device(device)?)
-    }
-}
-
-/// What an image-conditioned request adds to text-to-image.
-#[derive(Debug, Clone)]
-pub struct ImageInput {
-    /// The image to start from; the same size as the request.
-    pub init: RgbImage,
-    /// Inpainting: which pixels to repaint.
-    pub mask: Option<Mask>,
-    /// In (0, 1]: the share of the schedule that runs.
-    pub strength: f64,
-}
-
-impl ImageInput {
-    fn validate(&self, width: u32, height: u32) -> Result<(), EngineError> {
-        let bad = |m: String| Err(EngineError::InvalidParams(m));
-        if (self.init.width, self.init.height) != (width, height) {
-            return bad(format!(
-                "init_image is {}×{} but the request is {width}×{height}; send an image of the requested size",
-                self.init.width, self.init.height
-            ));
-        }
-        if self.init.pixels.len() != width as usize * height as usize * 3 {
-            return bad("init_image: the pixel count does not match its size".into());
-        }
-        if let Some(m) = &self.mask {
-            if (m.width, m.height) != (width, height)
-                || m.repaint.len() != self.init.pixels.len() / 3
-            {
-                return bad(format!(
-                    "mask is {}×{} but the request is {width}×{height}; send a mask of the requested size",
-                    m.width, m.height
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Puts the init image's pixels back wherever the mask keeps them.
-    pub fn keep_unmasked(&self, images: &mut [RgbImage]) {
-        let Some(mask) = &self.mask else {
-            return;
-        };
-        for image in images {
-            for (i, &repaint) in mask.repaint.iter().enumerate() {
-                if !repaint {
-                    image.pixels[3 * i..3 * i + 3]
-                        .copy_from_slice(&self.init.pixels[3 * i..3 * i + 3]);
-                }
-            }
-        }
-    }
-}
-
-/// diffusers' `get_timesteps`: `init = min(int(steps · strength), steps)`
-/// steps run, starting at step `steps - init`. Returns `(start, run)`.
-pub fn strength_schedule(steps: usize, strength: f64) -> Result<(usize, usize), EngineError> {
-    if !(strength > 0.0 && strength <= 1.0) {
-        return Err(EngineError::InvalidParams(format!(
-            "strength must be in (0, 1], got {strength}"
-        )));
-    }
-    // `as` truncates toward zero, as Python's int() does.
-    let run = ((steps as f64 * strength) as usize).min(steps);
-    if run == 0 {
-        return Err(EngineError::InvalidParams(format!(
-            "strength {strength} with {steps} steps runs no step (int(steps × strength) = 0); raise the strength or the steps"
-        )));
-    }
-    Ok((steps - run, run))
-}
-
-/// RGB8 → `[1, 3, h, w]` in [-1, 1], as diffusers' `VaeImageProcessor`.
-fn image_tensor(image: &RgbImage, kind: Kind, device: Device) -> Result<Tensor, EngineError> {
-    Ok(Tensor::from_slice(&image.pixels)
-        .f_view([1, image.height as i64, image.width as i64, 3])?
-        .f_permute([0, 3, 1, 2])?
-        .f_to_kind(Kind::Float)?
-        .f_div_scalar(255.0)?
-        .f_mul_scalar(2.0)?
-        .f_sub_scalar(1.0)?
-        .f_to_kind(kind)?
-        .f_to_device(device)?
-        .f_contiguous()?)
+/// How the UNet takes the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UnetInputs {
+    /// Latents only (every text-to-image UNet).
+    Latents,
+    /// `[latents, mask, masked-image latents]` (an inpainting UNet).
+    Inpainting,
 }
 
 impl Pipeline {
+    fn unet_inputs(&self) -> Result<UnetInputs, EngineError> {
+        let latent = self.vae.config().latent_channels;
+        match self.unet.in_channels() {
+            n if n == latent => Ok(UnetInputs::Latents),
+            n if n == 2 * latent + 1 => Ok(UnetInputs::Inpainting),
+            n => Err(EngineError::NotBuilt(format!(
+                "a UNet with {n} input channels (e.g. InstructPix2Pix's 8): only {latent} (text-to-image) and {} (inpainting) are built for this VAE",
+                2 * latent + 1
+            ))),
+        }
+    }
+
+    /// Refuses text-to-image with an inpainting UNet, which diffusers' text
+    /// pipelines cannot run either: its extra channels need an image.
+    pub(super) fn check_text_to_image(&self) -> Result<(), EngineError> {
+        match self.unet_inputs()? {
+            UnetInputs::Latents => Ok(()),
+            UnetInputs::Inpainting => Err(EngineError::InvalidParams(
+                "this model has an inpainting UNet (9 input channels: latents, mask, masked image): send init_image and mask with the request".into(),
+            )),
+        }
+    }
+
     /// The VAE's sample of `image`'s latents, scaled (diffusers'
-    /// `retrieve_latents(vae.encode(x), generator) * scaling_factor`); draws
-    /// from the global generator, so the caller holds the RNG lock.
+    /// `retrieve_latents(vae.encode(x), generator)`, cast to the compute
+    /// dtype, times `scaling_factor`); draws from the global generator, so
+    /// the caller holds the RNG lock.
     fn encode_sample(&self, image: &Tensor) -> Result<Tensor, EngineError> {
         let encoder = self.vae_encoder.as_ref().ok_or_else(|| {
-            EngineError::NotBuilt(
-                "img2img and inpainting with a single-file checkpoint (its VAE encoder keys are not mapped yet); use a diffusers folder".into(),
+            EngineError::InvalidParams(
+                "init_image: this model's VAE has no encoder weights (no vae/encoder.* or first_stage_model.encoder.* keys), which img2img and inpainting need; use a checkpoint or diffusers folder that includes the full VAE".into(),
             )
         })?;
         let c = self.vae.config();
-        let mut z = encoder.encode(image)?.sample()?;
+        let mut z = encoder.encode(image)?.sample()?.f_to_kind(self.kind)?;
         if let Some(shift) = c.shift_factor {
             z = z.f_sub_scalar(shift)?;
         }
-        Ok(z.f_mul_scalar(c.scaling_factor)?.f_to_kind(self.kind)?)
+        Ok(z.f_mul_scalar(c.scaling_factor)?)
     }
 
     /// img2img / inpainting latents for one image (batch 1).
@@ -175,7 +109,9 @@ impl Pipeline {
         &self,
         p: &GenerateParams,
         input: &ImageInput,
+        cond: &Conditioning,
         progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
+        trace: &mut dyn FnMut(Stage, &Tensor),
     ) -> Result<Tensor, EngineError> {
         let _no_grad = tch::no_grad_guard();
         self.validate(p)?;
@@ -185,20 +121,25 @@ impl Pipeline {
                 "image inputs are denoised one image at a time (batch 1 per call)".into(),
             ));
         }
-        if self.is_sdxl() {
-            return Err(EngineError::NotBuilt(
-                "image inputs with SDXL models (StableDiffusionXLImg2ImgPipeline is not checked against diffusers yet)".into(),
-            ));
-        }
-        if self.unet.in_channels() != 4 {
-            return Err(EngineError::NotBuilt(format!(
-                "image inputs with a {}-channel UNet (inpainting UNets with mask and masked-image channels are not built yet)",
-                self.unet.in_channels()
-            )));
+        let unet_inputs = self.unet_inputs()?;
+        if unet_inputs == UnetInputs::Inpainting {
+            if self.is_sdxl() {
+                return Err(EngineError::NotBuilt(
+                    "SDXL inpainting UNets (9 input channels) are not checked against diffusers yet; use an SDXL base model, which inpaints by latent masking".into(),
+                ));
+            }
+            if input.mask.is_none() {
+                return Err(EngineError::InvalidParams(
+                    "this model has an inpainting UNet (9 input channels): send a mask with init_image".into(),
+                ));
+            }
         }
         let (start, run) = strength_schedule(p.steps as usize, input.strength)?;
         let cfg = p.guidance > 1.0;
-        let cond = self.conditioning(p, cfg)?;
+        if let Some(tt) = &cond.text_time {
+            trace(Stage::TimeIds, &tt.time_ids);
+            trace(Stage::TextEmbeds, &tt.text_embeds);
+        }
         let mut scheduler = Scheduler::new(p.scheduler, &self.scheduler_config, p.steps as usize)?;
         scheduler.begin_at(start)?;
         let (kind, device) = (self.kind, self.device);
@@ -210,27 +151,64 @@ impl Pipeline {
             p.height as i64 / vsf,
             p.width as i64 / vsf,
         ];
+        let strength_max = input.strength == 1.0;
         let _rng = global_rng_lock();
         tch::manual_seed(p.seed as i64);
-        // The random draws in diffusers' order: the encoder's posterior
-        // sample, the initial noise, (inpainting) the masked image's
-        // posterior sample, then the sampler's ancestral noise.
-        let image_latents = self.encode_sample(&image)?;
-        let noise = Tensor::f_randn(shape, (kind, Device::Cpu))?.f_to_device(device)?;
-        let mask = match &input.mask {
-            None => None,
-            Some(m) => {
-                // diffusers encodes the masked image even for a 4-channel
-                // UNet, which only uses the draw: draw the same ε.
-                let _masked_image_draw = Tensor::f_randn(shape, (self.vae_kind, Device::Cpu))?;
-                let full = m.tensor(kind, device)?;
-                Some(full.f_upsample_nearest2d([shape[2], shape[3]], None, None)?)
-            }
-        };
-        let mut latents = if mask.is_some() && input.strength == 1.0 {
-            noise.f_mul_scalar(scheduler.init_noise_sigma())?
+        // The random draws in diffusers' order: the init image's posterior
+        // sample (skipped by an inpainting UNet at strength 1, which starts
+        // from pure noise and never needs it), the initial noise,
+        // (inpainting) the masked image's posterior sample, then the
+        // sampler's ancestral noise.
+        let image_latents = if unet_inputs == UnetInputs::Latents || !strength_max {
+            let z = self.encode_sample(&image)?;
+            trace(Stage::ImageLatents, &z);
+            Some(z)
         } else {
-            scheduler.add_noise(&image_latents, &noise, start)?
+            None
+        };
+        let noise = Tensor::f_randn(shape, (kind, Device::Cpu))?.f_to_device(device)?;
+        trace(Stage::Noise, &noise);
+        let mut mask = None;
+        let mut extra = None;
+        if let Some(m) = &input.mask {
+            let full = m.tensor(self.vae_kind, device)?;
+            // diffusers' `interpolate(mask, size=latent size)`: nearest.
+            let small = full
+                .f_upsample_nearest2d([shape[2], shape[3]], None, None)?
+                .f_to_kind(kind)?;
+            trace(Stage::MaskLatents, &small);
+            match unet_inputs {
+                UnetInputs::Latents => {
+                    // diffusers encodes the masked image even for a
+                    // 4-channel UNet, which only uses the draw: draw the
+                    // same ε and skip the encoder.
+                    let _masked_image_draw = Tensor::f_randn(shape, (self.vae_kind, Device::Cpu))?;
+                }
+                UnetInputs::Inpainting => {
+                    // `init_image * (mask < 0.5)`: the repainted region is 0
+                    // (mid grey) in [-1, 1].
+                    let masked = image.f_mul(&full.f_neg()?.f_add_scalar(1.0)?)?;
+                    trace(Stage::MaskedImage, &masked);
+                    let masked_latents = self.encode_sample(&masked)?;
+                    trace(Stage::MaskedImageLatents, &masked_latents);
+                    extra = Some(if cfg {
+                        let both = Tensor::f_cat(&[&small, &masked_latents], 1)?;
+                        Tensor::f_cat(&[&both, &both], 0)?
+                    } else {
+                        Tensor::f_cat(&[&small, &masked_latents], 1)?
+                    });
+                }
+            }
+            mask = Some(small);
+        }
+        let mut latents = match (&image_latents, mask.is_some() && strength_max) {
+            (_, true) => noise.f_mul_scalar(scheduler.init_noise_sigma())?,
+            (Some(z), false) => scheduler.add_noise(z, &noise, start)?,
+            (None, false) => {
+                return Err(EngineError::InvalidParams(
+                    "the init image was not encoded below strength 1".into(),
+                ))
+            }
         };
         let timesteps = scheduler.timesteps().to_vec();
         let total = timesteps.len();
@@ -244,8 +222,13 @@ impl Pipeline {
             } else {
                 latents.shallow_clone()
             };
-            let model_input = scheduler.scale_model_input(&model_input)?;
-            let noise_pred = self.unet.predict(&model_input, t, &cond)?;
+            let mut model_input = scheduler.scale_model_input(&model_input)?;
+            if let Some(extra) = &extra {
+                model_input = Tensor::f_cat(&[&model_input, extra], 1)?;
+            }
+            trace(Stage::UnetInput(done), &model_input);
+            let noise_pred = self.unet.predict(&model_input, t, cond)?;
+            trace(Stage::UnetOutput(done), &noise_pred);
             let noise_pred = if cfg {
                 let halves = noise_pred.f_chunk(2, 0)?;
                 let (uncond, text) = (&halves[0], &halves[1]);
@@ -254,71 +237,20 @@ impl Pipeline {
                 noise_pred
             };
             latents = scheduler.step(&noise_pred, &latents, &mut draw_noise)?;
-            if let Some(m) = &mask {
+            if let (Some(m), Some(z), UnetInputs::Latents) = (&mask, &image_latents, unet_inputs) {
                 let kept = if index + 1 < total {
-                    scheduler.add_noise(&image_latents, &noise, index + 1)?
+                    scheduler.add_noise(z, &noise, index + 1)?
                 } else {
-                    image_latents.shallow_clone()
+                    z.shallow_clone()
                 };
                 let keep = m.f_neg()?.f_add_scalar(1.0)?;
                 latents = keep.f_mul(&kept)?.f_add(&m.f_mul(&latents)?)?;
             }
+            trace(Stage::Latents(done), &latents);
             if progress(done + 1, run).is_break() {
                 return Err(EngineError::Cancelled);
             }
         }
         Ok(latents)
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strength_counts_steps_as_diffusers() {
-        assert_eq!(strength_schedule(10, 0.5).unwrap(), (5, 5));
-        assert_eq!(strength_schedule(10, 1.0).unwrap(), (0, 10));
-        // int(20 × 0.33) = 6
-        assert_eq!(strength_schedule(20, 0.33).unwrap(), (14, 6));
-        assert!(strength_schedule(10, 0.05).is_err());
-        assert!(strength_schedule(10, 0.0).is_err());
-        assert!(strength_schedule(10, 1.5).is_err());
-        assert!(strength_schedule(10, f64::NAN).is_err());
-    }
-
-    #[test]
-    fn mask_binarizes_at_half() {
-        let m = Mask::from_luma(4, 1, &[0, 127, 128, 255]).unwrap();
-        assert_eq!(m.repaint, vec![false, false, true, true]);
-        let rgb = RgbImage {
-            width: 2,
-            height: 1,
-            pixels: vec![255, 255, 255, 10, 20, 30],
-        };
-        assert_eq!(Mask::from_rgb(&rgb).unwrap().repaint, vec![true, false]);
-        assert!(Mask::from_luma(2, 2, &[0; 3]).is_err());
-    }
-
-    #[test]
-    fn paste_keeps_unmasked_pixels() {
-        let init = RgbImage {
-            width: 2,
-            height: 1,
-            pixels: vec![1, 2, 3, 4, 5, 6],
-        };
-        let input = ImageInput {
-            init,
-            mask: Some(Mask::from_luma(2, 1, &[0, 255]).unwrap()),
-            strength: 1.0,
-        };
-        let mut out = vec![RgbImage {
-            width: 2,
-            height: 1,
-            pixels: vec![9; 6],
-        }];
-        input.keep_unmasked(&mut out);
-        assert_eq!(out[0].pixels, vec![1, 2, 3, 9, 9, 9]);
     }
 }

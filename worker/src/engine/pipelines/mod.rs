@@ -10,22 +10,24 @@ use tch::{Device, Kind, Tensor};
 use weave_common::prompt::{PromptField, DEFAULT_MAX_PROMPT_CHUNKS};
 
 use crate::engine::denoisers::unet::UNet;
-use crate::engine::denoisers::{Conditioning, Denoiser, TextTime};
+use crate::engine::denoisers::{Conditioning, Denoiser};
 use crate::engine::loader::{Component, ModelParts, ModelSpec};
 use crate::engine::lora::{LoraUse, MergeState, Part};
 use crate::engine::schedulers::{Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
 use crate::engine::text::clip::ClipTextModel;
-use crate::engine::text::prompt_encoding;
 use crate::engine::text::tokenizer::ClipTokenizer;
 use crate::engine::vae::VaeDecoder;
 use crate::engine::vae_encoder::VaeEncoder;
 use crate::engine::EngineError;
 
+mod conditioning;
+pub mod image_input;
 pub mod img2img;
 pub mod sd;
 pub mod sdxl;
 
-pub use img2img::{ImageInput, Mask};
+pub use image_input::{ImageInput, Mask};
+pub use img2img::Stage;
 
 /// One prompt's conditioning, batch 1.
 pub struct PromptEmbeds {
@@ -204,8 +206,8 @@ pub struct Pipeline {
     conditioner: Box<dyn Conditioner>,
     unet: UNet,
     vae: VaeDecoder,
-    /// Absent when the weights have no encoder (single-file checkpoints:
-    /// only the decoder's keys are mapped).
+    /// Absent when the weights have no encoder (a decoder-only VAE file or
+    /// a checkpoint pruned of it): image inputs are then refused.
     vae_encoder: Option<VaeEncoder>,
     /// The VAE's dtype: the compute dtype, or fp32 for an SDXL VAE with
     /// `force_upcast` when computing in fp16 (it overflows there).
@@ -451,13 +453,40 @@ impl Pipeline {
         p: &GenerateParams,
         progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor, EngineError> {
+        self.generate_latents_traced(p, progress, &mut |_, _| {})
+    }
+
+    /// [`Self::generate_latents`], handing every intermediate [`Stage`] of
+    /// an image-conditioned run to `trace` (text-to-image traces nothing).
+    pub fn generate_latents_traced(
+        &self,
+        p: &GenerateParams,
+        progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
+        trace: &mut dyn FnMut(Stage, &Tensor),
+    ) -> Result<Tensor, EngineError> {
+        let _no_grad = tch::no_grad_guard();
+        self.validate(p)?;
+        let cond = self.conditioning(p, p.guidance > 1.0)?;
+        self.latents_with(p, &cond, progress, trace)
+    }
+
+    /// The denoising loop with `p`'s conditioning already encoded (for
+    /// `p.batch` images), so a job encodes its prompts once: the text side
+    /// draws no random numbers, so reusing it changes no bit.
+    fn latents_with(
+        &self,
+        p: &GenerateParams,
+        cond: &Conditioning,
+        progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
+        trace: &mut dyn FnMut(Stage, &Tensor),
+    ) -> Result<Tensor, EngineError> {
         if let Some(input) = &p.image {
-            return self.image_latents(p, input, progress);
+            return self.image_latents(p, input, cond, progress, trace);
         }
         let _no_grad = tch::no_grad_guard();
         self.validate(p)?;
+        self.check_text_to_image()?;
         let cfg = p.guidance > 1.0;
-        let cond = self.conditioning(p, cfg)?;
         let mut scheduler = Scheduler::new(p.scheduler, &self.scheduler_config, p.steps as usize)?;
         let _rng = global_rng_lock();
         let mut latents = self
@@ -478,7 +507,7 @@ impl Pipeline {
                 latents.shallow_clone()
             };
             let input = scheduler.scale_model_input(&input)?;
-            let noise_pred = self.unet.predict(&input, t, &cond)?;
+            let noise_pred = self.unet.predict(&input, t, cond)?;
             let noise_pred = if cfg {
                 let halves = noise_pred.f_chunk(2, 0)?;
                 let (uncond, text) = (&halves[0], &halves[1]);
@@ -492,92 +521,6 @@ impl Pipeline {
             }
         }
         Ok(latents)
-    }
-
-    /// The batched conditioning for `p`: `[negative, positive]` under
-    /// guidance, each repeated `batch` times, with SDXL's pooled text and
-    /// time ids alongside.
-    fn conditioning(&self, p: &GenerateParams, cfg: bool) -> Result<Conditioning, EngineError> {
-        let batch = p.batch as i64;
-        let c = &self.conditioner;
-        let input = |text, field| PromptInput {
-            text,
-            field,
-            clip_skip: p.clip_skip,
-            max_chunks: p.max_prompt_chunks,
-        };
-        let mut pos = c.encode(&input(&p.prompt, PromptField::Prompt), self.device)?;
-        let mut neg = if cfg {
-            let negative = input(&p.negative_prompt, PromptField::NegativePrompt);
-            Some(c.negative(&negative, self.device, &pos)?)
-        } else {
-            None
-        };
-        // Guidance batches both sides: the shorter one is lengthened with
-        // the empty prompt's chunk, as A1111 does (docs/PROMPTS.md).
-        if let Some(n) = neg.as_mut() {
-            if n.context.size()[1] != pos.context.size()[1] {
-                let empty = c.encode(
-                    &PromptInput {
-                        max_chunks: 1,
-                        ..input("", PromptField::NegativePrompt)
-                    },
-                    self.device,
-                )?;
-                let (a, b) = prompt_encoding::same_length(
-                    n.context.shallow_clone(),
-                    pos.context.shallow_clone(),
-                    &empty.context,
-                )?;
-                n.context = a;
-                pos.context = b;
-            }
-        }
-        let stack = |pick: &dyn Fn(&PromptEmbeds) -> Option<&Tensor>| -> Result<Option<Tensor>, EngineError> {
-            let Some(positive) = pick(&pos) else {
-                return Ok(None);
-            };
-            let mut parts = Vec::new();
-            if let Some(neg) = &neg {
-                parts.push(pick(neg).ok_or_else(|| {
-                    EngineError::InvalidParams("the negative conditioning lacks a part".into())
-                })?);
-            }
-            parts.push(positive);
-            let rank = positive.dim();
-            let mut reps = vec![1i64; rank];
-            reps[0] = batch;
-            let repeated = parts
-                .iter()
-                .map(|t| t.f_repeat(&reps))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Some(Tensor::f_cat(&repeated, 0)?))
-        };
-        let context = stack(&|e| Some(&e.context))?.ok_or_else(|| {
-            EngineError::InvalidParams("the text encoder produced no context".into())
-        })?;
-        let pooled = stack(&|e| e.pooled.as_ref())?;
-        let text_time = match (pooled, c.time_ids(p.width, p.height)) {
-            (Some(text_embeds), Some(ids)) => {
-                let rows = text_embeds.size()[0];
-                let time_ids = Tensor::from_slice(&ids)
-                    .f_view([1, 6])?
-                    .f_repeat([rows, 1])?
-                    .f_to_kind(self.kind)?
-                    .f_to_device(self.device)?;
-                Some(TextTime {
-                    text_embeds,
-                    time_ids,
-                })
-            }
-            (None, None) => None,
-            _ => {
-                return Err(EngineError::InvalidParams(
-                    "pooled text embeddings and time ids come together (SDXL) or not at all".into(),
-                ))
-            }
-        };
-        Ok(Conditioning { context, text_time })
     }
 
     /// Latents → images in [-1, 1] (diffusers' `vae.decode(latents / scaling_factor)`),
@@ -609,15 +552,23 @@ impl Pipeline {
         self.validate(p)?;
         let images = p.batch as usize;
         let mut out = Vec::with_capacity(images);
+        // Every image has the same prompts and size: encode them once.
+        let one = GenerateParams {
+            batch: 1,
+            ..p.clone()
+        };
+        let cond = {
+            let _no_grad = tch::no_grad_guard();
+            self.conditioning(&one, p.guidance > 1.0)?
+        };
         for index in 0..images {
             let single = GenerateParams {
                 seed: p.seed.wrapping_add(index as u64),
-                batch: 1,
-                ..p.clone()
+                ..one.clone()
             };
             let mut image_progress =
                 |step: usize, total: usize| progress(batch_step(index, images, step, total), total);
-            let latents = self.generate_latents(&single, &mut image_progress)?;
+            let latents = self.latents_with(&single, &cond, &mut image_progress, &mut |_, _| {})?;
             let mut images = to_rgb8(&self.decode(&latents)?)?;
             if let Some(input) = &p.image {
                 input.keep_unmasked(&mut images);

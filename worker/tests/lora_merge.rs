@@ -275,7 +275,8 @@ fn hostile_lora_files_are_typed_errors_and_leave_the_model_as_loaded() {
     // a good LoRA was merged, which is then undone too.
     let mut wrong = conv_shape.clone();
     wrong[1] += 1;
-    let cases: Vec<(Vec<(String, Tensor)>, fn(&LoraKeyError) -> bool)> = vec![
+    type Case = (Vec<(String, Tensor)>, fn(&LoraKeyError) -> bool);
+    let cases: Vec<Case> = vec![
         (
             lora_tensors(&[(kohya("lora_unet_", &conv), wrong, true)]),
             |e| matches!(e, LoraKeyError::Shape { .. }),

@@ -21,7 +21,7 @@ export PATH=$TOOLS/bin:$PATH
 export RUSTC_BOOTSTRAP=1
 # ASan on by default; FUZZ_SANITIZER=none for a plain (faster) build.
 SANITIZER=${FUZZ_SANITIZER:-address}
-TARGETS=(proto_request proto_response proto_roundtrip shm_slot config tokenizer tokenizer_merges safetensors_header prompt_syntax png_input)
+TARGETS=(proto_request proto_response proto_roundtrip shm_slot config tokenizer tokenizer_merges safetensors_header prompt_syntax png_input lora_keys)
 
 ensure_cargo_fuzz() {
     if ! command -v cargo-fuzz >/dev/null; then

@@ -32,7 +32,7 @@ getent group weave-clients >/dev/null || fail "postinst did not create weave-cli
 getent group weave-admins >/dev/null || fail "postinst did not create weave-admins"
 [[ "$(stat -c '%U:%G %a' /etc/weave/weave.toml)" == "root:root 644" ]] || fail "config owner/mode wrong"
 for f in /usr/bin/weave-broker /usr/bin/sshmctl /usr/libexec/weave/weave-worker \
-	/usr/lib/weave/libtorch_cpu.so /usr/share/weave/models/digits/model_index.json \
+	/usr/lib/weave/libtorch_cpu.so /usr/share/weave/models/digits/model_index.json /usr/share/weave/models/loras/digits-bold.safetensors \
 	/lib/systemd/system/weave.service /lib/systemd/system/weave.socket \
 	/etc/apparmor.d/usr.bin.weave-broker /usr/share/man/man1/sshmctl.1.gz \
 	/usr/share/man/man8/weave-broker.8.gz /usr/share/man/man5/weave.toml.5.gz; do

@@ -12,7 +12,7 @@ files="$(rpm -qlp "$RPM" 2>/dev/null)"
 for f in /usr/bin/weave-broker /usr/bin/sshmctl /usr/libexec/weave/weave-worker \
 	/usr/lib/weave/libtorch_cpu.so /etc/weave/weave.toml \
 	/usr/share/selinux/packages/weave.pp /usr/lib/systemd/system/weave.service \
-	/usr/share/weave/models/digits/model_index.json /usr/share/man/man1/sshmctl.1 \
+	/usr/share/weave/models/digits/model_index.json /usr/share/weave/models/loras/digits-bold.safetensors /usr/share/man/man1/sshmctl.1 \
 	/usr/share/man/man8/weave-broker.8 /usr/share/man/man5/weave.toml.5; do
 	grep -qx "$f" <<<"$files" || fail "rpm lacks $f"
 done

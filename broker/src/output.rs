@@ -55,8 +55,16 @@ pub fn check_images(job: &WorkerGenerateParams, images: &[Image]) -> Result<(), 
     Ok(())
 }
 
-/// The A1111 `parameters` text for image `seed`.
-pub fn parameters_text(job: &WorkerGenerateParams, seed: u64) -> String {
+/// The A1111 `parameters` text for image `seed`. `lora_hashes` are the
+/// job's LoRAs' `(id, short hash)` ([`weave_common::pin::lora_short_hash`]),
+/// written as A1111's `Lora hashes: "id: hash, …"`; their weights follow
+/// as `Lora weights: "id: w, …"` (A1111 keeps them in `<lora:id:w>` prompt
+/// tags, which weave prompts do not use).
+pub fn parameters_text(
+    job: &WorkerGenerateParams,
+    seed: u64,
+    lora_hashes: &[(String, String)],
+) -> String {
     let mut text = job.prompt.clone();
     if !job.negative_prompt.is_empty() {
         text.push_str("\nNegative prompt: ");
@@ -76,6 +84,24 @@ pub fn parameters_text(job: &WorkerGenerateParams, seed: u64) -> String {
     // the strength after the model.
     if let Some(image) = &job.image {
         text.push_str(&format!(", Denoising strength: {}", image.strength));
+    }
+    if !lora_hashes.is_empty() {
+        let list = |items: Vec<String>| items.join(", ");
+        text.push_str(&format!(
+            ", Lora hashes: \"{}\", Lora weights: \"{}\"",
+            list(
+                lora_hashes
+                    .iter()
+                    .map(|(id, hash)| format!("{id}: {hash}"))
+                    .collect()
+            ),
+            list(
+                job.loras
+                    .iter()
+                    .map(|l| format!("{}: {}", l.id, l.weight))
+                    .collect()
+            ),
+        ));
     }
     text
 }
@@ -97,12 +123,30 @@ pub fn encode_preview_png(preview: &Preview) -> Result<Vec<u8>, OutputError> {
     Ok(out)
 }
 
+/// `(id, short hash)` of each LoRA of `job`, read from the configured
+/// files; a file that cannot be read is left out (the worker refuses it
+/// then, and the job fails before an image is encoded).
+pub fn lora_hashes(
+    job: &WorkerGenerateParams,
+    config: &weave_common::config::Config,
+) -> Vec<(String, String)> {
+    job.loras
+        .iter()
+        .filter_map(|lora| {
+            let path = &config.lora(&lora.id)?.path;
+            let hash = weave_common::pin::lora_short_hash(path).ok()?;
+            Some((lora.id.clone(), hash))
+        })
+        .collect()
+}
+
 /// Encodes one checked image.
 pub fn encode_png(
     job: &WorkerGenerateParams,
     image: &Image,
     seed: u64,
     with_parameters: bool,
+    lora_hashes: &[(String, String)],
 ) -> Result<Vec<u8>, OutputError> {
     let mut out = Vec::with_capacity(image.rgb.len() / 2 + 1024);
     {
@@ -112,7 +156,7 @@ pub fn encode_png(
         if with_parameters {
             // tEXt is Latin-1; A1111 readers also accept iTXt, which keeps
             // any UTF-8 prompt intact.
-            let text = parameters_text(job, seed);
+            let text = parameters_text(job, seed, lora_hashes);
             if text.is_ascii() {
                 encoder.add_text_chunk("parameters".to_owned(), text)?;
             } else {
@@ -148,6 +192,7 @@ mod tests {
             image: None,
             preview_every: 0,
             preview_max_size: 0,
+            loras: Vec::new(),
         }
     }
 
@@ -181,7 +226,7 @@ mod tests {
     fn png_round_trips_with_parameters() {
         let job = job();
         let raw = image(8, 16, 384);
-        let bytes = encode_png(&job, &raw, 42, true).unwrap();
+        let bytes = encode_png(&job, &raw, 42, true, &[]).unwrap();
         let decoder = png::Decoder::new(std::io::Cursor::new(&bytes));
         let mut reader = decoder.read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size()];
@@ -195,7 +240,7 @@ mod tests {
             "a 7\nNegative prompt: blurry\nSteps: 12, Sampler: Euler a, CFG scale: 7.5, \
              Seed: 42, Size: 8x16, Model: digits"
         );
-        let plain = encode_png(&job, &raw, 42, false).unwrap();
+        let plain = encode_png(&job, &raw, 42, false, &[]).unwrap();
         let reader = png::Decoder::new(std::io::Cursor::new(&plain))
             .read_info()
             .unwrap();
@@ -214,9 +259,40 @@ mod tests {
             ..job()
         };
         assert_eq!(
-            parameters_text(&job, 42),
+            parameters_text(&job, 42, &[]),
             "a 7\nSteps: 12, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 8x16, \
              Model: digits, Denoising strength: 0.35"
+        );
+    }
+
+    #[test]
+    fn lora_hashes_and_weights_follow_the_a1111_fields() {
+        let mut job = job();
+        job.loras = vec![
+            weave_common::worker_proto::WorkerLora {
+                id: "bold".into(),
+                weight: 0.75,
+            },
+            weave_common::worker_proto::WorkerLora {
+                id: "ink".into(),
+                weight: -1.0,
+            },
+        ];
+        let hashes = vec![
+            ("bold".to_owned(), "0123456789ab".to_owned()),
+            ("ink".to_owned(), "ba9876543210".to_owned()),
+        ];
+        let text = parameters_text(&job, 42, &hashes);
+        assert!(
+            text.ends_with(
+                "Model: digits, Lora hashes: \"bold: 0123456789ab, ink: ba9876543210\", \
+                 Lora weights: \"bold: 0.75, ink: -1\""
+            ),
+            "{text}"
+        );
+        assert!(
+            text.starts_with("a 7\n"),
+            "the prompt stays as given: {text}"
         );
     }
 }

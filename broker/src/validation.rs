@@ -8,7 +8,7 @@ use weave_common::image::{validate_images, DEFAULT_STRENGTH};
 use weave_common::proto::{ErrorCode, GenerateRequest};
 use weave_common::validate::{validate_generate, validate_preview_every, ParamBounds};
 
-use weave_common::worker_proto::{WorkerGenerateParams, WorkerImageInput};
+use weave_common::worker_proto::{WorkerGenerateParams, WorkerImageInput, WorkerLora};
 
 use crate::settings::ModelConfig;
 
@@ -56,6 +56,15 @@ pub fn resolve(
         image,
         preview_every: 0,
         preview_max_size: 0,
+        // Checked against the config by the caller (`validate_loras`).
+        loras: request
+            .loras
+            .iter()
+            .map(|lora| WorkerLora {
+                id: lora.id.clone(),
+                weight: lora.weight,
+            })
+            .collect(),
     })
 }
 

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use weave_common::config::Config;
-use weave_common::worker_proto::ModelEntry;
+use weave_common::worker_proto::{LoraEntry, ModelEntry};
 
 use crate::supervisor::{SupervisorConfig, WorkerSupervisor};
 
@@ -70,6 +70,15 @@ pub fn supervisor_config(config: &Config, worker: PathBuf) -> SupervisorConfig {
     let library_dirs = library_dirs(&worker);
     let mut supervisor = SupervisorConfig::new(worker, models);
     supervisor.library_dirs = library_dirs;
+    supervisor.loras = config
+        .loras
+        .iter()
+        .map(|lora| LoraEntry {
+            id: lora.id.clone(),
+            path: lora.path.clone(),
+            sha256: lora.sha256.clone(),
+        })
+        .collect();
     // `auto` goes to the worker as it is: only the worker's libtorch can say
     // whether it sees a CUDA device (it reports what it chose in `Ready`).
     supervisor.device = config.worker.device;

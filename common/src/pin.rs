@@ -132,10 +132,58 @@ pub fn pin_of(path: &Path) -> Result<String, PinError> {
     ))
 }
 
+/// The short hash AUTOMATIC1111 writes for a `.safetensors` LoRA in
+/// `Lora hashes:` (the "addnet" hash): the first 12 hex digits of the
+/// SHA-256 of the file after its header (`8 + header length` bytes), so
+/// editing the metadata does not change it.
+pub fn lora_short_hash(path: &Path) -> Result<String, PinError> {
+    use std::io::{Seek, SeekFrom};
+    let io = |source| PinError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(io)?;
+    let skip = u64::from_le_bytes(len).saturating_add(8);
+    file.seek(SeekFrom::Start(skip)).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let mut digest = hex(&hasher.finalize());
+    digest.truncate(12);
+    Ok(digest)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn lora_short_hash_skips_the_header() {
+        let dir = std::env::temp_dir().join(format!("weave-pin-lora-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, header: &str| {
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend_from_slice(header.as_bytes());
+            bytes.extend_from_slice(b"tensor data");
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let a = lora_short_hash(&write("a", "{\"a\":1}")).unwrap();
+        let b = lora_short_hash(&write("b", "{\"__metadata__\":{}}")).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, digest_hex(b"tensor data")[..12]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_file_pin_is_what_sha256sum_prints() {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::{ErrorCode, GenerateRequest, GenerationDefaults};
+use crate::proto::{ErrorCode, GenerateRequest, GenerationDefaults, LoraChoice};
 
 /// Allowed ranges for generation parameters; `[bounds]` in the config.
 ///
@@ -97,9 +97,6 @@ pub enum ValidationError {
     /// A prompt whose A1111 attention syntax does not parse: a `(text:w)`
     /// weight that is not a number or is out of range.
     BadPromptSyntax { field: &'static str },
-    /// A field of the protocol whose feature this version does not build
-    /// yet: refused, never ignored.
-    NotBuilt { field: &'static str },
     /// `mask` or `strength` without `init_image`.
     NeedsInitImage { field: &'static str },
     /// `strength` not in (0, 1].
@@ -113,6 +110,14 @@ pub enum ValidationError {
     },
     /// `preview_every` neither 0 nor from `min` to `max` (the job's steps).
     Preview { min: u32, max: u32 },
+    /// A list longer than `max` entries.
+    TooMany { field: &'static str, max: u32 },
+    /// A LoRA id the config does not define.
+    UnknownLora { field: &'static str },
+    /// A configured LoRA not made for the requested model (`[[lora]] models`).
+    LoraNotForModel { field: &'static str },
+    /// The same LoRA twice in one request.
+    Duplicate { field: &'static str },
 }
 
 impl ValidationError {
@@ -125,9 +130,12 @@ impl ValidationError {
             | ValidationError::BadLength { field, .. }
             | ValidationError::ForbiddenCharacter { field, .. }
             | ValidationError::BadPromptSyntax { field }
-            | ValidationError::NotBuilt { field }
             | ValidationError::NeedsInitImage { field }
-            | ValidationError::BadImage { field, .. } => field,
+            | ValidationError::BadImage { field, .. }
+            | ValidationError::TooMany { field, .. }
+            | ValidationError::UnknownLora { field }
+            | ValidationError::LoraNotForModel { field }
+            | ValidationError::Duplicate { field } => field,
             ValidationError::BadStrength | ValidationError::StrengthRunsNoStep { .. } => "strength",
             ValidationError::Preview { .. } => "preview_every",
         }
@@ -161,9 +169,6 @@ impl ValidationError {
                  (write `\\(` and `\\)` for literal brackets)",
                 max = crate::prompt::syntax::MAX_EXPLICIT_WEIGHT
             ),
-            ValidationError::NotBuilt { .. } => {
-                "left out: this version of the daemon does not build that feature yet".to_owned()
-            }
             ValidationError::NeedsInitImage { .. } => {
                 "left out unless init_image is sent (send the starting image as init_image, \
                  or leave this field out for text to image)"
@@ -186,6 +191,14 @@ impl ValidationError {
             ValidationError::Preview { min, max } => {
                 format!("0 (no previews) or from {min} to {max} (the job's steps)")
             }
+            ValidationError::TooMany { max, .. } => format!("at most {max} entries"),
+            ValidationError::UnknownLora { .. } => {
+                "the id of a configured LoRA (`sshmctl models` lists them)".to_owned()
+            }
+            ValidationError::LoraNotForModel { .. } => {
+                "a LoRA made for the requested model (`sshmctl models` lists which fit)".to_owned()
+            }
+            ValidationError::Duplicate { .. } => "each LoRA at most once".to_owned(),
         }
     }
 }
@@ -244,7 +257,16 @@ pub fn validate_generate(
         validate_identifier("tag", tag, bounds.max_tag_len)?;
     }
     crate::image::validate_image_fields(request)?;
-    refuse_not_built("loras", !request.loras.is_empty())?;
+    for lora in &request.loras {
+        validate_identifier("loras.id", &lora.id, MAX_MODEL_ID_LEN as u32)?;
+        if !lora.weight.is_finite() {
+            return Err(ValidationError::NotFinite {
+                field: "loras.weight",
+                min: "the LoRA's min_weight".into(),
+                max: "its max_weight".into(),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -266,10 +288,53 @@ pub fn validate_preview_every(
     })
 }
 
-/// Refuses a set field whose feature is not built yet.
-fn refuse_not_built(field: &'static str, set: bool) -> Result<(), ValidationError> {
-    if set {
-        return Err(ValidationError::NotBuilt { field });
+/// What the config says about one LoRA, for [`validate_loras`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraBounds {
+    /// Made for the requested model (`[[lora]] models`).
+    pub fits: bool,
+    pub min_weight: f32,
+    pub max_weight: f32,
+}
+
+/// Checks a request's LoRAs against the config: at most `max_loras`, each
+/// id once, configured (`lookup` gives its bounds), made for the model, its
+/// weight finite and within the LoRA's range. [`validate_generate`] has
+/// checked the ids' charset already.
+pub fn validate_loras(
+    loras: &[LoraChoice],
+    max_loras: u32,
+    lookup: impl Fn(&str) -> Option<LoraBounds>,
+) -> Result<(), ValidationError> {
+    if loras.len() > max_loras as usize {
+        return Err(ValidationError::TooMany {
+            field: "loras",
+            max: max_loras,
+        });
+    }
+    for (index, lora) in loras.iter().enumerate() {
+        if loras[..index].iter().any(|earlier| earlier.id == lora.id) {
+            return Err(ValidationError::Duplicate { field: "loras.id" });
+        }
+        let bounds = lookup(&lora.id).ok_or(ValidationError::UnknownLora { field: "loras.id" })?;
+        if !bounds.fits {
+            return Err(ValidationError::LoraNotForModel { field: "loras.id" });
+        }
+        let (min, max) = (bounds.min_weight, bounds.max_weight);
+        if !lora.weight.is_finite() {
+            return Err(ValidationError::NotFinite {
+                field: "loras.weight",
+                min: min.to_string(),
+                max: max.to_string(),
+            });
+        }
+        if !(min..=max).contains(&lora.weight) {
+            return Err(ValidationError::OutOfRange {
+                field: "loras.weight",
+                min: min.to_string(),
+                max: max.to_string(),
+            });
+        }
     }
     Ok(())
 }
@@ -643,18 +708,6 @@ mod tests {
     type Change = dyn FnOnce(&mut GenerateRequest);
 
     #[test]
-    fn fields_of_features_not_built_are_refused_by_name() {
-        assert_eq!(
-            rejected(|r| r.loras.push(crate::proto::LoraChoice {
-                id: "bold".into(),
-                weight: 1.0
-            }))
-            .field(),
-            "loras"
-        );
-    }
-
-    #[test]
     fn preview_every_is_off_or_within_the_rate_limit_and_the_steps() {
         // Not a field of the bounds check: it needs the resolved steps.
         assert!(validate_generate(
@@ -683,6 +736,68 @@ mod tests {
             .contains("fewer than limits.min_preview_every (2)"));
         // A minimum of 0 (refused by the config check) still means 1.
         assert!(validate_preview_every(1, 0, 6).is_ok());
+    }
+
+    fn lora(id: &str, weight: f32) -> LoraChoice {
+        LoraChoice {
+            id: id.into(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn lora_ids_and_weights_are_checked_without_the_config() {
+        accepted(|r| r.loras.push(lora("digits-bold", 1.0)));
+        let error = rejected(|r| r.loras.push(lora("../x", 1.0)));
+        assert_eq!(error.field(), "loras.id");
+        assert!(matches!(error, ValidationError::ForbiddenCharacter { .. }));
+        for weight in [f32::NAN, f32::INFINITY] {
+            assert_eq!(
+                rejected(|r| r.loras.push(lora("a", weight))).field(),
+                "loras.weight"
+            );
+        }
+    }
+
+    #[test]
+    fn loras_are_checked_against_the_config() {
+        let lookup = |id: &str| match id {
+            "bold" => Some(LoraBounds {
+                fits: true,
+                min_weight: -1.0,
+                max_weight: 2.0,
+            }),
+            "other" => Some(LoraBounds {
+                fits: false,
+                min_weight: 0.0,
+                max_weight: 1.0,
+            }),
+            _ => None,
+        };
+        let check = |loras: &[LoraChoice], max| validate_loras(loras, max, lookup);
+        assert_eq!(check(&[lora("bold", 2.0)], 4), Ok(()));
+        assert_eq!(check(&[lora("bold", -1.0)], 1), Ok(()));
+        assert_eq!(check(&[], 0), Ok(()));
+        let error = check(&[lora("bold", 1.0)], 0).unwrap_err();
+        assert_eq!(
+            (error.field(), error.allowed()),
+            ("loras", "at most 0 entries".into())
+        );
+        let error = check(&[lora("bold", 1.0), lora("bold", 0.5)], 4).unwrap_err();
+        assert_eq!(error, ValidationError::Duplicate { field: "loras.id" });
+        let error = check(&[lora("nope", 1.0)], 4).unwrap_err();
+        assert_eq!(error, ValidationError::UnknownLora { field: "loras.id" });
+        let error = check(&[lora("other", 1.0)], 4).unwrap_err();
+        assert_eq!(
+            error,
+            ValidationError::LoraNotForModel { field: "loras.id" }
+        );
+        for weight in [2.01, -1.5] {
+            let error = check(&[lora("bold", weight)], 4).unwrap_err();
+            assert_eq!(error.to_string(), "loras.weight must be from -1 to 2");
+        }
+        let error = check(&[lora("bold", f32::NAN)], 4).unwrap_err();
+        assert_eq!(error.field(), "loras.weight");
     }
 
     #[test]

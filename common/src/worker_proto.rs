@@ -33,7 +33,7 @@ pub mod channel;
 /// Version of the broker ↔ worker protocol. The worker refuses a bootstrap
 /// with any other version (broker and worker binaries must come from the same
 /// build).
-pub const WORKER_PROTOCOL_VERSION: u32 = 6;
+pub const WORKER_PROTOCOL_VERSION: u32 = 7;
 
 /// Largest bootstrap the worker accepts from the pipe. A model table of a few
 /// hundred entries with long paths fits comfortably.
@@ -103,6 +103,25 @@ pub struct ModelEntry {
     pub sha256: Option<String>,
 }
 
+/// One LoRA file the worker may read: the config's `[[lora]]` id, path and
+/// pin. Paths never come from a caller; which model it fits is the
+/// broker's check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoraEntry {
+    pub id: String,
+    pub path: PathBuf,
+    /// Lower-case hex SHA-256 of the file, enforced on the bytes read.
+    pub sha256: Option<String>,
+}
+
+/// A LoRA a generation applies: a bootstrap table id and its weight
+/// (checked by the broker against the LoRA's bounds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerLora {
+    pub id: String,
+    pub weight: f32,
+}
+
 /// Everything the worker needs to start, sent once through fd 7.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerBootstrap {
@@ -124,6 +143,8 @@ pub struct WorkerBootstrap {
     pub seccomp_exec_mappings: bool,
     /// Folders holding libtorch/CUDA shared libraries the worker may read.
     pub library_dirs: Vec<PathBuf>,
+    /// The LoRA table (`[[lora]]`); each file is readable under landlock.
+    pub loras: Vec<LoraEntry>,
 }
 
 /// Parameters of one generation. Unlike the client request every field is
@@ -143,6 +164,9 @@ pub struct WorkerGenerateParams {
     pub batch: u32,
     /// `limits.max_prompt_chunks`: 75-token chunks each prompt may take.
     pub max_prompt_chunks: u32,
+    /// LoRAs to merge for this job, in request order; empty: the model as
+    /// loaded.
+    pub loras: Vec<WorkerLora>,
     /// Send a `FromWorker::Preview` of each image after every step that is
     /// a multiple of this (of the image's own steps); 0: none.
     pub preview_every: u32,
@@ -274,6 +298,17 @@ pub enum WorkerFailure {
     /// family or UNet yet (the engine's `NotBuilt`).
     ImageNotBuilt {
         reason: String,
+    },
+    /// A LoRA of the job could not be used (unreadable, not safetensors, a
+    /// tensor that fits no layer); the model is left as loaded. `reason`
+    /// names tensors, never the file.
+    LoraFailed {
+        id: String,
+        reason: String,
+    },
+    /// A LoRA file does not hash to its `sha256` pin.
+    LoraPinMismatch {
+        id: String,
     },
 }
 
@@ -504,6 +539,11 @@ mod tests {
             seccomp_debug: false,
             seccomp_exec_mappings: false,
             library_dirs: vec!["/opt/libtorch/lib".into()],
+            loras: vec![LoraEntry {
+                id: "bold".into(),
+                path: "/l/bold.safetensors".into(),
+                sha256: None,
+            }],
         }
     }
 
@@ -600,6 +640,7 @@ mod tests {
             image: None,
             preview_every: 0,
             preview_max_size: 256,
+            loras: Vec::new(),
         };
         assert_eq!(p.image_len(), Some(64 * 32 * 3));
         p.width = u32::MAX;

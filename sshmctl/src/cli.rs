@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
-use weave_common::proto::{Named, Scheduler};
+use weave_common::proto::{LoraChoice, Named, Scheduler};
 
 /// Drive the weave-compute daemon: generate images, inspect and administer it.
 ///
@@ -37,6 +37,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per run: `Generate`'s size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Daemon version and mode, loaded model, queue, worker state (admins:
@@ -190,6 +192,10 @@ pub struct GenerateArgs {
     /// End-user tag recorded with the job.
     #[arg(long)]
     pub tag: Option<String>,
+    /// A LoRA to apply, `ID:WEIGHT` (`ID` alone: weight 1); repeatable.
+    /// `sshmctl models` lists the LoRAs that fit each model.
+    #[arg(long = "lora", value_name = "ID:WEIGHT", value_parser = parse_lora)]
+    pub loras: Vec<LoraChoice>,
     /// Output file; `-` writes the PNG to stdout (one image only). With
     /// --batch > 1, `-N` is inserted before the extension. Checked before
     /// the job is sent: an existing file needs --force, and the folder must
@@ -220,6 +226,30 @@ pub struct GenerateArgs {
     /// `limits.min_preview_every`; not with `-o -`.
     #[arg(long, value_name = "K")]
     pub preview: Option<u32>,
+}
+
+/// `--lora ID:WEIGHT` (or `ID`, weight 1). The daemon checks the id and
+/// the weight's range; here only the form.
+fn parse_lora(text: &str) -> Result<LoraChoice, String> {
+    let (id, weight) = match text.rsplit_once(':') {
+        Some((id, weight)) => {
+            let weight: f32 = weight.parse().map_err(|_| {
+                format!("the weight in {text:?} is not a number; write ID:WEIGHT, like bold:0.8")
+            })?;
+            (id, weight)
+        }
+        None => (text, 1.0),
+    };
+    if id.is_empty() {
+        return Err("the LoRA id is empty; write ID:WEIGHT, like bold:0.8".into());
+    }
+    if !weight.is_finite() {
+        return Err(format!("the weight in {text:?} is not a finite number"));
+    }
+    Ok(LoraChoice {
+        id: id.to_owned(),
+        weight,
+    })
 }
 
 /// Parses a [`Named`] value (`--scheduler euler_a`) with the names the
@@ -256,6 +286,31 @@ impl<T: Named + Send + Sync> TypedValueParser for NameParser<T> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn lora_flags_repeat_and_default_to_weight_1() {
+        let cli = Cli::try_parse_from([
+            "sshmctl", "generate", "-m", "digits", "-p", "7", "--lora", "bold:0.5", "--lora",
+            "ink", "--lora", "neg:-1",
+        ])
+        .unwrap();
+        let Command::Generate(args) = cli.command else {
+            panic!("not generate")
+        };
+        let got: Vec<(&str, f32)> = args
+            .loras
+            .iter()
+            .map(|l| (l.id.as_str(), l.weight))
+            .collect();
+        assert_eq!(got, [("bold", 0.5), ("ink", 1.0), ("neg", -1.0)]);
+        for bad in ["bold:x", ":1", "bold:nan"] {
+            let error =
+                Cli::try_parse_from(["sshmctl", "generate", "-m", "d", "-p", "7", "--lora", bad])
+                    .unwrap_err()
+                    .to_string();
+            assert!(error.contains("--lora"), "{bad}: {error}");
+        }
+    }
 
     fn generate(scheduler: &str) -> Result<Cli, clap::Error> {
         Cli::try_parse_from([

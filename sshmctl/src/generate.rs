@@ -101,7 +101,7 @@ pub fn run(
         init_image,
         mask,
         strength: args.strength,
-        loras: Vec::new(),
+        loras: args.loras.clone(),
         preview_every: args.preview.unwrap_or(0),
     };
 

@@ -83,6 +83,7 @@ sshmctl generate \-m digits \-p "a 3" \-\-seed 42 \-\-steps 30 \-o \- > three.pn
 sshmctl \-\-json generate \-m digits \-p "a 5" \-\-batch 4 \-o five.png
 sshmctl generate \-m digits \-p "a handwritten digit eight" \-\-init\-image three.png \-\-strength 0.6 \-o eight.png
 sshmctl generate \-m digits \-p "a 1" \-\-init\-image three.png \-\-mask right\-half.png \-o inpainted.png
+sshmctl generate \-m digits \-p "a 5" \-\-lora digits\-bold:0.8 \-o bold\-five.png
 sshmctl jobs
 sshmctl config check \-\-system
 .RE

@@ -323,6 +323,8 @@ pub struct TestConfig {
     pub model_path: PathBuf,
     /// Default steps.
     pub steps: u32,
+    /// Tables appended after the model (e.g. `[[lora]]`).
+    pub extra: String,
 }
 
 impl TestConfig {
@@ -343,6 +345,7 @@ impl TestConfig {
                 .unwrap_or(Path::new("/"))
                 .join("placeholder-model"),
             steps: 10,
+            extra: String::new(),
         }
     }
 
@@ -371,6 +374,7 @@ impl TestConfig {
             self.model_path.display(),
             self.steps
         ));
+        text.push_str(&self.extra);
         text
     }
 

@@ -266,6 +266,7 @@ fn digits_params(steps: u32, batch: u32, seed: u64) -> WorkerGenerateParams {
         image: None,
         preview_every: 0,
         preview_max_size: 0,
+        loras: Vec::new(),
     }
 }
 

@@ -259,6 +259,7 @@ fn params() -> WorkerGenerateParams {
         image: None,
         preview_every: 0,
         preview_max_size: 0,
+        loras: Vec::new(),
     }
 }
 

@@ -71,6 +71,7 @@ fn params(steps: u32, batch: u32, seed: u64) -> WorkerGenerateParams {
         image: None,
         preview_every: 0,
         preview_max_size: 0,
+        loras: Vec::new(),
     }
 }
 

@@ -116,9 +116,14 @@ impl Broker {
             return fail(ErrorCode::WorkerCrashed);
         }
         let with_parameters = self.settings.output.png_parameters;
+        let lora_hashes = if with_parameters {
+            output::lora_hashes(params, &self.settings)
+        } else {
+            Vec::new()
+        };
         for (index, image) in (0u32..).zip(&images) {
             let seed = params.seed.wrapping_add(u64::from(index));
-            match output::encode_png(params, image, seed, with_parameters) {
+            match output::encode_png(params, image, seed, with_parameters, &lora_hashes) {
                 Ok(png) => send(Response::Image {
                     job_id,
                     index,

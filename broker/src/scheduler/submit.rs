@@ -23,6 +23,16 @@ impl Broker {
                 .ok_or_else(|| ErrorCode::UnknownModel {
                     model_id: request.model_id.clone(),
                 })?;
+        let settings = &self.settings;
+        weave_common::validate::validate_loras(&request.loras, settings.limits.max_loras, |id| {
+            settings
+                .lora(id)
+                .map(|lora| weave_common::validate::LoraBounds {
+                    fits: lora.fits(&model.id),
+                    min_weight: lora.min_weight,
+                    max_weight: lora.max_weight,
+                })
+        })?;
         let mut state = self.lock();
         let job_id = state.next_job_id;
         let mut params = validation::resolve(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use weave_common::config::Device;
-use weave_common::worker_proto::ModelEntry;
+use weave_common::worker_proto::{LoraEntry, ModelEntry};
 
 /// How the supervisor starts and treats the worker; built by the broker
 /// from its configuration.
@@ -16,6 +16,8 @@ pub struct SupervisorConfig {
     pub worker_exe: PathBuf,
     /// The model table (id, kind, path), from the broker's config only.
     pub models: Vec<ModelEntry>,
+    /// The LoRA table (id, path, pin), from the broker's config only.
+    pub loras: Vec<LoraEntry>,
     /// Never `Auto`: the broker resolves it (see `worker_setup`).
     pub device: Device,
     pub torch_threads: Option<u32>,
@@ -52,6 +54,7 @@ impl SupervisorConfig {
         Self {
             worker_exe,
             models,
+            loras: Vec::new(),
             device: Device::Cpu,
             torch_threads: None,
             allow_degraded_sandbox: false,

@@ -72,6 +72,12 @@ pub enum SupervisorError {
     /// The model cannot take image inputs in this engine (yet).
     #[error("this model cannot take image inputs: {reason}")]
     ImageNotBuilt { reason: String },
+    /// A LoRA of the job could not be used; `reason` is for the log (it
+    /// names tensors, never files).
+    #[error("LoRA {id:?} could not be used: {reason}")]
+    LoraFailed { id: String, reason: String },
+    #[error("LoRA {id:?} does not match its sha256 pin and was refused; if the file changed on purpose, set `sha256` to what `sshmctl hash PATH` prints")]
+    LoraPinMismatch { id: String },
     #[error("cannot start the worker ({0}); check worker_exe in the config and the broker log")]
     Spawn(String),
     #[error("the worker did not come up ({0}); see its stderr in the broker log")]
@@ -123,6 +129,15 @@ impl SupervisorError {
             },
             SupervisorError::EngineError { .. } | SupervisorError::Unsupported { .. } => {
                 ErrorCode::Internal
+            }
+            // The caller chose the LoRA; what is wrong with its file is for
+            // the admin (broker log), never a path to the caller.
+            SupervisorError::LoraFailed { .. } | SupervisorError::LoraPinMismatch { .. } => {
+                ErrorCode::InvalidParameter {
+                    field: "loras.id".to_owned(),
+                    allowed: "a LoRA whose file the daemon can use; this one was refused when                               it was read (the broker log says why), choose another or ask an                               admin"
+                        .to_owned(),
+                }
             }
         }
     }

@@ -6,7 +6,7 @@
 use weave_common::image::ImageField;
 use weave_common::worker_proto::{FromWorker, WorkerFailure, WorkerGenerateParams};
 
-use super::error::bounded;
+use super::error::{bounded, worker_text};
 use super::{CrashCause, LoadInfo, SupervisorError};
 
 /// Events of a running job, in the order the worker produced them.
@@ -254,6 +254,19 @@ impl<'a> JobCheck<'a> {
                 WorkerFailure::LoadFailed { .. } | WorkerFailure::PinMismatch => {
                     Err(violation("load failure during a generation".into()))
                 }
+                // Only a LoRA the job asked for may fail.
+                WorkerFailure::LoraFailed { id, reason } if asked_for(params, &id) => {
+                    Ok(Checked::Failed(SupervisorError::LoraFailed {
+                        id,
+                        reason: worker_text(reason),
+                    }))
+                }
+                WorkerFailure::LoraPinMismatch { id } if asked_for(params, &id) => {
+                    Ok(Checked::Failed(SupervisorError::LoraPinMismatch { id }))
+                }
+                WorkerFailure::LoraFailed { .. } | WorkerFailure::LoraPinMismatch { .. } => Err(
+                    violation("a LoRA failure for a LoRA the job did not use".into()),
+                ),
             },
             other => Err(violation(format!(
                 "unexpected message kind {} during job {job_id}",
@@ -329,6 +342,10 @@ impl JobCheck<'_> {
     }
 }
 
+fn asked_for(params: &WorkerGenerateParams, id: &str) -> bool {
+    params.loras.iter().any(|lora| lora.id == id)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -356,6 +373,7 @@ mod tests {
             image: None,
             preview_every: 0,
             preview_max_size: 0,
+            loras: Vec::new(),
         }
     }
 

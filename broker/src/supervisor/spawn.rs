@@ -66,6 +66,7 @@ fn send_bootstrap(
         seccomp_debug: config.seccomp_debug,
         seccomp_exec_mappings: config.seccomp_exec_mappings,
         library_dirs: config.library_dirs.clone(),
+        loras: config.loras.clone(),
     };
     let mut bytes = worker_proto::encode_bootstrap(&bootstrap)
         .map_err(|e| SupervisorError::Spawn(format!("bootstrap: {e}")))?;

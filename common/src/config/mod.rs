@@ -26,6 +26,7 @@
 
 mod by_name;
 mod document;
+mod loras;
 mod paths;
 mod permissions;
 mod problem;
@@ -40,6 +41,10 @@ use serde::Deserialize;
 use crate::proto::Mode;
 use crate::validate::ParamBounds;
 
+pub use loras::{
+    LoraConfig, DEFAULT_MAX_LORA_WEIGHT, DEFAULT_MIN_LORA_WEIGHT, MAX_LORAS_BOUND,
+    MAX_LORA_WEIGHT_BOUND,
+};
 use paths::absolute_env;
 pub use paths::{default_socket_path, EnvPaths};
 pub use permissions::check_permissions;
@@ -78,6 +83,8 @@ struct ConfigFile {
     output: OutputConfig,
     #[serde(rename = "model")]
     models: Vec<ModelConfig>,
+    #[serde(rename = "lora")]
+    loras: Vec<LoraConfig>,
 }
 
 /// A parsed, validated configuration.
@@ -96,6 +103,9 @@ pub struct Config {
     pub output: OutputConfig,
     /// In file order; never empty, ids unique, paths absolute.
     pub models: Vec<ModelConfig>,
+    /// `[[lora]]` in file order; ids unique, paths absolute, every
+    /// `models` entry a configured model.
+    pub loras: Vec<LoraConfig>,
 }
 
 impl Config {
@@ -131,6 +141,16 @@ impl Config {
     /// The account system mode drops to.
     pub fn daemon_user(&self) -> &str {
         self.daemon.user.as_deref().unwrap_or(DEFAULT_DAEMON_USER)
+    }
+
+    /// The LoRA with this id, if the config defines one.
+    pub fn lora(&self, id: &str) -> Option<&LoraConfig> {
+        self.loras.iter().find(|lora| lora.id == id)
+    }
+
+    /// The LoRAs made for the model `model_id`, in file order.
+    pub fn loras_for<'a>(&'a self, model_id: &'a str) -> impl Iterator<Item = &'a LoraConfig> {
+        self.loras.iter().filter(move |lora| lora.fits(model_id))
     }
 
     /// The model with this id, if the config defines one.
@@ -203,6 +223,11 @@ impl Config {
         self.models
             .iter()
             .filter_map(|model| rules::check_model_path(&self.source, model))
+            .chain(
+                self.loras
+                    .iter()
+                    .filter_map(|lora| rules::check_lora_path(&self.source, lora)),
+            )
             .collect()
     }
 }
@@ -275,5 +300,7 @@ fn parse_and_validate(
     (Some(config), problems)
 }
 
+#[cfg(test)]
+mod lora_tests;
 #[cfg(test)]
 mod tests;

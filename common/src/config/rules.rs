@@ -59,6 +59,7 @@ pub(super) fn validate(
         worker,
         output,
         models,
+        loras,
     } = file;
     let mut config = Config {
         source: context.source.to_path_buf(),
@@ -70,12 +71,25 @@ pub(super) fn validate(
         worker,
         output,
         models,
+        loras,
     };
     check_daemon(&config, &mut report);
     check_limits(&config, &mut report);
     check_bounds(&config.bounds, &mut report);
     check_audit_and_worker(&config, &mut report);
     check_models(&mut config, &mut report);
+    let model_ids: Vec<&str> = config.models.iter().map(|m| m.id.as_str()).collect();
+    let config_dir = context.source.parent().unwrap_or(Path::new("/"));
+    let found = super::loras::check_loras(
+        &mut config.loras,
+        &model_ids,
+        config.limits.max_loras,
+        config_dir,
+        is_model_id,
+    );
+    for (path, problem, fix) in found {
+        report.invalid(&path, problem, fix);
+    }
     config
 }
 
@@ -681,6 +695,33 @@ fn check_model_defaults(
             "fix the weight, or write `\\(` and `\\)` for literal brackets (docs/PROMPTS.md)",
         );
     }
+}
+
+/// One LoRA's file, for [`Config::check_model_paths`]: it must be a
+/// readable regular file.
+pub(super) fn check_lora_path(config: &Path, lora: &super::LoraConfig) -> Option<ConfigProblem> {
+    let problem = match std::fs::metadata(&lora.path) {
+        Ok(meta) if meta.is_file() => match std::fs::File::open(&lora.path) {
+            Ok(_) => return None,
+            Err(error) => format!("cannot be opened: {error}"),
+        },
+        Ok(_) => "is not a regular file".to_owned(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            crate::model_files::NOT_FOUND.to_owned()
+        }
+        Err(error) => format!("cannot be read: {error}"),
+    };
+    let config_dir = config.parent().unwrap_or(Path::new("/"));
+    Some(ConfigProblem::ModelPath {
+        config: config.to_path_buf(),
+        model_id: format!("lora {}", lora.id),
+        path: lora.path.clone(),
+        problem,
+        fix: format!(
+            "point `path` at the LoRA's .safetensors file (a relative path is taken from {})",
+            config_dir.display()
+        ),
+    })
 }
 
 /// One model's files, for [`Config::check_model_paths`]: the broker's own

@@ -73,6 +73,9 @@ pub struct Limits {
     /// Longest edge of a preview, in pixels. Previews are drawn at the
     /// latent resolution (or twice it) and scaled down to fit.
     pub preview_max_size: u32,
+    /// `[[lora]]`s one request may use (0: none); at most
+    /// [`super::MAX_LORAS_BOUND`].
+    pub max_loras: u32,
 }
 
 impl Default for Limits {
@@ -94,6 +97,7 @@ impl Default for Limits {
             max_image_request_bytes: crate::proto::DEFAULT_MAX_IMAGE_REQUEST_FRAME,
             min_preview_every: 1,
             preview_max_size: 256,
+            max_loras: 4,
         }
     }
 }

@@ -70,6 +70,13 @@ fn system_example_parses_in_system_mode() {
     assert_eq!(digits.path, PathBuf::from("/usr/share/weave/models/digits"));
     assert_eq!(digits.defaults().scheduler, Scheduler::Ddim);
     assert_eq!(digits.defaults().width, 32);
+    let bold = config.lora("digits-bold").unwrap();
+    assert_eq!(
+        bold.path,
+        PathBuf::from("/usr/share/weave/models/loras/digits-bold.safetensors")
+    );
+    assert!(bold.fits("digits"));
+    assert_eq!((bold.min_weight, bold.max_weight), (0.0, 1.5));
 }
 
 #[test]
@@ -1355,6 +1362,15 @@ fn every_key_is_documented_in_config_md() {
         toml::Value::try_from(&model).unwrap(),
         toml::Value::try_from(&model.defaults).unwrap(),
         toml::Value::try_from(&model.bounds).unwrap(),
+        toml::Value::try_from(LoraConfig {
+            id: "l".into(),
+            path: "/l.safetensors".into(),
+            sha256: Some("0".repeat(64)),
+            models: vec!["m".into()],
+            min_weight: 0.0,
+            max_weight: 1.0,
+        })
+        .unwrap(),
     ];
     let mut count = 0;
     for section in &sections {

@@ -17,6 +17,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(name: &str, limits: &str) -> Option<Self> {
+        Self::start_with(name, limits, |_| String::new())
+    }
+
+    /// Like [`Daemon::start`], with tables (`[[lora]]`, more models) that
+    /// `extra(scratch folder)` returns appended to the config.
+    pub fn start_with(
+        name: &str,
+        limits: &str,
+        extra: impl FnOnce(&std::path::Path) -> String,
+    ) -> Option<Self> {
         if !require_root(name) || !require_digits(name) {
             return None;
         }
@@ -27,6 +37,7 @@ impl Daemon {
         let mut config = TestConfig::digits(&sink.path);
         config.steps = 4;
         config.limits = limits.to_owned();
+        config.extra = extra(&scratch.join("."));
         let config = config.write(&etc);
         let broker = BrokerProcess::start_user(&scratch, &config);
         Some(Self {

@@ -19,6 +19,7 @@
 pub mod blocks;
 pub mod denoisers;
 pub mod loader;
+pub mod lora;
 pub mod nn;
 pub mod pipelines;
 pub mod preview;
@@ -65,4 +66,8 @@ pub enum EngineError {
     },
     #[error("libtorch failed: {0}")]
     Torch(#[from] tch::TchError),
+    /// A LoRA that could not be read or does not fit; the weights are the
+    /// model's own again.
+    #[error(transparent)]
+    Lora(#[from] lora::LoraError),
 }

@@ -69,6 +69,9 @@ pub struct Weights {
     device: Device,
     /// Bytes of every tensor handed out so far (the model's footprint).
     loaded_bytes: std::cell::Cell<u64>,
+    /// Every tensor handed out, by diffusers name: shallow handles onto the
+    /// modules' own weights, which LoRA merging changes in place.
+    handed_out: std::cell::RefCell<HashMap<String, Tensor>>,
 }
 
 impl Weights {
@@ -100,6 +103,7 @@ impl Weights {
             kind,
             device,
             loaded_bytes: std::cell::Cell::new(0),
+            handed_out: Default::default(),
         }
     }
 
@@ -122,12 +126,19 @@ impl Weights {
             kind,
             device,
             loaded_bytes: std::cell::Cell::new(0),
+            handed_out: Default::default(),
         }
     }
 
     /// The weights a synthetic source made up, by diffusers name.
     pub fn take_made_up(&self) -> Vec<(String, Tensor)> {
         self.made_up.take()
+    }
+
+    /// The weights handed out so far, by diffusers name (shallow handles:
+    /// changing one in place changes the module that holds it).
+    pub fn take_handed_out(&self) -> HashMap<String, Tensor> {
+        self.handed_out.take()
     }
 
     /// Bytes of the weights loaded through this source.
@@ -258,11 +269,15 @@ impl Weights {
         }
         self.loaded_bytes
             .set(self.loaded_bytes.get() + (t.numel() * self.kind.elt_size_in_bytes()) as u64);
-        Ok(if found != expected {
+        let t = if found != expected {
             t.f_reshape(expected)?
         } else {
             t
-        })
+        };
+        self.handed_out
+            .borrow_mut()
+            .insert(name.to_string(), t.shallow_clone());
+        Ok(t)
     }
 }
 

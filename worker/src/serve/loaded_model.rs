@@ -3,11 +3,12 @@
 //! engine errors into path-free [`WorkerFailure`]s.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use weave_common::config::Device;
 use weave_common::worker_proto::{
-    ModelEntry, WorkerBootstrap, WorkerFailure, WorkerGenerateParams,
+    LoraEntry, ModelEntry, WorkerBootstrap, WorkerFailure, WorkerGenerateParams, WorkerLora,
 };
 use weave_worker::{engine, to_engine};
 
@@ -41,6 +42,8 @@ pub fn init_torch(bootstrap: &WorkerBootstrap, device: Device) -> Result<(), Str
 /// A model loaded on the device.
 pub struct LoadedModel {
     pipeline: engine::Pipeline,
+    /// The LoRAs merged now, `(id, weight bits)` in request order.
+    applied: Vec<(String, u32)>,
 }
 
 impl LoadedModel {
@@ -63,7 +66,73 @@ impl LoadedModel {
                 other => failed(redact_path(&other.to_string(), entry)),
             },
         )?;
-        Ok(Self { pipeline })
+        Ok(Self {
+            pipeline,
+            applied: Vec::new(),
+        })
+    }
+
+    /// Makes the merged LoRAs exactly `wanted` (none: the model as loaded,
+    /// bit for bit). Unchanged from the last job: nothing to do. A LoRA
+    /// that cannot be used fails the job by its id and leaves the model as
+    /// loaded.
+    pub fn set_loras(
+        &mut self,
+        wanted: &[WorkerLora],
+        table: &HashMap<String, LoraEntry>,
+    ) -> Result<(), WorkerFailure> {
+        let key: Vec<(String, u32)> = wanted
+            .iter()
+            .map(|l| (l.id.clone(), l.weight.to_bits()))
+            .collect();
+        if key == self.applied {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut files = Vec::with_capacity(wanted.len());
+        for lora in wanted {
+            let failed = |reason: String| WorkerFailure::LoraFailed {
+                id: lora.id.clone(),
+                reason,
+            };
+            let Some(entry) = table.get(&lora.id) else {
+                return Err(failed("not in the worker's LoRA table".into()));
+            };
+            let file = engine::lora::LoraFile::open(&entry.path, entry.sha256.as_deref()).map_err(
+                |e| match e {
+                    engine::lora::LoraError::PinMismatch => WorkerFailure::LoraPinMismatch {
+                        id: lora.id.clone(),
+                    },
+                    other => failed(redact(&other.to_string(), &entry.path, &lora.id)),
+                },
+            )?;
+            self.pipeline
+                .check_lora(&file)
+                .map_err(|e| failed(redact(&e.to_string(), &entry.path, &lora.id)))?;
+            files.push(file);
+        }
+        let uses: Vec<engine::lora::LoraUse<'_>> = files
+            .iter()
+            .zip(wanted)
+            .map(|(file, lora)| engine::lora::LoraUse {
+                file,
+                weight: lora.weight,
+            })
+            .collect();
+        self.applied.clear();
+        self.pipeline
+            .apply_loras(&uses)
+            .map_err(|e| WorkerFailure::EngineError {
+                reason: e.to_string(),
+            })?;
+        self.applied = key;
+        eprintln!(
+            "weave-worker[{}]: LoRAs {:?} applied in {} ms",
+            std::process::id(),
+            wanted.iter().map(|l| &l.id).collect::<Vec<_>>(),
+            started.elapsed().as_millis()
+        );
+        Ok(())
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -126,6 +195,15 @@ impl LoadedModel {
                 },
             })
     }
+}
+
+/// A LoRA error's text with the file's path replaced by `<lora ID>`.
+fn redact(reason: &str, path: &std::path::Path, id: &str) -> String {
+    let path = path.to_string_lossy();
+    if path.is_empty() {
+        return reason.to_owned();
+    }
+    reason.replace(path.as_ref(), &format!("<lora {id}>"))
 }
 
 /// Engine errors may name the file they failed on; the broker logs worker

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use weave_common::config::Device;
 use weave_common::worker_proto::channel::{ChannelError, WorkerEndpoint};
 use weave_common::worker_proto::{
-    FromWorker, ModelEntry, SandboxReport, ToWorker, WorkerBootstrap, WorkerFailure,
+    FromWorker, LoraEntry, ModelEntry, SandboxReport, ToWorker, WorkerBootstrap, WorkerFailure,
     WorkerGenerateParams,
 };
 use weave_policy::worker as worker_policy;
@@ -99,9 +99,15 @@ fn run_inner() -> Result<(), ServeError> {
         }
     };
 
+    let loras = bootstrap
+        .loras
+        .iter()
+        .map(|l| (l.id.clone(), l.clone()))
+        .collect();
     Server {
         channel,
         models,
+        loras,
         missing,
         device,
         loaded: None,
@@ -193,11 +199,20 @@ fn confine_filesystem(
     missing: &HashSet<String>,
 ) -> Result<LandlockReport, ServeError> {
     let paths = worker_policy::WorkerPaths {
+        // LoRA files are read-only paths like models; one that is missing is
+        // left out (and its jobs fail by id), as a missing model is.
         models: bootstrap
             .models
             .iter()
             .filter(|m| !missing.contains(&m.id))
             .map(|m| m.path.clone())
+            .chain(
+                bootstrap
+                    .loras
+                    .iter()
+                    .filter(|l| std::fs::symlink_metadata(&l.path).is_ok())
+                    .map(|l| l.path.clone()),
+            )
             .collect(),
         libraries: bootstrap.library_dirs.clone(),
         gpu,
@@ -240,6 +255,8 @@ fn sandbox_report(
 struct Server {
     channel: WorkerEndpoint,
     models: HashMap<String, ModelEntry>,
+    /// The bootstrap's LoRA table.
+    loras: HashMap<String, LoraEntry>,
     /// Models whose path was missing at start: outside the sandbox's view.
     missing: HashSet<String>,
     device: Device,
@@ -337,6 +354,13 @@ impl Server {
                 })?);
             }
         };
+        if let Err(failure) = model.set_loras(&params.loras, &self.loras) {
+            log!("job {job_id} failed: {failure:?}");
+            return Ok(self.channel.send(&FromWorker::Failed {
+                job_id: Some(job_id),
+                failure,
+            })?);
+        }
         // Both callbacks send on the channel; the engine calls them one at
         // a time.
         let channel = std::cell::RefCell::new(&mut self.channel);

@@ -33,6 +33,12 @@ mod ldm_keys;
 
 use ldm_keys::{map_ldm_unet, map_ldm_vae, map_openclip, SD2_OPENCLIP, SDXL_CLIP, SDXL_OPENCLIP};
 
+/// An original SD UNet weight name (`input_blocks.1.1.proj_in.weight`) →
+/// ours, for LoRAs named that way (kohya's SDXL LoRAs).
+pub fn map_ldm_unet_name(name: &str, layers_per_block: i64) -> Option<String> {
+    map_ldm_unet(name, layers_per_block)
+}
+
 /// Largest config JSON we read.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 

@@ -12,6 +12,7 @@ use weave_common::prompt::{PromptField, DEFAULT_MAX_PROMPT_CHUNKS};
 use crate::engine::denoisers::unet::UNet;
 use crate::engine::denoisers::{Conditioning, Denoiser};
 use crate::engine::loader::{Component, ModelParts, ModelSpec};
+use crate::engine::lora::{LoraUse, MergeState, Part};
 use crate::engine::preview::{preview_sigma, LatentRgb, Preview, PreviewRequest, StepTap};
 use crate::engine::schedulers::{Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
 use crate::engine::text::clip::ClipTextModel;
@@ -220,6 +221,8 @@ pub struct Pipeline {
     /// a job asks for previews (so a model never used with previews never
     /// pays the fitting decode).
     preview_map: std::sync::OnceLock<LatentRgb>,
+    /// The weights LoRAs may change, and the originals of those they did.
+    lora: MergeState,
 }
 
 impl Pipeline {
@@ -237,6 +240,8 @@ impl Pipeline {
         let te_weights = parts.weights(Component::TextEncoder, kind, device);
         let text_encoder = ClipTextModel::new(&te_weights.root(), &parts.text_config)?;
         let mut memory_bytes = te_weights.loaded_bytes();
+        let mut lora_params = std::collections::HashMap::new();
+        lora_params.insert(Part::TextEncoder, te_weights.take_handed_out());
         let conditioner: Box<dyn Conditioner> =
             match (&parts.second_text, parts.second_text_weights(kind, device)) {
                 (Some(second), Some(weights)) => {
@@ -247,6 +252,7 @@ impl Pipeline {
                         &second.config,
                     )?;
                     memory_bytes += weights.loaded_bytes();
+                    lora_params.insert(Part::TextEncoder2, weights.take_handed_out());
                     Box::new(sdxl::SdxlText {
                         tokenizer,
                         encoder: text_encoder,
@@ -262,6 +268,7 @@ impl Pipeline {
             };
         let unet_weights = parts.weights(Component::Unet, kind, device);
         let unet = UNet::new(&unet_weights.root(), &parts.unet_config)?;
+        lora_params.insert(Part::Unet, unet_weights.take_handed_out());
         if unet.takes_text_time() != conditioner.second().is_some() {
             return Err(EngineError::InvalidParams(
                 "the UNet's addition_embed_type does not match the text encoders: SDXL needs text_encoder_2/ and a \"text_time\" UNet, SD 1.x/2.x neither".into(),
@@ -292,7 +299,33 @@ impl Pipeline {
             kind,
             memory_bytes,
             preview_map: std::sync::OnceLock::new(),
+            lora: MergeState::new(lora_params, parts.unet_config.layers_per_block),
         })
+    }
+
+    /// Merges `loras` into the weights, after restoring the loaded ones
+    /// (an empty list: the model as loaded, bit for bit). On an error the
+    /// model is left as loaded.
+    pub fn apply_loras(&mut self, loras: &[LoraUse<'_>]) -> Result<(), EngineError> {
+        Ok(self.lora.apply(loras)?)
+    }
+
+    /// The weights a LoRA may change (names and shapes), as LoRA tensor
+    /// names are mapped onto them.
+    pub fn lora_layers(&self) -> crate::engine::lora::ModelLayers {
+        self.lora.layers()
+    }
+
+    /// Whether `file` fits this model (names and shapes), without merging.
+    pub fn check_lora(&self, file: &crate::engine::lora::LoraFile) -> Result<(), EngineError> {
+        crate::engine::lora::keys::plan(&file.shapes(), &self.lora.layers())
+            .map_err(crate::engine::lora::LoraError::from)?;
+        Ok(())
+    }
+
+    /// Whether LoRAs are merged into the weights now.
+    pub fn has_loras(&self) -> bool {
+        self.lora.is_merged()
     }
 
     /// Bytes held by the weights on the device.

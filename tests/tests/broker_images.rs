@@ -90,7 +90,10 @@ fn img2img_and_inpainting_on_digits_with_typed_refusals() {
     std::fs::create_dir(&etc).unwrap();
     let mut config = TestConfig::digits(&sink.path);
     // 1 MiB for image requests (the key must reach the frame reader).
-    config.limits = "max_image_request_bytes = 1048576\n".to_owned();
+    // Some 40 requests in a row: past the default rate bucket on a fast
+    // machine.
+    config.limits =
+        "max_image_request_bytes = 1048576\nrate_burst = 200\nrate_per_minute = 6000\n".to_owned();
     let config = config.write(&etc);
     let broker = BrokerProcess::start_user(&scratch, &config);
     let mut client = Client::hello(&broker.socket);

@@ -154,7 +154,12 @@ fn digits_bold_lora_end_to_end() {
             bold_lora().display(),
         )
     };
-    let Some(daemon) = Daemon::start_with("lora_generate", "max_loras = 2\n", hostile) else {
+    let Some(daemon) = Daemon::start_with(
+        "lora_generate",
+        // Some 40 requests in a row: past the default rate bucket.
+        "max_loras = 2\nrate_burst = 200\nrate_per_minute = 6000\n",
+        hostile,
+    ) else {
         return;
     };
     let socket = daemon.broker.socket.clone();
@@ -171,9 +176,13 @@ fn digits_bold_lora_end_to_end() {
         mean_ink(&bold)
     );
     assert!(ratio >= 1.2, "digits-bold raised mean ink only {ratio:.3}x");
-    assert!(zero == base, "weight 0 must be bit-identical to no LoRA");
+    // The first three digits' images of the base set, in the same order.
     assert!(
-        after == base,
+        zero == base[..zero.len()],
+        "weight 0 must be bit-identical to no LoRA"
+    );
+    assert!(
+        after == base[..after.len()],
         "a base request after a LoRA request must be bit-identical"
     );
     if let Some(result) = digits_gate(&bold, &daemon.scratch.join("gate")) {

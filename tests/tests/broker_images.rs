@@ -3,7 +3,7 @@
 //! new prompt at 1.0 (the project's digit classifier judges), inpainting
 //! keeps every unmasked pixel, bad images get typed errors naming the
 //! field while the broker keeps serving, and no audit record carries an
-//! image.
+//! image; the SDXL demo model takes img2img and inpainting the same way.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
@@ -345,4 +345,87 @@ fn img2img_and_inpainting_on_digits_with_typed_refusals() {
         !broker.log_text().contains(MARKER),
         "image bytes in the log"
     );
+}
+
+/// SDXL takes image inputs through the daemon too: img2img on the SDXL
+/// demo model runs int(steps × strength) steps and returns a changed image
+/// of the size sent, with the strength in its parameters; inpainting keeps
+/// every unmasked pixel.
+#[test]
+fn sdxl_img2img_and_inpainting_through_the_daemon() {
+    let name = "broker-images-sdxl";
+    if !require_root(name) || !require_digits(name) {
+        return;
+    }
+    let xl = weave_tests::repo_root().join("models/digits-xl");
+    assert!(
+        xl.join("model_index.json").exists(),
+        "{name} needs models/digits-xl"
+    );
+    let scratch = Scratch::new(name);
+    let sink = AuditSink::bind(scratch.join("audit.sock"));
+    let etc = scratch.join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let mut config = TestConfig::digits(&sink.path);
+    config.extra = format!(
+        "\n[[model]]\nid = \"digits-xl\"\nkind = \"sdxl\"\npath = \"{}\"\n",
+        xl.display()
+    );
+    let config = config.write(&etc);
+    let broker = BrokerProcess::start_user(&scratch, &config);
+    let mut client = Client::hello(&broker.socket);
+    // The start image: a digit of the SD 1.x model (any 32×32 PNG would do).
+    let base = image_of(&client.generate(GenerateRequest {
+        steps: Some(10),
+        seed: Some(7),
+        ..digits_request(&prompt(3))
+    }));
+    let xl_request = |prompt: &str| GenerateRequest {
+        model_id: "digits-xl".into(),
+        steps: Some(10),
+        seed: Some(11),
+        init_image: Some(base.clone()),
+        ..digits_request(prompt)
+    };
+
+    let events = client.generate(GenerateRequest {
+        strength: Some(0.5),
+        ..xl_request(&prompt(8))
+    });
+    assert!(
+        stream_error(&events).is_none(),
+        "{events:?}\n{}",
+        broker.log_text()
+    );
+    assert_eq!(progress_totals(&events), vec![5; 5], "int(10 × 0.5)");
+    let png = image_of(&events);
+    let pixels = decode(&png);
+    assert_eq!(pixels.len(), 32 * 32 * 3);
+    assert_ne!(pixels, decode(&base), "SDXL img2img changed nothing");
+    let parameters = String::from_utf8_lossy(&png).into_owned();
+    assert!(
+        parameters.contains("Model: digits-xl") && parameters.contains("Denoising strength: 0.5"),
+        "{parameters}"
+    );
+
+    let mask: Vec<u8> = (0..32 * 32)
+        .map(|i| if i % 32 >= 16 { 255 } else { 0 })
+        .collect();
+    let events = client.generate(GenerateRequest {
+        mask: Some(encode(32, 32, png::ColorType::Grayscale, &mask)),
+        ..xl_request(&prompt(1))
+    });
+    assert!(stream_error(&events).is_none(), "{events:?}");
+    let init = decode(&base);
+    let painted = decode(&image_of(&events));
+    let (mut same, mut changed) = (true, 0);
+    for (i, (a, b)) in init.chunks(3).zip(painted.chunks(3)).enumerate() {
+        if i % 32 < 16 {
+            same &= a == b;
+        } else if a != b {
+            changed += 1;
+        }
+    }
+    assert!(same, "an unmasked pixel changed (SDXL)");
+    assert!(changed > 100, "only {changed} masked pixels changed (SDXL)");
 }

@@ -11,11 +11,11 @@
 mod cli_support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use cli_support::{decode_png, png_parameters, text, Daemon};
 use weave_common::proto::{ErrorCode, GenerateRequest, LoraChoice, Request, Response, Scheduler};
-use weave_tests::{digits_request, in_ci, repo_root, write_placeholder_model, Client};
+use weave_tests::digits_gate::digits_gate;
+use weave_tests::{digits_request, repo_root, write_placeholder_model, Client};
 
 const WORDS: [&str; 10] = [
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
@@ -82,56 +82,6 @@ fn refused_field(socket: &Path, loras: Vec<LoraChoice>) -> String {
     }
 }
 
-/// tools/digits_gate.py's classifier over `images` (two of each digit in
-/// order); `None` when its Python is not set up (outside CI).
-fn digits_gate(images: &[Vec<u8>], dir: &Path) -> Option<Result<(), String>> {
-    let python = std::env::var_os("WEAVE_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".cache/venv/bin/python"));
-    if !python.exists() {
-        assert!(
-            !in_ci(),
-            "{} is missing; run scripts/deps.sh",
-            python.display()
-        );
-        return None;
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    let npy = |name: &str, descr: &str, shape: &str, data: &[u8]| {
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut file = b"\x93NUMPY\x01\x00".to_vec();
-        file.extend_from_slice(&u16::try_from(header.len()).unwrap().to_le_bytes());
-        file.extend_from_slice(header.as_bytes());
-        file.extend_from_slice(data);
-        std::fs::write(dir.join(name), file).unwrap();
-    };
-    let n = images.len();
-    npy(
-        "images.npy",
-        "|u1",
-        &format!("({n}, 32, 32, 3)"),
-        &images.concat(),
-    );
-    let labels: Vec<u8> = (0..n as i64).flat_map(|i| (i / 2).to_le_bytes()).collect();
-    npy("labels.npy", "<i8", &format!("({n},)"), &labels);
-    let out = Command::new(&python)
-        .arg(repo_root().join("tools/digits_gate.py"))
-        .arg(dir)
-        .args(["--min-accuracy", "0.9"])
-        .output()
-        .unwrap();
-    Some(if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{}{}", text(&out.stdout), text(&out.stderr)))
-    })
-}
-
 #[test]
 fn digits_bold_lora_end_to_end() {
     let hostile = |dir: &Path| {
@@ -185,8 +135,11 @@ fn digits_bold_lora_end_to_end() {
         after == base[..after.len()],
         "a base request after a LoRA request must be bit-identical"
     );
-    if let Some(result) = digits_gate(&bold, &daemon.scratch.join("gate")) {
-        result.unwrap();
+    // Two images of each digit, in order.
+    let labels: Vec<i64> = (0..bold.len() as i64).map(|i| i / 2).collect();
+    if let Some(result) = digits_gate(&bold, &labels, &daemon.scratch.path) {
+        let report = result.unwrap_or_else(|r| panic!("digits-bold lost the digits: {r}"));
+        eprintln!("digits-bold at weight 1: {report}");
     }
 
     // Refusals by field, before anything is queued.

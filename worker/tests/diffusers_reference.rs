@@ -15,7 +15,7 @@ mod common;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use common::ci;
+use common::{assert_close, TOLERANCE};
 use tch::{Device, Kind, Tensor};
 use weave_common::prompt::PromptField;
 use weave_worker::engine::schedulers::{Scheduler, SchedulerError};
@@ -25,21 +25,8 @@ use weave_worker::engine::{
     SchedulerKind,
 };
 
-const TOLERANCE: f64 = 1e-4;
-
 fn fixtures() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    if dir.join("tiny-sd1-ref.safetensors").exists() {
-        Some(dir)
-    } else {
-        assert!(
-            !ci(),
-            "{} is missing the diffusers reference fixtures",
-            dir.display()
-        );
-        eprintln!("skipping: no fixtures in {}", dir.display());
-        None
-    }
+    common::reference_fixtures("tiny-sd1-ref.safetensors")
 }
 
 struct Reference {
@@ -68,19 +55,6 @@ impl Reference {
     fn has(&self, name: &str) -> bool {
         self.file.tensors().contains_key(name)
     }
-}
-
-#[track_caller]
-fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
-    assert_eq!(ours.size(), theirs.size(), "{what}: shape");
-    let ours = ours.to_kind(Kind::Float).to_device(Device::Cpu);
-    let diff = (&ours - theirs).abs().max().double_value(&[]);
-    let scale = theirs.abs().max().double_value(&[]);
-    eprintln!("{what}: max abs diff {diff:.3e} (max |ref| {scale:.3e})");
-    assert!(
-        diff <= TOLERANCE,
-        "{what}: max abs difference {diff} > {TOLERANCE}"
-    );
 }
 
 fn load(dir: &std::path::Path, name: &str) -> Pipeline {

@@ -10,7 +10,7 @@ mod common;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use common::ci;
+use common::assert_close;
 use tch::{Device, Kind, Tensor};
 use weave_worker::engine::weights::safetensors::SafetensorsFile;
 use weave_worker::engine::{
@@ -18,34 +18,10 @@ use weave_worker::engine::{
     ModelSpec, Pipeline, Precision, RgbImage, SchedulerKind,
 };
 
-const TOLERANCE: f64 = 1e-4;
 const SIDE: u32 = 64;
 
 fn fixtures() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    if dir.join("tiny-sd1-img2img-ref.safetensors").exists() {
-        Some(dir)
-    } else {
-        assert!(
-            !ci(),
-            "{} lacks tiny-sd1-img2img-ref.safetensors",
-            dir.display()
-        );
-        eprintln!("skipping: no img2img fixtures in {}", dir.display());
-        None
-    }
-}
-
-#[track_caller]
-fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
-    assert_eq!(ours.size(), theirs.size(), "{what}: shape");
-    let ours = ours.to_kind(Kind::Float).to_device(Device::Cpu);
-    let diff = (&ours - theirs).abs().max().double_value(&[]);
-    eprintln!("{what}: max abs diff {diff:.3e}");
-    assert!(
-        diff <= TOLERANCE,
-        "{what}: max abs difference {diff} > {TOLERANCE}"
-    );
+    common::reference_fixtures("tiny-sd1-img2img-ref.safetensors")
 }
 
 struct Case {

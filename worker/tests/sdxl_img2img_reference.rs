@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use common::ci;
+use common::assert_close;
 use tch::{Device, Kind, Tensor};
 use weave_worker::engine::weights::safetensors::SafetensorsFile;
 use weave_worker::engine::{
@@ -23,35 +23,11 @@ use weave_worker::engine::{
     SchedulerKind, Stage,
 };
 
-const TOLERANCE: f64 = 1e-4;
 const WIDTH: u32 = 48;
 const HEIGHT: u32 = 64;
 
 fn fixtures() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    if dir.join("tiny-sdxl-img2img-ref.safetensors").exists() {
-        Some(dir)
-    } else {
-        assert!(
-            !ci(),
-            "{} lacks tiny-sdxl-img2img-ref.safetensors",
-            dir.display()
-        );
-        eprintln!("skipping: no SDXL img2img fixtures in {}", dir.display());
-        None
-    }
-}
-
-#[track_caller]
-fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
-    assert_eq!(ours.size(), theirs.size(), "{what}: shape");
-    let ours = ours.to_kind(Kind::Float).to_device(Device::Cpu);
-    let diff = (&ours - theirs).abs().max().double_value(&[]);
-    eprintln!("{what}: max abs diff {diff:.3e}");
-    assert!(
-        diff <= TOLERANCE,
-        "{what}: max abs difference {diff} > {TOLERANCE}"
-    );
+    common::reference_fixtures("tiny-sdxl-img2img-ref.safetensors")
 }
 
 struct Case {

@@ -22,6 +22,36 @@ pub fn ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
 }
 
+/// How far the engine may be from diffusers' reference tensors (fp32).
+pub const TOLERANCE: f64 = 1e-4;
+
+/// `worker/tests/fixtures` when it holds `marker` (a reference file made by
+/// tools/fixtures/); `None` and a printed skip when it does not, which fails
+/// under CI.
+pub fn reference_fixtures(marker: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    if dir.join(marker).exists() {
+        return Some(dir);
+    }
+    assert!(!ci(), "{} lacks {marker}", dir.display());
+    eprintln!("skipping: no {marker} in {}", dir.display());
+    None
+}
+
+/// `ours` has `theirs`' shape and is within [`TOLERANCE`] of it everywhere.
+#[track_caller]
+pub fn assert_close(what: &str, ours: &tch::Tensor, theirs: &tch::Tensor) {
+    assert_eq!(ours.size(), theirs.size(), "{what}: shape");
+    let ours = ours.to_kind(Kind::Float).to_device(Device::Cpu);
+    let diff = (&ours - theirs).abs().max().double_value(&[]);
+    let scale = theirs.abs().max().double_value(&[]);
+    eprintln!("{what}: max abs diff {diff:.3e} (max |ref| {scale:.3e})");
+    assert!(
+        diff <= TOLERANCE,
+        "{what}: max abs difference {diff} > {TOLERANCE}"
+    );
+}
+
 /// A byte-level vocabulary (every byte symbol, with and without `</w>`),
 /// a few merges and the two specials.
 pub fn write_tiny_tokenizer(dir: &Path) -> i64 {

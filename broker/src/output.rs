@@ -123,21 +123,49 @@ pub fn encode_preview_png(preview: &Preview) -> Result<Vec<u8>, OutputError> {
     Ok(out)
 }
 
-/// `(id, short hash)` of each LoRA of `job`, read from the configured
-/// files; a file that cannot be read is left out (the worker refuses it
-/// then, and the job fails before an image is encoded).
-pub fn lora_hashes(
-    job: &WorkerGenerateParams,
-    config: &weave_common::config::Config,
-) -> Vec<(String, String)> {
-    job.loras
-        .iter()
-        .filter_map(|lora| {
-            let path = &config.lora(&lora.id)?.path;
-            let hash = weave_common::pin::lora_short_hash(path).ok()?;
-            Some((lora.id.clone(), hash))
-        })
-        .collect()
+/// The A1111 short hashes of the LoRA files jobs use, each kept while its
+/// file keeps its size and modification time: the hash reads the whole file,
+/// which would otherwise happen again for every job that uses it.
+#[derive(Debug, Default)]
+pub struct LoraHashes {
+    known: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, (FileStamp, String)>>,
+}
+
+/// What tells a changed file: its length and modification time.
+type FileStamp = (u64, Option<std::time::SystemTime>);
+
+impl LoraHashes {
+    /// `(id, short hash)` of each LoRA of `job`, from the configured files;
+    /// a file that cannot be read is left out (the worker refuses it then,
+    /// and the job fails before an image is encoded).
+    pub fn of(
+        &self,
+        job: &WorkerGenerateParams,
+        config: &weave_common::config::Config,
+    ) -> Vec<(String, String)> {
+        job.loras
+            .iter()
+            .filter_map(|lora| {
+                let hash = self.hash(&config.lora(&lora.id)?.path)?;
+                Some((lora.id.clone(), hash))
+            })
+            .collect()
+    }
+
+    fn hash(&self, path: &std::path::Path) -> Option<String> {
+        let meta = std::fs::metadata(path).ok()?;
+        let stamp = (meta.len(), meta.modified().ok());
+        // Plain data behind the lock: a panic elsewhere leaves it usable.
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, hash)) = known.get(path) {
+            if *seen == stamp {
+                return Some(hash.clone());
+            }
+        }
+        let hash = weave_common::pin::lora_short_hash(path).ok()?;
+        known.insert(path.to_owned(), (stamp, hash.clone()));
+        Some(hash)
+    }
 }
 
 /// Encodes one checked image.
@@ -294,5 +322,44 @@ mod tests {
             text.starts_with("a 7\n"),
             "the prompt stays as given: {text}"
         );
+    }
+
+    #[test]
+    fn lora_hashes_are_kept_until_the_file_changes() {
+        use std::time::{Duration, SystemTime};
+        let dir = std::env::temp_dir().join(format!("weave-lora-hashes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("l.safetensors");
+        // A safetensors-shaped file: an 8-byte header length, the header, data.
+        let file = |data: &[u8]| {
+            let mut bytes = 2u64.to_le_bytes().to_vec();
+            bytes.extend_from_slice(b"{}");
+            bytes.extend_from_slice(data);
+            bytes
+        };
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let write = |data: &[u8]| {
+            std::fs::write(&path, file(data)).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        };
+        let cache = LoraHashes::default();
+        write(b"aaaa");
+        let first = cache.hash(&path).unwrap();
+        assert_eq!(first, weave_common::pin::lora_short_hash(&path).unwrap());
+        // Same length and time: the kept hash, the file is not read again.
+        write(b"bbbb");
+        assert_eq!(cache.hash(&path).unwrap(), first);
+        // Another length: hashed anew.
+        write(b"bbbbb");
+        let changed = cache.hash(&path).unwrap();
+        assert_ne!(changed, first);
+        assert_eq!(changed, weave_common::pin::lora_short_hash(&path).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(cache.hash(&path).is_none());
     }
 }

@@ -117,7 +117,7 @@ impl Broker {
         }
         let with_parameters = self.settings.output.png_parameters;
         let lora_hashes = if with_parameters {
-            output::lora_hashes(params, &self.settings)
+            self.lora_hashes.of(params, &self.settings)
         } else {
             Vec::new()
         };

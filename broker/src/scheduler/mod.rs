@@ -123,6 +123,8 @@ pub struct Broker {
     /// Connections currently streaming a job's events; shutdown waits (a
     /// little) for them to deliver their final event.
     streams: std::sync::atomic::AtomicUsize,
+    /// The LoRA hashes the PNG `parameters` text names.
+    lora_hashes: crate::output::LoraHashes,
 }
 
 /// A job accepted by [`Broker::submit`].
@@ -165,6 +167,7 @@ impl Broker {
             wake: Condvar::new(),
             status,
             streams: std::sync::atomic::AtomicUsize::new(0),
+            lora_hashes: crate::output::LoraHashes::default(),
         })
     }
 

@@ -67,9 +67,10 @@ impl<T> AdmissionQueue<T> {
     }
 
     /// Checks whether one more job from `uid` would be admitted. Both limits
-    /// count queued jobs plus the running one (`running_uid`), if any.
-    pub fn check_room(&self, uid: u32, running_uid: Option<u32>) -> Result<(), AdmissionError> {
-        if self.total + usize::from(running_uid.is_some()) >= self.max_total {
+    /// count queued jobs plus the running ones (`running`: the owner's uid
+    /// of each job a worker runs).
+    pub fn check_room(&self, uid: u32, running: &[u32]) -> Result<(), AdmissionError> {
+        if self.total + running.len() >= self.max_total {
             return Err(AdmissionError::QueueFull);
         }
         let queued: usize = self
@@ -78,7 +79,8 @@ impl<T> AdmissionQueue<T> {
             .filter(|(owner, _)| owner.uid == uid)
             .map(|(_, queue)| queue.len())
             .sum();
-        if queued + usize::from(running_uid == Some(uid)) >= self.max_per_owner {
+        let running_own = running.iter().filter(|&&owner| owner == uid).count();
+        if queued + running_own >= self.max_per_owner {
             return Err(AdmissionError::OwnerQueueFull);
         }
         Ok(())
@@ -348,22 +350,22 @@ mod tests {
         let mut queue = AdmissionQueue::new(5, 2);
         queue.push(1, owner(1, "a"), now, ());
         // Tags of one uid share its limit.
-        assert_eq!(queue.check_room(1, None), Ok(()));
+        assert_eq!(queue.check_room(1, &[]), Ok(()));
         queue.push(2, owner(1, "b"), now, ());
         assert_eq!(
-            queue.check_room(1, None),
+            queue.check_room(1, &[]),
             Err(AdmissionError::OwnerQueueFull)
         );
-        assert_eq!(queue.check_room(2, Some(2)), Ok(()));
+        assert_eq!(queue.check_room(2, &[2]), Ok(()));
         queue.push(3, owner(2, ""), now, ());
         assert_eq!(
-            queue.check_room(2, Some(2)),
+            queue.check_room(2, &[2]),
             Err(AdmissionError::OwnerQueueFull)
         );
-        assert_eq!(queue.check_room(3, Some(2)), Ok(()));
+        assert_eq!(queue.check_room(3, &[2]), Ok(()));
         queue.push(4, owner(3, ""), now, ());
-        assert_eq!(queue.check_room(4, Some(2)), Err(AdmissionError::QueueFull));
-        assert_eq!(queue.check_room(4, None), Ok(()));
+        assert_eq!(queue.check_room(4, &[2]), Err(AdmissionError::QueueFull));
+        assert_eq!(queue.check_room(4, &[]), Ok(()));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Start-up, confinement, the serving threads and orderly shutdown.
 //!
 //! Order matters: config (checked) → audit → socket → privilege drop while
-//! still single-threaded → worker supervisor (forks the spawner) →
+//! still single-threaded → worker supervisors (each forks its spawner) →
 //! initialization complete (seccomp) → threads → READY.
 #![forbid(unsafe_code)]
 
@@ -16,8 +16,9 @@ use weave_common::proto::Mode;
 
 use crate::audit::{AuditLog, AuditRecord, Severity};
 use crate::auth::{AuthError, Authorizer};
+use crate::job_runner::JobRunner;
 use crate::modes::{self, ModeError, Options, SystemOwnership};
-use crate::scheduler::Broker;
+use crate::scheduler::{Broker, PoolWorker};
 use crate::server;
 use crate::settings::{self, Config, ConfigErrors};
 use crate::syscalls;
@@ -114,14 +115,20 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
         }
     }
 
-    let mut supervisor = crate::worker_setup::start(&settings)
+    let pool = crate::worker_setup::start_pool(&settings)
         .map_err(|error| DaemonError::Worker(error.to_string()))?;
-    let broker = Broker::new(
-        settings,
-        options.mode,
-        Arc::clone(&audit),
-        supervisor.handle(),
-    );
+    let workers = pool
+        .iter()
+        .map(|(device, supervisor)| PoolWorker {
+            device: *device,
+            handle: supervisor.handle(),
+        })
+        .collect();
+    let runners: Vec<Box<dyn JobRunner>> = pool
+        .into_iter()
+        .map(|(_, supervisor)| Box::new(supervisor) as Box<dyn JobRunner>)
+        .collect();
+    let broker = Broker::new(settings, options.mode, Arc::clone(&audit), workers);
     audit.record(
         Severity::Notice,
         &AuditRecord::new("start")
@@ -138,7 +145,7 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
         let broker = Arc::clone(&broker);
         std::thread::Builder::new()
             .name("scheduler".into())
-            .spawn(move || broker.run_scheduler(&mut supervisor))
+            .spawn(move || broker.run_scheduler(runners))
             .map_err(DaemonError::Thread)?
     };
 

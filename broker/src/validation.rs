@@ -134,6 +134,7 @@ mod tests {
             defaults: ModelDefaults::default(),
             bounds: ModelBounds::default(),
             native_size: None,
+            max_workers: None,
         };
         assert!(resolve(&request(512), &model, &bounds, 8, 0).is_ok());
         model.bounds.min_width = Some(768);
@@ -165,6 +166,7 @@ mod tests {
             },
             bounds: ModelBounds::default(),
             native_size: None,
+            max_workers: None,
         };
         let limits = Limits {
             min_preview_every: 2,

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use weave_common::config::Config;
+use weave_common::config::{pool, Config, Device};
 use weave_common::worker_proto::{LoraEntry, ModelEntry};
 
 use crate::supervisor::{SupervisorConfig, WorkerSupervisor};
@@ -92,8 +92,33 @@ pub fn supervisor_config(config: &Config, worker: PathBuf) -> SupervisorConfig {
     supervisor
 }
 
-/// The supervisor for `config`; the worker itself starts on first use.
-pub fn start(config: &Config) -> Result<WorkerSupervisor, WorkerSetupError> {
+/// One supervisor per worker of the pool `config` asks for (`[worker]
+/// count` / `devices`), each with its device; the workers themselves start
+/// on first use.
+pub fn start_pool(config: &Config) -> Result<Vec<(Device, WorkerSupervisor)>, WorkerSetupError> {
     let worker = worker_executable()?;
-    Ok(WorkerSupervisor::new(supervisor_config(config, worker)))
+    let base = supervisor_config(config, worker);
+    let devices = pool::worker_devices(&config.worker, &visible_gpus());
+    Ok(devices
+        .into_iter()
+        .map(|device| {
+            let mut supervisor = base.clone();
+            supervisor.device = device;
+            (device, WorkerSupervisor::new(supervisor))
+        })
+        .collect())
+}
+
+/// The CUDA device indices whose nodes the broker sees (`/dev/nvidiaN`),
+/// for `devices = ["auto"]`.
+fn visible_gpus() -> Vec<u32> {
+    let names: Vec<String> = std::fs::read_dir("/dev")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    pool::gpu_indices(names.iter().map(String::as_str))
 }

@@ -14,8 +14,11 @@ use crate::output;
 use crate::supervisor::{JobEvent, Preview, SupervisorError};
 
 impl Broker {
+    /// Makes `model_id` the model of worker `index` (lane `index`'s thread
+    /// only).
     pub(super) fn ensure_loaded(
         &self,
+        index: usize,
         runner: &mut dyn JobRunner,
         model_id: &str,
     ) -> Result<(), ErrorCode> {
@@ -24,15 +27,18 @@ impl Broker {
         }
         let resident = self
             .lock()
-            .loaded
-            .as_ref()
+            .lanes
+            .get(index)
+            .and_then(|lane| lane.loaded.as_ref())
             .is_some_and(|loaded| loaded.model_id == model_id)
-            && self.status.state().loaded_model() == Some(model_id);
+            && self.status.state(index).loaded_model() == Some(model_id);
         if resident {
             return Ok(());
         }
-        self.lock().loaded = None;
+        // The lane keeps naming the model while it loads (the dispatcher set
+        // it), so placement counts this worker for `max_workers` already.
         runner.load(model_id).map_err(|error| {
+            self.set_loaded(index, None);
             if let SupervisorError::PinMismatch { model_id } = &error {
                 // By id, never its path, in the log (below) and the audit.
                 self.audit.record(
@@ -45,17 +51,31 @@ impl Broker {
             failure_code("load", &error)
         })?;
         let now = Instant::now();
-        self.lock().loaded = Some(LoadedState {
-            model_id: model_id.to_owned(),
-            since: now,
-            last_use: now,
-        });
+        if let Some(lane) = self.lock().lanes.get_mut(index) {
+            lane.loads += 1;
+        }
+        self.set_loaded(
+            index,
+            Some(LoadedState {
+                model_id: model_id.to_owned(),
+                since: now,
+                last_use: now,
+            }),
+        );
         Ok(())
+    }
+
+    /// What worker `index` holds, as the scheduler keeps it.
+    pub(super) fn set_loaded(&self, index: usize, loaded: Option<LoadedState>) {
+        if let Some(lane) = self.lock().lanes.get_mut(index) {
+            lane.loaded = loaded;
+        }
     }
 
     /// Runs one job to its end; the error is what its caller received.
     pub(super) fn run_one(
         &self,
+        index: usize,
         runner: &mut dyn JobRunner,
         pending: &PendingJob,
     ) -> Result<(), ErrorCode> {
@@ -70,10 +90,10 @@ impl Broker {
         if pending.cancel.load(Ordering::SeqCst) {
             return fail(ErrorCode::Cancelled);
         }
-        if let Err(code) = self.ensure_loaded(runner, &params.model_id) {
+        if let Err(code) = self.ensure_loaded(index, runner, &params.model_id) {
             return fail(code);
         }
-        self.with_running(|running| running.started = Some(Instant::now()));
+        self.with_running(index, |running| running.started = Some(Instant::now()));
         send(Response::Started {
             job_id,
             seed: params.seed,
@@ -81,7 +101,7 @@ impl Broker {
         let deadline = Instant::now() + self.settings.limits.job_timeout();
         let mut on_event = |event: JobEvent| match event {
             JobEvent::Progress { step, total } => {
-                self.with_running(|running| {
+                self.with_running(index, |running| {
                     running.step = step;
                     running.total = total;
                 });
@@ -104,14 +124,14 @@ impl Broker {
                 let code = failure_code("job", &error);
                 if matches!(code, ErrorCode::WorkerCrashed) {
                     // The worker restarted without the model.
-                    self.lock().loaded = None;
+                    self.set_loaded(index, None);
                 }
                 return fail(code);
             }
         };
         if let Err(error) = output::check_images(params, &images) {
             eprintln!("weave-broker: job {job_id} rejected worker output: {error}");
-            self.lock().loaded = None;
+            self.set_loaded(index, None);
             runner.unload().ok();
             return fail(ErrorCode::WorkerCrashed);
         }
@@ -171,9 +191,10 @@ impl Broker {
         }
     }
 
-    /// Updates the running job's entry (what `Jobs` shows of it).
-    fn with_running(&self, update: impl FnOnce(&mut super::RunningJob)) {
-        if let Some(running) = self.lock().running.as_mut() {
+    /// Updates worker `index`'s running job (what `Jobs` shows of it).
+    fn with_running(&self, index: usize, update: impl FnOnce(&mut super::RunningJob)) {
+        let mut state = self.lock();
+        if let Some(running) = state.lanes.get_mut(index).and_then(|l| l.running.as_mut()) {
             update(running);
         }
     }

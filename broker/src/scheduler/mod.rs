@@ -1,9 +1,12 @@
-//! The broker's job state and the one thread that feeds the worker.
+//! The broker's job state, the dispatcher thread and one lane thread per
+//! worker of the pool.
 //!
 //! Connection threads call [`Broker`] methods (submit, cancel, list, admin
-//! commands); the scheduler thread pops jobs in fair order, loads models on
-//! demand, unloads them when idle, and streams each job's events back to its
-//! connection through a channel.
+//! commands); the dispatcher ([`run_loop`]) places queued jobs on workers in
+//! fair order by the pure policy of [`crate::placement`], and each worker's
+//! lane thread ([`lane`]) loads the model, runs the job and streams its
+//! events back to the caller's connection through a channel. A lane's worker
+//! is its own: a crash, hang or lie there fails only that lane's job.
 
 #![forbid(unsafe_code)]
 
@@ -20,10 +23,11 @@ use weave_common::worker_proto::WorkerGenerateParams;
 use crate::admission::{AdmissionQueue, Owner, RateLimiter};
 use crate::audit::{AuditLog, AuditRecord, Severity};
 use crate::settings::Config;
-use crate::supervisor::SupervisorHandle;
 
 mod commands;
 mod job;
+mod lane;
+mod pool;
 pub mod previews;
 mod reports;
 mod run_loop;
@@ -33,6 +37,8 @@ mod tests;
 
 use commands::Command;
 use job::failure_code;
+pub use pool::PoolWorker;
+use pool::{Lane, PoolHandles};
 
 /// A queued job's payload.
 #[derive(Debug)]
@@ -44,6 +50,9 @@ struct PendingJob {
     submitted: Instant,
     /// Bounds the previews waiting for the caller's connection.
     previews: Arc<previews::PreviewGate>,
+    /// How many jobs behind it were dispatched before it (a bounded
+    /// number: see [`crate::placement`]).
+    passed: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +70,21 @@ struct RunningJob {
     total: u32,
 }
 
+impl RunningJob {
+    fn of(entry: &crate::admission::Queued<PendingJob>) -> Self {
+        Self {
+            job_id: entry.id,
+            owner: entry.owner.clone(),
+            model_id: entry.item.params.model_id.clone(),
+            submitted: entry.item.submitted,
+            cancel: entry.item.cancel.clone(),
+            started: None,
+            step: 0,
+            total: 0,
+        }
+    }
+}
+
 /// A job that ended, for the history `Jobs` lists after the live ones.
 #[derive(Debug, Clone)]
 struct EndedJob {
@@ -75,6 +99,8 @@ struct EndedJob {
     total: u32,
     /// `None`: finished with its images delivered.
     error: Option<ErrorCode>,
+    /// The worker it ran on; `None` if it never reached one.
+    worker: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,10 +113,9 @@ struct LoadedState {
 struct State {
     queue: AdmissionQueue<PendingJob>,
     rate: RateLimiter,
-    running: Option<RunningJob>,
-    loaded: Option<LoadedState>,
+    /// One per worker of the pool, in index order.
+    lanes: Vec<Lane>,
     pinned: HashSet<String>,
-    commands: Vec<(Command, Sender<Result<(), ErrorCode>>)>,
     draining: bool,
     shutting_down: bool,
     next_job_id: u64,
@@ -109,6 +134,14 @@ impl State {
         }
         self.history.push_back(ended);
     }
+
+    /// The uids of the running jobs, one entry per job.
+    fn running_uids(&self) -> Vec<u32> {
+        self.lanes
+            .iter()
+            .filter_map(|lane| lane.running.as_ref().map(|r| r.owner.uid))
+            .collect()
+    }
 }
 
 /// Shared broker state. Cheap to clone through `Arc`.
@@ -119,7 +152,8 @@ pub struct Broker {
     audit: Arc<AuditLog>,
     state: Mutex<State>,
     wake: Condvar,
-    status: SupervisorHandle,
+    /// Each worker's status snapshot, in index order.
+    status: PoolHandles,
     /// Connections currently streaming a job's events; shutdown waits (a
     /// little) for them to deliver their final event.
     streams: std::sync::atomic::AtomicUsize,
@@ -138,20 +172,21 @@ pub struct Admission {
 }
 
 impl Broker {
+    /// A broker over the pool `workers` (at least one; their runners go to
+    /// [`Broker::run_scheduler`] in the same order).
     pub fn new(
         settings: Config,
         mode: Mode,
         audit: Arc<AuditLog>,
-        status: SupervisorHandle,
+        workers: Vec<PoolWorker>,
     ) -> Arc<Self> {
         let limits = &settings.limits;
+        let (lanes, handles) = pool::lanes(workers);
         let state = State {
             queue: AdmissionQueue::new(limits.queue_depth, limits.per_client_queue_depth),
             rate: RateLimiter::new(limits.rate_per_minute, limits.rate_burst),
-            running: None,
-            loaded: None,
+            lanes,
             pinned: HashSet::new(),
-            commands: Vec::new(),
             draining: false,
             shutting_down: false,
             next_job_id: 1,
@@ -165,7 +200,7 @@ impl Broker {
             audit,
             state: Mutex::new(state),
             wake: Condvar::new(),
-            status,
+            status: handles,
             streams: std::sync::atomic::AtomicUsize::new(0),
             lora_hashes: crate::output::LoraHashes::default(),
         })
@@ -215,7 +250,15 @@ impl Broker {
         self.lock().shutting_down
     }
 
-    fn record_outcome(&self, job: &PendingJob, owner: &Owner, outcome: &str, ms: Option<u128>) {
+    /// The audit record of a job's end; `worker`: the worker it ran on.
+    fn record_outcome(
+        &self,
+        job: &PendingJob,
+        owner: &Owner,
+        outcome: &str,
+        ms: Option<u128>,
+        worker: Option<usize>,
+    ) {
         let params = &job.params;
         let mut record = AuditRecord::new("job")
             .field("job", job.job_id)
@@ -242,6 +285,9 @@ impl Broker {
         };
         if let Some(ms) = ms {
             record = record.field("ms", ms);
+        }
+        if let Some(worker) = worker {
+            record = record.field("worker", worker);
         }
         if params.preview_every != 0 {
             record = record
@@ -279,6 +325,7 @@ impl EndedJob {
             step: 0,
             total: 0,
             error: Some(error),
+            worker: None,
         }
     }
 }

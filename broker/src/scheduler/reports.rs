@@ -8,22 +8,30 @@ use std::time::Instant;
 
 use weave_common::proto::{
     ChannelStatsReport, JobInfo, JobState, LoadedModel, ModelInfo, StatusReport,
+    WorkerChannelStats, WorkerReport,
 };
 
 use super::run_loop::millis;
 use super::Broker;
 use crate::proc_status;
+use crate::supervisor::SupervisorStatus;
 
 impl Broker {
     /// Jobs the caller may see: its own, or all for `all`; the running and
     /// queued ones, then the recent history, newest first.
     pub fn jobs(&self, uid: u32, all: bool) -> Vec<JobInfo> {
-        let device = self.status.state().device;
+        let devices: Vec<_> = (0..self.status.len())
+            .map(|index| self.status.state(index).device)
+            .collect();
         let state = self.lock();
         let now = Instant::now();
         let order = state.queue.service_order();
         let mut list = Vec::new();
-        if let Some(running) = state.running.as_ref().filter(|r| all || r.owner.uid == uid) {
+        for (index, lane) in state.lanes.iter().enumerate() {
+            let Some(running) = lane.running.as_ref().filter(|r| all || r.owner.uid == uid) else {
+                continue;
+            };
+            let device = devices.get(index).copied().flatten();
             list.push(JobInfo {
                 job_id: running.job_id,
                 owner_uid: running.owner.uid,
@@ -43,6 +51,7 @@ impl Broker {
                     .started
                     .map(|at| millis(now.saturating_duration_since(at))),
                 error: None,
+                worker: u32::try_from(index).ok(),
             });
         }
         let by_id: HashMap<u64, _> = state.queue.iter().map(|e| (e.id, e)).collect();
@@ -66,6 +75,7 @@ impl Broker {
                 device: None,
                 run_ms: None,
                 error: None,
+                worker: None,
             });
         }
         for ended in state
@@ -91,6 +101,7 @@ impl Broker {
                 device: ended.device,
                 run_ms: ended.run_ms,
                 error: ended.error.clone(),
+                worker: ended.worker,
             });
         }
         list
@@ -100,27 +111,23 @@ impl Broker {
     /// (admins): why an unavailable model is, which may name a file.
     pub fn models(&self, with_reasons: bool) -> Vec<ModelInfo> {
         let state = self.lock();
-        let snapshot = self.status.state();
         self.settings
             .models
             .iter()
             .map(|model| {
-                let quarantined = snapshot.quarantined.contains(&model.id);
+                let quarantined = self.status.is_quarantined(&model.id);
                 let reason = if quarantined {
                     Some(QUARANTINE_REASON.to_owned())
                 } else {
-                    snapshot
-                        .unavailable
-                        .get(&model.id)
-                        .map(|u| u.reason.clone())
+                    self.status.unavailable_reason(&model.id)
                 };
                 ModelInfo {
                     id: model.id.clone(),
                     kind: model.kind.to_string(),
                     loaded: state
-                        .loaded
-                        .as_ref()
-                        .is_some_and(|l| l.model_id == model.id),
+                        .lanes
+                        .iter()
+                        .any(|lane| lane.loaded.as_ref().is_some_and(|l| l.model_id == model.id)),
                     pinned: state.pinned.contains(&model.id),
                     quarantined,
                     defaults: model.defaults(),
@@ -133,41 +140,102 @@ impl Broker {
     }
 
     /// The daemon's state. `for_admin`: with why the worker last failed to
-    /// start (worker text, which may name a file).
+    /// start (worker text, which may name a file). The top-level worker
+    /// fields are worker 0's; `workers` lists every one.
     pub fn status(&self, for_admin: bool) -> StatusReport {
-        let snapshot = self.status.state();
-        let worker_memory = snapshot.worker_pid.and_then(proc_status::memory_of);
+        let snapshots: Vec<_> = (0..self.status.len())
+            .map(|index| self.status.state(index))
+            .collect();
+        let memories: Vec<_> = snapshots
+            .iter()
+            .map(|s| s.worker_pid.and_then(proc_status::memory_of))
+            .collect();
         let state = self.lock();
         let now = Instant::now();
+        let workers: Vec<WorkerReport> = state
+            .lanes
+            .iter()
+            .zip(&snapshots)
+            .zip(&memories)
+            .enumerate()
+            .map(|(index, ((lane, snapshot), memory))| WorkerReport {
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                device: snapshot.device.unwrap_or(lane.device),
+                state: snapshot.state,
+                restarts: snapshot.restarts,
+                loaded: loaded_model(lane, snapshot, now),
+                job_id: lane.running.as_ref().map(|r| r.job_id),
+                loads: lane.loads,
+                memory: *memory,
+                sandbox: snapshot.sandbox_summary(),
+            })
+            .collect();
+        let first = snapshots
+            .first()
+            .cloned()
+            .unwrap_or_else(SupervisorStatus::down);
         StatusReport {
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
             mode: self.mode,
             uptime_s: now.saturating_duration_since(self.started).as_secs(),
-            loaded: state.loaded.as_ref().map(|loaded| LoadedModel {
-                model_id: loaded.model_id.clone(),
-                loaded_for_s: now.saturating_duration_since(loaded.since).as_secs(),
-                idle_for_s: if state.running.is_some() {
-                    0
-                } else {
-                    now.saturating_duration_since(loaded.last_use).as_secs()
-                },
-                memory_bytes: snapshot.loaded.as_ref().map_or(0, |info| info.memory_bytes),
-            }),
+            loaded: workers.first().and_then(|w| w.loaded.clone()),
             queue_depth: u32::try_from(state.queue.len()).unwrap_or(u32::MAX),
             draining: state.draining,
-            worker: snapshot.state,
-            worker_restarts: snapshot.restarts,
-            sandbox: snapshot.sandbox_summary(),
-            device: snapshot.device,
-            worker_error: snapshot.start_error.clone().filter(|_| for_admin),
-            worker_memory,
+            worker: first.state,
+            worker_restarts: first.restarts,
+            sandbox: first.sandbox_summary(),
+            device: first.device,
+            worker_error: snapshots
+                .iter()
+                .find_map(|s| s.start_error.clone())
+                .filter(|_| for_admin),
+            worker_memory: memories.first().copied().flatten(),
+            workers,
         }
     }
 
-    /// The channel counters for the admin `segments` verb.
+    /// The channel counters for the admin `segments` verb: worker 0's at
+    /// the top level, every worker's in `workers`.
     pub fn channel_report(&self) -> ChannelStatsReport {
-        self.status.state().channel_report()
+        let workers: Vec<WorkerChannelStats> = (0..self.status.len())
+            .map(|index| {
+                let report = self.status.state(index).channel_report();
+                WorkerChannelStats {
+                    worker: u32::try_from(index).unwrap_or(u32::MAX),
+                    key_generation: report.key_generation,
+                    segments: report.segments,
+                }
+            })
+            .collect();
+        let (key_generation, segments) = workers
+            .first()
+            .map(|w| (w.key_generation, w.segments.clone()))
+            .unwrap_or_default();
+        ChannelStatsReport {
+            key_generation,
+            segments,
+            workers,
+        }
     }
+}
+
+/// The model `lane` holds, as status reports it.
+fn loaded_model(
+    lane: &super::pool::Lane,
+    snapshot: &SupervisorStatus,
+    now: Instant,
+) -> Option<LoadedModel> {
+    let loaded = lane.loaded.as_ref()?;
+    Some(LoadedModel {
+        model_id: loaded.model_id.clone(),
+        loaded_for_s: now.saturating_duration_since(loaded.since).as_secs(),
+        idle_for_s: if lane.running.is_some() {
+            0
+        } else {
+            now.saturating_duration_since(loaded.last_use).as_secs()
+        },
+        memory_bytes: snapshot.loaded.as_ref().map_or(0, |info| info.memory_bytes),
+    })
 }
 
 /// Why a quarantined model is unavailable, for admins.

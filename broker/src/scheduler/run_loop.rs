@@ -1,34 +1,63 @@
-//! The scheduler thread: expires overdue jobs, runs admin commands, pops
-//! jobs in fair order, unloads an idle model, sleeps until there is work.
+//! The dispatcher thread: expires overdue jobs, places queued jobs on idle
+//! workers (the pure policy of [`crate::placement`]), hands idle models to
+//! their lanes to unload, and sleeps until there is work. It never waits on
+//! a worker: each runs on its own lane thread ([`super::lane`]).
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
 use weave_common::proto::{ErrorCode, Response};
 
-use super::{send_position_changes, Broker, EndedJob, RunningJob};
-use crate::audit::{AuditRecord, Severity};
+use super::pool::{self, LaneTask};
+use super::{send_position_changes, Broker, EndedJob, LoadedState, RunningJob, State};
 use crate::job_runner::JobRunner;
+use crate::placement::{self, Candidate, Demand, Placement, Wait};
 
-/// How often the idle scheduler checks that the worker is alive (a
-/// non-blocking `waitpid`).
-const IDLE_CHECK: Duration = Duration::from_millis(200);
+/// The longest the dispatcher sleeps without news (a submit, a lane that
+/// finished, a command all wake it at once).
+const TICK: Duration = Duration::from_millis(200);
 
 impl Broker {
-    /// The scheduler thread's body; returns after `begin_shutdown`, with the
-    /// worker stopped.
-    pub fn run_scheduler(&self, runner: &mut dyn JobRunner) {
+    /// The dispatcher's body, with one lane thread per runner (the pool's
+    /// workers, in the order given to [`Broker::new`]); returns after
+    /// `begin_shutdown`, with every worker stopped.
+    pub fn run_scheduler(&self, runners: Vec<Box<dyn JobRunner>>) {
+        std::thread::scope(|scope| {
+            for (index, mut runner) in runners.into_iter().enumerate() {
+                let Some(tasks) = self.status.take_receiver(index) else {
+                    eprintln!("weave-broker: worker {index} has no lane; it is not started");
+                    continue;
+                };
+                let spawned = std::thread::Builder::new()
+                    .name(format!("worker-{index}"))
+                    .spawn_scoped(scope, move || {
+                        self.run_lane(index, runner.as_mut(), &tasks);
+                    });
+                if let Err(error) = spawned {
+                    eprintln!("weave-broker: cannot start the thread of worker {index}: {error}");
+                }
+            }
+            self.dispatch();
+        });
+    }
+
+    fn dispatch(&self) {
         let idle = self.settings.limits.idle_unload();
         let deadline = self.settings.limits.queue_deadline();
+        let epoch = self.started;
+        let lookahead = placement::default_lookahead(self.status.len());
         let mut state = self.lock();
         loop {
             if state.shutting_down {
+                for lane in &mut state.lanes {
+                    lane.hand(LaneTask::Stop);
+                }
                 break;
             }
             let now = Instant::now();
             for entry in state.queue.expire(now, deadline) {
                 let _ = entry.item.events.send(Response::Error(ErrorCode::TimedOut));
-                self.record_outcome(&entry.item, &entry.owner, "queue_deadline", None);
+                self.record_outcome(&entry.item, &entry.owner, "queue_deadline", None, None);
                 state.remember(EndedJob::never_ran(
                     entry.id,
                     &entry.owner,
@@ -37,95 +66,22 @@ impl Broker {
                 ));
                 send_position_changes(&mut state);
             }
-            if !state.commands.is_empty() {
-                let (command, reply) = state.commands.remove(0);
-                drop(state);
-                let result = self.execute(runner, &command);
-                let _ = reply.send(result);
-                state = self.lock();
-                continue;
-            }
-            if let Some(entry) = state.queue.pop() {
-                send_position_changes(&mut state);
-                state.running = Some(RunningJob {
-                    job_id: entry.id,
-                    owner: entry.owner.clone(),
-                    model_id: entry.item.params.model_id.clone(),
-                    submitted: entry.item.submitted,
-                    cancel: entry.item.cancel.clone(),
-                    started: None,
-                    step: 0,
-                    total: 0,
-                });
-                drop(state);
-                let started = Instant::now();
-                let result = self.run_one(runner, &entry.item);
-                let elapsed = started.elapsed();
-                let outcome = match &result {
-                    Ok(()) => "finished",
-                    Err(code) => code.name(),
+            while self.place_one(&mut state, epoch, lookahead) {}
+            // Idle unload, per worker: never while it has work and never a
+            // pinned model.
+            let mut wait = TICK;
+            let pinned = state.pinned.clone();
+            for lane in &mut state.lanes {
+                let Some(loaded) = lane.loaded.clone() else {
+                    continue;
                 };
-                self.record_outcome(
-                    &entry.item,
-                    &entry.owner,
-                    outcome,
-                    Some(elapsed.as_millis()),
-                );
-                let device = self.status.state().device;
-                state = self.lock();
-                if let Some(ran) = state.running.take() {
-                    let ended = EndedJob {
-                        job_id: ran.job_id,
-                        owner: ran.owner,
-                        model_id: ran.model_id,
-                        submitted: ran.submitted,
-                        run_ms: ran.started.map(|at| millis(at.elapsed())),
-                        device: ran.started.and(device),
-                        step: ran.step,
-                        total: ran.total,
-                        error: result.err(),
-                    };
-                    state.remember(ended);
+                if !lane.is_idle() || pinned.contains(&loaded.model_id) {
+                    continue;
                 }
-                state.recent_job_ms = u32::try_from(elapsed.as_millis())
-                    .unwrap_or(u32::MAX)
-                    .max(100);
-                if let Some(loaded) = state.loaded.as_mut() {
-                    loaded.last_use = Instant::now();
-                }
-                continue;
-            }
-            // Idle: a worker that died between jobs (an operator's kill, the
-            // OOM killer) is noticed here within IDLE_CHECK and replaced, so
-            // status is right and no job is charged for it.
-            drop(state);
-            let model_lost = runner.check_idle();
-            state = self.lock();
-            if model_lost {
-                state.loaded = None;
-            }
-            if state.shutting_down || !state.commands.is_empty() || !state.queue.is_empty() {
-                continue;
-            }
-            // Idle unload: never while a job runs (none does here) and never
-            // a pinned model.
-            let mut wait = IDLE_CHECK;
-            if let Some(loaded) = state.loaded.clone() {
-                if !state.pinned.contains(&loaded.model_id) {
-                    let idle_for = now.saturating_duration_since(loaded.last_use);
-                    if idle_for >= idle {
-                        drop(state);
-                        let result = runner.unload();
-                        self.audit.record(
-                            Severity::Info,
-                            &AuditRecord::new("idle_unload")
-                                .field("model", &loaded.model_id)
-                                .field("ok", result.is_ok()),
-                        );
-                        state = self.lock();
-                        state.loaded = None;
-                        continue;
-                    }
+                let idle_for = now.saturating_duration_since(loaded.last_use);
+                if idle_for >= idle {
+                    lane.hand(LaneTask::IdleUnload(loaded.model_id.clone()));
+                } else {
                     wait = wait.min(idle - idle_for);
                 }
             }
@@ -139,8 +95,97 @@ impl Broker {
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
-        drop(state);
-        runner.shutdown();
+    }
+
+    /// Places one queued job on a worker, if one can run now; whether it
+    /// did. A job no worker could ever run fails here with a typed error
+    /// rather than wait out its deadline.
+    fn place_one(&self, state: &mut State, epoch: Instant, lookahead: usize) -> bool {
+        if state.queue.is_empty() || !state.lanes.iter().any(|lane| lane.is_idle()) {
+            return false;
+        }
+        let order = state.queue.service_order();
+        let mut jobs = Vec::with_capacity(order.len());
+        for id in &order {
+            if let Some(entry) = state.queue.iter().find(|e| e.id == *id) {
+                let model = entry.item.params.model_id.as_str();
+                let max_workers = self
+                    .settings
+                    .model(model)
+                    .and_then(|m| m.max_workers)
+                    .and_then(|max| usize::try_from(max).ok());
+                jobs.push((entry.id, model.to_owned(), entry.item.passed, max_workers));
+            }
+        }
+        let slots = pool::slots(&state.lanes, &state.pinned, epoch);
+        let candidates: Vec<Candidate<'_, u64>> = jobs
+            .iter()
+            .map(|(id, model, passed, max_workers)| Candidate {
+                job: *id,
+                demand: Demand {
+                    model,
+                    memory: None,
+                    max_workers: *max_workers,
+                },
+                passed: *passed,
+            })
+            .collect();
+        let never = candidates
+            .iter()
+            .find(|c| placement::place(&c.demand, &slots) == Err(Wait::NoWorkerFits))
+            .map(|c| c.job);
+        let chosen = placement::next_dispatch(&candidates, &slots, lookahead);
+        drop(candidates);
+        drop(slots);
+        if let Some(job_id) = never {
+            if let Some(entry) = state.queue.remove(job_id) {
+                eprintln!(
+                    "weave-broker: job {job_id}: {}",
+                    Wait::NoWorkerFits.to_string()
+                );
+                let _ = entry
+                    .item
+                    .events
+                    .send(Response::Error(ErrorCode::ModelUnavailable));
+                self.record_outcome(&entry.item, &entry.owner, "no_worker_fits", None, None);
+                state.remember(EndedJob::never_ran(
+                    entry.id,
+                    &entry.owner,
+                    &entry.item,
+                    ErrorCode::ModelUnavailable,
+                ));
+                send_position_changes(state);
+            }
+            return true;
+        }
+        let Some((job_id, placement)) = chosen else {
+            return false;
+        };
+        for id in order.iter().take_while(|id| **id != job_id) {
+            if let Some(ahead) = state.queue.find_mut(*id) {
+                ahead.item.passed += 1;
+            }
+        }
+        let Some(entry) = state.queue.take(job_id) else {
+            return false;
+        };
+        send_position_changes(state);
+        let Some(lane) = state.lanes.get_mut(placement.worker()) else {
+            return false;
+        };
+        if let Placement::Cold { .. } = placement {
+            // Named at once: the load happens on the lane's thread, and the
+            // next placement must already count this worker as holding it.
+            let now = Instant::now();
+            lane.loaded = Some(LoadedState {
+                model_id: entry.item.params.model_id.clone(),
+                since: now,
+                last_use: now,
+            });
+        }
+        lane.running = Some(RunningJob::of(&entry));
+        lane.hand(LaneTask::Run(Box::new(entry)));
+        true
     }
 }
 

@@ -58,8 +58,8 @@ impl Broker {
         if self.status.refuses_jobs(&model.id) {
             return Err(ErrorCode::ModelUnavailable);
         }
-        let running_uid = state.running.as_ref().map(|running| running.owner.uid);
-        if let Err(error) = state.queue.check_room(uid, running_uid) {
+        let running = state.running_uids();
+        if let Err(error) = state.queue.check_room(uid, &running) {
             let queued = u32::try_from(state.queue.len()).unwrap_or(u32::MAX);
             let per_job = state.recent_job_ms.max(100);
             let retry_after_ms = match error {
@@ -82,6 +82,7 @@ impl Broker {
             cancel: Arc::new(AtomicBool::new(false)),
             submitted: now,
             previews: Arc::clone(&previews),
+            passed: 0,
         };
         let position = state.queue.push(job_id, owner, now, pending);
         state.next_job_id += 1;
@@ -100,7 +101,12 @@ impl Broker {
     pub fn cancel(&self, uid: u32, is_admin: bool, job_id: u64) -> bool {
         let mut state = self.lock();
         let may = |owner: &Owner| is_admin || owner.uid == uid;
-        if let Some(running) = state.running.as_ref().filter(|r| r.job_id == job_id) {
+        let running = state
+            .lanes
+            .iter()
+            .filter_map(|lane| lane.running.as_ref())
+            .find(|r| r.job_id == job_id);
+        if let Some(running) = running {
             if !may(&running.owner) {
                 return false;
             }
@@ -119,7 +125,7 @@ impl Broker {
                 .item
                 .events
                 .send(Response::Error(ErrorCode::Cancelled));
-            self.record_outcome(&entry.item, &entry.owner, "cancelled", None);
+            self.record_outcome(&entry.item, &entry.owner, "cancelled", None, None);
             state.remember(EndedJob::never_ran(
                 entry.id,
                 &entry.owner,
@@ -132,7 +138,7 @@ impl Broker {
     }
 
     /// Stops accepting, fails every queued job with `ShuttingDown` and asks
-    /// the running job to stop.
+    /// the running jobs to stop.
     pub fn begin_shutdown(&self) {
         let mut state = self.lock();
         state.shutting_down = true;
@@ -141,13 +147,10 @@ impl Broker {
                 .item
                 .events
                 .send(Response::Error(ErrorCode::ShuttingDown));
-            self.record_outcome(&entry.item, &entry.owner, "shutting_down", None);
+            self.record_outcome(&entry.item, &entry.owner, "shutting_down", None, None);
         }
-        if let Some(running) = &state.running {
+        for running in state.lanes.iter().filter_map(|lane| lane.running.as_ref()) {
             running.cancel.store(true, Ordering::SeqCst);
-        }
-        for (_, reply) in state.commands.drain(..) {
-            let _ = reply.send(Err(ErrorCode::ShuttingDown));
         }
         drop(state);
         self.wake.notify_all();

@@ -13,6 +13,7 @@ use weave_common::proto::{ErrorCode, GenerateRequest, Mode, Response};
 use weave_common::worker_proto::WorkerGenerateParams;
 
 use super::{Admission, Broker};
+mod pool_tests;
 use crate::audit::AuditLog;
 use crate::job_runner::JobRunner;
 use crate::settings::Config;
@@ -29,26 +30,40 @@ struct ScriptLog {
     gate: Mutex<bool>,
     gate_open: Condvar,
     saw_cancel: AtomicBool,
+    /// (worker, job, start, end) of every job that ran to its end.
+    spans: Mutex<Vec<(usize, u64, Instant, Instant)>>,
+    /// (worker, model) of every load.
+    loaded: Mutex<Vec<(usize, String)>>,
 }
 
 struct ScriptedRunner {
+    worker: usize,
     log: Arc<ScriptLog>,
     tags: Arc<Mutex<HashMap<u64, Option<String>>>>,
     step_ms: u64,
+    handle: SupervisorHandle,
 }
 
 impl JobRunner for ScriptedRunner {
     fn load(&mut self, model_id: &str) -> Result<LoadInfo, SupervisorError> {
         self.log.loads.fetch_add(1, Ordering::SeqCst);
-        Ok(LoadInfo {
+        self.log
+            .loaded
+            .lock()
+            .unwrap()
+            .push((self.worker, model_id.to_owned()));
+        let info = LoadInfo {
             model_id: model_id.to_owned(),
             memory_bytes: 1,
             load_ms: 1,
             since: std::time::SystemTime::now(),
-        })
+        };
+        self.handle.set_loaded_for_test(Some(info.clone()));
+        Ok(info)
     }
     fn unload(&mut self) -> Result<(), SupervisorError> {
         self.log.unloads.fetch_add(1, Ordering::SeqCst);
+        self.handle.set_loaded_for_test(None);
         Ok(())
     }
     fn run_job(
@@ -64,9 +79,11 @@ impl JobRunner for ScriptedRunner {
             open = self.log.gate_open.wait(open).unwrap();
         }
         drop(open);
+        let start = Instant::now();
         let tag = self.tags.lock().unwrap().get(&job_id).cloned().flatten();
         self.log.ran.lock().unwrap().push((job_id, tag));
         if self.log.crash_next.swap(false, Ordering::SeqCst) {
+            self.handle.set_loaded_for_test(None);
             return Err(SupervisorError::WorkerCrashed(
                 crate::supervisor::CrashCause::Died("scripted".into()),
             ));
@@ -87,6 +104,11 @@ impl JobRunner for ScriptedRunner {
             height: job.height,
             rgb: vec![128; (job.width * job.height * 3) as usize],
         };
+        self.log
+            .spans
+            .lock()
+            .unwrap()
+            .push((self.worker, job_id, start, Instant::now()));
         Ok(vec![image; job.batch as usize])
     }
     fn rotate_keys(&mut self) -> Result<u64, SupervisorError> {
@@ -96,7 +118,7 @@ impl JobRunner for ScriptedRunner {
         false
     }
     fn handle(&self) -> SupervisorHandle {
-        SupervisorHandle::detached()
+        self.handle.clone()
     }
     fn shutdown(&mut self) {}
 }
@@ -110,11 +132,16 @@ struct Harness {
 
 impl Harness {
     fn new(limits: &str, step_ms: u64) -> Self {
+        Self::pool(limits, step_ms, 1, "")
+    }
+
+    /// `workers` scripted workers; `models`: more `[[model]]` tables.
+    fn pool(limits: &str, step_ms: u64, workers: usize, models: &str) -> Self {
         let toml = format!(
             "[limits]\n{limits}\n[audit]\nsink = \"/nonexistent/weave-test-sink\"\n\
              [[model]]\nid = \"digits\"\nkind = \"sd1\"\npath = \"/m\"\n\
              [model.defaults]\nwidth = 32\nheight = 32\nsteps = 3\nguidance = 1.0\n\
-             scheduler = \"ddim\"\n"
+             scheduler = \"ddim\"\n{models}"
         );
         let settings = Config::from_toml_str(&toml, Path::new("/test.toml"), Mode::User).unwrap();
         let audit = Arc::new(AuditLog::new(
@@ -125,15 +152,30 @@ impl Harness {
         let log = Arc::new(ScriptLog::default());
         *log.gate.lock().unwrap() = true;
         let tags = Arc::new(Mutex::new(HashMap::new()));
-        let broker = Broker::new(settings, Mode::User, audit, SupervisorHandle::detached());
-        let mut runner = ScriptedRunner {
-            log: Arc::clone(&log),
-            tags: Arc::clone(&tags),
-            step_ms,
-        };
+        let runners: Vec<ScriptedRunner> = (0..workers)
+            .map(|worker| ScriptedRunner {
+                worker,
+                log: Arc::clone(&log),
+                tags: Arc::clone(&tags),
+                step_ms,
+                handle: SupervisorHandle::detached(),
+            })
+            .collect();
+        let pool = runners
+            .iter()
+            .map(|runner| super::PoolWorker {
+                device: weave_common::config::Device::Cpu,
+                handle: runner.handle.clone(),
+            })
+            .collect();
+        let broker = Broker::new(settings, Mode::User, audit, pool);
+        let runners: Vec<Box<dyn JobRunner>> = runners
+            .into_iter()
+            .map(|runner| Box::new(runner) as Box<dyn JobRunner>)
+            .collect();
         let thread = {
             let broker = Arc::clone(&broker);
-            std::thread::spawn(move || broker.run_scheduler(&mut runner))
+            std::thread::spawn(move || broker.run_scheduler(runners))
         };
         Self {
             broker,
@@ -149,8 +191,12 @@ impl Harness {
     }
 
     fn submit(&self, uid: u32, tag: Option<&str>) -> Result<Admission, ErrorCode> {
+        self.submit_on("digits", uid, tag)
+    }
+
+    fn submit_on(&self, model: &str, uid: u32, tag: Option<&str>) -> Result<Admission, ErrorCode> {
         let request = GenerateRequest {
-            model_id: "digits".into(),
+            model_id: model.into(),
             prompt: "7".into(),
             negative_prompt: String::new(),
             width: None,
@@ -293,6 +339,9 @@ fn crash_fails_the_job_and_the_next_succeeds() {
         2,
         "reloaded after crash"
     );
+    let again = harness.submit(1, None).unwrap();
+    assert!(matches!(last_event(&again), Response::Finished { .. }));
+    assert_eq!(harness.log.loads.load(Ordering::SeqCst), 2, "warm");
 }
 
 #[test]

@@ -63,6 +63,11 @@ pub struct SupervisorStatus {
 }
 
 impl SupervisorStatus {
+    /// The snapshot of a worker not started yet.
+    pub fn down() -> Self {
+        Self::new()
+    }
+
     pub(super) fn new() -> Self {
         Self {
             state: WorkerState::Down,
@@ -93,6 +98,7 @@ impl SupervisorStatus {
             return ChannelStatsReport {
                 key_generation: 0,
                 segments: Vec::new(),
+                workers: Vec::new(),
             };
         };
         ChannelStatsReport {
@@ -119,6 +125,7 @@ impl SupervisorStatus {
                     replays_rejected: c.received.replays_rejected,
                 },
             ],
+            workers: Vec::new(),
         }
     }
 
@@ -172,6 +179,15 @@ impl SupervisorHandle {
 
     pub fn state(&self) -> SupervisorStatus {
         lock(&self.status).clone()
+    }
+
+    /// Sets what the worker holds (a scripted runner's load, in unit tests
+    /// of the modules that read status).
+    #[cfg(test)]
+    pub(crate) fn set_loaded_for_test(&self, loaded: Option<LoadInfo>) {
+        let mut status = lock(&self.status);
+        status.state = WorkerState::Ready;
+        status.loaded = loaded;
     }
 
     pub fn is_quarantined(&self, model_id: &str) -> bool {

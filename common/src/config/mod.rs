@@ -29,6 +29,7 @@ mod document;
 mod loras;
 mod paths;
 mod permissions;
+pub mod pool;
 mod problem;
 mod read;
 mod rules;
@@ -302,5 +303,7 @@ fn parse_and_validate(
 
 #[cfg(test)]
 mod lora_tests;
+#[cfg(test)]
+mod pool_tests;
 #[cfg(test)]
 mod tests;

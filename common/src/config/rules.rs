@@ -78,6 +78,9 @@ pub(super) fn validate(
     check_bounds(&config.bounds, &mut report);
     check_audit_and_worker(&config, &mut report);
     check_models(&mut config, &mut report);
+    for (path, problem, fix) in super::pool::check(&config) {
+        report.invalid(&path, problem, fix);
+    }
     let model_ids: Vec<&str> = config.models.iter().map(|m| m.id.as_str()).collect();
     let config_dir = context.source.parent().unwrap_or(Path::new("/"));
     let found = super::loras::check_loras(

@@ -258,6 +258,13 @@ pub struct WorkerConfig {
     /// so a compromised worker could then create new code. Off (the default):
     /// oneDNN is switched off before the sandbox and `PROT_EXEC` is refused.
     pub seccomp_exec_mappings: bool,
+    /// How many workers run on `device` (each its own sandboxed process, keys
+    /// and segments). Unset: one, or one per entry of `devices`.
+    pub count: Option<u32>,
+    /// One worker per entry, each on that device (instead of `device`);
+    /// `["auto"]` alone: one per GPU the broker sees (`/dev/nvidiaN`), else
+    /// one CPU worker. See [`super::pool`].
+    pub devices: Option<Vec<Device>>,
 }
 
 /// The most libtorch threads `torch_threads` may ask for.
@@ -357,6 +364,11 @@ pub struct ModelConfig {
     pub native_size: Option<u32>,
     #[serde(default, skip_serializing_if = "ModelBounds::is_empty")]
     pub bounds: ModelBounds,
+    /// The most workers of the pool that may hold this model at once, so one
+    /// popular model does not take the whole box; unset: no limit but the
+    /// pool's size.
+    #[serde(default)]
+    pub max_workers: Option<u32>,
 }
 
 impl ModelConfig {

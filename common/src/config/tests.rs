@@ -1345,6 +1345,7 @@ fn every_key_is_documented_in_config_md() {
             negative_prompt: Some(String::new()),
         },
         native_size: None,
+        max_workers: None,
         bounds: ModelBounds {
             min_width: Some(8),
             max_width: Some(8),

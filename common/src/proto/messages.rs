@@ -403,6 +403,35 @@ pub struct StatusReport {
     /// `/proc/PID/status`; `None` while no worker runs. Added in protocol
     /// version 2.
     pub worker_memory: Option<WorkerMemory>,
+    /// Every worker of the pool (`[worker] count` / `devices`), in index
+    /// order; the fields above describe worker 0 (`queue_depth`, `draining`
+    /// and `uptime_s` the daemon). Added in protocol version 2.
+    pub workers: Vec<WorkerReport>,
+}
+
+/// One worker of the pool, as `Status` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// Its index in the pool, from 0; audit records and `JobInfo::worker`
+    /// name workers by it.
+    pub index: u32,
+    /// The device it runs on: what the worker reported in `Ready` (`auto`
+    /// resolved), else the configured one.
+    pub device: Device,
+    pub state: WorkerState,
+    /// Starts after its first.
+    pub restarts: u32,
+    /// The model it holds, if any.
+    pub loaded: Option<LoadedModel>,
+    /// The job it runs (or loads a model for), if any.
+    pub job_id: Option<u64>,
+    /// Model loads it made since the daemon started (how much the pool
+    /// thrashes).
+    pub loads: u64,
+    /// Its process's memory (`/proc/PID/status`); `None` while it is down.
+    pub memory: Option<WorkerMemory>,
+    /// Its confinement, as `StatusReport::sandbox`.
+    pub sandbox: String,
 }
 
 /// A process's memory as the kernel counts it (`VmRSS`, `VmHWM`).
@@ -462,6 +491,10 @@ pub struct JobInfo {
     /// Why a `Failed` job failed (what its caller received); `None`
     /// otherwise. Added in protocol version 2.
     pub error: Option<ErrorCode>,
+    /// The index of the worker it runs or ran on ([`WorkerReport::index`]);
+    /// `None` while queued or when it never reached a worker. Added in
+    /// protocol version 2.
+    pub worker: Option<u32>,
 }
 
 /// `Finished` and `Failed` are the broker's recent history (the last
@@ -485,6 +518,19 @@ pub const JOB_HISTORY: usize = 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelStatsReport {
     /// Increments at every key rotation and worker start.
+    pub key_generation: u64,
+    /// Worker 0's segments (as in `workers[0]`).
+    pub segments: Vec<SegmentStats>,
+    /// Every worker's own channel (each has its own keys and segments), in
+    /// index order. Added in protocol version 2.
+    pub workers: Vec<WorkerChannelStats>,
+}
+
+/// One worker's channel counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerChannelStats {
+    /// [`WorkerReport::index`].
+    pub worker: u32,
     pub key_generation: u64,
     pub segments: Vec<SegmentStats>,
 }

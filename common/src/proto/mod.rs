@@ -26,7 +26,8 @@ pub use frame::{
 pub use messages::{
     ChannelDirection, ChannelStatsReport, GenerateRequest, GenerationDefaults, JobInfo, JobState,
     LoadedModel, LoraChoice, Mode, ModelInfo, ParseSchedulerError, Request, Response, Role,
-    Scheduler, SegmentStats, StatusReport, WorkerMemory, WorkerState, JOB_HISTORY,
+    Scheduler, SegmentStats, StatusReport, WorkerChannelStats, WorkerMemory, WorkerReport,
+    WorkerState, JOB_HISTORY,
 };
 pub use named::Named;
 

@@ -11,7 +11,13 @@
 //! 3. otherwise the idle worker whose eviction costs least loads the model:
 //!    a worker holding nothing first, then the one idle longest. A worker
 //!    pinned to another model, or whose device has too little memory for
-//!    the model, is never chosen;
+//!    the model, is never chosen. While a busy worker already holds the
+//!    model, a worker whose own model is *fresh* (used more recently than it
+//!    takes to load) is not evicted for a second copy either: the job waits
+//!    for the warm worker instead, so two models used in turn on two workers
+//!    stay put. After its load time idle the fresh model may go, so a
+//!    popular model still spreads (the ski-rental rule: the wait never costs
+//!    more than the reload it saves);
 //! 4. otherwise the job waits; where no worker could ever run it (every
 //!    device too small, or pinned to other models) the wait is final and
 //!    the caller should be told so.
@@ -48,6 +54,9 @@ pub struct WorkerSlot<'a> {
     /// Memory of the worker's device in bytes; `None` when it does not limit
     /// placement (a CPU worker, or not known yet).
     pub device_memory: Option<u64>,
+    /// Its model was used more recently than that model takes to load (see
+    /// rule 3 in the module docs).
+    pub fresh: bool,
 }
 
 /// What one job asks of the pool.
@@ -119,10 +128,12 @@ pub fn place(demand: &Demand<'_>, workers: &[WorkerSlot<'_>]) -> Result<Placemen
     if demand.max_workers.is_some_and(|max| holding >= max) {
         return Err(Wait::AtMaxWorkers);
     }
+    let warm_busy = holding > 0;
     workers
         .iter()
         .enumerate()
         .filter(|(_, w)| !w.busy && could_ever(w))
+        .filter(|(_, w)| !(warm_busy && w.fresh && w.loaded.is_some()))
         // Empty workers first, then the longest idle; ties by index.
         .min_by_key(|(index, w)| (w.loaded.is_some(), w.idle_since, *index))
         .map(|(worker, w)| Placement::Cold {
@@ -185,6 +196,7 @@ mod tests {
             idle_since,
             pinned: None,
             device_memory: None,
+            fresh: false,
         }
     }
 
@@ -234,6 +246,28 @@ mod tests {
                 evicts: true
             })
         );
+    }
+
+    #[test]
+    fn a_fresh_model_is_not_evicted_for_a_second_copy() {
+        let mut fresh = idle(Some("b"), 5);
+        fresh.fresh = true;
+        // a runs on a busy worker: the job waits for it rather than evict b.
+        let workers = [busy(Some("a")), fresh.clone()];
+        assert_eq!(place(&demand("a"), &workers), Err(Wait::Busy));
+        // Stale, b may go.
+        let stale = idle(Some("b"), 5);
+        assert_eq!(
+            place(&demand("a"), &[busy(Some("a")), stale]),
+            Ok(Placement::Cold {
+                worker: 1,
+                evicts: true
+            })
+        );
+        // With no warm worker, a fresh model is still evicted (waiting would
+        // gain nothing), and an empty worker is always taken.
+        assert!(place(&demand("c"), &[busy(Some("a")), fresh.clone()]).is_ok());
+        assert!(place(&demand("a"), &[busy(Some("a")), fresh, idle(None, 0)]).is_ok());
     }
 
     #[test]

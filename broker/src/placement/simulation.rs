@@ -227,6 +227,9 @@ fn dispatch_one(
             idle_since: (worker.idle_since * 1e6) as u64,
             pinned: None,
             device_memory: *device,
+            fresh: worker.loaded.is_some_and(|m| {
+                worker.busy_until <= now && now - worker.idle_since < scenario.models[m].load_s
+            }),
         })
         .collect();
     next_dispatch(&order, &slots, scenario.lookahead)

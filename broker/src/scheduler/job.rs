@@ -37,7 +37,7 @@ impl Broker {
         }
         // The lane keeps naming the model while it loads (the dispatcher set
         // it), so placement counts this worker for `max_workers` already.
-        runner.load(model_id).map_err(|error| {
+        let info = runner.load(model_id).map_err(|error| {
             self.set_loaded(index, None);
             if let SupervisorError::PinMismatch { model_id } = &error {
                 // By id, never its path, in the log (below) and the audit.
@@ -60,6 +60,7 @@ impl Broker {
                 model_id: model_id.to_owned(),
                 since: now,
                 last_use: now,
+                load_time: std::time::Duration::from_millis(info.load_ms),
             }),
         );
         Ok(())

@@ -93,12 +93,13 @@ impl Broker {
             let now = Instant::now();
             // What the worker holds, whatever the job's end: a job that
             // stopped before its load leaves the dispatcher's name behind.
-            let holds = snapshot.loaded_model();
-            if lane.loaded.as_ref().map(|l| l.model_id.as_str()) != holds {
-                lane.loaded = holds.map(|model_id| super::LoadedState {
-                    model_id: model_id.to_owned(),
+            let holds = snapshot.loaded.as_ref();
+            if lane.loaded.as_ref().map(|l| l.model_id.as_str()) != holds.map(|i| &*i.model_id) {
+                lane.loaded = holds.map(|info| super::LoadedState {
+                    model_id: info.model_id.clone(),
                     since: now,
                     last_use: now,
+                    load_time: Duration::from_millis(info.load_ms),
                 });
             }
             if let Some(loaded) = lane.loaded.as_mut() {

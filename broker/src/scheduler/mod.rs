@@ -108,6 +108,9 @@ struct LoadedState {
     model_id: String,
     since: Instant,
     last_use: Instant,
+    /// How long its load took (placement keeps a model used more recently
+    /// than this: see `crate::placement`).
+    load_time: Duration,
 }
 
 struct State {

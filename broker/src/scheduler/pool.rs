@@ -182,6 +182,10 @@ impl Gather {
     }
 }
 
+/// The shortest a model counts as fresh after its last job (a load that
+/// took less is still a process start, a file read and a handshake away).
+const MIN_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The placement policy's view of the lanes. A lane holding a pinned model
 /// keeps it for that model alone, unless the pool has one worker (then the
 /// pin only stops the idle unload, so other models still run).
@@ -190,6 +194,7 @@ pub(super) fn slots<'a>(
     pinned: &std::collections::HashSet<String>,
     epoch: Instant,
 ) -> Vec<WorkerSlot<'a>> {
+    let now = Instant::now();
     let strict_pins = lanes.len() > 1;
     lanes
         .iter()
@@ -204,6 +209,10 @@ pub(super) fn slots<'a>(
                 .unwrap_or(u64::MAX),
                 pinned: loaded.filter(|model| strict_pins && pinned.contains(*model)),
                 device_memory: None,
+                fresh: lane.loaded.as_ref().is_some_and(|l| {
+                    let idle_for = now.saturating_duration_since(l.last_use);
+                    idle_for < l.load_time.max(MIN_FRESH)
+                }),
             }
         })
         .collect()

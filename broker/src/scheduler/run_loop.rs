@@ -181,6 +181,7 @@ impl Broker {
                 model_id: entry.item.params.model_id.clone(),
                 since: now,
                 last_use: now,
+                load_time: Duration::ZERO,
             });
         }
         lane.running = Some(RunningJob::of(&entry));

@@ -4,8 +4,9 @@
 //! ([`simulation`]) that shows the policy at many devices.
 //!
 //! For one job the rules are, in order:
-//! 1. an idle worker that already holds the job's model (with its LoRA set:
-//!    one key) runs it, with no load;
+//! 1. an idle worker that already holds the job's model runs it, with no
+//!    load: one whose last job had the same LoRA set first (the worker keeps
+//!    a set merged until a job asks for another);
 //! 2. a model holds at most its `max_workers` workers: at that count the job
 //!    waits for one of them rather than loading the model once more;
 //! 3. otherwise the idle worker whose eviction costs least loads the model:
@@ -43,8 +44,10 @@ pub mod simulation;
 pub struct WorkerSlot<'a> {
     /// Running or loading for a job.
     pub busy: bool,
-    /// The model (with its LoRA set) the worker holds, if any.
+    /// The model the worker holds, if any.
     pub loaded: Option<&'a str>,
+    /// The LoRA set merged into it (as [`Demand::loras`] spells it).
+    pub loras: &'a str,
     /// When the worker last finished work, on any monotonic clock: the
     /// smaller, the longer it has been idle.
     pub idle_since: u64,
@@ -62,8 +65,11 @@ pub struct WorkerSlot<'a> {
 /// What one job asks of the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Demand<'a> {
-    /// The model with its LoRA set, as [`WorkerSlot::loaded`] spells it.
+    /// The model, as [`WorkerSlot::loaded`] spells it.
     pub model: &'a str,
+    /// Its LoRA set in one string (ids and weights in request order; empty:
+    /// none).
+    pub loras: &'a str,
     /// Bytes the model takes on a device; `None` when not known yet.
     pub memory: Option<u64>,
     /// The model's `max_workers`; `None`: no limit but the pool's size.
@@ -105,9 +111,11 @@ pub enum Wait {
 
 /// Where `demand` runs now, or why it waits.
 pub fn place(demand: &Demand<'_>, workers: &[WorkerSlot<'_>]) -> Result<Placement, Wait> {
+    let warm = |w: &WorkerSlot<'_>| !w.busy && w.loaded == Some(demand.model);
     if let Some(worker) = workers
         .iter()
-        .position(|w| !w.busy && w.loaded == Some(demand.model))
+        .position(|w| warm(w) && w.loras == demand.loras)
+        .or_else(|| workers.iter().position(warm))
     {
         return Ok(Placement::Warm { worker });
     }
@@ -193,6 +201,7 @@ mod tests {
         WorkerSlot {
             busy: false,
             loaded,
+            loras: "",
             idle_since,
             pinned: None,
             device_memory: None,
@@ -210,9 +219,35 @@ mod tests {
     fn demand(model: &str) -> Demand<'_> {
         Demand {
             model,
+            loras: "",
             memory: None,
             max_workers: None,
         }
+    }
+
+    #[test]
+    fn a_warm_worker_with_the_same_lora_set_is_preferred() {
+        let mut bold = idle(Some("a"), 0);
+        bold.loras = "bold:0.8";
+        let workers = [idle(Some("a"), 0), bold];
+        let with_bold = Demand {
+            loras: "bold:0.8",
+            ..demand("a")
+        };
+        assert_eq!(
+            place(&with_bold, &workers),
+            Ok(Placement::Warm { worker: 1 })
+        );
+        assert_eq!(
+            place(&demand("a"), &workers),
+            Ok(Placement::Warm { worker: 0 })
+        );
+        // Another set on the only warm worker still runs warm (a merge is
+        // cheaper than a load).
+        assert_eq!(
+            place(&with_bold, &workers[..1]),
+            Ok(Placement::Warm { worker: 0 })
+        );
     }
 
     #[test]

@@ -207,6 +207,7 @@ fn dispatch_one(
             let model = &scenario.models[scenario.jobs[job].model];
             let demand = Demand {
                 model: &model.name,
+                loras: "",
                 memory: Some(model.memory),
                 max_workers: model.max_workers,
             };
@@ -223,6 +224,7 @@ fn dispatch_one(
         .map(|(worker, device)| WorkerSlot {
             busy: worker.busy_until > now,
             loaded: worker.loaded.map(|m| scenario.models[m].name.as_str()),
+            loras: "",
             // Microseconds keep the order of idle times.
             idle_since: (worker.idle_since * 1e6) as u64,
             pinned: None,

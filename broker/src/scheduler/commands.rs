@@ -134,6 +134,7 @@ fn load_target(state: &State, model_id: &str, epoch: std::time::Instant) -> usiz
     let slots = pool::slots(&state.lanes, &state.pinned, epoch);
     let demand = Demand {
         model: model_id,
+        loras: "",
         memory: None,
         max_workers: None,
     };

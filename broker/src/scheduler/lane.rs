@@ -105,6 +105,12 @@ impl Broker {
             if let Some(loaded) = lane.loaded.as_mut() {
                 loaded.last_use = now;
             }
+            // The set the worker now has merged, as far as the broker
+            // knows: a failed job may have stopped before or after its merge.
+            lane.loras = match &result {
+                Ok(()) => super::pool::lora_key(&entry.item.params.loras),
+                Err(_) => String::from("?"),
+            };
             lane.running.take()
         });
         if let Some(ran) = ran {

@@ -41,6 +41,8 @@ pub(super) struct Lane {
     pub device: Device,
     pub running: Option<RunningJob>,
     pub loaded: Option<LoadedState>,
+    /// The LoRA set its last job merged ([`lora_key`]); empty: none.
+    pub loras: String,
     /// Tasks handed to its thread and not finished; the dispatcher gives a
     /// job only to a lane with none.
     pub outstanding: usize,
@@ -80,6 +82,7 @@ pub(super) fn lanes(workers: Vec<PoolWorker>) -> (Vec<Lane>, PoolHandles) {
             device: worker.device,
             running: None,
             loaded: None,
+            loras: String::new(),
             outstanding: 0,
             idle_since: now,
             loads: 0,
@@ -182,6 +185,16 @@ impl Gather {
     }
 }
 
+/// A job's LoRA set in one string, as placement compares them: ids and
+/// weights in request order (the order they are merged in).
+pub(super) fn lora_key(loras: &[weave_common::worker_proto::WorkerLora]) -> String {
+    loras
+        .iter()
+        .map(|lora| format!("{}:{}", lora.id, lora.weight))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The shortest a model counts as fresh after its last job (a load that
 /// took less is still a process start, a file read and a handshake away).
 const MIN_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
@@ -203,6 +216,7 @@ pub(super) fn slots<'a>(
             WorkerSlot {
                 busy: !lane.is_idle(),
                 loaded,
+                loras: &lane.loras,
                 idle_since: u64::try_from(
                     lane.idle_since.saturating_duration_since(epoch).as_millis(),
                 )

@@ -114,16 +114,24 @@ impl Broker {
                     .model(model)
                     .and_then(|m| m.max_workers)
                     .and_then(|max| usize::try_from(max).ok());
-                jobs.push((entry.id, model.to_owned(), entry.item.passed, max_workers));
+                let loras = pool::lora_key(&entry.item.params.loras);
+                jobs.push((
+                    entry.id,
+                    model.to_owned(),
+                    loras,
+                    entry.item.passed,
+                    max_workers,
+                ));
             }
         }
         let slots = pool::slots(&state.lanes, &state.pinned, epoch);
         let candidates: Vec<Candidate<'_, u64>> = jobs
             .iter()
-            .map(|(id, model, passed, max_workers)| Candidate {
+            .map(|(id, model, loras, passed, max_workers)| Candidate {
                 job: *id,
                 demand: Demand {
                     model,
+                    loras,
                     memory: None,
                     max_workers: *max_workers,
                 },

@@ -61,7 +61,9 @@ impl Broker {
         let running = state.running_uids();
         if let Err(error) = state.queue.check_room(uid, &running) {
             let queued = u32::try_from(state.queue.len()).unwrap_or(u32::MAX);
-            let per_job = state.recent_job_ms.max(100);
+            // A place frees up about every job length over the workers.
+            let workers = u32::try_from(state.lanes.len()).unwrap_or(1).max(1);
+            let per_job = (state.recent_job_ms / workers).max(100);
             let retry_after_ms = match error {
                 AdmissionError::QueueFull => per_job,
                 AdmissionError::OwnerQueueFull => per_job.saturating_mul(queued.clamp(1, 8)),

@@ -139,9 +139,13 @@ impl PoolHandles {
 
     /// Lifts the quarantine on every worker; whether any had it.
     pub fn clear_quarantine(&self, model_id: &str) -> bool {
-        self.handles
+        // Every handle, not the first that had it (no short circuit).
+        let cleared: Vec<bool> = self
+            .handles
             .iter()
-            .fold(false, |any, h| h.clear_quarantine(model_id) || any)
+            .map(|h| h.clear_quarantine(model_id))
+            .collect();
+        cleared.contains(&true)
     }
 
     pub(super) fn take_receiver(&self, index: usize) -> Option<Receiver<LaneTask>> {

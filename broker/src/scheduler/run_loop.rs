@@ -147,10 +147,7 @@ impl Broker {
         drop(slots);
         if let Some(job_id) = never {
             if let Some(entry) = state.queue.remove(job_id) {
-                eprintln!(
-                    "weave-broker: job {job_id}: {}",
-                    Wait::NoWorkerFits.to_string()
-                );
+                eprintln!("weave-broker: job {job_id}: {}", Wait::NoWorkerFits);
                 let _ = entry
                     .item
                     .events

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use weave_common::config::Device;
 use weave_common::proto::{ErrorCode, GenerateRequest, Request, Response, StatusReport};
 use weave_tests::{
     digits_request, require_digits, require_root, workers_of, AuditSink, BrokerProcess, Client,
@@ -22,6 +23,16 @@ struct Setup {
 
 /// A broker with two CPU workers; `extra`: tables after the digits model.
 fn start(name: &str, limits: &str, extra: &str) -> Option<Setup> {
+    start_with(
+        name,
+        "device = \"cpu\"\ncount = 2\ntorch_threads = 1\n",
+        limits,
+        extra,
+    )
+}
+
+/// A broker whose `[worker]` table is `worker`.
+fn start_with(name: &str, worker: &str, limits: &str, extra: &str) -> Option<Setup> {
     if !require_root(name) || !require_digits(name) {
         return None;
     }
@@ -30,7 +41,7 @@ fn start(name: &str, limits: &str, extra: &str) -> Option<Setup> {
     let etc = scratch.join("etc");
     std::fs::create_dir(&etc).unwrap();
     let mut config = TestConfig::digits(&sink.path);
-    config.worker = "device = \"cpu\"\ncount = 2\ntorch_threads = 1\n".into();
+    config.worker = worker.to_owned();
     config.limits = format!(
         "queue_depth = 64\nper_client_queue_depth = 64\nrate_burst = 100\n\
          rate_per_minute = 1000\n{limits}"
@@ -327,4 +338,44 @@ fn two_tags_are_served_in_turn_with_the_pool() {
             "not served in turn: {order:?}"
         );
     }
+}
+
+#[test]
+fn a_device_list_gives_one_worker_per_entry_and_auto_one_cpu_worker_here() {
+    let Some(listed) = start_with(
+        "pool_devices",
+        "devices = [\"cpu\", \"cpu\"]\ntorch_threads = 1\n",
+        "",
+        "",
+    ) else {
+        return;
+    };
+    let report = status(&listed.broker.socket);
+    let devices: Vec<_> = report.workers.iter().map(|w| (w.index, w.device)).collect();
+    assert_eq!(devices, vec![(0, Device::Cpu), (1, Device::Cpu)]);
+    drop(listed);
+    // No /dev/nvidiaN on a CI machine: `auto` is one CPU worker.
+    let has_gpu_nodes = std::fs::read_dir("/dev").unwrap().flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.strip_prefix("nvidia")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    });
+    let Some(auto) = start_with("pool_auto", "devices = [\"auto\"]\n", "", "") else {
+        return;
+    };
+    let report = status(&auto.broker.socket);
+    if has_gpu_nodes {
+        assert!(report
+            .workers
+            .iter()
+            .all(|w| matches!(w.device, Device::Cuda(_))));
+    } else {
+        assert_eq!(report.workers.len(), 1, "{report:?}");
+        assert_eq!(report.workers[0].device, Device::Cpu);
+    }
+    let events = Client::hello(&auto.broker.socket).generate(digits_request("2"));
+    assert!(
+        matches!(events.last(), Some(Response::Finished { .. })),
+        "{events:?}"
+    );
 }

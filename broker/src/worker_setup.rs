@@ -99,14 +99,35 @@ pub fn start_pool(config: &Config) -> Result<Vec<(Device, WorkerSupervisor)>, Wo
     let worker = worker_executable()?;
     let base = supervisor_config(config, worker);
     let devices = pool::worker_devices(&config.worker, &visible_gpus());
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let threads = pool_torch_threads(config.worker.torch_threads, &devices, cpus);
     Ok(devices
         .into_iter()
         .map(|device| {
             let mut supervisor = base.clone();
             supervisor.device = device;
+            supervisor.torch_threads = threads;
             (device, WorkerSupervisor::new(supervisor))
         })
         .collect())
+}
+
+/// Each worker's libtorch threads: `torch_threads` when set; unset, with
+/// several workers computing on the CPU, the CPUs shared out among them
+/// (at least one each), since libtorch's default of one thread per CPU in
+/// every worker would make them spin against each other.
+fn pool_torch_threads(configured: Option<u32>, devices: &[Device], cpus: usize) -> Option<u32> {
+    let on_cpu = devices
+        .iter()
+        .filter(|d| matches!(d, Device::Cpu | Device::Auto))
+        .count();
+    match configured {
+        Some(threads) => Some(threads),
+        None if devices.len() > 1 && on_cpu > 0 => {
+            u32::try_from((cpus / devices.len()).max(1)).ok()
+        }
+        None => None,
+    }
 }
 
 /// The CUDA device indices whose nodes the broker sees (`/dev/nvidiaN`),
@@ -121,4 +142,23 @@ fn visible_gpus() -> Vec<u32> {
         })
         .unwrap_or_default();
     pool::gpu_indices(names.iter().map(String::as_str))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_cpu_workers_share_the_cpus_unless_threads_are_set() {
+        let two_cpu = [Device::Cpu, Device::Cpu];
+        assert_eq!(pool_torch_threads(None, &two_cpu, 16), Some(8));
+        assert_eq!(pool_torch_threads(None, &two_cpu, 1), Some(1));
+        assert_eq!(pool_torch_threads(Some(3), &two_cpu, 16), Some(3));
+        // One worker, or GPUs only: libtorch's own default.
+        assert_eq!(pool_torch_threads(None, &[Device::Cpu], 16), None);
+        assert_eq!(
+            pool_torch_threads(None, &[Device::Cuda(0), Device::Cuda(1)], 16),
+            None
+        );
+    }
 }

@@ -111,12 +111,17 @@ fn status(socket: &Path) -> StatusReport {
     }
 }
 
-/// Waits until every worker of the pool runs a job (both have loaded).
+/// Waits until every worker of the pool runs a job with its model loaded.
 fn wait_both_running(socket: &Path) -> StatusReport {
     let end = Instant::now() + Duration::from_secs(240);
     loop {
         let report = status(socket);
-        if report.workers.len() == 2 && report.workers.iter().all(|w| w.job_id.is_some()) {
+        // A job is placed before its worker starts; memory_bytes is the
+        // worker's own report of the model it loaded.
+        let running = |w: &weave_common::proto::WorkerReport| {
+            w.job_id.is_some() && w.loaded.as_ref().is_some_and(|l| l.memory_bytes > 0)
+        };
+        if report.workers.len() == 2 && report.workers.iter().all(running) {
             return report;
         }
         assert!(Instant::now() < end, "both workers never ran: {report:?}");
@@ -378,4 +383,44 @@ fn a_device_list_gives_one_worker_per_entry_and_auto_one_cpu_worker_here() {
         matches!(events.last(), Some(Response::Finished { .. })),
         "{events:?}"
     );
+}
+
+/// Threads of process `pid` (`/proc/PID/status`).
+fn thread_count(pid: u32) -> usize {
+    weave_tests::proc_status_field(pid, "Threads")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn unset_torch_threads_share_the_cpus_among_the_workers() {
+    let Some(setup) = start_with("pool_threads", "device = \"cpu\"\ncount = 2\n", "", "") else {
+        return;
+    };
+    let socket = &setup.broker.socket;
+    let jobs = [
+        spawn_job(socket, slow_request("digits")),
+        spawn_job(socket, slow_request("digits")),
+    ];
+    wait_both_running(socket);
+    let counts: Vec<usize> = workers_of(setup.broker.pid())
+        .into_iter()
+        .map(thread_count)
+        .collect();
+    for job in jobs {
+        assert!(matches!(
+            job.join().unwrap().last,
+            Response::Finished { .. }
+        ));
+    }
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(counts.len(), 2);
+    // Each worker gets cpus / 2 libtorch threads; libtorch's default (one
+    // per CPU in each) would start at least `cpus` threads in each.
+    for count in &counts {
+        assert!(
+            *count < cpus.max(2),
+            "worker threads {counts:?} with {cpus} CPUs"
+        );
+    }
 }

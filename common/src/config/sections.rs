@@ -249,9 +249,11 @@ pub struct WorkerConfig {
     /// seccomp violations trap and are logged instead of killing the worker.
     /// For developing the allowlist; refused in system mode.
     pub seccomp_debug: bool,
-    /// libtorch's intra-op thread count in the worker (and one inter-op
+    /// libtorch's intra-op thread count in each worker (and one inter-op
     /// thread). Unset: libtorch's default, one per CPU the worker may run on,
-    /// which spins against every other process on a loaded machine.
+    /// which spins against every other process on a loaded machine; with
+    /// several workers on the CPU, the CPUs divided among them (at least one
+    /// each).
     pub torch_threads: Option<u32>,
     /// Let oneDNN run, at the price of allowing executable mappings after
     /// initialization: its JIT writes convolution kernels into RWX memory,

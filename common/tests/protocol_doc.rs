@@ -23,7 +23,8 @@ use weave_common::proto::{
     decode_request, decode_response, encode_request, encode_response, ChannelDirection,
     ChannelStatsReport, ErrorCode, GenerateRequest, GenerationDefaults, JobInfo, JobState,
     LoadedModel, Mode, ModelInfo, Request, Response, Role, Scheduler, SegmentStats, StatusReport,
-    WorkerMemory, WorkerState, DEFAULT_MAX_RESPONSE_FRAME, FRAME_PREFIX_LEN, PROTOCOL_VERSION,
+    WorkerChannelStats, WorkerMemory, WorkerReport, WorkerState, DEFAULT_MAX_RESPONSE_FRAME,
+    FRAME_PREFIX_LEN, PROTOCOL_VERSION,
 };
 use weave_common::validate::ParamBounds;
 
@@ -226,29 +227,66 @@ fn examples() -> BTreeMap<&'static str, Example> {
             reason: Some("path /m/sd15 does not exist".into()),
         }]),
     );
+    // A pool of two GPU workers: worker 0 idle with sd15 warm, worker 1
+    // running job 7 (the job `response/jobs` shows) after one restart. The
+    // top-level worker fields repeat worker 0, as the broker sends them.
+    let idle_sd15 = LoadedModel {
+        model_id: model_id(),
+        loaded_for_s: 600,
+        idle_for_s: 12,
+        memory_bytes: 2_147_483_648,
+    };
+    let worker0_memory = WorkerMemory {
+        resident_bytes: 1_073_741_824,
+        peak_bytes: 2_147_483_648,
+    };
     response(
         "response/status",
         Response::Status(StatusReport {
             daemon_version: "0.1.0".into(),
             mode: Mode::User,
             uptime_s: 3600,
-            loaded: Some(LoadedModel {
-                model_id: model_id(),
-                loaded_for_s: 600,
-                idle_for_s: 12,
-                memory_bytes: 2_147_483_648,
-            }),
-            queue_depth: 1,
+            loaded: Some(idle_sd15.clone()),
+            queue_depth: 0,
             draining: false,
             worker: WorkerState::Ready,
             worker_restarts: 0,
             sandbox: "landlock+seccomp".into(),
             device: Some(Device::Cuda(0)),
             worker_error: None,
-            worker_memory: Some(WorkerMemory {
-                resident_bytes: 1_073_741_824,
-                peak_bytes: 2_147_483_648,
-            }),
+            worker_memory: Some(worker0_memory),
+            workers: vec![
+                WorkerReport {
+                    index: 0,
+                    device: Device::Cuda(0),
+                    state: WorkerState::Ready,
+                    restarts: 0,
+                    loaded: Some(idle_sd15),
+                    job_id: None,
+                    loads: 1,
+                    memory: Some(worker0_memory),
+                    sandbox: "landlock+seccomp".into(),
+                },
+                WorkerReport {
+                    index: 1,
+                    device: Device::Cuda(1),
+                    state: WorkerState::Ready,
+                    restarts: 1,
+                    loaded: Some(LoadedModel {
+                        model_id: model_id(),
+                        loaded_for_s: 30,
+                        idle_for_s: 0,
+                        memory_bytes: 2_147_483_648,
+                    }),
+                    job_id: Some(7),
+                    loads: 2,
+                    memory: Some(WorkerMemory {
+                        resident_bytes: 1_258_291_200,
+                        peak_bytes: 2_147_483_648,
+                    }),
+                    sandbox: "landlock+seccomp".into(),
+                },
+            ],
         }),
     );
     response(
@@ -317,9 +355,10 @@ fn examples() -> BTreeMap<&'static str, Example> {
                 submitted_s_ago: 3,
                 step: 12,
                 total: 30,
-                device: Some(Device::Cuda(0)),
+                device: Some(Device::Cuda(1)),
                 run_ms: Some(2500),
                 error: None,
+                worker: Some(1),
             },
             JobInfo {
                 job_id: 6,
@@ -334,33 +373,70 @@ fn examples() -> BTreeMap<&'static str, Example> {
                 device: None,
                 run_ms: None,
                 error: Some(ErrorCode::TimedOut),
+                worker: None,
             },
         ]),
     );
+    // Each worker has its own channel: worker 0's keys were rotated twice
+    // since it started, worker 1 restarted once and is at generation 1.
+    let worker0_segments = vec![
+        SegmentStats {
+            direction: ChannelDirection::BrokerToWorker,
+            slots: 8,
+            slot_size: 65536,
+            write_seq: 150,
+            read_seq: 150,
+            crc_failures: 0,
+            tag_failures: 0,
+            replays_rejected: 0,
+        },
+        SegmentStats {
+            direction: ChannelDirection::WorkerToBroker,
+            slots: 8,
+            slot_size: 4_194_304,
+            write_seq: 420,
+            read_seq: 419,
+            crc_failures: 1,
+            tag_failures: 0,
+            replays_rejected: 2,
+        },
+    ];
     response(
         "response/channel_stats",
         Response::ChannelStats(ChannelStatsReport {
             key_generation: 3,
-            segments: vec![
-                SegmentStats {
-                    direction: ChannelDirection::BrokerToWorker,
-                    slots: 8,
-                    slot_size: 65536,
-                    write_seq: 150,
-                    read_seq: 150,
-                    crc_failures: 0,
-                    tag_failures: 0,
-                    replays_rejected: 0,
+            segments: worker0_segments.clone(),
+            workers: vec![
+                WorkerChannelStats {
+                    worker: 0,
+                    key_generation: 3,
+                    segments: worker0_segments,
                 },
-                SegmentStats {
-                    direction: ChannelDirection::WorkerToBroker,
-                    slots: 8,
-                    slot_size: 4_194_304,
-                    write_seq: 420,
-                    read_seq: 419,
-                    crc_failures: 1,
-                    tag_failures: 0,
-                    replays_rejected: 2,
+                WorkerChannelStats {
+                    worker: 1,
+                    key_generation: 1,
+                    segments: vec![
+                        SegmentStats {
+                            direction: ChannelDirection::BrokerToWorker,
+                            slots: 8,
+                            slot_size: 65536,
+                            write_seq: 12,
+                            read_seq: 12,
+                            crc_failures: 0,
+                            tag_failures: 0,
+                            replays_rejected: 0,
+                        },
+                        SegmentStats {
+                            direction: ChannelDirection::WorkerToBroker,
+                            slots: 8,
+                            slot_size: 4_194_304,
+                            write_seq: 40,
+                            read_seq: 40,
+                            crc_failures: 0,
+                            tag_failures: 0,
+                            replays_rejected: 0,
+                        },
+                    ],
                 },
             ],
         }),

@@ -251,24 +251,11 @@ func decodeResponse(body []byte) (*response, error) {
 			if d.some("error") {
 				j.Error = daemonErrorFor(d)
 			}
+			j.Worker = d.optU32("worker")
 			r.jobs = append(r.jobs, j)
 		}
 	case respChannelStats:
-		r.channel.KeyGeneration = d.u64("key_generation")
-		n := d.length("segments")
-		r.channel.Segments = make([]SegmentStats, 0, n)
-		for i := 0; i < n && d.err == nil; i++ {
-			r.channel.Segments = append(r.channel.Segments, SegmentStats{
-				Direction:       ChannelDirection(d.variant(uint32(channelDirectionCount), "direction")),
-				Slots:           d.u32("slots"),
-				SlotSize:        d.u32("slot_size"),
-				WriteSeq:        d.u64("write_seq"),
-				ReadSeq:         d.u64("read_seq"),
-				CRCFailures:     d.u64("crc_failures"),
-				TagFailures:     d.u64("tag_failures"),
-				ReplaysRejected: d.u64("replays_rejected"),
-			})
-		}
+		r.channel = decodeChannelStats(d)
 	case respOK, responseKindCount:
 	case respError:
 		r.err = daemonErrorFor(d)
@@ -317,14 +304,7 @@ func decodeStatus(d *decoder) StatusReport {
 		Mode:          Mode(d.variant(uint32(modeCount), "mode")),
 		UptimeS:       d.u64("uptime_s"),
 	}
-	if d.some("loaded") {
-		s.Loaded = &LoadedModel{
-			ModelID:     d.str("loaded.model_id"),
-			LoadedForS:  d.u64("loaded.loaded_for_s"),
-			IdleForS:    d.u64("loaded.idle_for_s"),
-			MemoryBytes: d.u64("loaded.memory_bytes"),
-		}
-	}
+	s.Loaded = decodeLoaded(d, "loaded")
 	s.QueueDepth = d.u32("queue_depth")
 	s.Draining = d.bool("draining")
 	s.Worker = WorkerState(d.variant(uint32(workerStateCount), "worker"))
@@ -332,11 +312,11 @@ func decodeStatus(d *decoder) StatusReport {
 	s.Sandbox = d.str("sandbox")
 	s.Device = d.optStr("device")
 	s.WorkerError = d.optStr("worker_error")
-	if d.some("worker_memory") {
-		s.WorkerMemory = &WorkerMemory{
-			ResidentBytes: d.u64("worker_memory.resident_bytes"),
-			PeakBytes:     d.u64("worker_memory.peak_bytes"),
-		}
+	s.WorkerMemory = decodeMemory(d, "worker_memory")
+	n := d.length("workers")
+	s.Workers = make([]WorkerReport, 0, n)
+	for i := 0; i < n && d.err == nil; i++ {
+		s.Workers = append(s.Workers, decodeWorkerReport(d))
 	}
 	return s
 }
@@ -359,12 +339,7 @@ func (r *response) encode(e *encoder) {
 		e.str(s.DaemonVersion)
 		e.variant(uint32(s.Mode))
 		e.u64(s.UptimeS)
-		if e.some(s.Loaded != nil) {
-			e.str(s.Loaded.ModelID)
-			e.u64(s.Loaded.LoadedForS)
-			e.u64(s.Loaded.IdleForS)
-			e.u64(s.Loaded.MemoryBytes)
-		}
+		encodeLoaded(e, s.Loaded)
 		e.u32(s.QueueDepth)
 		e.bool(s.Draining)
 		e.variant(uint32(s.Worker))
@@ -372,9 +347,10 @@ func (r *response) encode(e *encoder) {
 		e.str(s.Sandbox)
 		e.optStr(s.Device)
 		e.optStr(s.WorkerError)
-		if e.some(s.WorkerMemory != nil) {
-			e.u64(s.WorkerMemory.ResidentBytes)
-			e.u64(s.WorkerMemory.PeakBytes)
+		encodeMemory(e, s.WorkerMemory)
+		e.uvarint(uint64(len(s.Workers)))
+		for i := range s.Workers {
+			encodeWorkerReport(e, &s.Workers[i])
 		}
 	case respQueued, respPosition, respStarted, respProgress, respImage, respFinished, respPreview:
 		encodeEvent(e, r.event)
@@ -395,20 +371,10 @@ func (r *response) encode(e *encoder) {
 			if e.some(j.Error != nil) {
 				encodeDaemonError(e, j.Error)
 			}
+			e.optU32(j.Worker)
 		}
 	case respChannelStats:
-		e.u64(r.channel.KeyGeneration)
-		e.uvarint(uint64(len(r.channel.Segments)))
-		for _, s := range r.channel.Segments {
-			e.variant(uint32(s.Direction))
-			e.u32(s.Slots)
-			e.u32(s.SlotSize)
-			e.u64(s.WriteSeq)
-			e.u64(s.ReadSeq)
-			e.u64(s.CRCFailures)
-			e.u64(s.TagFailures)
-			e.u64(s.ReplaysRejected)
-		}
+		encodeChannelStats(e, &r.channel)
 	case respError:
 		encodeDaemonError(e, r.err)
 	case respOK, responseKindCount:

@@ -281,7 +281,7 @@ type StatusReport struct {
 	Mode           Mode
 	UptimeS        uint64
 	Loaded         *LoadedModel
-	QueueDepth     uint32 // waiting jobs, not counting the running one
+	QueueDepth     uint32 // waiting jobs, not counting the running ones
 	Draining       bool
 	Worker         WorkerState
 	WorkerRestarts uint32
@@ -295,6 +295,24 @@ type StatusReport struct {
 	// WorkerMemory is the worker process's memory; nil while none runs.
 	// Added in protocol version 2.
 	WorkerMemory *WorkerMemory
+	// Workers is every worker of the pool ([worker] count or devices), in
+	// index order; the Worker, WorkerRestarts, Sandbox, Device, Loaded and
+	// WorkerMemory fields above repeat worker 0. Added in protocol
+	// version 2.
+	Workers []WorkerReport
+}
+
+// WorkerReport is one worker of the pool, as Status reports it.
+type WorkerReport struct {
+	Index    uint32 // JobInfo.Worker and the audit log name workers by it
+	Device   string // "cpu" or "cuda:N": what it reported, else its configured device
+	State    WorkerState
+	Restarts uint32       // starts after its first
+	Loaded   *LoadedModel // the model it holds, if any
+	JobID    *uint64      // the job it runs (or loads a model for), if any
+	Loads    uint64       // model loads since the daemon started
+	Memory   *WorkerMemory
+	Sandbox  string
 }
 
 // WorkerMemory is a process's memory as the kernel counts it.
@@ -320,11 +338,26 @@ type JobInfo struct {
 	Device *string
 	RunMs  *uint64
 	Error  DaemonError
+	// Worker is the index of the worker it runs or ran on
+	// (WorkerReport.Index); nil while queued or when it never reached a
+	// worker. Added in protocol version 2.
+	Worker *uint32
 }
 
-// ChannelStatsReport holds the broker↔worker shared-memory counters.
+// ChannelStatsReport holds the broker↔worker shared-memory counters:
+// worker 0's in KeyGeneration and Segments, every worker's in Workers.
 type ChannelStatsReport struct {
 	KeyGeneration uint64
+	Segments      []SegmentStats
+	// Workers is each worker's own channel (own keys and segments), in
+	// index order. Added in protocol version 2.
+	Workers []WorkerChannelStats
+}
+
+// WorkerChannelStats is one worker's channel counters.
+type WorkerChannelStats struct {
+	Worker        uint32 // WorkerReport.Index
+	KeyGeneration uint64 // increases at every key rotation and start of this worker
 	Segments      []SegmentStats
 }
 

@@ -123,8 +123,20 @@ func expectedResponses() map[string]*response {
 		"response/status": {kind: respStatus, status: StatusReport{
 			DaemonVersion: "0.1.0", Mode: ModeUser, UptimeS: 3600,
 			Loaded:     &LoadedModel{ModelID: "sd15", LoadedForS: 600, IdleForS: 12, MemoryBytes: 2147483648},
-			QueueDepth: 1, Worker: WorkerReady, Sandbox: "landlock+seccomp", Device: Ptr("cuda:0"),
+			QueueDepth: 0, Worker: WorkerReady, Sandbox: "landlock+seccomp", Device: Ptr("cuda:0"),
 			WorkerMemory: &WorkerMemory{ResidentBytes: 1073741824, PeakBytes: 2147483648},
+			Workers: []WorkerReport{{
+				Index: 0, Device: "cuda:0", State: WorkerReady,
+				Loaded: &LoadedModel{ModelID: "sd15", LoadedForS: 600, IdleForS: 12, MemoryBytes: 2147483648},
+				Loads:  1, Memory: &WorkerMemory{ResidentBytes: 1073741824, PeakBytes: 2147483648},
+				Sandbox: "landlock+seccomp",
+			}, {
+				Index: 1, Device: "cuda:1", State: WorkerReady, Restarts: 1,
+				Loaded: &LoadedModel{ModelID: "sd15", LoadedForS: 30, IdleForS: 0, MemoryBytes: 2147483648},
+				JobID:  Ptr[uint64](7), Loads: 2,
+				Memory:  &WorkerMemory{ResidentBytes: 1258291200, PeakBytes: 2147483648},
+				Sandbox: "landlock+seccomp",
+			}},
 		}},
 		"response/queued":   {kind: respQueued, event: &Queued{JobID: 7, Position: 2}},
 		"response/position": {kind: respPosition, event: &Position{JobID: 7, Position: 0}},
@@ -135,21 +147,36 @@ func expectedResponses() map[string]*response {
 		"response/preview":  {kind: respPreview, event: &Preview{JobID: 7, Index: 0, Step: 2, Total: 6, Width: 1, Height: 1, PNG: tinyPNG}},
 		"response/jobs": {kind: respJobs, jobs: []JobInfo{{
 			JobID: 7, OwnerUID: 1000, Tag: Ptr("u-42"), ModelID: "sd15", State: JobRunning,
-			SubmittedSAgo: 3, Step: 12, Total: 30, Device: Ptr("cuda:0"), RunMs: Ptr[uint64](2500),
+			SubmittedSAgo: 3, Step: 12, Total: 30, Device: Ptr("cuda:1"), RunMs: Ptr[uint64](2500),
+			Worker: Ptr[uint32](1),
 		}, {
 			JobID: 6, OwnerUID: 1000, ModelID: "sd15", State: JobFailed,
 			SubmittedSAgo: 40, Error: &TimedOutError{},
 		}}},
-		"response/channel_stats": {kind: respChannelStats, channel: ChannelStatsReport{KeyGeneration: 3, Segments: []SegmentStats{
-			{Direction: BrokerToWorker, Slots: 8, SlotSize: 65536, WriteSeq: 150, ReadSeq: 150},
-			{Direction: WorkerToBroker, Slots: 8, SlotSize: 4194304, WriteSeq: 420, ReadSeq: 419, CRCFailures: 1, ReplaysRejected: 2},
-		}}},
+		"response/channel_stats": {kind: respChannelStats, channel: ChannelStatsReport{
+			KeyGeneration: 3, Segments: worker0Segments(),
+			Workers: []WorkerChannelStats{
+				{Worker: 0, KeyGeneration: 3, Segments: worker0Segments()},
+				{Worker: 1, KeyGeneration: 1, Segments: []SegmentStats{
+					{Direction: BrokerToWorker, Slots: 8, SlotSize: 65536, WriteSeq: 12, ReadSeq: 12},
+					{Direction: WorkerToBroker, Slots: 8, SlotSize: 4194304, WriteSeq: 40, ReadSeq: 40},
+				}},
+			},
+		}},
 		"response/ok": {kind: respOK},
 	}
 	for _, err := range everyDaemonError() {
 		out["response/error/"+err.Code().String()] = &response{kind: respError, err: err}
 	}
 	return out
+}
+
+// The segments of worker 0 in the channel_stats example.
+func worker0Segments() []SegmentStats {
+	return []SegmentStats{
+		{Direction: BrokerToWorker, Slots: 8, SlotSize: 65536, WriteSeq: 150, ReadSeq: 150},
+		{Direction: WorkerToBroker, Slots: 8, SlotSize: 4194304, WriteSeq: 420, ReadSeq: 419, CRCFailures: 1, ReplaysRejected: 2},
+	}
 }
 
 // One error of every code, with the fields of the document's examples.

@@ -42,15 +42,18 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Daemon version and mode, loaded model, queue, worker state (admins:
-    /// why it last failed to start), its memory, sandbox and device.
+    /// why it last failed to start), its memory, sandbox and device; then
+    /// one line per worker of the pool: index, device, state, the model it
+    /// holds, the job it runs, restarts, model loads and memory.
     Status,
     /// Configured models: ids, kinds, available or not (admins: why not),
     /// loaded, defaults and bounds.
     Models,
     /// Generate images and write them as PNG files.
     Generate(GenerateArgs),
-    /// Your jobs: running (progress, device), queued, and the last 20 that
-    /// ended with their outcome and run time (admins: `--all` for everyone's).
+    /// Your jobs: running (progress, device, the worker it runs on), queued,
+    /// and the last 20 that ended with their outcome, run time and worker
+    /// (admins: `--all` for everyone's).
     Jobs {
         /// List every user's jobs (admin).
         #[arg(long)]
@@ -61,9 +64,10 @@ pub enum Command {
         /// Job id, as printed by `generate` or `jobs`.
         job: u64,
     },
-    /// Load a model into the worker (admin).
+    /// Load a model into a worker (admin; in a pool, the worker a job of it
+    /// would run on).
     Load { model: String },
-    /// Unload the current model (admin).
+    /// Unload the models of every worker (admin).
     Unload,
     /// Keep a model loaded past the idle timeout (admin).
     Pin { model: String },
@@ -73,10 +77,10 @@ pub enum Command {
     Drain,
     /// Admit new jobs again after `drain` (admin).
     Resume,
-    /// Give the broker↔worker channel fresh keys (admin).
+    /// Give every worker's broker↔worker channel fresh keys (admin).
     RotateKeys,
-    /// The shared-memory channel: segments, slots, sequence numbers, CRC and
-    /// tag failures (admin).
+    /// The shared-memory channels, one per worker: its key generation, then
+    /// its segments' slots, sequence numbers, CRC and tag failures (admin).
     Segments,
     /// Models quarantined after crashing the worker (admin).
     Quarantine {

@@ -11,6 +11,7 @@ mod errors;
 mod generate;
 mod manual;
 mod output_files;
+mod pool_view;
 mod previews;
 mod render;
 

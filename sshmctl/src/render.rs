@@ -9,11 +9,11 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 use weave_common::proto::{
-    ChannelDirection, ChannelStatsReport, JobInfo, JobState, ModelInfo, Scheduler, StatusReport,
-    WorkerState,
+    ChannelStatsReport, JobInfo, JobState, ModelInfo, Scheduler, StatusReport,
 };
 
 use crate::client::{ClientError, Connection};
+use crate::pool_view::{segment_lines, worker_lines, worker_state_name};
 use crate::CliError;
 
 /// Object keys whose values are protocol enums.
@@ -162,13 +162,18 @@ impl Renderer {
             report.queue_depth,
             if report.draining { " (draining)" } else { "" }
         );
-        let worker = match report.worker {
-            WorkerState::Starting => "starting",
-            WorkerState::Ready => "ready",
-            WorkerState::Restarting => "restarting",
-            WorkerState::Down => "down",
+        // In a pool the lines from here to `device` are worker 0's; the
+        // table under them has every worker.
+        let first = if report.workers.len() > 1 {
+            " (worker 0)"
+        } else {
+            ""
         };
-        println!("worker     {worker}, {} restarts", report.worker_restarts);
+        println!(
+            "worker     {}, {} restarts{first}",
+            worker_state_name(report.worker),
+            report.worker_restarts
+        );
         if let Some(error) = &report.worker_error {
             println!("           last start failed: {error}");
         }
@@ -183,6 +188,10 @@ impl Renderer {
         match report.device {
             Some(device) => println!("device     {device}"),
             None => println!("device     not known until the worker starts"),
+        }
+        println!("workers    {}", report.workers.len());
+        for line in worker_lines(&report.workers) {
+            println!("  {line}");
         }
     }
 
@@ -245,8 +254,8 @@ impl Renderer {
             return;
         }
         println!(
-            "{:<8} {:<8} {:<12} {:<16} {:<22} {:<10} {:<8} AGE",
-            "JOB", "UID", "TAG", "MODEL", "STATE", "PROGRESS", "DEVICE"
+            "{:<8} {:<8} {:<12} {:<16} {:<22} {:<10} {:<8} {:<6} AGE",
+            "JOB", "UID", "TAG", "MODEL", "STATE", "PROGRESS", "DEVICE", "WORKER"
         );
         for j in jobs {
             let state = match (j.state, j.position, &j.error) {
@@ -268,7 +277,7 @@ impl Renderer {
                 .run_ms
                 .map_or(String::new(), |ms| format!(" (ran {})", human_millis(ms)));
             println!(
-                "{:<8} {:<8} {:<12} {:<16} {:<22} {:<10} {:<8} {}{took}",
+                "{:<8} {:<8} {:<12} {:<16} {:<22} {:<10} {:<8} {:<6} {}{took}",
                 j.job_id,
                 j.owner_uid,
                 j.tag.as_deref().unwrap_or("-"),
@@ -276,6 +285,7 @@ impl Renderer {
                 state,
                 progress,
                 j.device.map_or("-".to_owned(), |d| d.to_string()),
+                j.worker.map_or("-".to_owned(), |w| w.to_string()),
                 human_duration(j.submitted_s_ago)
             );
         }
@@ -286,27 +296,8 @@ impl Renderer {
             self.json_line(stats);
             return;
         }
-        println!("key generation {}", stats.key_generation);
-        println!(
-            "{:<16} {:>6} {:>10} {:>10} {:>10} {:>6} {:>6} {:>8}",
-            "DIRECTION", "SLOTS", "SLOT SIZE", "WRITE SEQ", "READ SEQ", "CRC", "TAG", "REPLAYS"
-        );
-        for s in &stats.segments {
-            let dir = match s.direction {
-                ChannelDirection::BrokerToWorker => "broker→worker",
-                ChannelDirection::WorkerToBroker => "worker→broker",
-            };
-            println!(
-                "{:<16} {:>6} {:>10} {:>10} {:>10} {:>6} {:>6} {:>8}",
-                dir,
-                s.slots,
-                human_bytes(u64::from(s.slot_size)),
-                s.write_seq,
-                s.read_seq,
-                s.crc_failures,
-                s.tag_failures,
-                s.replays_rejected
-            );
+        for line in segment_lines(stats) {
+            println!("{line}");
         }
     }
 }

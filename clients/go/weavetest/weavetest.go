@@ -94,6 +94,9 @@ type Config struct {
 	Limits string
 	// Steps is the digits model's default step count (0: 10).
 	Steps int
+	// Worker are extra lines for [worker] (which sets device = "cpu"),
+	// e.g. "count = 2\ntorch_threads = 1" for a pool of two workers.
+	Worker string
 	// System, when set, starts a system-mode broker instead (needs root):
 	// it binds as root, then drops to System.Service.
 	System *SystemAccounts
@@ -160,6 +163,7 @@ sink = %q
 
 [worker]
 device = "cpu"
+%s
 
 [[model]]
 id = "digits"
@@ -172,7 +176,7 @@ height = 32
 steps = %d
 guidance = 5.0
 scheduler = "ddim"
-`, daemon, cfg.Limits, b.audit.path, model, steps)
+`, daemon, cfg.Limits, b.audit.path, cfg.Worker, model, steps)
 	configPath := filepath.Join(dir, "weave.toml")
 	if err := os.WriteFile(configPath, []byte(config), 0o600); err != nil {
 		t.Fatal(err)

@@ -11,7 +11,7 @@ use weave_tests::{
 
 pub struct Daemon {
     pub broker: BrokerProcess,
-    _sink: AuditSink,
+    pub sink: AuditSink,
     pub scratch: Scratch,
 }
 
@@ -27,6 +27,18 @@ impl Daemon {
         limits: &str,
         extra: impl FnOnce(&std::path::Path) -> String,
     ) -> Option<Self> {
+        Self::start_configured(name, |config, scratch| {
+            config.limits = limits.to_owned();
+            config.extra = extra(scratch);
+        })
+    }
+
+    /// Like [`Daemon::start`] (4 default steps), with the config changed by
+    /// `change(config, scratch folder)` first (e.g. its `[worker]` lines).
+    pub fn start_configured(
+        name: &str,
+        change: impl FnOnce(&mut TestConfig, &std::path::Path),
+    ) -> Option<Self> {
         if !require_root(name) || !require_digits(name) {
             return None;
         }
@@ -36,13 +48,12 @@ impl Daemon {
         std::fs::create_dir(&etc).unwrap();
         let mut config = TestConfig::digits(&sink.path);
         config.steps = 4;
-        config.limits = limits.to_owned();
-        config.extra = extra(&scratch.join("."));
+        change(&mut config, &scratch.join("."));
         let config = config.write(&etc);
         let broker = BrokerProcess::start_user(&scratch, &config);
         Some(Self {
             broker,
-            _sink: sink,
+            sink,
             scratch,
         })
     }

@@ -95,6 +95,21 @@ func status(ctx context.Context, c *weave.Client, out io.Writer) error {
 	if s.Loaded != nil {
 		fmt.Fprintf(out, "loaded %s for %d s\n", s.Loaded.ModelID, s.Loaded.LoadedForS)
 	}
+	// One line per worker of the pool; the lines above are worker 0's.
+	for _, w := range s.Workers {
+		model, job, memory := "-", "-", "-"
+		if w.Loaded != nil {
+			model = w.Loaded.ModelID
+		}
+		if w.JobID != nil {
+			job = fmt.Sprint(*w.JobID)
+		}
+		if w.Memory != nil {
+			memory = fmt.Sprintf("%d MiB", w.Memory.ResidentBytes>>20)
+		}
+		fmt.Fprintf(out, "worker %d\t%s\t%v\tmodel=%s job=%s restarts=%d loads=%d memory=%s\n",
+			w.Index, w.Device, w.State, model, job, w.Restarts, w.Loads, memory)
+	}
 	return nil
 }
 
@@ -120,7 +135,11 @@ func jobs(ctx context.Context, c *weave.Client, out io.Writer) error {
 		if j.Tag != nil {
 			tag = *j.Tag
 		}
-		fmt.Fprintf(out, "%d\t%s\t%v\ttag=%s\n", j.JobID, j.ModelID, j.State, tag)
+		worker := "-"
+		if j.Worker != nil {
+			worker = fmt.Sprint(*j.Worker)
+		}
+		fmt.Fprintf(out, "%d\t%s\t%v\ttag=%s worker=%s\n", j.JobID, j.ModelID, j.State, tag, worker)
 	}
 	return nil
 }

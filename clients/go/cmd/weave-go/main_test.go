@@ -37,8 +37,14 @@ func TestCLIAgainstARealBroker(t *testing.T) {
 	if code := run(ctx, []string{"-socket", b.Socket, "cancel", "12345"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "invalid job_id") {
 		t.Fatalf("cancel of an unknown job: %d %q", code, errOut.String())
 	}
-	if code := run(ctx, []string{"-socket", b.Socket, "status"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "user mode, role admin") {
+	out.Reset()
+	if code := run(ctx, []string{"-socket", b.Socket, "status"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "user mode, role admin") ||
+		!strings.Contains(out.String(), "worker 0\tcpu\tready\tmodel=digits job=- restarts=0 loads=1 memory=") {
 		t.Fatalf("status: %d %q", code, out.String())
+	}
+	out.Reset()
+	if code := run(ctx, []string{"-socket", b.Socket, "jobs"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "\tdigits\tfinished\ttag=- worker=0\n") {
+		t.Fatalf("jobs: %d %q", code, out.String())
 	}
 	errOut.Reset()
 	if code := run(ctx, []string{"-socket", b.Socket, "bogus"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "unknown command") {

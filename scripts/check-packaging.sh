@@ -66,6 +66,24 @@ semodule -n -i "$WORK/se/weave.pp" || fail "selinux weave.pp does not link again
 semodule -n -r weave >/dev/null 2>&1 || true
 echo "selinux: weave.pp builds and links"
 
+# --- Several GPUs (a pool of one worker per GPU) ----------------------------
+# SELinux: the installed policy labels each GPU's node as it labels nvidiactl,
+# with the type weave.te lets the worker use (dev_rw_xserver_misc).
+se_label() { matchpathcon -m chr_file "$1" | awk '{print $2}'; }
+[[ "$(se_label /dev/null)" != *:xserver_misc_device_t:* ]] || fail "matchpathcon labels /dev/null as a GPU node"
+grep -q '^dev_rw_xserver_misc(weave_worker_t)' "$ROOT/selinux/weave.te" || fail "weave.te no longer grants xserver_misc_device_t"
+for node in /dev/nvidiactl /dev/nvidia-uvm /dev/nvidia0 /dev/nvidia1 /dev/nvidia7 /dev/nvidia15; do
+	[[ "$(se_label "$node")" == *:xserver_misc_device_t:* ]] ||
+		fail "SELinux labels $node $(se_label "$node"), not xserver_misc_device_t (what weave.te grants)"
+done
+# AppArmor: one glob for every GPU node; systemd: the driver's major, which
+# every /dev/nvidiaN shares.
+grep -qF '/dev/nvidia[0-9]* rw,' "$ROOT/apparmor/usr.libexec.weave.weave-worker" ||
+	fail "the worker's AppArmor profile does not grant /dev/nvidia[0-9]*"
+grep -qx 'DeviceAllow=char-nvidia-frontend rw' "$ROOT/packaging/systemd/system/weave.service" ||
+	fail "weave.service does not allow the NVIDIA major (char-nvidia-frontend)"
+echo "gpus: SELinux labels, the AppArmor glob and DeviceAllow cover /dev/nvidia0..15"
+
 # --- systemd --------------------------------------------------------------
 # verify needs ExecStart to exist: point it at /bin/true in a copy.
 verify_units() { # mode dir units...

@@ -10,6 +10,7 @@ pub mod background_log;
 pub mod boundary;
 pub mod connections;
 pub mod daemon;
+pub mod gpu_env;
 pub mod job_runner;
 pub mod modes;
 pub mod output;

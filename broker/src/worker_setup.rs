@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use weave_common::config::{pool, Config, Device};
 use weave_common::worker_proto::{LoraEntry, ModelEntry};
 
+use crate::gpu_env;
 use crate::supervisor::{SupervisorConfig, WorkerSupervisor};
 
 /// libtorch's library folder as known when the broker was built (the worker
@@ -93,12 +94,15 @@ pub fn supervisor_config(config: &Config, worker: PathBuf) -> SupervisorConfig {
 }
 
 /// One supervisor per worker of the pool `config` asks for (`[worker]
-/// count` / `devices`), each with its device; the workers themselves start
-/// on first use.
+/// count` / `devices`), each with its device and, for a GPU worker, the
+/// environment that shows it that GPU only (`gpu_env`); the workers
+/// themselves start on first use.
 pub fn start_pool(config: &Config) -> Result<Vec<(Device, WorkerSupervisor)>, WorkerSetupError> {
     let worker = worker_executable()?;
     let base = supervisor_config(config, worker);
-    let devices = pool::worker_devices(&config.worker, &visible_gpus());
+    let visible = visible_gpus();
+    let uuids = gpu_env::read_gpu_uuids();
+    let devices = pool::worker_devices(&config.worker, &visible);
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let threads = pool_torch_threads(config.worker.torch_threads, &devices, cpus);
     Ok(devices
@@ -107,6 +111,9 @@ pub fn start_pool(config: &Config) -> Result<Vec<(Device, WorkerSupervisor)>, Wo
             let mut supervisor = base.clone();
             supervisor.device = device;
             supervisor.torch_threads = threads;
+            supervisor
+                .worker_env
+                .extend(gpu_env::gpu_env(device, &visible, &uuids));
             (device, WorkerSupervisor::new(supervisor))
         })
         .collect())

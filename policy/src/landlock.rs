@@ -224,27 +224,52 @@ pub fn restrict_self(
     Ok(report)
 }
 
-/// What a GPU worker may do with the `/dev` entry `name`, or `None` to leave
-/// it out. **Unverified** until `tools/gpu/check.sh` runs on a GPU (the list
-/// follows the NVIDIA driver's documented nodes, docs/SANDBOX.md "GPU"):
+/// What the worker of GPU `gpu` (its node is `/dev/nvidia<gpu>`) may do
+/// with the `/dev` entry `name`, or `None` to leave it out. **Unverified**
+/// until `tools/gpu/check.sh` runs on a GPU (the list follows the NVIDIA
+/// driver's documented nodes, docs/SANDBOX.md "GPU"):
 ///
-/// - `nvidiactl`, `nvidia0`…: the driver's control and per-GPU nodes; CUDA
-///   opens them `O_RDWR` and talks to them with ioctls, so `Device` (read,
-///   write, ioctl);
-/// - `nvidia-uvm`: unified memory, likewise;
+/// - `nvidiactl`: the driver's control node, shared by every GPU; CUDA opens
+///   it `O_RDWR` and talks to it with ioctls, so `Device` (read, write,
+///   ioctl);
+/// - `nvidia<gpu>`: this worker's own GPU, likewise. Every other
+///   `nvidiaN` is left out, so a worker of a pool cannot open (and CUDA in
+///   it does not even see) the GPUs of the other workers;
+/// - `nvidia-uvm`: unified memory, shared, `Device`;
 /// - `nvidia-caps` (folder): MIG capability nodes, opened read-only;
 /// - not `nvidia-uvm-tools` (profilers), `nvidia-modeset` (display) or
 ///   anything else.
-pub fn gpu_node_access(name: &str) -> Option<PathAccess> {
-    let per_gpu = name
-        .strip_prefix("nvidia")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+pub fn gpu_node_access(name: &str, gpu: u32) -> Option<PathAccess> {
     match name {
         "nvidiactl" | "nvidia-uvm" => Some(PathAccess::Device),
         "nvidia-caps" => Some(PathAccess::ReadOnly),
-        _ if per_gpu => Some(PathAccess::Device),
-        _ => None,
+        _ => (per_gpu_index(name) == Some(gpu)).then_some(PathAccess::Device),
     }
+}
+
+/// `N` for a per-GPU node name `nvidiaN` (digits only, so not `nvidiactl`
+/// nor `nvidia0x`), else `None`.
+pub fn per_gpu_index(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("nvidia")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The `/dev` entries of `dev_names` that the worker of GPU `gpu` is
+/// granted (see [`gpu_node_access`]), sorted by name.
+pub fn gpu_nodes<'a>(
+    dev_names: impl IntoIterator<Item = &'a str>,
+    gpu: u32,
+) -> Vec<(&'a str, PathAccess)> {
+    let mut nodes: Vec<(&str, PathAccess)> = dev_names
+        .into_iter()
+        .filter_map(|name| Some((name, gpu_node_access(name, gpu)?)))
+        .collect();
+    nodes.sort_unstable_by_key(|(name, _)| *name);
+    nodes.dedup_by_key(|(name, _)| *name);
+    nodes
 }
 
 /// Files the CUDA driver reads at initialisation and when it creates a
@@ -261,29 +286,38 @@ pub const GPU_DRIVER_READ_ONLY: &[&str] = &[
     "/sys/bus/pci/devices",
 ];
 
-/// The GPU device nodes present under `/dev` (see [`gpu_node_access`]) and
-/// the driver files of [`GPU_DRIVER_READ_ONLY`], plus `/sys/devices/pci*`.
-pub fn gpu_device_rules() -> Vec<PathRule> {
-    let mut rules = Vec::new();
-    let mut listed = |dir: &str, pick: &dyn Fn(&str) -> Option<PathAccess>| {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        let mut found: Vec<(PathBuf, PathAccess)> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| Some((e.path(), pick(&e.file_name().to_string_lossy())?)))
-            .collect();
-        found.sort_by(|a, b| a.0.cmp(&b.0));
-        rules.extend(
-            found
-                .into_iter()
-                .map(|(p, access)| PathRule::new(p, access, Presence::Optional)),
-        );
+/// The device nodes present under `/dev` for the worker of GPU `gpu` (see
+/// [`gpu_nodes`]) and the driver files of [`GPU_DRIVER_READ_ONLY`], plus
+/// `/sys/devices/pci*`.
+pub fn gpu_device_rules(gpu: u32) -> Vec<PathRule> {
+    let names = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     };
-    listed("/dev", &gpu_node_access);
-    listed("/sys/devices", &|name| {
-        name.starts_with("pci").then_some(PathAccess::ReadOnly)
-    });
+    let dev = names("/dev");
+    let mut rules: Vec<PathRule> = gpu_nodes(dev.iter().map(String::as_str), gpu)
+        .into_iter()
+        .map(|(name, access)| {
+            PathRule::new(PathBuf::from("/dev").join(name), access, Presence::Optional)
+        })
+        .collect();
+    let mut pci: Vec<&String> = Vec::new();
+    let sys = names("/sys/devices");
+    pci.extend(sys.iter().filter(|name| name.starts_with("pci")));
+    pci.sort();
+    for name in pci {
+        rules.push(PathRule::new(
+            PathBuf::from("/sys/devices").join(name),
+            PathAccess::ReadOnly,
+            Presence::Optional,
+        ));
+    }
     for p in GPU_DRIVER_READ_ONLY {
         rules.push(PathRule::new(*p, PathAccess::ReadOnly, Presence::Optional));
     }
@@ -316,10 +350,14 @@ mod tests {
 
     #[test]
     fn gpu_nodes_are_the_compute_ones_only() {
-        for name in ["nvidiactl", "nvidia0", "nvidia7", "nvidia15", "nvidia-uvm"] {
-            assert_eq!(gpu_node_access(name), Some(PathAccess::Device), "{name}");
+        for name in ["nvidiactl", "nvidia0", "nvidia-uvm"] {
+            assert_eq!(gpu_node_access(name, 0), Some(PathAccess::Device), "{name}");
         }
-        assert_eq!(gpu_node_access("nvidia-caps"), Some(PathAccess::ReadOnly));
+        assert_eq!(gpu_node_access("nvidia15", 15), Some(PathAccess::Device));
+        assert_eq!(
+            gpu_node_access("nvidia-caps", 0),
+            Some(PathAccess::ReadOnly)
+        );
         for name in [
             "nvidia",
             "nvidia-uvm-tools",
@@ -330,7 +368,72 @@ mod tests {
             "null",
             "mem",
         ] {
-            assert_eq!(gpu_node_access(name), None, "{name}");
+            assert_eq!(gpu_node_access(name, 0), None, "{name}");
+        }
+    }
+
+    /// A shared box with four GPUs: each worker gets its own node and the
+    /// shared ones, never another worker's.
+    const FOUR_GPU_DEV: &[&str] = &[
+        "null",
+        "nvidia-uvm-tools",
+        "nvidia3",
+        "nvidia-caps",
+        "nvidia1",
+        "nvidiactl",
+        "nvidia-modeset",
+        "nvidia0",
+        "nvidia-uvm",
+        "nvidia2",
+        "nvidia10",
+        "urandom",
+    ];
+
+    #[test]
+    fn a_gpu_worker_is_granted_exactly_its_own_node_and_the_shared_ones() {
+        for gpu in [0u32, 1, 2, 3, 10] {
+            let own = format!("nvidia{gpu}");
+            let mut expected = vec![
+                (own.as_str(), PathAccess::Device),
+                ("nvidia-caps", PathAccess::ReadOnly),
+                ("nvidia-uvm", PathAccess::Device),
+                ("nvidiactl", PathAccess::Device),
+            ];
+            expected.sort_unstable_by_key(|(name, _)| *name);
+            assert_eq!(
+                gpu_nodes(FOUR_GPU_DEV.iter().copied(), gpu),
+                expected,
+                "gpu {gpu}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_gpu_absent_from_dev_gets_only_the_shared_nodes() {
+        // nvidia1 matches no prefix of nvidia10 or the like.
+        let names = ["nvidiactl", "nvidia10", "nvidia-uvm", "nvidia11"];
+        assert_eq!(
+            gpu_nodes(names, 1),
+            vec![
+                ("nvidia-uvm", PathAccess::Device),
+                ("nvidiactl", PathAccess::Device)
+            ]
+        );
+    }
+
+    #[test]
+    fn per_gpu_indices_are_digits_only() {
+        assert_eq!(per_gpu_index("nvidia0"), Some(0));
+        assert_eq!(per_gpu_index("nvidia12"), Some(12));
+        for name in [
+            "nvidia",
+            "nvidiactl",
+            "nvidia-uvm",
+            "nvidia+1",
+            "nvidia0x",
+            "dri",
+        ] {
+            assert_eq!(per_gpu_index(name), None, "{name}");
         }
     }
 

@@ -34,10 +34,13 @@ pub struct WorkerPaths {
     /// libtorch's `lib` directory and, for CUDA, the CUDA library directories.
     /// Must exist: the worker cannot run without them.
     pub libraries: Vec<PathBuf>,
-    /// GPU worker: include the device nodes (`/dev/nvidia*`) with ioctl
-    /// access, the driver's files, and the loader paths and library folders
-    /// CUDA's lazy `dlopen`s need.
-    pub gpu: bool,
+    /// GPU worker: the index `N` of its GPU's node `/dev/nvidiaN`. Includes
+    /// that node and the driver's shared ones (`nvidiactl`, `nvidia-uvm`,
+    /// `nvidia-caps`; never another GPU's node, see
+    /// [`landlock::gpu_nodes`]) with ioctl access, the driver's files, and
+    /// the loader paths and library folders CUDA's lazy `dlopen`s need.
+    /// `None`: a CPU worker, no GPU path at all.
+    pub gpu: Option<u32>,
     /// Further read-only paths (optional; skipped with a note when absent).
     pub extra_read_only: Vec<PathBuf>,
 }
@@ -102,7 +105,7 @@ impl WorkerPaths {
                 Presence::Optional,
             ));
         }
-        if self.gpu {
+        if self.gpu.is_some() {
             for path in LOADER_READ_ONLY {
                 rules.push(PathRule::new(
                     *path,
@@ -118,8 +121,8 @@ impl WorkerPaths {
                 Presence::Optional,
             ));
         }
-        if self.gpu {
-            rules.extend(landlock::gpu_device_rules());
+        if let Some(gpu) = self.gpu {
+            rules.extend(landlock::gpu_device_rules(gpu));
             // CUDA's math libraries dlopen their siblings lazily (cuDNN's
             // engines, NVRTC), from wherever the loader found them: a CUDA
             // libtorch is often a Python venv's, with the nvidia-* wheels in

@@ -354,7 +354,7 @@ fn probe_landlock_view(dir: &Path) -> i32 {
     let paths = WorkerPaths {
         models: vec![model_dir.clone()],
         libraries: vec![],
-        gpu: true,
+        gpu: Some(0),
         extra_read_only: vec![],
     };
     let report = match worker::confine_filesystem(&paths, false) {

@@ -18,7 +18,7 @@
 #      load + generation; every syscall the allowlist refused, with its first
 #      three arguments ($OUT/trap-syscalls.txt);
 #   4. enforce run: device = "auto", the full sandbox; `status --json` must say
-#      cuda:0; the worker's Seccomp/NoNewPrivs read from /proc; then ROUNDS
+#      cuda:N (N of the lowest /dev/nvidiaN); the worker's Seccomp/NoNewPrivs read from /proc; then ROUNDS
 #      interleaved rounds of one 512² 20-step DDIM image through the daemon
 #      (sshmctl, wall clock) against diffusers' StableDiffusionPipeline on the
 #      same GPU (fp16, its own pipeline-call time), same seed per round, and the
@@ -307,7 +307,9 @@ enforce_run() {
 	"$WORK/bin/sshmctl" --socket "$SOCKET" --json status >"$OUT/status.json" 2>>"$LOG"
 	local device pid
 	device="$("$PY" -c 'import json,sys; print(json.loads(sys.stdin.readline()).get("device", "<no device field>"))' <"$OUT/status.json" 2>&1)"
-	local want=cuda:0
+	# `auto` reports the GPU of the lowest /dev/nvidiaN (cuda:0 on an ordinary
+	# machine; a container given only /dev/nvidia3 says cuda:3).
+	local want="cuda:$(ls /dev | sed -n 's/^nvidia\([0-9][0-9]*\)$/\1/p' | sort -n | head -1)"
 	((REHEARSAL)) && want=cpu
 	if [[ "$device" == "$want" ]]; then
 		result device_auto "ok: device = \"auto\" runs on $device (status --json)"

@@ -310,11 +310,12 @@ impl WorkerSupervisor {
 }
 
 /// Whether a worker configured for `configured` may report `reported` in
-/// `Ready`: the same device, or for `auto` the CPU or CUDA device 0 (what
-/// the worker resolves it to). Anything else is a lying or broken worker.
+/// `Ready`: the same device, or for `auto` the CPU or a CUDA device (the
+/// lowest `/dev/nvidiaN`, whatever its `N`: what the worker resolves it to).
+/// Anything else is a lying or broken worker.
 fn reported_device_fits(configured: Device, reported: Device) -> bool {
     match configured {
-        Device::Auto => matches!(reported, Device::Cpu | Device::Cuda(0)),
+        Device::Auto => matches!(reported, Device::Cpu | Device::Cuda(_)),
         Device::Cpu | Device::Cuda(_) => reported == configured,
     }
 }
@@ -327,11 +328,12 @@ mod tests {
     fn the_reported_device_must_be_the_configured_one_or_auto_resolved() {
         assert!(reported_device_fits(Device::Auto, Device::Cpu));
         assert!(reported_device_fits(Device::Auto, Device::Cuda(0)));
+        // A box whose lowest GPU node is /dev/nvidia1.
+        assert!(reported_device_fits(Device::Auto, Device::Cuda(1)));
         assert!(reported_device_fits(Device::Cuda(2), Device::Cuda(2)));
         assert!(reported_device_fits(Device::Cpu, Device::Cpu));
         for (configured, reported) in [
             (Device::Auto, Device::Auto),
-            (Device::Auto, Device::Cuda(1)),
             (Device::Cpu, Device::Cuda(0)),
             (Device::Cuda(0), Device::Cpu),
             (Device::Cuda(1), Device::Cuda(0)),

@@ -80,6 +80,26 @@ fn system_example_parses_in_system_mode() {
 }
 
 #[test]
+fn the_user_examples_commented_pool_lines_parse() {
+    let text = include_str!("../../../docs/weave.example.toml");
+    let source = Path::new("/home/me/.config/weave/weave.toml");
+    let counted = text.replace("\n# count = 2\n", "\ncount = 2\n");
+    assert_ne!(counted, text, "the example lost `# count = 2`");
+    let config = Config::from_toml_str(&counted, source, Mode::User).unwrap();
+    assert_eq!(config.worker.count, Some(2));
+    // `devices` replaces `device`.
+    let listed = text.replace("\ndevice = \"auto\"\n", "\n").replace(
+        "\n# devices = [\"cuda:0\", \"cuda:1\"]\n",
+        "\ndevices = [\"cuda:0\", \"cuda:1\"]\n",
+    );
+    let config = Config::from_toml_str(&listed, source, Mode::User).unwrap();
+    assert_eq!(
+        config.worker.devices,
+        Some(vec![Device::Cuda(0), Device::Cuda(1)])
+    );
+}
+
+#[test]
 fn user_example_parses_in_user_mode_with_paths_from_its_directory() {
     let text = include_str!("../../../docs/weave.example.toml");
     let source = Path::new("/home/me/.config/weave/weave.toml");
@@ -1345,7 +1365,9 @@ fn every_key_is_documented_in_config_md() {
             negative_prompt: Some(String::new()),
         },
         native_size: None,
-        max_workers: None,
+        // Optional keys are only serialized when set: every one is set here,
+        // so each must be in the document.
+        max_workers: Some(2),
         bounds: ModelBounds {
             min_width: Some(8),
             max_width: Some(8),
@@ -1358,7 +1380,13 @@ fn every_key_is_documented_in_config_md() {
         toml::Value::try_from(Limits::default()).unwrap(),
         toml::Value::try_from(ParamBounds::default()).unwrap(),
         toml::Value::try_from(AuditConfig::default()).unwrap(),
-        toml::Value::try_from(WorkerConfig::default()).unwrap(),
+        toml::Value::try_from(WorkerConfig {
+            torch_threads: Some(1),
+            count: Some(2),
+            devices: Some(vec![Device::Cuda(0), Device::Cuda(1)]),
+            ..WorkerConfig::default()
+        })
+        .unwrap(),
         toml::Value::try_from(OutputConfig::default()).unwrap(),
         toml::Value::try_from(&model).unwrap(),
         toml::Value::try_from(&model.defaults).unwrap(),

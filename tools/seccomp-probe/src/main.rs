@@ -115,7 +115,7 @@ fn main() {
                     )
                     .join("lib")
                 })],
-            gpu: false,
+            gpu: None,
             extra_read_only: vec![],
         };
         let r = worker::confine_filesystem(&paths, false).expect("landlock");

@@ -1,16 +1,22 @@
-//! Where the worker runs the models. `device = "auto"` is decided in two
-//! steps, because CUDA must not start before Landlock (its initialisation
-//! opens the driver's nodes and starts threads) while Landlock must already
-//! know whether to grant those nodes:
+//! Where the worker runs the models. A GPU worker is confined to one GPU:
+//! the broker makes it the only device CUDA sees (`CUDA_VISIBLE_DEVICES`,
+//! broker/src/worker_setup.rs) and Landlock grants only its node
+//! `/dev/nvidiaN`. So the worker of `cuda:N` addresses its GPU as CUDA
+//! device 0 and reports `cuda:N` back ([`torch_device`]).
 //!
-//! 1. before Landlock, without calling CUDA: could this worker use a GPU
-//!    at all? ([`may_use_gpu`]: its libtorch has the CUDA backend linked in
-//!    and the NVIDIA driver's control node exists);
+//! `device = "auto"` is decided in two steps, because CUDA must not start
+//! before Landlock (its initialisation opens the driver's nodes and starts
+//! threads) while Landlock must already know which node to grant:
+//!
+//! 1. before Landlock, without calling CUDA: could this worker use a GPU at
+//!    all, and which? ([`select_gpu`]: its libtorch has the CUDA backend
+//!    linked in, the NVIDIA driver's control node exists, and the GPU is the
+//!    lowest-numbered `/dev/nvidiaN`, the one the broker made visible);
 //! 2. after Landlock, before seccomp: [`resolve`] asks libtorch whether it
-//!    sees a CUDA device (`cuda:0` if so, else the CPU).
+//!    sees that CUDA device (`cuda:N` if so, else the CPU).
 #![forbid(unsafe_code)]
 
-use weave_common::config::Device;
+use weave_common::config::{pool, Device};
 
 /// The NVIDIA driver's control node; every CUDA process opens it.
 pub const NVIDIA_CONTROL_NODE: &str = "/dev/nvidiactl";
@@ -25,27 +31,56 @@ pub fn links_torch_cuda(maps: &str) -> bool {
     })
 }
 
-/// Step 1: whether the worker must be confined as a GPU worker (device
-/// nodes, driver files and the GPU syscall options).
-pub fn may_use_gpu(configured: Device, torch_cuda_linked: bool, nvidia_node: bool) -> bool {
+/// What the worker knows before Landlock, without calling CUDA.
+pub struct GpuProbe<'a> {
+    /// libtorch's CUDA backend is mapped ([`links_torch_cuda`]).
+    pub torch_cuda_linked: bool,
+    /// [`NVIDIA_CONTROL_NODE`] exists.
+    pub nvidia_control_node: bool,
+    /// The names of the entries of `/dev`.
+    pub dev_names: &'a [String],
+}
+
+/// Step 1: the index `N` of the GPU (node `/dev/nvidiaN`) the worker must be
+/// confined for (that node, the driver's files and the GPU syscall
+/// options), or `None` for a CPU worker. `auto` takes the lowest-numbered
+/// node, as the broker does when it sets `CUDA_VISIBLE_DEVICES`
+/// (`pool::gpu_indices` on both sides).
+pub fn select_gpu(configured: Device, probe: &GpuProbe<'_>) -> Option<u32> {
     match configured {
-        Device::Cpu => false,
-        Device::Cuda(_) => true,
-        Device::Auto => torch_cuda_linked && nvidia_node,
+        Device::Cpu => None,
+        Device::Cuda(index) => Some(index),
+        Device::Auto if probe.torch_cuda_linked && probe.nvidia_control_node => {
+            pool::gpu_indices(probe.dev_names.iter().map(String::as_str))
+                .first()
+                .copied()
+        }
+        Device::Auto => None,
     }
 }
 
-/// Step 2: the device the worker runs on. `cuda_available` (libtorch's
-/// CUDA probe) is called only for `auto` on a possible GPU worker.
+/// Step 2: the device the worker runs on, as it reports it (`cuda:N`, the
+/// GPU's node index). `cuda_available` (libtorch's CUDA probe) is called
+/// only for `auto` on a possible GPU worker.
 pub fn resolve(
     configured: Device,
-    gpu_possible: bool,
+    gpu: Option<u32>,
     cuda_available: impl FnOnce() -> bool,
 ) -> Device {
-    match configured {
-        Device::Auto if gpu_possible && cuda_available() => Device::Cuda(0),
-        Device::Auto => Device::Cpu,
-        device @ (Device::Cpu | Device::Cuda(_)) => device,
+    match (configured, gpu) {
+        (Device::Auto, Some(index)) if cuda_available() => Device::Cuda(index),
+        (Device::Auto, _) => Device::Cpu,
+        (device @ (Device::Cpu | Device::Cuda(_)), _) => device,
+    }
+}
+
+/// The device libtorch addresses for the resolved `device`: the worker's
+/// GPU is the only one CUDA shows it, so whatever `N` it was configured
+/// with, it is CUDA device 0 inside the worker.
+pub fn torch_device(device: Device) -> Device {
+    match device {
+        Device::Cuda(_) => Device::Cuda(0),
+        other => other,
     }
 }
 
@@ -74,25 +109,59 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn auto_is_a_gpu_worker_only_with_the_backend_and_the_driver() {
-        assert!(may_use_gpu(Device::Auto, true, true));
-        assert!(!may_use_gpu(Device::Auto, true, false));
-        assert!(!may_use_gpu(Device::Auto, false, true));
-        assert!(!may_use_gpu(Device::Cpu, true, true));
-        assert!(may_use_gpu(Device::Cuda(1), false, false));
+    fn probe(linked: bool, control: bool, dev: &[&str]) -> (bool, bool, Vec<String>) {
+        (linked, control, dev.iter().map(|n| n.to_string()).collect())
+    }
+
+    fn select(
+        configured: Device,
+        (linked, control, dev): &(bool, bool, Vec<String>),
+    ) -> Option<u32> {
+        select_gpu(
+            configured,
+            &GpuProbe {
+                torch_cuda_linked: *linked,
+                nvidia_control_node: *control,
+                dev_names: dev,
+            },
+        )
     }
 
     #[test]
-    fn auto_resolves_to_cuda_0_only_when_libtorch_sees_a_device() {
-        assert_eq!(resolve(Device::Auto, true, || true), Device::Cuda(0));
-        assert_eq!(resolve(Device::Auto, true, || false), Device::Cpu);
+    fn auto_is_a_gpu_worker_only_with_the_backend_and_the_driver() {
+        let gpus = &["nvidiactl", "nvidia2", "nvidia1", "nvidia-uvm"];
+        // The lowest node: the one the broker made visible.
+        assert_eq!(select(Device::Auto, &probe(true, true, gpus)), Some(1));
+        assert_eq!(select(Device::Auto, &probe(true, false, gpus)), None);
+        assert_eq!(select(Device::Auto, &probe(false, true, gpus)), None);
+        // The driver but no GPU node: nothing to run on.
+        assert_eq!(
+            select(Device::Auto, &probe(true, true, &["nvidiactl"])),
+            None
+        );
+        assert_eq!(select(Device::Cpu, &probe(true, true, gpus)), None);
+        // A configured GPU is confined for its own node, present or not.
+        assert_eq!(select(Device::Cuda(3), &probe(false, false, &[])), Some(3));
+    }
+
+    #[test]
+    fn auto_resolves_to_its_gpu_only_when_libtorch_sees_a_device() {
+        assert_eq!(resolve(Device::Auto, Some(0), || true), Device::Cuda(0));
+        assert_eq!(resolve(Device::Auto, Some(2), || true), Device::Cuda(2));
+        assert_eq!(resolve(Device::Auto, Some(0), || false), Device::Cpu);
         // Not a possible GPU worker: CUDA is not even asked.
         assert_eq!(
-            resolve(Device::Auto, false, || panic!("CUDA probed")),
+            resolve(Device::Auto, None, || panic!("CUDA probed")),
             Device::Cpu
         );
-        assert_eq!(resolve(Device::Cuda(3), true, || false), Device::Cuda(3));
-        assert_eq!(resolve(Device::Cpu, true, || true), Device::Cpu);
+        assert_eq!(resolve(Device::Cuda(3), Some(3), || false), Device::Cuda(3));
+        assert_eq!(resolve(Device::Cpu, None, || true), Device::Cpu);
+    }
+
+    #[test]
+    fn the_only_visible_gpu_is_cuda_device_0_inside_the_worker() {
+        assert_eq!(torch_device(Device::Cuda(5)), Device::Cuda(0));
+        assert_eq!(torch_device(Device::Cuda(0)), Device::Cuda(0));
+        assert_eq!(torch_device(Device::Cpu), Device::Cpu);
     }
 }

@@ -14,8 +14,14 @@ use weave_worker::{engine, to_engine};
 
 /// Starts libtorch before seccomp: thread pool size, and a first tensor on
 /// the device so CUDA (or the CPU allocator) is initialised while every
-/// syscall is still allowed.
-pub fn init_torch(bootstrap: &WorkerBootstrap, device: Device) -> Result<(), String> {
+/// syscall is still allowed. `device` is the worker's device as configured
+/// (`cuda:N`), `torch_device` the one libtorch addresses (`cuda:0`, see
+/// `device::torch_device`).
+pub fn init_torch(
+    bootstrap: &WorkerBootstrap,
+    device: Device,
+    torch_device: Device,
+) -> Result<(), String> {
     if let Some(threads) = bootstrap.torch_threads {
         tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
         tch::set_num_interop_threads(1);
@@ -24,11 +30,22 @@ pub fn init_torch(bootstrap: &WorkerBootstrap, device: Device) -> Result<(), Str
         if !tch::Cuda::is_available() {
             return Err(format!(
                 "device = \"{device}\" is configured but libtorch sees no CUDA device \
-                 (a CPU build of libtorch, no driver, or no GPU); use device = \"auto\" or \"cpu\""
+                 (a CPU build of libtorch, no driver, no GPU, or no GPU with that node \
+                 /dev/nvidiaN); use device = \"auto\" or \"cpu\""
+            ));
+        }
+        // The broker shows a GPU worker its own GPU only; more would mean
+        // `cuda:0` might not be the GPU whose node Landlock granted.
+        let visible = tch::Cuda::device_count();
+        if visible != 1 {
+            return Err(format!(
+                "device = \"{device}\": libtorch sees {visible} CUDA devices, expected only \
+                 this worker's (CUDA_VISIBLE_DEVICES is set by weave-broker; start the worker \
+                 through the broker)"
             ));
         }
     }
-    let device = to_engine::device(device)
+    let device = to_engine::device(torch_device)
         .resolve()
         .map_err(|e| e.to_string())?;
     let probe = tch::Tensor::ones([16, 16], (tch::Kind::Float, device));

@@ -116,7 +116,8 @@ fn run_inner() -> Result<(), ServeError> {
     .serve()
 }
 
-/// The model table, the models whose path is missing, and the device.
+/// The model table, the models whose path is missing, and the device
+/// libtorch addresses.
 type Started = (HashMap<String, ModelEntry>, HashSet<String>, Device);
 
 /// Confinement, libtorch, seccomp and `Ready` (steps 3 to 6).
@@ -128,16 +129,20 @@ fn start(bootstrap: &WorkerBootstrap, channel: &mut WorkerEndpoint) -> Result<St
     let torch_cuda_linked = std::fs::read_to_string("/proc/self/maps")
         .map(|maps| device::links_torch_cuda(&maps))
         .unwrap_or(false);
-    let gpu_possible = device::may_use_gpu(
+    let dev_names = dev_entry_names();
+    let gpu = device::select_gpu(
         bootstrap.device,
-        torch_cuda_linked,
-        std::path::Path::new(device::NVIDIA_CONTROL_NODE).exists(),
+        &device::GpuProbe {
+            torch_cuda_linked,
+            nvidia_control_node: std::path::Path::new(device::NVIDIA_CONTROL_NODE).exists(),
+            dev_names: &dev_names,
+        },
     );
     let missing = missing_models(bootstrap);
     for id in &missing {
         log!("model {id:?} is unavailable: its path does not exist; the other models are served");
     }
-    let landlock = confine_filesystem(bootstrap, gpu_possible, &missing)?;
+    let landlock = confine_filesystem(bootstrap, gpu, &missing)?;
 
     // 4. libtorch and the model table. Without the executable-mapping
     // opt-in, oneDNN (which JIT-compiles kernels) is switched off first.
@@ -146,8 +151,11 @@ fn start(bootstrap: &WorkerBootstrap, channel: &mut WorkerEndpoint) -> Result<St
             "could not switch oneDNN off; set seccomp_exec_mappings to run with it".into(),
         ));
     }
-    let device = device::resolve(bootstrap.device, gpu_possible, tch::Cuda::is_available);
-    loaded_model::init_torch(bootstrap, device).map_err(ServeError::Torch)?;
+    // `device` is what the broker is told (`cuda:N`); libtorch addresses
+    // the worker's only visible GPU as `cuda:0`.
+    let device = device::resolve(bootstrap.device, gpu, tch::Cuda::is_available);
+    let torch_device = device::torch_device(device);
+    loaded_model::init_torch(bootstrap, device, torch_device).map_err(ServeError::Torch)?;
     log!("device {device} (configured {})", bootstrap.device);
     let models: HashMap<String, ModelEntry> = bootstrap
         .models
@@ -180,7 +188,20 @@ fn start(bootstrap: &WorkerBootstrap, channel: &mut WorkerEndpoint) -> Result<St
     }
     log!("sandbox: {sandbox:?}");
     channel.send(&FromWorker::Ready { sandbox, device })?;
-    Ok((models, missing, device))
+    Ok((models, missing, torch_device))
+}
+
+/// The names in `/dev`, read before Landlock (which grants no listing of
+/// `/dev`); none when it cannot be read.
+fn dev_entry_names() -> Vec<String> {
+    std::fs::read_dir("/dev")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Ids of the models whose configured path does not exist now.
@@ -195,7 +216,7 @@ fn missing_models(bootstrap: &WorkerBootstrap) -> HashSet<String> {
 
 fn confine_filesystem(
     bootstrap: &WorkerBootstrap,
-    gpu: bool,
+    gpu: Option<u32>,
     missing: &HashSet<String>,
 ) -> Result<LandlockReport, ServeError> {
     let paths = worker_policy::WorkerPaths {
@@ -259,6 +280,7 @@ struct Server {
     loras: HashMap<String, LoraEntry>,
     /// Models whose path was missing at start: outside the sandbox's view.
     missing: HashSet<String>,
+    /// The device libtorch addresses (`cuda:0` for any GPU worker).
     device: Device,
     loaded: Option<(String, loaded_model::LoadedModel)>,
     /// Messages that arrived during a generation and are not a `Cancel`.

@@ -442,8 +442,15 @@ mod tests {
         let f = write_tmp(&bytes);
         let st = SafetensorsFile::open(f.path()).unwrap();
         let mut scratch = Vec::new();
-        for (name, want) in [("big", &big), ("small", &small), ("bigger", &bigger), ("small", &small)] {
-            let t = st.read_as_with(name, Kind::Float, Device::Cpu, &mut scratch).unwrap();
+        for (name, want) in [
+            ("big", &big),
+            ("small", &small),
+            ("bigger", &bigger),
+            ("small", &small),
+        ] {
+            let t = st
+                .read_as_with(name, Kind::Float, Device::Cpu, &mut scratch)
+                .unwrap();
             let want = want.to_kind(Kind::Float);
             assert_eq!(t.size(), want.size(), "{name}");
             assert_eq!((&t - &want).abs().max().double_value(&[]), 0.0, "{name}");

@@ -72,9 +72,6 @@ pub struct Weights {
     /// Every tensor handed out, by diffusers name: shallow handles onto the
     /// modules' own weights, which LoRA merging changes in place.
     handed_out: std::cell::RefCell<HashMap<String, Tensor>>,
-    /// The file reader's buffer, kept from one tensor to the next while
-    /// this component loads (`SafetensorsFile::read_with`); freed with it.
-    scratch: std::cell::RefCell<Vec<u8>>,
 }
 
 impl Weights {
@@ -107,7 +104,6 @@ impl Weights {
             device,
             loaded_bytes: std::cell::Cell::new(0),
             handed_out: Default::default(),
-            scratch: Default::default(),
         }
     }
 
@@ -131,7 +127,6 @@ impl Weights {
             device,
             loaded_bytes: std::cell::Cell::new(0),
             handed_out: Default::default(),
-            scratch: Default::default(),
         }
     }
 
@@ -258,12 +253,7 @@ impl Weights {
                 info.dtype
             )));
         }
-        let mut t = file.read_as_with(
-            &stored.name,
-            self.kind,
-            self.device,
-            &mut self.scratch.borrow_mut(),
-        )?;
+        let mut t = file.read_as(&stored.name, self.kind, self.device)?;
         if stored.transpose {
             t = t.f_transpose(0, 1)?.f_contiguous()?;
         }

@@ -249,12 +249,24 @@ impl Daemon {
         }
     }
 
+    /// A new connection before each timed request: the broker closes one
+    /// that sat idle for 5 minutes (`server.rs`'s `IDLE_TIMEOUT`), and at
+    /// 512² on a CPU one diffusers image (or two, when the order flips) takes
+    /// longer than that. The hello is outside the timed span.
+    fn reconnect(&mut self) {
+        let client = Client::hello(&self.broker.socket);
+        client.stream.set_read_timeout(None).unwrap();
+        self.client = client;
+    }
+
     fn load(&mut self) -> f64 {
+        self.reconnect();
         let start = Instant::now();
         let answer = self.client.call(&Request::Load {
             model_id: self.model.into(),
         });
         let seconds = start.elapsed().as_secs_f64();
+        eprintln!("big bench: ours, load: {seconds:.2} s");
         assert_eq!(
             answer,
             Response::Ok,
@@ -266,6 +278,7 @@ impl Daemon {
     }
 
     fn reload(&mut self) -> f64 {
+        self.reconnect();
         assert_eq!(self.client.call(&Request::Unload), Response::Ok);
         self.load()
     }
@@ -283,10 +296,13 @@ impl Daemon {
             use_model_negative: false,
             ..digits_request(PROMPT)
         };
+        self.reconnect();
         let start = Instant::now();
         self.client.send(&Request::Generate(request));
         let events = self.client.collect_stream();
         let elapsed = start.elapsed().as_secs_f64();
+        // As it happens, so an interrupted run still leaves its numbers.
+        eprintln!("big bench: ours, seed {seed}: {elapsed:.2} s");
         assert!(
             matches!(events.last(), Some(Response::Finished { .. }))
                 && events.iter().any(|e| matches!(e, Response::Image { .. })),
@@ -378,9 +394,11 @@ impl Diffusers {
 
     fn seconds(&mut self, command: &str) -> f64 {
         let answer = self.ask(command);
-        answer
+        let seconds = answer
             .parse()
-            .unwrap_or_else(|_| panic!("diffusers side answered {answer:?} to {command:?}"))
+            .unwrap_or_else(|_| panic!("diffusers side answered {answer:?} to {command:?}"));
+        eprintln!("big bench: diffusers, {command}: {seconds:.2} s");
+        seconds
     }
 
     /// (first load seconds, VmHWM kB).

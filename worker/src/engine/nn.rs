@@ -72,6 +72,9 @@ pub struct Weights {
     /// Every tensor handed out, by diffusers name: shallow handles onto the
     /// modules' own weights, which LoRA merging changes in place.
     handed_out: std::cell::RefCell<HashMap<String, Tensor>>,
+    /// The file reader's buffer, kept from one tensor to the next while
+    /// this component loads (`SafetensorsFile::read_with`); freed with it.
+    scratch: std::cell::RefCell<Vec<u8>>,
 }
 
 impl Weights {
@@ -104,6 +107,7 @@ impl Weights {
             device,
             loaded_bytes: std::cell::Cell::new(0),
             handed_out: Default::default(),
+            scratch: Default::default(),
         }
     }
 
@@ -127,6 +131,7 @@ impl Weights {
             device,
             loaded_bytes: std::cell::Cell::new(0),
             handed_out: Default::default(),
+            scratch: Default::default(),
         }
     }
 
@@ -253,7 +258,12 @@ impl Weights {
                 info.dtype
             )));
         }
-        let mut t = file.read_as(&stored.name, self.kind, self.device)?;
+        let mut t = file.read_as_with(
+            &stored.name,
+            self.kind,
+            self.device,
+            &mut self.scratch.borrow_mut(),
+        )?;
         if stored.transpose {
             t = t.f_transpose(0, 1)?.f_contiguous()?;
         }

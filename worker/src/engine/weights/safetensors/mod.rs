@@ -256,6 +256,16 @@ impl SafetensorsFile {
     /// Reads one tensor's bytes (exactly its validated range) into a CPU
     /// tensor of the stored dtype.
     pub fn read(&self, name: &str) -> Result<Tensor, SafetensorsError> {
+        self.read_with(name, &mut Vec::new())
+    }
+
+    /// [`Self::read`] through `scratch`, a buffer the caller keeps between
+    /// tensors: a model's loader reads hundreds of tensors, and a fresh
+    /// buffer for each one costs an allocation, a zero fill and, for the
+    /// large ones, a page fault per 4 KiB (most of a load's kernel time on
+    /// a fresh process, docs/PERFORMANCE.md, issue 14). `scratch` grows to
+    /// the largest tensor read and is never shrunk here.
+    pub fn read_with(&self, name: &str, scratch: &mut Vec<u8>) -> Result<Tensor, SafetensorsError> {
         let info = self
             .tensors
             .get(name)
@@ -268,16 +278,20 @@ impl SafetensorsFile {
             name: name.to_string(),
             reason: "larger than the address space".into(),
         })?;
-        let mut bytes = Vec::new();
-        bytes
-            .try_reserve_exact(len)
-            .map_err(|e| SafetensorsError::Io {
-                path: self.path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::OutOfMemory, e),
-            })?;
-        bytes.resize(len, 0);
+        if scratch.len() < len {
+            scratch
+                .try_reserve_exact(len - scratch.len())
+                .map_err(|e| SafetensorsError::Io {
+                    path: self.path.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::OutOfMemory, e),
+                })?;
+            // Only the new tail is zeroed; what an earlier tensor left in
+            // the rest is overwritten by the read below.
+            scratch.resize(len, 0);
+        }
+        let bytes = &mut scratch[..len];
         self.source
-            .read_exact_at(&mut bytes, info.file_offset())
+            .read_exact_at(bytes, info.file_offset())
             .map_err(|source| SafetensorsError::Io {
                 path: self.path.clone(),
                 source,
@@ -288,7 +302,7 @@ impl SafetensorsFile {
         // `from_data_size` trusts that the slice holds numel × element size
         // bytes; `parse_header` proved byte_len == numel × size and we read
         // exactly byte_len bytes.
-        Tensor::f_from_data_size(&bytes, &info.shape, info.dtype.kind()).map_err(|source| {
+        Tensor::f_from_data_size(bytes, &info.shape, info.dtype.kind()).map_err(|source| {
             SafetensorsError::Torch {
                 path: self.path.clone(),
                 name: name.to_string(),
@@ -304,7 +318,18 @@ impl SafetensorsFile {
         kind: Kind,
         device: Device,
     ) -> Result<Tensor, SafetensorsError> {
-        let t = self.read(name)?;
+        self.read_as_with(name, kind, device, &mut Vec::new())
+    }
+
+    /// [`Self::read_as`] through a caller's `scratch` (see [`Self::read_with`]).
+    pub fn read_as_with(
+        &self,
+        name: &str,
+        kind: Kind,
+        device: Device,
+        scratch: &mut Vec<u8>,
+    ) -> Result<Tensor, SafetensorsError> {
+        let t = self.read_with(name, scratch)?;
         t.f_to_device(device)
             .and_then(|t| t.f_to_kind(kind))
             .map_err(|source| SafetensorsError::Torch {
@@ -404,6 +429,33 @@ mod tests {
             assert_eq!(diff, 0.0, "{name}");
         }
         assert_eq!(st.tensors()["h"].dtype, Dtype::F16);
+    }
+
+    #[test]
+    fn one_scratch_serves_tensors_of_any_size_in_any_order() {
+        // Large, small, larger: a buffer left longer by an earlier tensor
+        // must not leak its bytes into a later, shorter one.
+        let big = Tensor::arange(64, (Kind::Float, Device::Cpu)).to_kind(Kind::Half);
+        let small = Tensor::from_slice(&[-7.0f32, 0.5]).to_kind(Kind::Half);
+        let bigger = Tensor::arange(100, (Kind::Float, Device::Cpu)).neg();
+        let bytes = serialize(&[("big", &big), ("small", &small), ("bigger", &bigger)]).unwrap();
+        let f = write_tmp(&bytes);
+        let st = SafetensorsFile::open(f.path()).unwrap();
+        let mut scratch = Vec::new();
+        for (name, want) in [
+            ("big", &big),
+            ("small", &small),
+            ("bigger", &bigger),
+            ("small", &small),
+        ] {
+            let t = st
+                .read_as_with(name, Kind::Float, Device::Cpu, &mut scratch)
+                .unwrap();
+            let want = want.to_kind(Kind::Float);
+            assert_eq!(t.size(), want.size(), "{name}");
+            assert_eq!((&t - &want).abs().max().double_value(&[]), 0.0, "{name}");
+        }
+        assert_eq!(scratch.len(), 400, "grown to the largest tensor, f32 × 100");
     }
 
     #[test]

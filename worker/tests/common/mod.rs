@@ -38,7 +38,8 @@ pub fn reference_fixtures(marker: &str) -> Option<PathBuf> {
     None
 }
 
-/// `ours` has `theirs`' shape and is within [`TOLERANCE`] of it everywhere.
+/// `ours` has `theirs`' shape and is within [`TOLERANCE`] of it everywhere
+/// (or 32 fp32 ulps of its largest value, where that is more).
 #[track_caller]
 pub fn assert_close(what: &str, ours: &tch::Tensor, theirs: &tch::Tensor) {
     assert_eq!(ours.size(), theirs.size(), "{what}: shape");
@@ -46,9 +47,15 @@ pub fn assert_close(what: &str, ours: &tch::Tensor, theirs: &tch::Tensor) {
     let diff = (&ours - theirs).abs().max().double_value(&[]);
     let scale = theirs.abs().max().double_value(&[]);
     eprintln!("{what}: max abs diff {diff:.3e} (max |ref| {scale:.3e})");
+    // 1e-4, or 32 fp32 ulps of the largest reference value where that is
+    // more: the Karras-schedule latents reach ~37, where 1e-4 is 27 ulps,
+    // and the CPU's kernels (AVX-512 on one machine, AVX2 on another) sum
+    // in different orders (1.1e-4 seen on an AMD EPYC, 2.8e-5 for the
+    // same run's other samplers).
+    let bound = TOLERANCE.max(scale * 32.0 * f64::from(f32::EPSILON));
     assert!(
-        diff <= TOLERANCE,
-        "{what}: max abs difference {diff} > {TOLERANCE}"
+        diff <= bound,
+        "{what}: max abs difference {diff} > {bound} (max |ref| {scale})"
     );
 }
 

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
 
-use weave_common::config::Device;
+use weave_common::config::{pool, Device};
 
 /// Where the driver describes each GPU, one folder per PCI address.
 const DRIVER_GPUS: &str = "/proc/driver/nvidia/gpus";
@@ -29,7 +29,7 @@ const DRIVER_GPUS: &str = "/proc/driver/nvidia/gpus";
 pub fn gpu_of(device: Device, visible_gpus: &[u32]) -> Option<u32> {
     match device {
         Device::Cuda(index) => Some(index),
-        Device::Auto => visible_gpus.iter().min().copied(),
+        Device::Auto => pool::auto_gpu(visible_gpus),
         Device::Cpu => None,
     }
 }

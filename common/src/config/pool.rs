@@ -108,6 +108,14 @@ pub fn worker_devices(worker: &WorkerConfig, visible_gpus: &[u32]) -> Vec<Device
     }
 }
 
+/// The GPU a `device = "auto"` worker runs on, among the node indices
+/// [`gpu_indices`] found: the lowest. The broker (which makes it the visible
+/// one) and the worker (which is landlocked to its node) both ask here, so
+/// they cannot pick different GPUs.
+pub fn auto_gpu(visible_gpus: &[u32]) -> Option<u32> {
+    visible_gpus.iter().min().copied()
+}
+
 /// The CUDA device indices of the `/dev` entry names given (`nvidia0`,
 /// `nvidia3`, …; not `nvidiactl`, `nvidia-uvm`), sorted.
 pub fn gpu_indices<'a>(dev_names: impl IntoIterator<Item = &'a str>) -> Vec<u32> {

@@ -45,16 +45,14 @@ pub struct GpuProbe<'a> {
 /// confined for (that node, the driver's files and the GPU syscall
 /// options), or `None` for a CPU worker. `auto` takes the lowest-numbered
 /// node, as the broker does when it sets `CUDA_VISIBLE_DEVICES`
-/// (`pool::gpu_indices` on both sides).
+/// (`pool::auto_gpu` on both sides).
 pub fn select_gpu(configured: Device, probe: &GpuProbe<'_>) -> Option<u32> {
     match configured {
         Device::Cpu => None,
         Device::Cuda(index) => Some(index),
-        Device::Auto if probe.torch_cuda_linked && probe.nvidia_control_node => {
-            pool::gpu_indices(probe.dev_names.iter().map(String::as_str))
-                .first()
-                .copied()
-        }
+        Device::Auto if probe.torch_cuda_linked && probe.nvidia_control_node => pool::auto_gpu(
+            &pool::gpu_indices(probe.dev_names.iter().map(String::as_str)),
+        ),
         Device::Auto => None,
     }
 }

@@ -23,25 +23,22 @@ use weave_common::config::{pool, Device};
 /// Where the driver describes each GPU, one folder per PCI address.
 const DRIVER_GPUS: &str = "/proc/driver/nvidia/gpus";
 
-/// The GPU (its node index `N`, `/dev/nvidiaN`) a worker of `device` runs
-/// on: its own for `cuda:N`; for `auto` the lowest node the broker sees (the
-/// worker picks the same one, worker/src/serve/device.rs); none for the CPU.
-pub fn gpu_of(device: Device, visible_gpus: &[u32]) -> Option<u32> {
+/// The GPU (its node index `N`, `/dev/nvidiaN`) worker `slot` of `device`
+/// runs on: its own for `cuda:N`; for `auto` the visible GPUs in turn
+/// (`pool::auto_gpu`; the worker is told which in its bootstrap); none for
+/// the CPU.
+pub fn gpu_of(device: Device, visible_gpus: &[u32], slot: usize) -> Option<u32> {
     match device {
         Device::Cuda(index) => Some(index),
-        Device::Auto => pool::auto_gpu(visible_gpus),
+        Device::Auto => pool::auto_gpu(visible_gpus, slot),
         Device::Cpu => None,
     }
 }
 
-/// The variables to add to the environment of a worker of `device`.
-/// `uuids`: GPU UUID by minor number ([`read_gpu_uuids`]).
-pub fn gpu_env(
-    device: Device,
-    visible_gpus: &[u32],
-    uuids: &BTreeMap<u32, String>,
-) -> Vec<(OsString, OsString)> {
-    let Some(gpu) = gpu_of(device, visible_gpus) else {
+/// The variables to add to the environment of a worker whose GPU is `gpu`
+/// ([`gpu_of`]). `uuids`: GPU UUID by minor number ([`read_gpu_uuids`]).
+pub fn gpu_env(gpu: Option<u32>, uuids: &BTreeMap<u32, String>) -> Vec<(OsString, OsString)> {
+    let Some(gpu) = gpu else {
         return Vec::new();
     };
     let visible = uuids.get(&gpu).cloned().unwrap_or_else(|| gpu.to_string());
@@ -129,20 +126,23 @@ mod tests {
     #[test]
     fn a_gpu_worker_sees_its_own_gpu_by_uuid_or_else_by_index() {
         let uuids = BTreeMap::from([(3, "GPU-ab-cd".to_owned())]);
-        let env = env_of(&gpu_env(Device::Cuda(3), &[0, 3], &uuids));
+        let env = env_of(&gpu_env(gpu_of(Device::Cuda(3), &[0, 3], 0), &uuids));
         assert_eq!(env["CUDA_VISIBLE_DEVICES"], "GPU-ab-cd");
-        let env = env_of(&gpu_env(Device::Cuda(1), &[0, 1, 3], &uuids));
+        let env = env_of(&gpu_env(gpu_of(Device::Cuda(1), &[0, 1, 3], 5), &uuids));
         assert_eq!(env["CUDA_VISIBLE_DEVICES"], "1");
         assert_eq!(env["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
     }
 
     #[test]
-    fn auto_takes_the_lowest_node_and_the_cpu_gets_nothing() {
+    fn auto_workers_take_the_gpus_in_turn_and_the_cpu_gets_nothing() {
         let none = BTreeMap::new();
-        let env = env_of(&gpu_env(Device::Auto, &[2, 1], &none));
+        let env = env_of(&gpu_env(gpu_of(Device::Auto, &[1, 2], 0), &none));
         assert_eq!(env["CUDA_VISIBLE_DEVICES"], "1");
-        assert!(gpu_env(Device::Auto, &[], &none).is_empty());
-        assert!(gpu_env(Device::Cpu, &[0, 1], &none).is_empty());
+        let env = env_of(&gpu_env(gpu_of(Device::Auto, &[1, 2], 1), &none));
+        assert_eq!(env["CUDA_VISIBLE_DEVICES"], "2");
+        assert_eq!(gpu_of(Device::Auto, &[1, 2], 2), Some(1));
+        assert!(gpu_env(gpu_of(Device::Auto, &[], 0), &none).is_empty());
+        assert!(gpu_env(gpu_of(Device::Cpu, &[0, 1], 0), &none).is_empty());
     }
 
     #[test]

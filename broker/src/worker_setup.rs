@@ -104,37 +104,52 @@ pub fn start_pool(config: &Config) -> Result<Vec<(Device, WorkerSupervisor)>, Wo
     let uuids = gpu_env::read_gpu_uuids();
     let devices = pool::worker_devices(&config.worker, &visible);
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let threads = pool_torch_threads(config.worker.torch_threads, &devices, cpus);
+    let gpus: Vec<Option<u32>> = devices
+        .iter()
+        .enumerate()
+        .map(|(slot, &device)| gpu_env::gpu_of(device, &visible, slot))
+        .collect();
+    let threads = pool_torch_threads(config.worker.torch_threads, &gpus, cpus);
     Ok(devices
         .into_iter()
-        .map(|device| {
+        .zip(gpus)
+        .zip(threads)
+        .map(|((device, gpu), threads)| {
             let mut supervisor = base.clone();
             supervisor.device = device;
+            supervisor.gpu = gpu;
             supervisor.torch_threads = threads;
-            supervisor
-                .worker_env
-                .extend(gpu_env::gpu_env(device, &visible, &uuids));
+            supervisor.worker_env.extend(gpu_env::gpu_env(gpu, &uuids));
             (device, WorkerSupervisor::new(supervisor))
         })
         .collect())
 }
 
-/// Each worker's libtorch threads: `torch_threads` when set; unset, with
-/// several workers computing on the CPU, the CPUs shared out among them
-/// (at least one each), since libtorch's default of one thread per CPU in
-/// every worker would make them spin against each other.
-fn pool_torch_threads(configured: Option<u32>, devices: &[Device], cpus: usize) -> Option<u32> {
-    let on_cpu = devices
-        .iter()
-        .filter(|d| matches!(d, Device::Cpu | Device::Auto))
-        .count();
-    match configured {
+/// Each worker's libtorch threads, in pool order: `torch_threads` when set.
+/// Unset, several workers computing on the CPU share the CPUs out among
+/// them (at least one each), since libtorch's default of one thread per CPU
+/// in every one would make them spin against each other; a lone CPU worker
+/// and every GPU worker (whose CPU side is tokenising and PNG encoding)
+/// keep libtorch's default. `gpus`: each worker's GPU
+/// ([`gpu_env::gpu_of`]), `None` for a CPU worker.
+fn pool_torch_threads(
+    configured: Option<u32>,
+    gpus: &[Option<u32>],
+    cpus: usize,
+) -> Vec<Option<u32>> {
+    let on_cpu = gpus.iter().filter(|gpu| gpu.is_none()).count();
+    let share = match configured {
         Some(threads) => Some(threads),
-        None if devices.len() > 1 && on_cpu > 0 => {
-            u32::try_from((cpus / devices.len()).max(1)).ok()
-        }
+        None if on_cpu > 1 => u32::try_from((cpus / on_cpu).max(1)).ok(),
         None => None,
-    }
+    };
+    gpus.iter()
+        .map(|gpu| match (configured, gpu) {
+            (Some(threads), _) => Some(threads),
+            (None, Some(_)) => None,
+            (None, None) => share,
+        })
+        .collect()
 }
 
 /// The CUDA device indices whose nodes the broker sees (`/dev/nvidiaN`),
@@ -157,15 +172,33 @@ mod tests {
 
     #[test]
     fn several_cpu_workers_share_the_cpus_unless_threads_are_set() {
-        let two_cpu = [Device::Cpu, Device::Cpu];
-        assert_eq!(pool_torch_threads(None, &two_cpu, 16), Some(8));
-        assert_eq!(pool_torch_threads(None, &two_cpu, 1), Some(1));
-        assert_eq!(pool_torch_threads(Some(3), &two_cpu, 16), Some(3));
+        let two_cpu = [None, None];
+        assert_eq!(pool_torch_threads(None, &two_cpu, 16), vec![Some(8); 2]);
+        assert_eq!(pool_torch_threads(None, &two_cpu, 1), vec![Some(1); 2]);
+        assert_eq!(pool_torch_threads(Some(3), &two_cpu, 16), vec![Some(3); 2]);
         // One worker, or GPUs only: libtorch's own default.
-        assert_eq!(pool_torch_threads(None, &[Device::Cpu], 16), None);
+        assert_eq!(pool_torch_threads(None, &[None], 16), vec![None]);
         assert_eq!(
-            pool_torch_threads(None, &[Device::Cuda(0), Device::Cuda(1)], 16),
-            None
+            pool_torch_threads(None, &[Some(0), Some(1)], 16),
+            vec![None, None]
+        );
+    }
+
+    #[test]
+    fn in_a_mixed_pool_only_the_cpu_workers_share_the_cpus() {
+        // ["cpu", "cpu", "cuda:0"]: the GPU worker takes no share.
+        assert_eq!(
+            pool_torch_threads(None, &[None, None, Some(0)], 16),
+            vec![Some(8), Some(8), None]
+        );
+        // ["cpu", "cuda:0"]: the CPU worker alone has every CPU.
+        assert_eq!(
+            pool_torch_threads(None, &[None, Some(0)], 16),
+            vec![None, None]
+        );
+        assert_eq!(
+            pool_torch_threads(Some(2), &[None, Some(0)], 16),
+            vec![Some(2), Some(2)]
         );
     }
 }

@@ -131,8 +131,13 @@ pub struct WorkerBootstrap {
     pub to_worker_key: DirectionKey,
     pub to_broker_key: DirectionKey,
     pub models: Vec<ModelEntry>,
-    /// The config's `worker.device`, as the broker resolved it.
+    /// This worker's device from the config (`auto` stays `auto`).
     pub device: Device,
+    /// The GPU node `N` (`/dev/nvidiaN`) the broker made the one CUDA shows
+    /// this worker: `cuda:N`'s own, the one an `auto` worker was given (the
+    /// visible GPUs in turn, `config::pool::auto_gpu`), `None` for the CPU or
+    /// a box without GPUs. Landlock grants this node and no other.
+    pub gpu: Option<u32>,
     /// libtorch intra-op threads; `None` keeps libtorch's default.
     pub torch_threads: Option<u32>,
     /// Run even when landlock is only partially enforced (config opt-in).
@@ -534,6 +539,7 @@ mod tests {
                 sha256: None,
             }],
             device: Device::Cpu,
+            gpu: None,
             torch_threads: Some(2),
             allow_degraded_sandbox: false,
             seccomp_debug: false,
@@ -552,6 +558,13 @@ mod tests {
         let b = sample_bootstrap();
         let bytes = encode_bootstrap(&b).unwrap();
         assert_eq!(decode_bootstrap(&bytes).unwrap(), b);
+        let gpu = WorkerBootstrap {
+            device: Device::Auto,
+            gpu: Some(3),
+            ..sample_bootstrap()
+        };
+        let bytes = encode_bootstrap(&gpu).unwrap();
+        assert_eq!(decode_bootstrap(&bytes).unwrap(), gpu);
     }
 
     #[test]

@@ -18,8 +18,13 @@ pub struct SupervisorConfig {
     pub models: Vec<ModelEntry>,
     /// The LoRA table (id, path, pin), from the broker's config only.
     pub loras: Vec<LoraEntry>,
-    /// Never `Auto`: the broker resolves it (see `worker_setup`).
+    /// The config's device for this worker; `Auto` stays `Auto` (the worker
+    /// decides whether it can use [`Self::gpu`]).
     pub device: Device,
+    /// The GPU node (`/dev/nvidiaN`) the broker made the worker's visible
+    /// one (`CUDA_VISIBLE_DEVICES`, broker/src/gpu_env.rs): `N` for
+    /// `cuda:N`, the one `auto` was given, `None` for the CPU.
+    pub gpu: Option<u32>,
     pub torch_threads: Option<u32>,
     pub allow_degraded_sandbox: bool,
     pub seccomp_debug: bool,
@@ -56,6 +61,7 @@ impl SupervisorConfig {
             models,
             loras: Vec::new(),
             device: Device::Cpu,
+            gpu: None,
             torch_threads: None,
             allow_degraded_sandbox: false,
             seccomp_debug: false,

@@ -155,7 +155,7 @@ impl WorkerSupervisor {
                 self.kill_worker(cause).to_string(),
             ));
         }
-        if !reported_device_fits(self.config.device, device) {
+        if !reported_device_fits(self.config.device, self.config.gpu, device) {
             let cause = CrashCause::ProtocolViolation(format!(
                 "worker reported device {device}, configured {}",
                 self.config.device
@@ -309,14 +309,16 @@ impl WorkerSupervisor {
     }
 }
 
-/// Whether a worker configured for `configured` may report `reported` in
-/// `Ready`: the same device, or for `auto` the CPU or a CUDA device (the
-/// lowest `/dev/nvidiaN`, whatever its `N`: what the worker resolves it to).
-/// Anything else is a lying or broken worker.
-fn reported_device_fits(configured: Device, reported: Device) -> bool {
-    match configured {
-        Device::Auto => matches!(reported, Device::Cpu | Device::Cuda(_)),
-        Device::Cpu | Device::Cuda(_) => reported == configured,
+/// Whether a worker configured for `configured`, given the GPU `gpu`, may
+/// report `reported` in `Ready`: the same device, or for `auto` the CPU or
+/// the GPU it was given (what the worker resolves it to). Anything else is a
+/// lying or broken worker.
+fn reported_device_fits(configured: Device, gpu: Option<u32>, reported: Device) -> bool {
+    match (configured, reported) {
+        (Device::Auto, Device::Cpu) => true,
+        (Device::Auto, Device::Cuda(index)) => gpu == Some(index),
+        (Device::Auto, Device::Auto) => false,
+        (Device::Cpu | Device::Cuda(_), _) => reported == configured,
     }
 }
 
@@ -326,20 +328,28 @@ mod tests {
 
     #[test]
     fn the_reported_device_must_be_the_configured_one_or_auto_resolved() {
-        assert!(reported_device_fits(Device::Auto, Device::Cpu));
-        assert!(reported_device_fits(Device::Auto, Device::Cuda(0)));
-        // A box whose lowest GPU node is /dev/nvidia1.
-        assert!(reported_device_fits(Device::Auto, Device::Cuda(1)));
-        assert!(reported_device_fits(Device::Cuda(2), Device::Cuda(2)));
-        assert!(reported_device_fits(Device::Cpu, Device::Cpu));
-        for (configured, reported) in [
-            (Device::Auto, Device::Auto),
-            (Device::Cpu, Device::Cuda(0)),
-            (Device::Cuda(0), Device::Cpu),
-            (Device::Cuda(1), Device::Cuda(0)),
+        assert!(reported_device_fits(Device::Auto, None, Device::Cpu));
+        assert!(reported_device_fits(Device::Auto, Some(0), Device::Cpu));
+        assert!(reported_device_fits(Device::Auto, Some(0), Device::Cuda(0)));
+        // The second auto worker of a two-GPU box was given /dev/nvidia1.
+        assert!(reported_device_fits(Device::Auto, Some(1), Device::Cuda(1)));
+        assert!(reported_device_fits(
+            Device::Cuda(2),
+            Some(2),
+            Device::Cuda(2)
+        ));
+        assert!(reported_device_fits(Device::Cpu, None, Device::Cpu));
+        for (configured, gpu, reported) in [
+            (Device::Auto, None, Device::Auto),
+            // Not the GPU it was given, or a GPU when it was given none.
+            (Device::Auto, Some(1), Device::Cuda(0)),
+            (Device::Auto, None, Device::Cuda(0)),
+            (Device::Cpu, None, Device::Cuda(0)),
+            (Device::Cuda(0), Some(0), Device::Cpu),
+            (Device::Cuda(1), Some(1), Device::Cuda(0)),
         ] {
             assert!(
-                !reported_device_fits(configured, reported),
+                !reported_device_fits(configured, gpu, reported),
                 "{configured} -> {reported}"
             );
         }

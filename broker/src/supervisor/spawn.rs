@@ -61,6 +61,7 @@ fn send_bootstrap(
         to_broker_key,
         models: config.models.clone(),
         device: config.device,
+        gpu: config.gpu,
         torch_threads: config.torch_threads,
         allow_degraded_sandbox: config.allow_degraded_sandbox,
         seccomp_debug: config.seccomp_debug,

@@ -108,12 +108,16 @@ pub fn worker_devices(worker: &WorkerConfig, visible_gpus: &[u32]) -> Vec<Device
     }
 }
 
-/// The GPU a `device = "auto"` worker runs on, among the node indices
-/// [`gpu_indices`] found: the lowest. The broker (which makes it the visible
-/// one) and the worker (which is landlocked to its node) both ask here, so
-/// they cannot pick different GPUs.
-pub fn auto_gpu(visible_gpus: &[u32]) -> Option<u32> {
-    visible_gpus.iter().min().copied()
+/// The GPU worker `slot` (0, 1, …) of the pool runs on when its device is
+/// `auto`: the visible GPUs ([`gpu_indices`], sorted) taken in turn, so
+/// `count = 4` on a two-GPU box puts two workers on each and one worker takes
+/// the lowest. The broker decides it (and makes it the one CUDA shows the
+/// worker); the worker is told in its bootstrap and is landlocked to it.
+pub fn auto_gpu(visible_gpus: &[u32], slot: usize) -> Option<u32> {
+    match visible_gpus.len() {
+        0 => None,
+        len => visible_gpus.get(slot % len).copied(),
+    }
 }
 
 /// The CUDA device indices of the `/dev` entry names given (`nvidia0`,
@@ -164,6 +168,17 @@ mod tests {
             vec![Device::Cuda(0), Device::Cuda(2)]
         );
         assert_eq!(worker_devices(&auto, &[]), vec![Device::Cpu]);
+    }
+
+    #[test]
+    fn auto_workers_take_the_visible_gpus_in_turn() {
+        let gpus = [0, 1];
+        let picked: Vec<Option<u32>> = (0..4).map(|slot| auto_gpu(&gpus, slot)).collect();
+        assert_eq!(picked, vec![Some(0), Some(1), Some(0), Some(1)]);
+        // One worker: the lowest node.
+        assert_eq!(auto_gpu(&[1, 3], 0), Some(1));
+        assert_eq!(auto_gpu(&[], 0), None);
+        assert_eq!(auto_gpu(&[], 5), None);
     }
 
     #[test]

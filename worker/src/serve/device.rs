@@ -9,14 +9,14 @@
 //! threads) while Landlock must already know which node to grant:
 //!
 //! 1. before Landlock, without calling CUDA: could this worker use a GPU at
-//!    all, and which? ([`select_gpu`]: its libtorch has the CUDA backend
-//!    linked in, the NVIDIA driver's control node exists, and the GPU is the
-//!    lowest-numbered `/dev/nvidiaN`, the one the broker made visible);
+//!    all? ([`select_gpu`]: its libtorch has the CUDA backend linked in and
+//!    the NVIDIA driver's control node exists; the GPU is the one the broker
+//!    picked and made visible, named in the bootstrap);
 //! 2. after Landlock, before seccomp: [`resolve`] asks libtorch whether it
 //!    sees that CUDA device (`cuda:N` if so, else the CPU).
 #![forbid(unsafe_code)]
 
-use weave_common::config::{pool, Device};
+use weave_common::config::Device;
 
 /// The NVIDIA driver's control node; every CUDA process opens it.
 pub const NVIDIA_CONTROL_NODE: &str = "/dev/nvidiactl";
@@ -32,27 +32,23 @@ pub fn links_torch_cuda(maps: &str) -> bool {
 }
 
 /// What the worker knows before Landlock, without calling CUDA.
-pub struct GpuProbe<'a> {
+pub struct GpuProbe {
     /// libtorch's CUDA backend is mapped ([`links_torch_cuda`]).
     pub torch_cuda_linked: bool,
     /// [`NVIDIA_CONTROL_NODE`] exists.
     pub nvidia_control_node: bool,
-    /// The names of the entries of `/dev`.
-    pub dev_names: &'a [String],
 }
 
 /// Step 1: the index `N` of the GPU (node `/dev/nvidiaN`) the worker must be
 /// confined for (that node, the driver's files and the GPU syscall
-/// options), or `None` for a CPU worker. `auto` takes the lowest-numbered
-/// node, as the broker does when it sets `CUDA_VISIBLE_DEVICES`
-/// (`pool::auto_gpu` on both sides).
-pub fn select_gpu(configured: Device, probe: &GpuProbe<'_>) -> Option<u32> {
+/// options), or `None` for a CPU worker. `given`: the GPU the broker made
+/// visible to this worker (the bootstrap's `gpu`), which an `auto` worker
+/// takes when it can use a GPU at all.
+pub fn select_gpu(configured: Device, given: Option<u32>, probe: &GpuProbe) -> Option<u32> {
     match configured {
         Device::Cpu => None,
         Device::Cuda(index) => Some(index),
-        Device::Auto if probe.torch_cuda_linked && probe.nvidia_control_node => pool::auto_gpu(
-            &pool::gpu_indices(probe.dev_names.iter().map(String::as_str)),
-        ),
+        Device::Auto if probe.torch_cuda_linked && probe.nvidia_control_node => given,
         Device::Auto => None,
     }
 }
@@ -107,39 +103,29 @@ mod tests {
         ));
     }
 
-    fn probe(linked: bool, control: bool, dev: &[&str]) -> (bool, bool, Vec<String>) {
-        (linked, control, dev.iter().map(|n| n.to_string()).collect())
-    }
-
-    fn select(
-        configured: Device,
-        (linked, control, dev): &(bool, bool, Vec<String>),
-    ) -> Option<u32> {
+    fn select(configured: Device, given: Option<u32>, linked: bool, control: bool) -> Option<u32> {
         select_gpu(
             configured,
+            given,
             &GpuProbe {
-                torch_cuda_linked: *linked,
-                nvidia_control_node: *control,
-                dev_names: dev,
+                torch_cuda_linked: linked,
+                nvidia_control_node: control,
             },
         )
     }
 
     #[test]
     fn auto_is_a_gpu_worker_only_with_the_backend_and_the_driver() {
-        let gpus = &["nvidiactl", "nvidia2", "nvidia1", "nvidia-uvm"];
-        // The lowest node: the one the broker made visible.
-        assert_eq!(select(Device::Auto, &probe(true, true, gpus)), Some(1));
-        assert_eq!(select(Device::Auto, &probe(true, false, gpus)), None);
-        assert_eq!(select(Device::Auto, &probe(false, true, gpus)), None);
-        // The driver but no GPU node: nothing to run on.
-        assert_eq!(
-            select(Device::Auto, &probe(true, true, &["nvidiactl"])),
-            None
-        );
-        assert_eq!(select(Device::Cpu, &probe(true, true, gpus)), None);
+        // The GPU the broker gave it (the visible GPUs in turn).
+        assert_eq!(select(Device::Auto, Some(1), true, true), Some(1));
+        assert_eq!(select(Device::Auto, Some(2), true, true), Some(2));
+        assert_eq!(select(Device::Auto, Some(1), true, false), None);
+        assert_eq!(select(Device::Auto, Some(1), false, true), None);
+        // The driver but no GPU the broker saw: nothing to run on.
+        assert_eq!(select(Device::Auto, None, true, true), None);
+        assert_eq!(select(Device::Cpu, Some(1), true, true), None);
         // A configured GPU is confined for its own node, present or not.
-        assert_eq!(select(Device::Cuda(3), &probe(false, false, &[])), Some(3));
+        assert_eq!(select(Device::Cuda(3), None, false, false), Some(3));
     }
 
     #[test]

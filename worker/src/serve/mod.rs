@@ -129,13 +129,12 @@ fn start(bootstrap: &WorkerBootstrap, channel: &mut WorkerEndpoint) -> Result<St
     let torch_cuda_linked = std::fs::read_to_string("/proc/self/maps")
         .map(|maps| device::links_torch_cuda(&maps))
         .unwrap_or(false);
-    let dev_names = dev_entry_names();
     let gpu = device::select_gpu(
         bootstrap.device,
+        bootstrap.gpu,
         &device::GpuProbe {
             torch_cuda_linked,
             nvidia_control_node: std::path::Path::new(device::NVIDIA_CONTROL_NODE).exists(),
-            dev_names: &dev_names,
         },
     );
     let missing = missing_models(bootstrap);
@@ -189,19 +188,6 @@ fn start(bootstrap: &WorkerBootstrap, channel: &mut WorkerEndpoint) -> Result<St
     log!("sandbox: {sandbox:?}");
     channel.send(&FromWorker::Ready { sandbox, device })?;
     Ok((models, missing, torch_device))
-}
-
-/// The names in `/dev`, read before Landlock (which grants no listing of
-/// `/dev`); none when it cannot be read.
-fn dev_entry_names() -> Vec<String> {
-    std::fs::read_dir("/dev")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Ids of the models whose configured path does not exist now.

@@ -37,3 +37,14 @@ pub fn set_enabled(enabled: bool) -> bool {
         at_context_user_enabled_mkldnn(context) == enabled
     }
 }
+
+/// Whether oneDNN is switched on now (libtorch's default is on; the worker
+/// switches it off unless `seccomp_exec_mappings`).
+pub fn enabled() -> bool {
+    // SAFETY: as in `set_enabled`: the process-wide context outlives every
+    // caller, and the getter only reads a flag.
+    unsafe {
+        let context = at_global_context();
+        !context.is_null() && at_context_user_enabled_mkldnn(context)
+    }
+}

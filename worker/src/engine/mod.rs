@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blocks;
+pub mod conv3x3;
 pub mod denoisers;
 pub mod loader;
 pub mod lora;

@@ -383,6 +383,20 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        if crate::engine::conv3x3::takes_shifted(
+            &x.size(),
+            &self.weight.size(),
+            self.stride,
+            self.padding,
+            x.device(),
+            crate::onednn::enabled(),
+        ) {
+            return Ok(crate::engine::conv3x3::conv3x3_shifted(
+                x,
+                &self.weight,
+                &self.bias,
+            )?);
+        }
         Ok(x.f_conv2d(
             &self.weight,
             Some(&self.bias),

@@ -1,0 +1,179 @@
+//! The 3×3, stride 1, padding 1 convolution of a large image on the CPU
+//! when oneDNN is off (the sandbox's default: oneDNN JIT-compiles its
+//! kernels, docs/SANDBOX.md "PROT_EXEC").
+//!
+//! libtorch's own CPU convolution then unfolds the whole input into a
+//! matrix nine times its size (im2col) and multiplies once. For the VAE
+//! decoder's layers at 128² to 1024² pixels that matrix is hundreds of MB
+//! per layer, written and read back through memory, and the decoder ends up
+//! ≈ 1.5× slower than with oneDNN (docs/PERFORMANCE.md, issue 14). Here the
+//! input is padded once and flattened per channel; with the output computed
+//! on the padded width, each of the nine taps reads a *contiguous* run of
+//! that flat input at offset `ky·(W+2) + kx`, so the convolution is nine
+//! matrix products (`O×C` tap weights times a `C×H(W+2)` strided view)
+//! accumulated into the output, with no unfolded copy. The two padding
+//! columns of each output row are computed and dropped.
+//!
+//! The sums are the same products in another order, so results differ from
+//! `conv2d` by rounding only (≈ 1e-6 relative in fp32, unit-tested below).
+#![forbid(unsafe_code)]
+
+use tch::{Device, Tensor};
+
+/// From this many output pixels per image on, [`conv3x3_shifted`] is used
+/// (measured: faster than libtorch's unfolding from 128² up, no gain at 64²
+/// and slower for the UNet's 16² layers; docs/PERFORMANCE.md).
+pub const SHIFTED_MIN_PIXELS: i64 = 128 * 128;
+
+/// Whether a convolution of `input` (`[B, C, H, W]`) with `weight`
+/// (`[O, C, kh, kw]`), `stride` and `padding` takes [`conv3x3_shifted`]:
+/// a 3×3, stride 1, padding 1 layer on a large image, on the CPU, with
+/// oneDNN off.
+pub fn takes_shifted(
+    input: &[i64],
+    weight: &[i64],
+    stride: i64,
+    padding: i64,
+    device: Device,
+    onednn_on: bool,
+) -> bool {
+    let [_, _, h, w] = input else { return false };
+    let [_, _, 3, 3] = weight else { return false };
+    stride == 1
+        && padding == 1
+        && device == Device::Cpu
+        && !onednn_on
+        && h * w >= SHIFTED_MIN_PIXELS
+}
+
+/// `conv2d(input, weight, bias, stride 1, padding 1)` for a 3×3 `weight`,
+/// as nine accumulated matrix products (module doc).
+pub fn conv3x3_shifted(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor, tch::TchError> {
+    let (batch, channels, height, width) = input.size4()?;
+    let outputs = weight.size().first().copied().unwrap_or(0);
+    let padded_width = width + 2;
+    let flat = (height + 2) * padded_width;
+    // The output on the padded width: H rows of W + 2 columns.
+    let run = height * padded_width;
+    // [B, C, (H+2)(W+2) + 2]: two more zeros, since the last tap's run
+    // (offset 2·(W+2) + 2) ends two elements past the padded image.
+    let padded = input
+        .f_constant_pad_nd([1, 1, 1, 1])?
+        .f_reshape([batch, channels, flat])?
+        .f_constant_pad_nd([0, 2])?;
+    // [3, 3, O, C]: each tap's weights a contiguous O×C matrix.
+    let taps = weight.f_permute([2, 3, 0, 1])?.f_contiguous()?;
+    let out = bias
+        .f_view([1, outputs, 1])?
+        .f_expand([batch, outputs, run], false)?
+        .f_contiguous()?;
+    for image in 0..batch {
+        let mut image_out = out.f_select(0, image)?;
+        let image_in = padded.f_select(0, image)?;
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let tap = taps.f_select(0, ky)?.f_select(0, kx)?;
+                let shifted = image_in.f_narrow(1, ky * padded_width + kx, run)?;
+                // In place into `out` (the returned handle is `image_out` again).
+                let _accumulated = image_out.f_addmm_(&tap, &shifted)?;
+            }
+        }
+    }
+    out.f_view([batch, outputs, height, padded_width])?
+        .f_narrow(3, 0, width)?
+        .f_contiguous()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    fn reference(input: &Tensor, weight: &Tensor, bias: &Tensor) -> Tensor {
+        input.conv2d(weight, Some(bias), [1, 1], [1, 1], [1, 1], 1)
+    }
+
+    #[test]
+    fn equals_the_library_convolution_up_to_rounding() {
+        tch::manual_seed(7);
+        // Non-square, odd sizes, two images, channels in and out differ.
+        for (batch, channels, outputs, height, width) in
+            [(2, 5, 7, 9, 13), (1, 16, 3, 33, 20), (3, 1, 1, 4, 4)]
+        {
+            let input = Tensor::randn([batch, channels, height, width], (Kind::Float, Device::Cpu));
+            let weight = Tensor::randn([outputs, channels, 3, 3], (Kind::Float, Device::Cpu));
+            let bias = Tensor::randn([outputs], (Kind::Float, Device::Cpu));
+            let got = conv3x3_shifted(&input, &weight, &bias).unwrap();
+            let want = reference(&input, &weight, &bias);
+            assert_eq!(got.size(), want.size());
+            let scale = want.abs().max().double_value(&[]);
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(
+                err <= 1e-5 * scale.max(1.0),
+                "{batch}x{channels}x{height}x{width}: error {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_non_contiguous_input_gives_the_same_result() {
+        tch::manual_seed(3);
+        let wide = Tensor::randn([1, 4, 10, 24], (Kind::Float, Device::Cpu));
+        let input = wide.narrow(3, 3, 12);
+        let weight = Tensor::randn([6, 4, 3, 3], (Kind::Float, Device::Cpu));
+        let bias = Tensor::randn([6], (Kind::Float, Device::Cpu));
+        let got = conv3x3_shifted(&input, &weight, &bias).unwrap();
+        let err = (&got - reference(&input, &weight, &bias))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(err <= 1e-4, "error {err}");
+    }
+
+    #[test]
+    fn only_large_3x3_cpu_layers_without_onednn_take_it() {
+        let big = [1, 128, 128, 128];
+        let k3 = [128, 128, 3, 3];
+        assert!(takes_shifted(&big, &k3, 1, 1, Device::Cpu, false));
+        assert!(
+            !takes_shifted(&big, &k3, 1, 1, Device::Cpu, true),
+            "oneDNN on"
+        );
+        assert!(
+            !takes_shifted(&big, &k3, 1, 1, Device::Cuda(0), false),
+            "GPU"
+        );
+        assert!(
+            !takes_shifted(&big, &k3, 2, 1, Device::Cpu, false),
+            "stride 2"
+        );
+        assert!(
+            !takes_shifted(&big, &k3, 1, 0, Device::Cpu, false),
+            "no padding"
+        );
+        assert!(
+            !takes_shifted(&big, &[128, 128, 1, 1], 1, 0, Device::Cpu, false),
+            "1x1"
+        );
+        assert!(
+            !takes_shifted(
+                &[2, 320, 64, 64],
+                &[320, 320, 3, 3],
+                1,
+                1,
+                Device::Cpu,
+                false
+            ),
+            "64²"
+        );
+        assert!(
+            !takes_shifted(&[128, 128], &k3, 1, 1, Device::Cpu, false),
+            "not 4-d"
+        );
+    }
+}

@@ -2,4 +2,5 @@
 
 pub mod engine;
 pub mod onednn;
+pub mod tensor_bytes;
 pub mod to_engine;

@@ -60,11 +60,16 @@ pub fn conv3x3_shifted(
     // The output on the padded width: H rows of W + 2 columns.
     let run = height * padded_width;
     // [B, C, (H+2)(W+2) + 2]: two more zeros, since the last tap's run
-    // (offset 2·(W+2) + 2) ends two elements past the padded image.
-    let padded = input
-        .f_constant_pad_nd([1, 1, 1, 1])?
-        .f_reshape([batch, channels, flat])?
-        .f_constant_pad_nd([0, 2])?;
+    // (offset 2·(W+2) + 2) ends two elements past the padded image. One
+    // allocation with the input copied into its interior, so no second
+    // padded copy exists at once (these are 100+ MB at 512²).
+    let padded = Tensor::f_zeros([batch, channels, flat + 2], (input.kind(), input.device()))?;
+    let mut interior = padded
+        .f_narrow(2, 0, flat)?
+        .f_view([batch, channels, height + 2, padded_width])?
+        .f_narrow(2, 1, height)?
+        .f_narrow(3, 1, width)?;
+    interior.f_copy_(input)?;
     // [3, 3, O, C]: each tap's weights a contiguous O×C matrix.
     let taps = weight.f_permute([2, 3, 0, 1])?.f_contiguous()?;
     let out = bias

@@ -266,6 +266,26 @@ impl SafetensorsFile {
     /// a fresh process, docs/PERFORMANCE.md, issue 14). `scratch` grows to
     /// the largest tensor read and is never shrunk here.
     pub fn read_with(&self, name: &str, scratch: &mut Vec<u8>) -> Result<Tensor, SafetensorsError> {
+        let (info, bytes) = self.read_bytes(name, scratch)?;
+        // `from_data_size` trusts that the slice holds numel × element size
+        // bytes; `parse_header` proved byte_len == numel × size and we read
+        // exactly byte_len bytes.
+        Tensor::f_from_data_size(bytes, &info.shape, info.dtype.kind()).map_err(|source| {
+            SafetensorsError::Torch {
+                path: self.path.clone(),
+                name: name.to_string(),
+                source,
+            }
+        })
+    }
+
+    /// Reads one tensor's bytes (exactly its validated range) into the
+    /// front of `scratch`; its header entry and those bytes.
+    fn read_bytes<'s>(
+        &self,
+        name: &str,
+        scratch: &'s mut Vec<u8>,
+    ) -> Result<(&TensorInfo, &'s [u8]), SafetensorsError> {
         let info = self
             .tensors
             .get(name)
@@ -299,16 +319,7 @@ impl SafetensorsFile {
         // Safetensors data is little-endian, as is every target we build for.
         #[cfg(not(target_endian = "little"))]
         compile_error!("the safetensors reader assumes a little-endian host");
-        // `from_data_size` trusts that the slice holds numel × element size
-        // bytes; `parse_header` proved byte_len == numel × size and we read
-        // exactly byte_len bytes.
-        Tensor::f_from_data_size(bytes, &info.shape, info.dtype.kind()).map_err(|source| {
-            SafetensorsError::Torch {
-                path: self.path.clone(),
-                name: name.to_string(),
-                source,
-            }
-        })
+        Ok((info, bytes))
     }
 
     /// Reads a floating-point tensor and converts it to `kind` on `device`.
@@ -329,14 +340,16 @@ impl SafetensorsFile {
         device: Device,
         scratch: &mut Vec<u8>,
     ) -> Result<Tensor, SafetensorsError> {
-        let t = self.read_with(name, scratch)?;
-        t.f_to_device(device)
-            .and_then(|t| t.f_to_kind(kind))
-            .map_err(|source| SafetensorsError::Torch {
+        // Converted straight out of `scratch`: no tensor of the stored
+        // dtype is made (crate::tensor_bytes says why).
+        let (info, bytes) = self.read_bytes(name, scratch)?;
+        crate::tensor_bytes::convert(bytes, &info.shape, info.dtype.kind(), kind, device).map_err(
+            |source| SafetensorsError::Torch {
                 path: self.path.clone(),
                 name: name.to_string(),
                 source,
-            })
+            },
+        )
     }
 }
 

@@ -1,0 +1,121 @@
+//! A tensor converted straight from bytes the worker owns: besides
+//! onednn.rs, the one place weave-compute calls an unsafe libtorch API.
+//!
+//! Loading a model reads each weight's bytes (fp16 on disk, usually) into a
+//! buffer and converts them to the compute dtype. The safe route,
+//! `Tensor::from_data_size`, first copies the bytes into a fresh tensor of
+//! the stored dtype (libtorch zero-fills it, then tch copies): a third pass
+//! over every weight, and an allocation freed right after, which leaves the
+//! heap full of holes the converted weights do not fit — 1.7 GB of an SDXL
+//! worker's resident memory after a load was such free heap
+//! (docs/PERFORMANCE.md, issue 14). Here libtorch reads the buffer in place
+//! (`from_blob`, a view that owns nothing) and writes only the converted
+//! tensor.
+
+use tch::{Device, Kind, TchError, Tensor};
+
+/// A new tensor of `kind` on `device` holding the values of `bytes`, a
+/// contiguous little-endian tensor of `stored` with `shape`. The result owns
+/// its own storage: nothing of it refers to `bytes` once this returns.
+pub fn convert(
+    bytes: &[u8],
+    shape: &[i64],
+    stored: Kind,
+    kind: Kind,
+    device: Device,
+) -> Result<Tensor, TchError> {
+    let element = stored.elt_size_in_bytes();
+    let numel = shape.iter().try_fold(1usize, |n, &d| {
+        usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+    });
+    if numel.and_then(|n| n.checked_mul(element)) != Some(bytes.len()) {
+        return Err(TchError::Shape(format!(
+            "{} bytes are not a {stored:?} tensor of shape {shape:?}",
+            bytes.len()
+        )));
+    }
+    // A misaligned buffer (never seen: the allocator aligns to 16) or an
+    // empty one takes the safe, copying route.
+    if bytes.is_empty() || bytes.as_ptr().align_offset(element) != 0 {
+        return Tensor::f_from_data_size(bytes, shape, stored)?
+            .f_to_device_(device, kind, false, true);
+    }
+    let mut strides = vec![1i64; shape.len()];
+    for axis in (1..shape.len()).rev() {
+        strides[axis - 1] = strides[axis] * shape[axis];
+    }
+    // SAFETY: `view` reads `bytes.len()` bytes from `bytes.as_ptr()`, which
+    // is exactly numel × element size (checked above) of a live, aligned
+    // slice we borrow for the whole of this function; the view is only read
+    // (`to` with `copy = true` always allocates a new tensor, even when the
+    // dtype and device already match, and a blocking copy has finished when
+    // it returns) and is dropped before the borrow ends. libtorch does not
+    // free `from_blob` memory (tch passes no deleter).
+    let view =
+        unsafe { Tensor::f_from_blob(bytes.as_ptr(), shape, &strides, stored, Device::Cpu)? };
+    let converted = view.f_to_device_(device, kind, false, true)?;
+    drop(view);
+    // The promise above, checked: the result's storage is not the buffer.
+    if converted.data_ptr().cast::<u8>().cast_const() == bytes.as_ptr() {
+        return Err(TchError::Kind(
+            "the converted tensor aliases its source bytes".into(),
+        ));
+    }
+    Ok(converted)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn bytes_of(t: &Tensor) -> Vec<u8> {
+        let numel = t.numel();
+        let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        t.copy_data_u8(&mut bytes, numel);
+        bytes
+    }
+
+    #[test]
+    fn fp16_bytes_become_the_same_values_in_fp32() {
+        let half = Tensor::randn([3, 5, 7], (Kind::Float, Device::Cpu)).to_kind(Kind::Half);
+        let mut bytes = bytes_of(&half);
+        let got = convert(&bytes, &[3, 5, 7], Kind::Half, Kind::Float, Device::Cpu).unwrap();
+        assert_eq!(got.kind(), Kind::Float);
+        assert_eq!(got.size(), vec![3, 5, 7]);
+        assert!(got.equal(&half.to_kind(Kind::Float)));
+        // The result owns its storage: overwriting the buffer changes nothing.
+        bytes.fill(0);
+        assert!(got.equal(&half.to_kind(Kind::Float)));
+    }
+
+    #[test]
+    fn the_same_dtype_is_still_a_copy() {
+        let t = Tensor::randn([4, 4], (Kind::Float, Device::Cpu));
+        let mut bytes = bytes_of(&t);
+        let got = convert(&bytes, &[4, 4], Kind::Float, Kind::Float, Device::Cpu).unwrap();
+        bytes.fill(0xff);
+        assert!(got.equal(&t));
+    }
+
+    #[test]
+    fn a_length_that_does_not_match_the_shape_is_an_error() {
+        let bytes = vec![0u8; 10];
+        assert!(convert(&bytes, &[3, 2], Kind::Half, Kind::Float, Device::Cpu).is_err());
+        assert!(convert(&bytes, &[-1, 5], Kind::Half, Kind::Float, Device::Cpu).is_err());
+        assert!(convert(&[], &[0, 4], Kind::Half, Kind::Float, Device::Cpu)
+            .unwrap()
+            .size()
+            .contains(&0));
+    }
+
+    #[test]
+    fn a_misaligned_buffer_takes_the_copying_route() {
+        let t = Tensor::randn([6], (Kind::Float, Device::Cpu)).to_kind(Kind::Half);
+        let mut padded = vec![0u8; 1];
+        padded.extend(bytes_of(&t));
+        let odd = &padded[1..];
+        let got = convert(odd, &[6], Kind::Half, Kind::Float, Device::Cpu).unwrap();
+        assert!(got.equal(&t.to_kind(Kind::Float)));
+    }
+}

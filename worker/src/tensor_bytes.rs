@@ -64,6 +64,44 @@ pub fn convert(
     Ok(converted)
 }
 
+/// Writes the values of `bytes`, a contiguous little-endian run of `stored`
+/// elements, into `dest`, a contiguous CPU tensor with as many elements, in
+/// its own dtype. The loader converts a large weight through here a chunk at
+/// a time, so the bytes it has just read are still in the cache when they
+/// are converted (engine/weights/safetensors says why).
+pub fn convert_into(bytes: &[u8], stored: Kind, dest: &mut Tensor) -> Result<(), TchError> {
+    let element = stored.elt_size_in_bytes();
+    let numel = dest.numel();
+    if numel.checked_mul(element) != Some(bytes.len())
+        || dest.device() != Device::Cpu
+        || !dest.is_contiguous()
+    {
+        return Err(TchError::Shape(format!(
+            "{} bytes of {stored:?} do not fill a contiguous CPU tensor of {numel} elements",
+            bytes.len()
+        )));
+    }
+    if numel == 0 {
+        return Ok(());
+    }
+    let shape = [i64::try_from(numel).map_err(|_| TchError::Shape("too many elements".into()))?];
+    if bytes.as_ptr().align_offset(element) != 0 {
+        let copied = Tensor::f_from_data_size(bytes, &shape, stored)?;
+        return dest.f_view([-1])?.f_copy_(&copied);
+    }
+    // SAFETY: as in `convert`: `view` covers exactly `bytes` (numel ×
+    // element size, checked above), a live, aligned slice borrowed for the
+    // whole of this function; it is only read, by a CPU `copy_` into
+    // `dest`, which has finished when it returns (CPU copies are
+    // synchronous), and the view is dropped before the borrow ends. `dest`
+    // is a tensor of its own (the caller's), so the copy never writes into
+    // `bytes`.
+    let view = unsafe { Tensor::f_from_blob(bytes.as_ptr(), &shape, &[1], stored, Device::Cpu)? };
+    let copied = dest.f_view([-1])?.f_copy_(&view);
+    drop(view);
+    copied
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -107,6 +145,32 @@ mod tests {
             .unwrap()
             .size()
             .contains(&0));
+    }
+
+    #[test]
+    fn convert_into_fills_a_tensor_in_its_own_dtype() {
+        let half = Tensor::randn([2, 9], (Kind::Float, Device::Cpu)).to_kind(Kind::Half);
+        let bytes = bytes_of(&half);
+        let mut dest = Tensor::zeros([2, 9], (Kind::Float, Device::Cpu));
+        convert_into(&bytes, Kind::Half, &mut dest).unwrap();
+        assert!(dest.equal(&half.to_kind(Kind::Float)));
+        // Misaligned: the copying route, the same values.
+        let mut padded = vec![0u8; 1];
+        padded.extend(&bytes);
+        let mut dest2 = Tensor::zeros([18], (Kind::Float, Device::Cpu));
+        convert_into(&padded[1..], Kind::Half, &mut dest2).unwrap();
+        assert!(dest2.equal(&half.to_kind(Kind::Float).view([-1])));
+    }
+
+    #[test]
+    fn convert_into_refuses_a_length_or_layout_that_does_not_fit() {
+        let bytes = vec![0u8; 10];
+        let mut wrong = Tensor::zeros([4], (Kind::Float, Device::Cpu));
+        assert!(convert_into(&bytes, Kind::Half, &mut wrong).is_err());
+        let mut strided = Tensor::zeros([5, 2], (Kind::Float, Device::Cpu)).transpose(0, 1);
+        assert!(convert_into(&bytes, Kind::Half, &mut strided).is_err());
+        // Nothing was written through the refusals.
+        assert_eq!(wrong.abs().sum(Kind::Float).double_value(&[]), 0.0);
     }
 
     #[test]

@@ -286,18 +286,51 @@ impl SafetensorsFile {
         name: &str,
         scratch: &'s mut Vec<u8>,
     ) -> Result<(&TensorInfo, &'s [u8]), SafetensorsError> {
-        let info = self
-            .tensors
+        let info = self.info(name)?;
+        let len = self.byte_range(name, info)?.len();
+        self.grow(scratch, len)?;
+        let bytes = &mut scratch[..len];
+        self.source
+            .read_exact_at(bytes, info.file_offset())
+            .map_err(|source| SafetensorsError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok((info, bytes))
+    }
+
+    fn info(&self, name: &str) -> Result<&TensorInfo, SafetensorsError> {
+        self.tensors
             .get(name)
             .ok_or_else(|| SafetensorsError::MissingTensor {
                 path: self.path.clone(),
                 name: name.to_string(),
-            })?;
-        let len = usize::try_from(info.byte_len()).map_err(|_| SafetensorsError::BadTensor {
+            })
+    }
+
+    /// The tensor's validated bytes, as a range of the file.
+    fn byte_range(
+        &self,
+        name: &str,
+        info: &TensorInfo,
+    ) -> Result<std::ops::Range<usize>, SafetensorsError> {
+        // Safetensors data is little-endian, as is every target we build for.
+        #[cfg(not(target_endian = "little"))]
+        compile_error!("the safetensors reader assumes a little-endian host");
+        let too_large = || SafetensorsError::BadTensor {
             path: self.path.clone(),
             name: name.to_string(),
             reason: "larger than the address space".into(),
-        })?;
+        };
+        let start = usize::try_from(info.file_offset()).map_err(|_| too_large())?;
+        let len = usize::try_from(info.byte_len()).map_err(|_| too_large())?;
+        let end = start.checked_add(len).ok_or_else(too_large)?;
+        Ok(start..end)
+    }
+
+    /// Grows `scratch` to at least `len` bytes; an allocation that fails is
+    /// an error, not an abort.
+    fn grow(&self, scratch: &mut Vec<u8>, len: usize) -> Result<(), SafetensorsError> {
         if scratch.len() < len {
             scratch
                 .try_reserve_exact(len - scratch.len())
@@ -306,20 +339,10 @@ impl SafetensorsFile {
                     source: std::io::Error::new(std::io::ErrorKind::OutOfMemory, e),
                 })?;
             // Only the new tail is zeroed; what an earlier tensor left in
-            // the rest is overwritten by the read below.
+            // the rest is overwritten by the read that follows.
             scratch.resize(len, 0);
         }
-        let bytes = &mut scratch[..len];
-        self.source
-            .read_exact_at(bytes, info.file_offset())
-            .map_err(|source| SafetensorsError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        // Safetensors data is little-endian, as is every target we build for.
-        #[cfg(not(target_endian = "little"))]
-        compile_error!("the safetensors reader assumes a little-endian host");
-        Ok((info, bytes))
+        Ok(())
     }
 
     /// Reads a floating-point tensor and converts it to `kind` on `device`.
@@ -333,6 +356,11 @@ impl SafetensorsFile {
     }
 
     /// [`Self::read_as`] through a caller's `scratch` (see [`Self::read_with`]).
+    ///
+    /// A CPU weight read from the file is read and converted
+    /// [`CONVERT_CHUNK_BYTES`] at a time into the tensor it becomes, so
+    /// `scratch` grows to one chunk, not to the largest weight; other
+    /// devices read the whole weight into `scratch` first.
     pub fn read_as_with(
         &self,
         name: &str,
@@ -340,18 +368,81 @@ impl SafetensorsFile {
         device: Device,
         scratch: &mut Vec<u8>,
     ) -> Result<Tensor, SafetensorsError> {
-        // Converted straight out of `scratch`: no tensor of the stored
-        // dtype is made (crate::tensor_bytes says why).
-        let (info, bytes) = self.read_bytes(name, scratch)?;
-        crate::tensor_bytes::convert(bytes, &info.shape, info.dtype.kind(), kind, device).map_err(
-            |source| SafetensorsError::Torch {
-                path: self.path.clone(),
-                name: name.to_string(),
-                source,
-            },
-        )
+        self.read_as_chunked(name, kind, device, scratch, CONVERT_CHUNK_BYTES)
+    }
+
+    fn read_as_chunked(
+        &self,
+        name: &str,
+        kind: Kind,
+        device: Device,
+        scratch: &mut Vec<u8>,
+        chunk_bytes: usize,
+    ) -> Result<Tensor, SafetensorsError> {
+        let torch = |source| SafetensorsError::Torch {
+            path: self.path.clone(),
+            name: name.to_string(),
+            source,
+        };
+        let info = self.info(name)?;
+        let stored = info.dtype.kind();
+        match (&self.source, device) {
+            // Pinned bytes are already in memory: converted where they lie.
+            (Source::Bytes(bytes), _) => {
+                let range = self.byte_range(name, info)?;
+                let within = bytes
+                    .get(range)
+                    .ok_or_else(|| SafetensorsError::BadTensor {
+                        path: self.path.clone(),
+                        name: name.to_string(),
+                        reason: "past the end of the pinned bytes".into(),
+                    })?;
+                crate::tensor_bytes::convert(within, &info.shape, stored, kind, device)
+                    .map_err(torch)
+            }
+            (Source::File(_), Device::Cpu) => {
+                let len = self.byte_range(name, info)?.len();
+                let element = stored.elt_size_in_bytes();
+                // Whole elements per chunk, at least one.
+                let chunk = (chunk_bytes / element).max(1) * element;
+                let dest = Tensor::f_empty(&info.shape, (kind, Device::Cpu)).map_err(torch)?;
+                let flat = dest.f_view([-1]).map_err(torch)?;
+                self.grow(scratch, chunk.min(len))?;
+                let mut done = 0;
+                while done < len {
+                    let n = chunk.min(len - done);
+                    let bytes = &mut scratch[..n];
+                    self.source
+                        .read_exact_at(bytes, info.file_offset() + done as u64)
+                        .map_err(|source| SafetensorsError::Io {
+                            path: self.path.clone(),
+                            source,
+                        })?;
+                    let index = |bytes: usize| i64::try_from(bytes / element).unwrap_or(i64::MAX);
+                    let mut part = flat.f_narrow(0, index(done), index(n)).map_err(torch)?;
+                    crate::tensor_bytes::convert_into(bytes, stored, &mut part).map_err(torch)?;
+                    done += n;
+                }
+                Ok(dest)
+            }
+            (Source::File(_), _) => {
+                // Converted straight out of `scratch`: no tensor of the
+                // stored dtype is made (crate::tensor_bytes says why).
+                let (info, bytes) = self.read_bytes(name, scratch)?;
+                crate::tensor_bytes::convert(bytes, &info.shape, stored, kind, device)
+                    .map_err(torch)
+            }
+        }
     }
 }
+
+/// How much of a weight the CPU loader reads before converting it: small
+/// enough to still be in the cache when it is converted, large enough that
+/// the calls cost nothing next to the copy. Reading a whole 1.7 GB fp16
+/// UNet into one buffer and then converting it passes every byte through
+/// memory twice more (written by the read, read back by the conversion);
+/// docs/PERFORMANCE.md has the measurement.
+pub const CONVERT_CHUNK_BYTES: usize = 1 << 20;
 
 /// Fills as much of `buf` as the file has from `offset`; returns the count.
 fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
@@ -469,6 +560,65 @@ mod tests {
             assert_eq!((&t - &want).abs().max().double_value(&[]), 0.0, "{name}");
         }
         assert_eq!(scratch.len(), 400, "grown to the largest tensor, f32 × 100");
+    }
+
+    #[test]
+    fn a_weight_converted_by_chunks_has_every_value_in_place() {
+        // Chunks of 6 bytes: three fp16 or one f32 (6 / 4, at least one
+        // whole element) at a time, with a short last chunk; one element
+        // per chunk; one chunk for the whole.
+        let half = Tensor::randn([7, 5], (Kind::Float, Device::Cpu)).to_kind(Kind::Half);
+        let single = Tensor::randn([3, 3], (Kind::Float, Device::Cpu));
+        let empty = Tensor::zeros([0, 4], (Kind::Half, Device::Cpu));
+        let bytes = serialize(&[("h", &half), ("f", &single), ("e", &empty)]).unwrap();
+        let file = write_tmp(&bytes);
+        let pinned = SafetensorsFile::from_bytes(file.path(), std::sync::Arc::new(bytes)).unwrap();
+        let st = SafetensorsFile::open(file.path()).unwrap();
+        for chunk in [6, 1, 1 << 20] {
+            let mut scratch = Vec::new();
+            for (name, want) in [("h", &half), ("f", &single), ("e", &empty)] {
+                let want = want.to_kind(Kind::Float);
+                for source in [&st, &pinned] {
+                    let got = source
+                        .read_as_chunked(name, Kind::Float, Device::Cpu, &mut scratch, chunk)
+                        .unwrap();
+                    assert_eq!(got.kind(), Kind::Float);
+                    assert!(got.equal(&want), "{name}, chunks of {chunk}");
+                }
+            }
+            // Scratch held one chunk at most (the pinned source uses none):
+            // 6 bytes (three fp16; the f32 took 4), 4 (one f32; an fp16
+            // took 2), or the larger tensor whole (70 bytes of fp16).
+            let most = match chunk {
+                6 => 6,
+                1 => 4,
+                _ => 70,
+            };
+            assert_eq!(scratch.len(), most, "chunks of {chunk}");
+        }
+        // fp16 kept as fp16 through the same path.
+        let got = st
+            .read_as_chunked("h", Kind::Half, Device::Cpu, &mut Vec::new(), 4)
+            .unwrap();
+        assert!(got.equal(&half));
+    }
+
+    #[test]
+    fn a_file_cut_short_after_opening_is_an_io_error() {
+        let t = Tensor::arange(64, (Kind::Float, Device::Cpu));
+        let bytes = serialize(&[("t", &t)]).unwrap();
+        let file = write_tmp(&bytes);
+        let st = SafetensorsFile::open(file.path()).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(file.path())
+            .unwrap()
+            .set_len(bytes.len() as u64 - 10)
+            .unwrap();
+        let err = st
+            .read_as_chunked("t", Kind::Float, Device::Cpu, &mut Vec::new(), 16)
+            .unwrap_err();
+        assert!(matches!(err, SafetensorsError::Io { .. }), "{err}");
     }
 
     #[test]

@@ -68,7 +68,7 @@ fn exercise(mut broker: BrokerProcess, user: &str, socket: &Path, out_dir: &Path
     let status = probe_as_user(user, socket, &["status"]);
     assert!(status.contains("role="), "{status}\n{}", broker.log_text());
 
-    let generate = |name: &str| {
+    let generate = |name: &str, side: &str| {
         let out = out_dir.join(name);
         let text = probe_as_user(
             user,
@@ -83,6 +83,10 @@ fn exercise(mut broker: BrokerProcess, user: &str, socket: &Path, out_dir: &Path
                 "4",
                 "--seed",
                 "7",
+                "--width",
+                side,
+                "--height",
+                side,
             ],
         );
         let png = std::fs::read(&out).unwrap_or_default();
@@ -92,14 +96,24 @@ fn exercise(mut broker: BrokerProcess, user: &str, socket: &Path, out_dir: &Path
             broker.log_text()
         );
     };
-    generate("first.png");
+    // 128²: the decoder's top layers are large enough for NNPACK
+    // (engine/conv3x3.rs), which then runs under the worker's seccomp
+    // filter; the worker says it started NNPACK before the boundary.
+    generate("first.png", "128");
+    assert!(
+        broker
+            .log_text()
+            .contains("large 3x3 convolutions without oneDNN: NNPACK"),
+        "{}",
+        broker.log_text()
+    );
     let worker = wait_worker(&broker, None);
     // SAFETY: kill with the pid of the broker's worker.
     let killed = unsafe { libc::kill(worker as libc::pid_t, libc::SIGKILL) };
     assert_eq!(killed, 0);
     let next = wait_worker(&broker, Some(worker));
     assert_ne!(next, worker);
-    generate("after-respawn.png");
+    generate("after-respawn.png", "32");
     assert_eq!(
         proc_status_field(pid, "Seccomp"),
         "2",

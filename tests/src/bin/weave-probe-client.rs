@@ -12,7 +12,7 @@
 //!     open N connections and send nothing (a silent connection holder);
 //!     prints `holding`, waits S seconds, then what each connection got:
 //!     `busy=B hello_timeout=H eof=E other=O open=P`
-//! weave-probe-client --socket PATH generate --prompt TEXT --out FILE [--model ID] [--steps N] [--seed N]
+//! weave-probe-client --socket PATH generate --prompt TEXT --out FILE [--model ID] [--steps N] [--seed N] [--width N] [--height N]
 //!     generate one image, write the PNG to FILE; prints progress and the path
 #![allow(clippy::unwrap_used)]
 
@@ -30,7 +30,7 @@ use weave_common::proto::{
 fn usage() -> ExitCode {
     eprintln!(
         "usage: weave-probe-client --socket PATH (silent-read | hello-read | \
-         generate --prompt TEXT --out FILE [--model ID] [--steps N] [--seed N])"
+         generate --prompt TEXT --out FILE [--model ID] [--steps N] [--seed N] [--width N] [--height N])"
     );
     ExitCode::from(2)
 }
@@ -213,8 +213,8 @@ fn main() -> ExitCode {
                 model_id: value("--model").unwrap_or_else(|| "digits".into()),
                 prompt,
                 negative_prompt: String::new(),
-                width: None,
-                height: None,
+                width: value("--width").and_then(|s| s.parse().ok()),
+                height: value("--height").and_then(|s| s.parse().ok()),
                 steps: value("--steps").and_then(|s| s.parse().ok()),
                 guidance: None,
                 seed: value("--seed").and_then(|s| s.parse().ok()),

@@ -6,31 +6,43 @@
 //! matrix nine times its size (im2col) and multiplies once. For the VAE
 //! decoder's layers at 128² to 1024² pixels that matrix is hundreds of MB
 //! per layer, written and read back through memory, and the decoder ends up
-//! ≈ 1.5× slower than with oneDNN (docs/PERFORMANCE.md, issue 14). Here the
-//! input is padded once and flattened per channel; with the output computed
-//! on the padded width, each of the nine taps reads a *contiguous* run of
-//! that flat input at offset `ky·(W+2) + kx`, so the convolution is nine
-//! matrix products (`O×C` tap weights times a `C×H(W+2)` strided view)
-//! accumulated into the output, with no unfolded copy. The two padding
-//! columns of each output row are computed and dropped.
+//! ≈ 1.5× slower than with oneDNN (docs/PERFORMANCE.md, issue 14). Two
+//! replacements, tried in this order:
 //!
-//! The sums are the same products in another order, so results differ from
-//! `conv2d` by rounding only: ≈ 4e-7 of the largest output value measured
-//! on the VAE's layer shapes in fp32; the unit tests below bound it by 1e-5.
+//! 1. **NNPACK** (built into libtorch; its kernels are compiled ahead of
+//!    time, so it needs no executable memory): a Winograd convolution,
+//!    faster than oneDNN on these layers (0.6–0.85× its time, measured).
+//!    fp32 only, one image at a time (its batch mode is the training
+//!    algorithm, several times slower). Its results differ from `conv2d`
+//!    by ≈ 2e-5 of the largest output value (the transforms round
+//!    differently); the unit tests bound it by 1e-4.
+//! 2. **Nine matrix products** when NNPACK is not there or refuses a layer:
+//!    the input is padded once and flattened per channel; with the output
+//!    computed on the padded width, each of the nine taps reads a
+//!    *contiguous* run of that flat input at offset `ky·(W+2) + kx`, so the
+//!    convolution is nine matrix products (`O×C` tap weights times a
+//!    `C×H(W+2)` strided view) accumulated into the output, with no
+//!    unfolded copy. The two padding columns of each output row are
+//!    computed and dropped. The sums are the same products in another
+//!    order: ≈ 4e-7 of the largest output value measured on the VAE's
+//!    layer shapes in fp32; the unit tests bound it by 1e-5.
 #![forbid(unsafe_code)]
 
-use tch::{Device, Tensor};
+use std::sync::OnceLock;
 
-/// From this many output pixels per image on, [`conv3x3_shifted`] is used
-/// (measured: faster than libtorch's unfolding from 128² up, no gain at 64²
-/// and slower for the UNet's 16² layers; docs/PERFORMANCE.md).
+use tch::{Device, Kind, Tensor};
+
+/// From this many output pixels per image on, [`conv3x3_large`] is used
+/// (measured: both replacements are faster than libtorch's unfolding from
+/// 128² up; at the UNet's 64² and below NNPACK is slower, and the nine
+/// products gain nothing at 64² and lose at 16²; docs/PERFORMANCE.md).
 pub const SHIFTED_MIN_PIXELS: i64 = 128 * 128;
 
 /// Whether a convolution of `input` (`[B, C, H, W]`) with `weight`
-/// (`[O, C, kh, kw]`), `stride` and `padding` takes [`conv3x3_shifted`]:
+/// (`[O, C, kh, kw]`), `stride` and `padding` takes [`conv3x3_large`]:
 /// a 3×3, stride 1, padding 1 layer on a large image, on the CPU, with
 /// oneDNN off.
-pub fn takes_shifted(
+pub fn takes_large(
     input: &[i64],
     weight: &[i64],
     stride: i64,
@@ -45,6 +57,57 @@ pub fn takes_shifted(
         && device == Device::Cpu
         && !onednn_on
         && h * w >= SHIFTED_MIN_PIXELS
+}
+
+/// Whether libtorch's NNPACK initialised on this CPU (it needs AVX2 on
+/// x86). Asked once; the worker asks before its seccomp boundary, so
+/// NNPACK's start (it reads the CPU's features) happens while every
+/// syscall is still allowed.
+pub fn nnpack_ready() -> bool {
+    static READY: OnceLock<bool> = OnceLock::new();
+    *READY.get_or_init(|| Tensor::f_internal_nnpack_available().unwrap_or(false))
+}
+
+/// `conv2d(input, weight, bias, stride 1, padding 1)` for a 3×3 `weight`
+/// on a large CPU image: NNPACK when it is ready and takes the layer, else
+/// [`conv3x3_shifted`] (module doc).
+pub fn conv3x3_large(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor, tch::TchError> {
+    if input.kind() == Kind::Float && weight.kind() == Kind::Float && nnpack_ready() {
+        // A layer NNPACK refuses (it reports no reason libtorch passes on)
+        // still gets the same result, by the other route.
+        if let Ok(out) = conv3x3_nnpack(input, weight, bias) {
+            return Ok(out);
+        }
+    }
+    conv3x3_shifted(input, weight, bias)
+}
+
+/// NNPACK's convolution, one image at a time (module doc).
+pub fn conv3x3_nnpack(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor, tch::TchError> {
+    let batch = input.size().first().copied().unwrap_or(0);
+    let one = |image: &Tensor| {
+        image.f_contiguous()?.f_internal_nnpack_spatial_convolution(
+            weight,
+            Some(bias),
+            [1, 1],
+            [1, 1],
+        )
+    };
+    if batch == 1 {
+        return one(input);
+    }
+    let images = (0..batch)
+        .map(|i| one(&input.f_narrow(0, i, 1)?))
+        .collect::<Result<Vec<_>, _>>()?;
+    Tensor::f_cat(&images, 0)
 }
 
 /// `conv2d(input, weight, bias, stride 1, padding 1)` for a 3×3 `weight`,
@@ -127,6 +190,56 @@ mod tests {
     }
 
     #[test]
+    fn nnpack_equals_the_library_convolution_up_to_its_rounding() {
+        // This machine's CPU has AVX2 (every x86 CPU the CI runs on does);
+        // without NNPACK the large path would silently be the other one.
+        assert!(nnpack_ready(), "libtorch's NNPACK did not initialise");
+        tch::manual_seed(11);
+        for (batch, channels, outputs, height, width) in
+            [(1, 8, 16, 40, 33), (2, 5, 3, 17, 64), (3, 16, 16, 8, 8)]
+        {
+            let input = Tensor::randn([batch, channels, height, width], (Kind::Float, Device::Cpu));
+            let weight = Tensor::randn([outputs, channels, 3, 3], (Kind::Float, Device::Cpu));
+            let bias = Tensor::randn([outputs], (Kind::Float, Device::Cpu));
+            let want = reference(&input, &weight, &bias);
+            for got in [
+                conv3x3_nnpack(&input, &weight, &bias).unwrap(),
+                conv3x3_large(&input, &weight, &bias).unwrap(),
+                // Non-contiguous input.
+                conv3x3_nnpack(
+                    &input.transpose(2, 3).contiguous().transpose(2, 3),
+                    &weight,
+                    &bias,
+                )
+                .unwrap(),
+            ] {
+                assert_eq!(got.size(), want.size());
+                let scale = want.abs().max().double_value(&[]);
+                let err = (&got - &want).abs().max().double_value(&[]);
+                assert!(
+                    err <= 1e-4 * scale.max(1.0),
+                    "{batch}x{channels}x{height}x{width}: error {err} of {scale}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_layer_nnpack_does_not_take_goes_the_other_way() {
+        // fp64 is not NNPACK's: the nine products answer, exactly enough.
+        let input = Tensor::randn([1, 4, 12, 12], (Kind::Double, Device::Cpu));
+        let weight = Tensor::randn([5, 4, 3, 3], (Kind::Double, Device::Cpu));
+        let bias = Tensor::randn([5], (Kind::Double, Device::Cpu));
+        assert!(conv3x3_nnpack(&input, &weight, &bias).is_err());
+        let got = conv3x3_large(&input, &weight, &bias).unwrap();
+        let err = (&got - reference(&input, &weight, &bias))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(err <= 1e-10, "error {err}");
+    }
+
+    #[test]
     fn a_non_contiguous_input_gives_the_same_result() {
         tch::manual_seed(3);
         let wide = Tensor::randn([1, 4, 10, 24], (Kind::Float, Device::Cpu));
@@ -145,29 +258,26 @@ mod tests {
     fn only_large_3x3_cpu_layers_without_onednn_take_it() {
         let big = [1, 128, 128, 128];
         let k3 = [128, 128, 3, 3];
-        assert!(takes_shifted(&big, &k3, 1, 1, Device::Cpu, false));
+        assert!(takes_large(&big, &k3, 1, 1, Device::Cpu, false));
         assert!(
-            !takes_shifted(&big, &k3, 1, 1, Device::Cpu, true),
+            !takes_large(&big, &k3, 1, 1, Device::Cpu, true),
             "oneDNN on"
         );
+        assert!(!takes_large(&big, &k3, 1, 1, Device::Cuda(0), false), "GPU");
         assert!(
-            !takes_shifted(&big, &k3, 1, 1, Device::Cuda(0), false),
-            "GPU"
-        );
-        assert!(
-            !takes_shifted(&big, &k3, 2, 1, Device::Cpu, false),
+            !takes_large(&big, &k3, 2, 1, Device::Cpu, false),
             "stride 2"
         );
         assert!(
-            !takes_shifted(&big, &k3, 1, 0, Device::Cpu, false),
+            !takes_large(&big, &k3, 1, 0, Device::Cpu, false),
             "no padding"
         );
         assert!(
-            !takes_shifted(&big, &[128, 128, 1, 1], 1, 0, Device::Cpu, false),
+            !takes_large(&big, &[128, 128, 1, 1], 1, 0, Device::Cpu, false),
             "1x1"
         );
         assert!(
-            !takes_shifted(
+            !takes_large(
                 &[2, 320, 64, 64],
                 &[320, 320, 3, 3],
                 1,
@@ -178,7 +288,7 @@ mod tests {
             "64²"
         );
         assert!(
-            !takes_shifted(&[128, 128], &k3, 1, 1, Device::Cpu, false),
+            !takes_large(&[128, 128], &k3, 1, 1, Device::Cpu, false),
             "not 4-d"
         );
     }

@@ -383,7 +383,7 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        if crate::engine::conv3x3::takes_shifted(
+        if crate::engine::conv3x3::takes_large(
             &x.size(),
             &self.weight.size(),
             self.stride,
@@ -391,7 +391,7 @@ impl Conv2d {
             x.device(),
             crate::onednn::enabled(),
         ) {
-            return Ok(crate::engine::conv3x3::conv3x3_shifted(
+            return Ok(crate::engine::conv3x3::conv3x3_large(
                 x,
                 &self.weight,
                 &self.bias,

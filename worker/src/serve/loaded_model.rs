@@ -56,6 +56,27 @@ pub fn init_torch(
     Ok(())
 }
 
+/// How a CPU worker without oneDNN runs the VAE decoder's large 3×3
+/// convolutions (engine::conv3x3), said once in its log. NNPACK starts here,
+/// before seccomp: it reads the CPU's features and starts its thread pool
+/// on its first convolution, so one small convolution runs now.
+pub fn large_convolutions() -> &'static str {
+    let input = tch::Tensor::ones([1, 2, 8, 8], (tch::Kind::Float, tch::Device::Cpu));
+    let weight = tch::Tensor::ones([2, 2, 3, 3], (tch::Kind::Float, tch::Device::Cpu));
+    let bias = tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu));
+    // The centre pixel sums 2 channels × 9 taps of ones.
+    let works = engine::conv3x3::nnpack_ready()
+        && engine::conv3x3::conv3x3_nnpack(&input, &weight, &bias)
+            .ok()
+            .and_then(|out| out.f_double_value(&[0, 0, 4, 4]).ok())
+            == Some(18.0);
+    if works {
+        "NNPACK"
+    } else {
+        "nine matrix products (NNPACK did not start on this CPU)"
+    }
+}
+
 /// A model loaded on the device.
 pub struct LoadedModel {
     pipeline: engine::Pipeline,

@@ -156,6 +156,12 @@ fn start(bootstrap: &WorkerBootstrap, channel: &mut WorkerEndpoint) -> Result<St
     let torch_device = device::torch_device(device);
     loaded_model::init_torch(bootstrap, device, torch_device).map_err(ServeError::Torch)?;
     log!("device {device} (configured {})", bootstrap.device);
+    if device == Device::Cpu && !weave_worker::onednn::enabled() {
+        log!(
+            "large 3x3 convolutions without oneDNN: {}",
+            loaded_model::large_convolutions()
+        );
+    }
     let models: HashMap<String, ModelEntry> = bootstrap
         .models
         .iter()

@@ -86,27 +86,68 @@ pub fn conv3x3_large(
     conv3x3_shifted(input, weight, bias)
 }
 
-/// NNPACK's convolution, one image at a time (module doc).
+/// Output rows per NNPACK call. NNPACK transforms a whole input and output
+/// into Winograd tiles (8×8 per 6×6 outputs) before it multiplies, so one
+/// call on a 256-channel 512² layer takes ≈ 1 GB of workspace: above
+/// diffusers' peak for the whole SD 1.5 pipeline (docs/PERFORMANCE.md).
+/// By bands of 96 rows (16 tiles) the workspace is a fifth of that at
+/// 512² and stays the same at 1024², for two extra input rows per band.
+pub const NNPACK_BAND_ROWS: i64 = 96;
+
+/// NNPACK's convolution, one image and [`NNPACK_BAND_ROWS`] output rows at
+/// a time (module doc).
 pub fn conv3x3_nnpack(
     input: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
 ) -> Result<Tensor, tch::TchError> {
-    let batch = input.size().first().copied().unwrap_or(0);
-    let one = |image: &Tensor| {
-        image.f_contiguous()?.f_internal_nnpack_spatial_convolution(
-            weight,
-            Some(bias),
-            [1, 1],
-            [1, 1],
-        )
-    };
-    if batch == 1 {
-        return one(input);
+    conv3x3_nnpack_by(input, weight, bias, NNPACK_BAND_ROWS)
+}
+
+fn conv3x3_nnpack_by(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    band_rows: i64,
+) -> Result<Tensor, tch::TchError> {
+    let (batch, _, height, _) = input.size4()?;
+    let band_rows = band_rows.max(1);
+    let mut images = Vec::new();
+    for image in 0..batch {
+        let image = input.f_narrow(0, image, 1)?;
+        let mut bands = Vec::new();
+        let mut low = 0;
+        while low < height {
+            let high = (low + band_rows).min(height);
+            // The band's input: its rows and one more on each side, a zero
+            // row where that side is the image's edge; NNPACK pads only
+            // the columns.
+            let top = (low - 1).max(0);
+            let bottom = (high + 1).min(height);
+            let rows = image.f_narrow(2, top, bottom - top)?;
+            let (zero_top, zero_bottom) = (i64::from(low == 0), i64::from(high == height));
+            let rows = if zero_top + zero_bottom > 0 {
+                rows.f_constant_pad_nd([0, 0, zero_top, zero_bottom])?
+            } else {
+                rows.f_contiguous()?
+            };
+            bands.push(rows.f_internal_nnpack_spatial_convolution(
+                weight,
+                Some(bias),
+                [0, 1],
+                [1, 1],
+            )?);
+            low = high;
+        }
+        images.push(if bands.len() == 1 {
+            bands.remove(0)
+        } else {
+            Tensor::f_cat(&bands, 2)?
+        });
     }
-    let images = (0..batch)
-        .map(|i| one(&input.f_narrow(0, i, 1)?))
-        .collect::<Result<Vec<_>, _>>()?;
+    if images.len() == 1 {
+        return Ok(images.remove(0));
+    }
     Tensor::f_cat(&images, 0)
 }
 
@@ -221,6 +262,28 @@ mod tests {
                     "{batch}x{channels}x{height}x{width}: error {err} of {scale}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn nnpack_by_bands_of_rows_equals_one_call() {
+        assert!(nnpack_ready(), "libtorch's NNPACK did not initialise");
+        tch::manual_seed(5);
+        let input = Tensor::randn([2, 6, 17, 11], (Kind::Float, Device::Cpu));
+        let weight = Tensor::randn([4, 6, 3, 3], (Kind::Float, Device::Cpu));
+        let bias = Tensor::randn([4], (Kind::Float, Device::Cpu));
+        let want = reference(&input, &weight, &bias);
+        let scale = want.abs().max().double_value(&[]);
+        // Bands of 1 row, of 5 (a short last band of 2), 16 (one row
+        // left), and one band for the whole image.
+        for band in [1, 5, 16, 17, 96] {
+            let got = conv3x3_nnpack_by(&input, &weight, &bias, band).unwrap();
+            assert_eq!(got.size(), want.size(), "bands of {band}");
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(
+                err <= 1e-4 * scale,
+                "bands of {band}: error {err} of {scale}"
+            );
         }
     }
 

@@ -29,7 +29,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// (channels in, channels out, side, how many such layers an SD/SDXL VAE
 /// decoder has at a 512² image: its resnet convolutions and upsamplers).
 /// The layers at 64² latents (512 channels) are below
-/// `SHIFTED_MIN_PIXELS` and keep libtorch's convolution.
+/// `LARGE_MIN_PIXELS` and keep libtorch's convolution.
 const LAYERS: [(i64, i64, i64, usize); 8] = [
     (512, 512, 128, 7),
     (512, 512, 256, 1),

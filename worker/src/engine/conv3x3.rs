@@ -11,7 +11,8 @@
 //!
 //! 1. **NNPACK** (built into libtorch; its kernels are compiled ahead of
 //!    time, so it needs no executable memory): a Winograd convolution,
-//!    faster than oneDNN on these layers (0.6–0.85× its time, measured).
+//!    faster than oneDNN on these layers (0.61–0.69× its time on the
+//!    decoder's 256- and 512-channel layers, measured; docs/PERFORMANCE.md).
 //!    fp32 only, one image at a time (its batch mode is the training
 //!    algorithm, several times slower). Its results differ from `conv2d`
 //!    by ≈ 2e-5 of the largest output value (the transforms round
@@ -36,7 +37,7 @@ use tch::{Device, Kind, Tensor};
 /// (measured: both replacements are faster than libtorch's unfolding from
 /// 128² up; at the UNet's 64² and below NNPACK is slower, and the nine
 /// products gain nothing at 64² and lose at 16²; docs/PERFORMANCE.md).
-pub const SHIFTED_MIN_PIXELS: i64 = 128 * 128;
+pub const LARGE_MIN_PIXELS: i64 = 128 * 128;
 
 /// Whether a convolution of `input` (`[B, C, H, W]`) with `weight`
 /// (`[O, C, kh, kw]`), `stride` and `padding` takes [`conv3x3_large`]:
@@ -52,11 +53,7 @@ pub fn takes_large(
 ) -> bool {
     let [_, _, h, w] = input else { return false };
     let [_, _, 3, 3] = weight else { return false };
-    stride == 1
-        && padding == 1
-        && device == Device::Cpu
-        && !onednn_on
-        && h * w >= SHIFTED_MIN_PIXELS
+    stride == 1 && padding == 1 && device == Device::Cpu && !onednn_on && h * w >= LARGE_MIN_PIXELS
 }
 
 /// Whether libtorch's NNPACK initialised on this CPU (it needs AVX2 on

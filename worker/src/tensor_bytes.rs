@@ -24,37 +24,12 @@ pub fn convert(
     kind: Kind,
     device: Device,
 ) -> Result<Tensor, TchError> {
-    let element = stored.elt_size_in_bytes();
-    let numel = shape.iter().try_fold(1usize, |n, &d| {
-        usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
-    });
-    if numel.and_then(|n| n.checked_mul(element)) != Some(bytes.len()) {
-        return Err(TchError::Shape(format!(
-            "{} bytes are not a {stored:?} tensor of shape {shape:?}",
-            bytes.len()
-        )));
-    }
-    // A misaligned buffer (never seen: the allocator aligns to 16) or an
-    // empty one takes the safe, copying route.
-    if bytes.is_empty() || bytes.as_ptr().align_offset(element) != 0 {
-        return Tensor::f_from_data_size(bytes, shape, stored)?
-            .f_to_device_(device, kind, false, true);
-    }
-    let mut strides = vec![1i64; shape.len()];
-    for axis in (1..shape.len()).rev() {
-        strides[axis - 1] = strides[axis] * shape[axis];
-    }
-    // SAFETY: `view` reads `bytes.len()` bytes from `bytes.as_ptr()`, which
-    // is exactly numel × element size (checked above) of a live, aligned
-    // slice we borrow for the whole of this function; the view is only read
-    // (`to` with `copy = true` always allocates a new tensor, even when the
-    // dtype and device already match, and a blocking copy has finished when
-    // it returns) and is dropped before the borrow ends. libtorch does not
-    // free `from_blob` memory (tch passes no deleter).
-    let view =
-        unsafe { Tensor::f_from_blob(bytes.as_ptr(), shape, &strides, stored, Device::Cpu)? };
-    let converted = view.f_to_device_(device, kind, false, true)?;
-    drop(view);
+    // `to` with `copy = true` always allocates a new tensor, even when the
+    // dtype and device already match, and a blocking copy has finished
+    // when it returns.
+    let converted = read_in_place(bytes, shape, stored, |view| {
+        view.f_to_device_(device, kind, false, true)
+    })?;
     // The promise above, checked: the result's storage is not the buffer.
     if converted.data_ptr().cast::<u8>().cast_const() == bytes.as_ptr() {
         return Err(TchError::Kind(
@@ -70,36 +45,62 @@ pub fn convert(
 /// a time, so the bytes it has just read are still in the cache when they
 /// are converted (engine/weights/safetensors says why).
 pub fn convert_into(bytes: &[u8], stored: Kind, dest: &mut Tensor) -> Result<(), TchError> {
-    let element = stored.elt_size_in_bytes();
     let numel = dest.numel();
-    if numel.checked_mul(element) != Some(bytes.len())
-        || dest.device() != Device::Cpu
-        || !dest.is_contiguous()
-    {
+    if dest.device() != Device::Cpu || !dest.is_contiguous() {
         return Err(TchError::Shape(format!(
-            "{} bytes of {stored:?} do not fill a contiguous CPU tensor of {numel} elements",
+            "{} bytes of {stored:?} go into a contiguous CPU tensor, not this one",
             bytes.len()
         )));
     }
-    if numel == 0 {
-        return Ok(());
-    }
     let shape = [i64::try_from(numel).map_err(|_| TchError::Shape("too many elements".into()))?];
-    if bytes.as_ptr().align_offset(element) != 0 {
-        let copied = Tensor::f_from_data_size(bytes, &shape, stored)?;
-        return dest.f_view([-1])?.f_copy_(&copied);
+    // A CPU `copy_` is synchronous, and `dest` is a tensor of its own (the
+    // caller's), so the copy never writes into `bytes`.
+    read_in_place(bytes, &shape, stored, |view| {
+        dest.f_view([-1])?.f_copy_(view)
+    })
+}
+
+/// Calls `read` with a CPU tensor of `stored` with `shape` whose values are
+/// `bytes`, checked to be exactly that many: a view over `bytes` itself
+/// (`from_blob`, which owns nothing), or, for an empty or misaligned buffer
+/// (never seen: the allocator aligns to 16), a copy. `read` must only read
+/// the tensor, finish with it before it returns and keep no handle to it;
+/// the two callers above copy out of it.
+fn read_in_place<R>(
+    bytes: &[u8],
+    shape: &[i64],
+    stored: Kind,
+    read: impl FnOnce(&Tensor) -> Result<R, TchError>,
+) -> Result<R, TchError> {
+    let element = stored.elt_size_in_bytes();
+    let numel = shape.iter().try_fold(1usize, |n, &d| {
+        usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+    });
+    if numel.and_then(|n| n.checked_mul(element)) != Some(bytes.len()) {
+        return Err(TchError::Shape(format!(
+            "{} bytes are not a {stored:?} tensor of shape {shape:?}",
+            bytes.len()
+        )));
     }
-    // SAFETY: as in `convert`: `view` covers exactly `bytes` (numel ×
-    // element size, checked above), a live, aligned slice borrowed for the
-    // whole of this function; it is only read, by a CPU `copy_` into
-    // `dest`, which has finished when it returns (CPU copies are
-    // synchronous), and the view is dropped before the borrow ends. `dest`
-    // is a tensor of its own (the caller's), so the copy never writes into
-    // `bytes`.
-    let view = unsafe { Tensor::f_from_blob(bytes.as_ptr(), &shape, &[1], stored, Device::Cpu)? };
-    let copied = dest.f_view([-1])?.f_copy_(&view);
+    if bytes.is_empty() || bytes.as_ptr().align_offset(element) != 0 {
+        return read(&Tensor::f_from_data_size(bytes, shape, stored)?);
+    }
+    let mut strides = vec![1i64; shape.len()];
+    for axis in (1..shape.len()).rev() {
+        strides[axis - 1] = strides[axis] * shape[axis];
+    }
+    // SAFETY: `view` reads `bytes.len()` bytes from `bytes.as_ptr()`, which
+    // is exactly numel × element size (checked above) of a live, aligned
+    // slice we borrow for the whole of this function; `read` only reads the
+    // view, has finished with it when it returns and keeps no handle to it
+    // (the contract above, kept by this module's two callers), and the view
+    // is dropped before the borrow ends. libtorch does not free `from_blob`
+    // memory (tch passes no deleter).
+    let view =
+        unsafe { Tensor::f_from_blob(bytes.as_ptr(), shape, &strides, stored, Device::Cpu)? };
+    let result = read(&view);
     drop(view);
-    copied
+    result
 }
 
 #[cfg(test)]

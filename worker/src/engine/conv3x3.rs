@@ -136,16 +136,17 @@ fn conv3x3_nnpack_by(
             )?);
             low = high;
         }
-        images.push(if bands.len() == 1 {
-            bands.remove(0)
-        } else {
-            Tensor::f_cat(&bands, 2)?
-        });
+        images.push(joined(bands, 2)?);
     }
-    if images.len() == 1 {
-        return Ok(images.remove(0));
+    joined(images, 0)
+}
+
+/// `parts` concatenated along `dim`; a single part as it is, not copied.
+fn joined(mut parts: Vec<Tensor>, dim: i64) -> Result<Tensor, tch::TchError> {
+    if parts.len() == 1 {
+        return Ok(parts.remove(0));
     }
-    Tensor::f_cat(&images, 0)
+    Tensor::f_cat(&parts, dim)
 }
 
 /// `conv2d(input, weight, bias, stride 1, padding 1)` for a 3×3 `weight`,

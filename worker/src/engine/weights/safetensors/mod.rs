@@ -290,13 +290,18 @@ impl SafetensorsFile {
         let len = self.byte_range(name, info)?.len();
         self.grow(scratch, len)?;
         let bytes = &mut scratch[..len];
+        self.read_exact_at(bytes, info.file_offset())?;
+        Ok((info, bytes))
+    }
+
+    /// Fills `bytes` from `offset` of the source; a short file is an error.
+    fn read_exact_at(&self, bytes: &mut [u8], offset: u64) -> Result<(), SafetensorsError> {
         self.source
-            .read_exact_at(bytes, info.file_offset())
+            .read_exact_at(bytes, offset)
             .map_err(|source| SafetensorsError::Io {
                 path: self.path.clone(),
                 source,
-            })?;
-        Ok((info, bytes))
+            })
     }
 
     fn info(&self, name: &str) -> Result<&TensorInfo, SafetensorsError> {
@@ -408,17 +413,12 @@ impl SafetensorsFile {
                 let dest = Tensor::f_empty(&info.shape, (kind, Device::Cpu)).map_err(torch)?;
                 let flat = dest.f_view([-1]).map_err(torch)?;
                 self.grow(scratch, chunk.min(len))?;
+                let index = |bytes: usize| i64::try_from(bytes / element).unwrap_or(i64::MAX);
                 let mut done = 0;
                 while done < len {
                     let n = chunk.min(len - done);
                     let bytes = &mut scratch[..n];
-                    self.source
-                        .read_exact_at(bytes, info.file_offset() + done as u64)
-                        .map_err(|source| SafetensorsError::Io {
-                            path: self.path.clone(),
-                            source,
-                        })?;
-                    let index = |bytes: usize| i64::try_from(bytes / element).unwrap_or(i64::MAX);
+                    self.read_exact_at(bytes, info.file_offset() + done as u64)?;
                     let mut part = flat.f_narrow(0, index(done), index(n)).map_err(torch)?;
                     crate::tensor_bytes::convert_into(bytes, stored, &mut part).map_err(torch)?;
                     done += n;

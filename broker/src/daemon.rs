@@ -85,6 +85,13 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
         )?,
     };
 
+    // SIGTERM and SIGINT are caught before the socket exists: a client (or
+    // systemd) that sees the socket may stop the broker at once, and the
+    // default action would kill it without removing the socket. Registering
+    // starts no thread; the signals are read once serving begins.
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)?;
+
     // The socket: from systemd (which owns it), or bound here (and removed
     // at shutdown if it is still ours).
     let (listener, owned_socket) = match modes::activated_listener()? {
@@ -149,8 +156,6 @@ pub fn run(options: &Options) -> Result<(), DaemonError> {
             .map_err(DaemonError::Thread)?
     };
 
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)?;
     let listener_fd = listener.as_raw_fd();
     {
         let broker = Arc::clone(&broker);

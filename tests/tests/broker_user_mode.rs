@@ -160,3 +160,57 @@ fn user_mode_started_as_root_is_refused_with_the_fix() {
     let mut broker = BrokerProcess::start_user(&scratch, &config);
     assert!(broker.stop().success(), "{}", broker.log_text());
 }
+
+/// A broker stopped the moment its socket file appears (a client or
+/// systemd may do exactly that) exits cleanly and removes the socket: the
+/// signal handlers are in place before the socket is bound, so SIGTERM
+/// never meets the default action, which would kill it and leave the
+/// socket behind. The window it closes is wide (the worker pool starts
+/// between the two), so a few rounds find it if it reopens.
+#[test]
+fn sigterm_as_soon_as_the_socket_exists_is_a_clean_stop() {
+    if !require_root("sigterm_as_soon_as_the_socket_exists_is_a_clean_stop") {
+        return;
+    }
+    let scratch = Scratch::new("usermode-early-term");
+    let sink = AuditSink::bind(scratch.join("audit.sock"));
+    let etc = scratch.join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let config = TestConfig::new(&sink.path).write(&etc);
+    let socket = scratch.join("run/weave.sock");
+    for round in 0..5 {
+        let log = scratch.join(&format!("broker-{round}.log"));
+        let args = [
+            "--user",
+            "--config",
+            config.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+        ];
+        let mut child = BrokerProcess::spawn(&args, &log);
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < end,
+                "round {round}: no socket: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "round {round}: exited before binding ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::yield_now();
+        }
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(status.success(), "round {round}: {status}: {text}");
+        assert!(
+            !socket.exists(),
+            "round {round}: socket left behind: {text}"
+        );
+    }
+}

@@ -39,6 +39,12 @@ const EXIT_FAILURE: u8 = 1;
 /// checks again; only bounds how quickly a dead broker is noticed.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 
+/// How long the worker waits after an unload before it hands the freed heap
+/// back to the kernel. A `Load` within this time (a reload, a model switch
+/// by the admin) reuses those pages instead of faulting in fresh ones; an
+/// unload nobody follows up (the idle unload) gives the memory back soon.
+const HEAP_RELEASE_DELAY: Duration = Duration::from_secs(2);
+
 /// Errors after start-up; each ends the worker (the broker respawns it).
 #[derive(Debug, thiserror::Error)]
 enum ServeError {
@@ -111,6 +117,7 @@ fn run_inner() -> Result<(), ServeError> {
         missing,
         device,
         loaded: None,
+        release_heap_at: None,
         backlog: VecDeque::new(),
     }
     .serve()
@@ -275,6 +282,9 @@ struct Server {
     /// The device libtorch addresses (`cuda:0` for any GPU worker).
     device: Device,
     loaded: Option<(String, loaded_model::LoadedModel)>,
+    /// When to give the heap a model left back to the kernel: set when a
+    /// model is dropped and nothing replaces it, cleared by the next load.
+    release_heap_at: Option<Instant>,
     /// Messages that arrived during a generation and are not a `Cancel`.
     backlog: VecDeque<ToWorker>,
 }
@@ -282,17 +292,26 @@ struct Server {
 impl Server {
     fn serve(mut self) -> Result<(), ServeError> {
         loop {
+            self.release_heap_when_due();
             let msg = match self.backlog.pop_front() {
                 Some(m) => m,
-                None => match self.channel.recv(IDLE_WAIT)? {
-                    Some(m) => m,
-                    None => continue,
-                },
+                None => {
+                    let wait = match self.release_heap_at {
+                        Some(at) => at.saturating_duration_since(Instant::now()).min(IDLE_WAIT),
+                        None => IDLE_WAIT,
+                    };
+                    match self.channel.recv(wait)? {
+                        Some(m) => m,
+                        None => continue,
+                    }
+                }
             };
             match msg {
                 ToWorker::Load { model_id } => self.load(&model_id)?,
                 ToWorker::Unload => {
-                    self.loaded = None;
+                    if self.loaded.take().is_some() {
+                        self.release_heap_at = Some(Instant::now() + HEAP_RELEASE_DELAY);
+                    }
                     self.channel.send(&FromWorker::Unloaded)?;
                 }
                 ToWorker::Generate { job_id, params } => self.generate(job_id, &params)?,
@@ -309,6 +328,18 @@ impl Server {
                     log!("shutdown requested by the broker");
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Gives the freed heap back to the kernel once its delay has passed
+    /// with no model loaded: without this, the pages of an unloaded model
+    /// (and of the generations before) stay in the worker's RSS.
+    fn release_heap_when_due(&mut self) {
+        if self.release_heap_at.is_some_and(|at| at <= Instant::now()) {
+            self.release_heap_at = None;
+            if self.loaded.is_none() && syscalls::release_free_heap() {
+                log!("no model loaded: freed heap memory returned to the system");
             }
         }
     }
@@ -332,8 +363,10 @@ impl Server {
                 },
             })?);
         }
-        // Free the old model first: two models may not fit in memory.
+        // Free the old model first: two models may not fit in memory. The
+        // new one reuses its heap, so nothing is released in between.
         self.loaded = None;
+        self.release_heap_at = None;
         let started = Instant::now();
         match loaded_model::LoadedModel::load(entry, self.device) {
             Ok(model) => {
@@ -349,6 +382,8 @@ impl Server {
             }
             Err(failure) => {
                 log!("loading model {model_id:?} failed: {failure:?}");
+                // What the failed load had read is freed; hand it back.
+                self.release_heap_at = Some(Instant::now());
                 self.channel.send(&FromWorker::Failed {
                     job_id: None,
                     failure,

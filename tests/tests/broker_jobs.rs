@@ -277,6 +277,20 @@ fn idle_model_is_unloaded_after_the_timeout() {
             Duration::from_secs(5)
         )
         .is_some());
+    // ... and its memory goes back to the system (docs/CONFIG.md,
+    // `idle_unload_s`): the worker trims its heap once nothing reloads
+    // (whether the tiny model left whole free pages is the allocator's
+    // business; tests/tests/worker_heap_release.rs measures the drop).
+    let released = "no model loaded: ";
+    let end = Instant::now() + Duration::from_secs(15);
+    while !setup.broker.log_text().contains(released) {
+        assert!(
+            Instant::now() < end,
+            "no heap release after the idle unload: {}",
+            setup.broker.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -338,8 +338,12 @@ impl Server {
     fn release_heap_when_due(&mut self) {
         if self.release_heap_at.is_some_and(|at| at <= Instant::now()) {
             self.release_heap_at = None;
-            if self.loaded.is_none() && syscalls::release_free_heap() {
-                log!("no model loaded: freed heap memory returned to the system");
+            if self.loaded.is_none() {
+                if syscalls::release_free_heap() {
+                    log!("no model loaded: freed heap memory returned to the system");
+                } else {
+                    log!("no model loaded: no free heap memory to return");
+                }
             }
         }
     }

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use weave_common::proto::{GenerateRequest, Request, Response};
 use weave_tests::fault::{run_job, worker_pid, Rig, OPEN_LIMITS};
-use weave_tests::{proc_status_field, require_digits, target_bin, Client};
+use weave_tests::{
+    proc_status_field, require_digits, target_bin, AuditSink, BrokerProcess, Client, Scratch,
+    TestConfig,
+};
 
 fn resident_kib(pid: u32) -> u64 {
     let value = proc_status_field(pid, "VmRSS");
@@ -63,4 +66,53 @@ fn unloading_returns_the_freed_heap_to_the_system() {
     }
     assert_eq!(worker_pid(rig.pid()), Some(pid), "same worker, no restart");
     rig.assert_alive("after the unload");
+}
+
+/// A model that passes the broker's file check but that the worker cannot
+/// load: what the failed load had allocated is handed back at once, since
+/// no `Unload` will ever follow it.
+#[test]
+fn a_failed_load_returns_its_heap_at_once() {
+    let name = "a_failed_load_returns_its_heap_at_once";
+    if !require_digits(name) {
+        return;
+    }
+    let scratch = Scratch::new(name);
+    let sink = AuditSink::bind(scratch.join("audit.sock"));
+    let placeholder = scratch.join("placeholder-model");
+    weave_tests::write_placeholder_model(&placeholder);
+    let mut config = TestConfig::digits(&sink.path);
+    config.extra = format!(
+        "\n[[model]]\nid = \"placeholder\"\nkind = \"sd1\"\npath = \"{}\"\n",
+        placeholder.display()
+    );
+    let etc = scratch.join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let config = config.write(&etc);
+    let broker = BrokerProcess::start_user(&scratch, &config);
+    let mut client = Client::hello(&broker.socket);
+    let answer = client.call(&Request::Load {
+        model_id: "placeholder".into(),
+    });
+    assert!(
+        matches!(answer, Response::Error(_)),
+        "{answer:?}\n{}",
+        broker.log_text()
+    );
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = broker.log_text();
+        if log.contains("no model loaded: ") {
+            assert!(
+                log.contains("loading model \"placeholder\" failed"),
+                "{log}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "no heap release after the failed load: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

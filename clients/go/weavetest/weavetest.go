@@ -88,6 +88,20 @@ func DigitsModel(t testing.TB) string {
 	return path
 }
 
+// DigitsBoldLora is the absolute path of the project's LoRA for the digits
+// model (models/loras/digits-bold.safetensors: heavier strokes).
+func DigitsBoldLora(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(RepoRoot(t), "models/loras/digits-bold.safetensors")
+	if _, err := os.Stat(path); err != nil {
+		if InCI() {
+			t.Fatalf("the digits-bold LoRA is missing: %v", err)
+		}
+		t.Skip("models/loras/digits-bold.safetensors is not in the tree")
+	}
+	return path
+}
+
 // Config describes the test broker's weave.toml.
 type Config struct {
 	// Limits are extra lines for [limits], e.g. "rate_burst = 2".
@@ -97,6 +111,9 @@ type Config struct {
 	// Worker are extra lines for [worker] (which sets device = "cpu"),
 	// e.g. "count = 2\ntorch_threads = 1" for a pool of two workers.
 	Worker string
+	// Sections are extra top-level tables appended after the digits model,
+	// e.g. a [[lora]] for it (see DigitsBoldLora).
+	Sections string
 	// System, when set, starts a system-mode broker instead (needs root):
 	// it binds as root, then drops to System.Service.
 	System *SystemAccounts
@@ -176,7 +193,9 @@ height = 32
 steps = %d
 guidance = 5.0
 scheduler = "ddim"
-`, daemon, cfg.Limits, b.audit.path, cfg.Worker, model, steps)
+
+%s
+`, daemon, cfg.Limits, b.audit.path, cfg.Worker, model, steps, cfg.Sections)
 	configPath := filepath.Join(dir, "weave.toml")
 	if err := os.WriteFile(configPath, []byte(config), 0o600); err != nil {
 		t.Fatal(err)

@@ -14,7 +14,7 @@
 #   BENCH_BIG_THREADS=N         torch intra-op threads per side (default CPU 1, CUDA all CPUs)
 #   BENCH_BIG_SCHEDULER=ddim|euler  (default sd15 ddim, sdxl euler)
 #   BENCH_BIG_EXEC_MAPPINGS=0|1 the worker's seccomp_exec_mappings: 1 keeps oneDNN on (default 0)
-#   BENCH_BIG_SEQUENTIAL=auto|0|1  the sides one after the other (default auto: when both do not fit in memory)
+#   BENCH_BIG_SEQUENTIAL=auto|0|1  the sides take turns, each freeing its memory (default auto: when both do not fit at once)
 #   BENCH_BIG_DIR=path          where the models are (default .cache/bench-models)
 #   WEAVE_BENCH_PYTHON=...      use this Python instead of installing .cache/venv-bench
 set -euo pipefail

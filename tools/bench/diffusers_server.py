@@ -11,7 +11,13 @@ each stdin line:
   pipeline call only, so neither process start-up nor the pipe counts;
 - `stats`: `load_s <seconds of the first load> vmhwm_kb <VmHWM of this
   process> vmrss_kb <VmRSS>`;
-- `reload`: drops the pipeline, loads it again, answers the seconds.
+- `reload`: drops the pipeline, loads it again, answers the seconds;
+- `unload`: drops the pipeline and hands the freed heap back to the
+  system (`malloc_trim`), answers `ok <VmRSS kB>`; `load`: loads it again,
+  answers the seconds (what the benches' one-side-at-a-time mode uses, when
+  both sides do not fit in memory at once);
+- `warmup <steps>`: one generation of that many steps, seed 0, answers the
+  seconds.
 
 The Rust benches drive it between their own generations, so both sides see
 the same machine load.
@@ -20,8 +26,11 @@ Arguments: model device threads steps guidance size prompt [options]
   --pipeline sd|sdxl      StableDiffusionPipeline (default) or StableDiffusionXLPipeline
   --scheduler ddim|euler  DDIMScheduler (default) or EulerDiscreteScheduler, from the folder's config
   --warmup onednn|once|none  one generation with oneDNN on and one off (default), one, or none
+  --lazy                  no load at start (nor warm-up): the first `load` loads, and is
+                          the `load_s` that `stats` reports
 """
 import argparse
+import ctypes
 import gc
 import sys
 import time
@@ -61,6 +70,7 @@ def main() -> None:
     ap.add_argument("--pipeline", choices=sorted(PIPELINES), default="sd")
     ap.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim")
     ap.add_argument("--warmup", choices=["onednn", "once", "none"], default="onednn")
+    ap.add_argument("--lazy", action="store_true")
     args = ap.parse_args()
     model, device = args.model, args.device
     threads, steps, size, guidance = int(args.threads), int(args.steps), int(args.size), float(args.guidance)
@@ -88,9 +98,9 @@ def main() -> None:
             torch.cuda.synchronize()
         return pipe, time.perf_counter() - start
 
-    pipe, load_s = load()
+    pipe, load_s = (None, None) if args.lazy else load()
 
-    def generate(seed: int, save: str = "") -> float:
+    def generate(seed: int, save: str = "", steps: int = steps) -> float:
         # Initial noise from a CPU generator, as diffusers' default and the
         # engine (same seed → same latents on both sides).
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -116,33 +126,46 @@ def main() -> None:
         return elapsed
 
     warmups = {"onednn": (True, False), "once": (True,), "none": ()}[args.warmup]
-    for onednn in warmups:
+    for onednn in () if args.lazy else warmups:
         torch.backends.mkldnn.enabled = onednn
         generate(0)
     torch.backends.mkldnn.enabled = True
     info = (
-        f"torch {torch.__version__}, diffusers {diffusers.__version__}, {type(pipe).__name__}, "
-        f"{type(pipe.scheduler).__name__}, threads {torch.get_num_threads()}, {dtype}, device {device}"
+        f"torch {torch.__version__}, diffusers {diffusers.__version__}, {PIPELINES[args.pipeline].__name__}, "
+        f"{SCHEDULERS[args.scheduler].__name__}, threads {torch.get_num_threads()}, {dtype}, device {device}"
     )
     print(f"ready {info}", flush=True)
     for line in sys.stdin:
         words = line.split()
         if not words:
             continue
-        if words[0] == "gen" and len(words) in (3, 4):
+        if words[0] in ("gen", "warmup") and pipe is None:
+            print(f"error no pipeline loaded: send load before {words[0]}", flush=True)
+        elif words[0] == "gen" and len(words) in (3, 4):
             torch.backends.mkldnn.enabled = words[2] == "1"
             save = words[3] if len(words) == 4 else ""
             print(f"{generate(int(words[1]), save):.6f}", flush=True)
         elif words == ["stats"]:
             print(
-                f"load_s {load_s:.6f} vmhwm_kb {proc_status('VmHWM')} vmrss_kb {proc_status('VmRSS')}",
+                f"load_s {-1.0 if load_s is None else load_s:.6f} vmhwm_kb {proc_status('VmHWM')} vmrss_kb {proc_status('VmRSS')}",
                 flush=True,
             )
-        elif words == ["reload"]:
-            del pipe
+        elif words == ["reload"] or words == ["load"]:
+            pipe = None
             gc.collect()
             pipe, seconds = load()
+            if load_s is None:
+                load_s = seconds
             print(f"{seconds:.6f}", flush=True)
+        elif words == ["unload"]:
+            pipe = None
+            gc.collect()
+            # glibc keeps freed heap pages resident; the worker trims its
+            # heap after an Unload the same way (serve/syscalls.rs).
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            print(f"ok {proc_status('VmRSS')}", flush=True)
+        elif words[0] == "warmup" and len(words) == 2:
+            print(f"{generate(0, steps=int(words[1])):.6f}", flush=True)
         else:
             print(f"error unknown command {line.strip()!r}", flush=True)
 

@@ -16,7 +16,9 @@
 //! included; diffusers: its pipeline call, prompt to PIL image), then the
 //! peak RSS (`VmHWM`: the worker's, and the Python process's), then
 //! `BENCH_BIG_LOADS - 1` more loads of each side. When the two sides do not
-//! fit in memory at once they run one after the other (see `sequential`).
+//! fit in memory at once they take turns instead (see `sequential`): each
+//! round one side loads, warms up, draws its image and frees its memory,
+//! then the other.
 //!
 //! Needs root (the sandboxed worker) and `cargo build --release --bins`.
 //! Environment (docs/PERFORMANCE.md lists the defaults): `DEVICE`
@@ -278,9 +280,38 @@ impl Daemon {
     }
 
     fn reload(&mut self) -> f64 {
+        self.unload();
+        self.load()
+    }
+
+    fn unload(&mut self) {
         self.reconnect();
         assert_eq!(self.client.call(&Request::Unload), Response::Ok);
-        self.load()
+    }
+
+    /// Unloads and waits until the worker has handed its freed heap back
+    /// (it does `HEAP_RELEASE_DELAY`, 2 s, after an `Unload`), so the other
+    /// side loads into memory this one no longer holds.
+    fn unload_and_release(&mut self) {
+        self.unload();
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let released = |log: &str| log.matches("no model loaded: ").count();
+        let before = released(&self.broker.log_text());
+        while released(&self.broker.log_text()) == before {
+            assert!(
+                Instant::now() < deadline,
+                "the worker did not release its heap within 60 s of Unload: {}",
+                self.broker.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let workers = weave_tests::workers_of(self.broker.pid());
+        if let Some(&pid) = workers.first() {
+            eprintln!(
+                "big bench: ours, unloaded: worker VmRSS {} kB",
+                status_kb(pid, "VmRSS")
+            );
+        }
     }
 
     fn generate(&mut self, seed: u64, size: u32, steps: u32, scheduler: Scheduler) -> f64 {
@@ -339,7 +370,15 @@ struct Diffusers {
 }
 
 impl Diffusers {
-    fn start(model: &BigModel, path: &Path, s: &Settings, size: u32, scheduler: &str) -> Self {
+    /// `lazy`: it loads nothing until the first `load` (the turn-taking mode).
+    fn start(
+        model: &BigModel,
+        path: &Path,
+        s: &Settings,
+        size: u32,
+        scheduler: &str,
+        lazy: bool,
+    ) -> Self {
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/bench/diffusers_server.py");
         let mut child = Command::new(&s.python)
@@ -360,6 +399,7 @@ impl Diffusers {
                 "--warmup",
                 "none",
             ])
+            .args(lazy.then_some("--lazy"))
             .env("OMP_NUM_THREADS", s.threads.to_string())
             .env("HF_HUB_OFFLINE", "1")
             .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -475,7 +515,11 @@ fn run_model(model: &'static BigModel, s: &Settings) -> Option<Measured> {
         if s.exec_mappings { "on (seccomp_exec_mappings = true)" } else { "off (the sandbox default)" },
         s.rounds,
         s.loads,
-        if sequential { "one side after the other" } else { "both sides at once, interleaved" },
+        if sequential {
+            "the sides taking turns, each freeing its memory for the other"
+        } else {
+            "both sides at once, interleaved"
+        },
         need as f64 / f64::from(1u32 << 30),
         available as f64 / f64::from(1u32 << 30),
     );
@@ -483,34 +527,55 @@ fn run_model(model: &'static BigModel, s: &Settings) -> Option<Measured> {
     let mut m = Measured::default();
     let seeds: Vec<u64> = (1..=s.rounds as u64).collect();
     if sequential {
+        // Turns, alternating who goes first: each side loads, warms up with
+        // a one-step image (the timed image's shapes, so its first-touch
+        // memory and kernel caches are paid for beforehand, as the warm-up
+        // image does when both sides run at once), draws its timed image
+        // and frees its memory; so both sides' images are minutes apart,
+        // not a whole side apart. Every load is timed.
         let mut ours = Daemon::start(model, &path, s, size, scheduler_name);
-        m.ours_load.push(ours.load());
-        ours.generate(0, size, s.steps, scheduler);
-        for &seed in &seeds {
-            m.ours.push(ours.generate(seed, size, s.steps, scheduler));
+        let mut theirs = Diffusers::start(model, &path, s, size, scheduler_name, true);
+        let ours_turn = |m: &mut Measured, ours: &mut Daemon, seed: Option<u64>| {
+            m.ours_load.push(ours.load());
+            if let Some(seed) = seed {
+                ours.generate(0, size, 1, scheduler);
+                m.ours.push(ours.generate(seed, size, s.steps, scheduler));
+            }
+            ours.unload_and_release();
+        };
+        let theirs_turn = |m: &mut Measured, theirs: &mut Diffusers, seed: Option<u64>| {
+            m.theirs_load.push(theirs.seconds("load"));
+            if let Some(seed) = seed {
+                theirs.seconds("warmup 1");
+                m.theirs.push(theirs.seconds(&format!("gen {seed} 1")));
+            }
+            let answer = theirs.ask("unload");
+            let Some(rss) = answer.strip_prefix("ok ") else {
+                panic!("diffusers side answered {answer:?} to unload");
+            };
+            eprintln!("big bench: diffusers, unloaded: VmRSS {rss} kB");
+        };
+        let turns = s.rounds.max(s.loads);
+        for round in 0..turns {
+            // Past the rounds, the turns only load (BENCH_BIG_LOADS).
+            let seed = seeds.get(round).copied();
+            if round % 2 == 0 {
+                ours_turn(&mut m, &mut ours, seed);
+                theirs_turn(&mut m, &mut theirs, seed);
+            } else {
+                theirs_turn(&mut m, &mut theirs, seed);
+                ours_turn(&mut m, &mut ours, seed);
+            }
         }
         m.ours_hwm_kb = ours.worker_vmhwm_kb();
         m.broker_hwm_kb = ours.broker_vmhwm_kb();
-        for _ in 1..s.loads {
-            m.ours_load.push(ours.reload());
-        }
-        ours.stop();
-        let mut theirs = Diffusers::start(model, &path, s, size, scheduler_name);
-        theirs.seconds("gen 0 1");
-        for &seed in &seeds {
-            m.theirs.push(theirs.seconds(&format!("gen {seed} 1")));
-        }
-        let (load, hwm) = theirs.stats();
-        m.theirs_load.push(load);
-        m.theirs_hwm_kb = hwm;
-        for _ in 1..s.loads {
-            m.theirs_load.push(theirs.seconds("reload"));
-        }
+        m.theirs_hwm_kb = theirs.stats().1;
         m.info = theirs.info.clone();
+        ours.stop();
     } else {
         // Diffusers loads first (it is timed in its process); the daemon's
         // worker then starts and loads on the warm page cache as well.
-        let mut theirs = Diffusers::start(model, &path, s, size, scheduler_name);
+        let mut theirs = Diffusers::start(model, &path, s, size, scheduler_name, false);
         let mut ours = Daemon::start(model, &path, s, size, scheduler_name);
         m.ours_load.push(ours.load());
         ours.generate(0, size, s.steps, scheduler);

@@ -27,6 +27,7 @@
 mod by_name;
 mod document;
 mod loras;
+mod model_rules;
 mod paths;
 mod permissions;
 pub mod pool;
@@ -223,11 +224,11 @@ impl Config {
     pub fn check_model_paths(&self) -> Vec<ConfigProblem> {
         self.models
             .iter()
-            .filter_map(|model| rules::check_model_path(&self.source, model))
+            .filter_map(|model| model_rules::check_model_path(&self.source, model))
             .chain(
                 self.loras
                     .iter()
-                    .filter_map(|lora| rules::check_lora_path(&self.source, lora)),
+                    .filter_map(|lora| model_rules::check_lora_path(&self.source, lora)),
             )
             .collect()
     }

@@ -29,7 +29,11 @@ use crate::engine::vae::VaeConfig;
 use crate::engine::weights::files::ModelFiles;
 use crate::engine::weights::safetensors::{SafetensorsError, SafetensorsFile};
 
+mod config_json;
 mod ldm_keys;
+
+use config_json::read_json_in;
+pub use config_json::{python_json_to_strict, read_json};
 
 use ldm_keys::{map_ldm_unet, map_ldm_vae, map_openclip, SD2_OPENCLIP, SDXL_CLIP, SDXL_OPENCLIP};
 
@@ -38,9 +42,6 @@ use ldm_keys::{map_ldm_unet, map_ldm_vae, map_openclip, SD2_OPENCLIP, SDXL_CLIP,
 pub fn map_ldm_unet_name(name: &str, layers_per_block: i64) -> Option<String> {
     map_ldm_unet(name, layers_per_block)
 }
-
-/// Largest config JSON we read.
-const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
@@ -161,86 +162,6 @@ enum SingleText {
     Clip(&'static str),
     /// OpenCLIP names under this prefix.
     OpenClip(&'static str),
-}
-
-pub fn read_json(path: &Path) -> Result<serde_json::Value, LoaderError> {
-    read_json_in(&ModelFiles::Disk, path)
-}
-
-fn read_json_in(files: &ModelFiles, path: &Path) -> Result<serde_json::Value, LoaderError> {
-    let too_large = |len: u64| LoaderError::BadConfig {
-        path: path.to_path_buf(),
-        reason: format!("{len} bytes exceeds the {MAX_CONFIG_BYTES}-byte limit"),
-    };
-    if let ModelFiles::Disk = files {
-        let meta = std::fs::metadata(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                LoaderError::Missing {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                LoaderError::Io {
-                    path: path.to_path_buf(),
-                    source: e,
-                }
-            }
-        })?;
-        if meta.len() > MAX_CONFIG_BYTES {
-            return Err(too_large(meta.len()));
-        }
-    }
-    let text = files.read(path)?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(too_large(text.len() as u64));
-    }
-    serde_json::from_slice(&python_json_to_strict(&text)).map_err(|e| LoaderError::BadConfig {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
-}
-
-/// Python's `json.dump` writes `NaN`, `Infinity` and `-Infinity` (diffusers
-/// saves e.g. `lambda_min_clipped: -inf`); strict JSON has no such tokens.
-/// Outside string literals they become `null`, which our configs treat as
-/// "not set".
-pub fn python_json_to_strict(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut i = 0;
-    while i < text.len() {
-        let c = text[i];
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == b'\\' {
-                escaped = true;
-            } else if c == b'"' {
-                in_string = false;
-            }
-            i += 1;
-            continue;
-        }
-        if c == b'"' {
-            in_string = true;
-            out.push(c);
-            i += 1;
-            continue;
-        }
-        let rest = &text[i..];
-        if let Some(token) = [&b"-Infinity"[..], b"Infinity", b"NaN"]
-            .into_iter()
-            .find(|t| rest.starts_with(t))
-        {
-            out.extend_from_slice(b"null");
-            i += token.len();
-            continue;
-        }
-        out.push(c);
-        i += 1;
-    }
-    out
 }
 
 fn config_error(path: &Path) -> impl Fn(ModelError) -> LoaderError + '_ {
@@ -639,16 +560,6 @@ fn legacy_vae_attention(k: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn python_json_tokens() {
-        let fixed = python_json_to_strict(
-            br#"{"a": -Infinity, "b": "NaN \" Infinity", "c": [NaN, Infinity]}"#,
-        );
-        let v: serde_json::Value = serde_json::from_slice(&fixed).unwrap();
-        assert!(v["a"].is_null() && v["c"][0].is_null() && v["c"][1].is_null());
-        assert_eq!(v["b"], "NaN \" Infinity");
-    }
 
     /// SDXL base's standard configs fit together: the UNet attends to both
     /// encoders' widths and its text-time input is 6 time ids plus bigG's

@@ -22,13 +22,18 @@ use crate::engine::vae_encoder::VaeEncoder;
 use crate::engine::EngineError;
 
 mod conditioning;
+mod device;
 pub mod image_input;
 pub mod img2img;
+mod rgb;
 pub mod sd;
 pub mod sdxl;
 
+pub use device::{DeviceChoice, Precision};
+
 pub use image_input::{ImageInput, Mask};
 pub use img2img::Stage;
+pub use rgb::{to_rgb8, RgbImage};
 
 /// One prompt's conditioning, batch 1.
 pub struct PromptEmbeds {
@@ -78,64 +83,6 @@ pub trait Conditioner: Send {
     }
 }
 
-/// Where to run: `auto` picks the first CUDA device when libtorch sees one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceChoice {
-    #[default]
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
-
-impl DeviceChoice {
-    pub fn resolve(self) -> Result<Device, EngineError> {
-        match self {
-            Self::Auto if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-            Self::Auto | Self::Cpu => Ok(Device::Cpu),
-            Self::Cuda(n) => {
-                let count = tch::Cuda::device_count();
-                if (n as i64) < count {
-                    Ok(Device::Cuda(n))
-                } else {
-                    Err(EngineError::Device(format!(
-                        "cuda:{n} requested but libtorch sees {count} CUDA device(s); use device = \"cpu\" or \"auto\", or a CUDA build of libtorch (make libtorch FLAVOR=cuda)"
-                    )))
-                }
-            }
-        }
-    }
-}
-
-/// Compute precision. `auto`: fp32 on CPU, fp16 on CUDA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    #[default]
-    Auto,
-    F32,
-    F16,
-    Bf16,
-}
-
-impl Precision {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "auto" => Self::Auto,
-            "fp32" | "f32" | "float32" => Self::F32,
-            "fp16" | "f16" | "float16" => Self::F16,
-            "bf16" | "bfloat16" => Self::Bf16,
-            _ => return None,
-        })
-    }
-
-    fn kind(self, device: Device) -> Kind {
-        match (self, device) {
-            (Self::Auto, Device::Cpu) | (Self::F32, _) => Kind::Float,
-            (Self::Auto, _) | (Self::F16, _) => Kind::Half,
-            (Self::Bf16, _) => Kind::BFloat16,
-        }
-    }
-}
-
 /// One text-to-image request.
 #[derive(Debug, Clone)]
 pub struct GenerateParams {
@@ -175,14 +122,6 @@ impl Default for GenerateParams {
             image: None,
         }
     }
-}
-
-/// An 8-bit RGB image, rows top to bottom, `width × height × 3` bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RgbImage {
-    pub width: u32,
-    pub height: u32,
-    pub pixels: Vec<u8>,
 }
 
 /// libtorch's default CPU generator is process-global and tch exposes no
@@ -650,38 +589,6 @@ fn batch_step(index: usize, images: usize, step: usize, total: usize) -> usize {
     done.div_ceil(images.max(1))
 }
 
-/// `[b, 3, h, w]` in [-1, 1] → RGB8, rounding as diffusers' `numpy_to_pil`.
-pub fn to_rgb8(images: &Tensor) -> Result<Vec<RgbImage>, EngineError> {
-    let (b, c, h, w) = images.size4()?;
-    if c != 3 {
-        return Err(EngineError::InvalidParams(format!(
-            "the VAE produced {c} channels, not 3"
-        )));
-    }
-    let bytes = images
-        .f_to_device(Device::Cpu)?
-        .f_to_kind(Kind::Float)?
-        .f_div_scalar(2.0)?
-        .f_add_scalar(0.5)?
-        .f_clamp(0.0, 1.0)?
-        .f_permute([0, 2, 3, 1])?
-        .f_mul_scalar(255.0)?
-        .f_round()?
-        .f_to_kind(Kind::Uint8)?
-        .f_contiguous()?;
-    let per = (h * w * 3) as usize;
-    let mut all = vec![0u8; per * b as usize];
-    bytes.f_copy_data_u8(&mut all, per * b as usize)?;
-    Ok(all
-        .chunks(per)
-        .map(|px| RgbImage {
-            width: w as u32,
-            height: h as u32,
-            pixels: px.to_vec(),
-        })
-        .collect())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -695,35 +602,11 @@ mod tests {
     }
 
     #[test]
-    fn device_and_precision_parse() {
-        assert_eq!(DeviceChoice::Cpu.resolve().ok(), Some(Device::Cpu));
-        assert_eq!(Precision::parse("bf16"), Some(Precision::Bf16));
-        assert_eq!(Precision::Auto.kind(Device::Cpu), Kind::Float);
-        assert_eq!(Precision::Auto.kind(Device::Cuda(0)), Kind::Half);
-        if !tch::Cuda::is_available() {
-            assert!(matches!(
-                DeviceChoice::Cuda(0).resolve(),
-                Err(EngineError::Device(_))
-            ));
-        }
-    }
-
-    #[test]
     fn batch_progress_rises_to_the_step_count() {
         assert_eq!(batch_step(0, 1, 3, 4), 3);
         let seen: Vec<usize> = (0..3)
             .flat_map(|i| (1..=4).map(move |s| batch_step(i, 3, s, 4)))
             .collect();
         assert_eq!(seen, vec![1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]);
-    }
-
-    #[test]
-    fn rgb8_rounds_like_diffusers() {
-        // -1 → 0, 1 → 255, 0 → 127.5 → 128 (round half to even gives 128).
-        let x = Tensor::from_slice(&[-1.0f32, 1.0, 0.0, 2.0, -3.0, 0.5]).reshape([1, 3, 1, 2]);
-        let img = to_rgb8(&x).unwrap();
-        assert_eq!((img[0].width, img[0].height), (2, 1));
-        // HWC order: pixel 0 = channels (x[0], x[2], x[4]), pixel 1 = (x[1], x[3], x[5]).
-        assert_eq!(img[0].pixels, vec![0, 128, 0, 255, 255, 191]);
     }
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,25 +17,22 @@ import (
 func drain(t *testing.T, b *weavetest.Broker, g *Generation) ([]*Preview, []*Image) {
 	t.Helper()
 	var previews []*Preview
-	var images []*Image
-	for {
-		ev, err := g.Next()
-		if err == io.EOF {
-			return previews, images
-		}
-		if err != nil {
-			t.Fatalf("stream: %v\n%s", err, b.LogText())
-		}
+	imageSeen := false
+	images, err := g.Images(func(ev Event) {
 		switch ev := ev.(type) {
 		case *Preview:
-			if len(images) > 0 {
-				t.Fatalf("a preview of step %d came after an image", ev.Step)
+			if imageSeen {
+				t.Errorf("a preview of step %d came after an image", ev.Step)
 			}
 			previews = append(previews, ev)
 		case *Image:
-			images = append(images, ev)
+			imageSeen = true
 		}
+	})
+	if err != nil {
+		t.Fatalf("stream: %v\n%s", err, b.LogText())
 	}
+	return previews, images
 }
 
 func generateOne(t *testing.T, b *weavetest.Broker, c *Client, req GenerateRequest) *Image {

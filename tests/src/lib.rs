@@ -414,6 +414,14 @@ impl BrokerProcess {
     /// Starts a user-mode broker with `config`, its socket at
     /// `<scratch>/run/weave.sock` and its log at `<scratch>/broker.log`.
     pub fn start_user(scratch: &Scratch, config: &Path) -> Self {
+        let log = scratch.join("broker.log");
+        let (child, socket) = Self::spawn_user(scratch, config, &log);
+        Self::wait_ready(child, &socket, &log)
+    }
+
+    /// Spawns a user-mode broker as [`Self::start_user`] does, its log at
+    /// `log`, without waiting for its socket: the child and the socket path.
+    pub fn spawn_user(scratch: &Scratch, config: &Path, log: &Path) -> (Child, PathBuf) {
         let socket = scratch.join("run/weave.sock");
         let args = [
             "--user",
@@ -422,7 +430,7 @@ impl BrokerProcess {
             "--socket",
             socket.to_str().unwrap(),
         ];
-        Self::start(&args, &socket, &scratch.join("broker.log"))
+        (Self::spawn(&args, log), socket)
     }
 
     /// Starts `command` (which must exec the broker in place, like

@@ -177,17 +177,9 @@ fn sigterm_as_soon_as_the_socket_exists_is_a_clean_stop() {
     let etc = scratch.join("etc");
     std::fs::create_dir(&etc).unwrap();
     let config = TestConfig::new(&sink.path).write(&etc);
-    let socket = scratch.join("run/weave.sock");
     for round in 0..5 {
         let log = scratch.join(&format!("broker-{round}.log"));
-        let args = [
-            "--user",
-            "--config",
-            config.to_str().unwrap(),
-            "--socket",
-            socket.to_str().unwrap(),
-        ];
-        let mut child = BrokerProcess::spawn(&args, &log);
+        let (mut child, socket) = BrokerProcess::spawn_user(&scratch, &config, &log);
         let end = std::time::Instant::now() + Duration::from_secs(20);
         while !socket.exists() {
             assert!(

@@ -37,24 +37,6 @@ impl Tally {
     }
 }
 
-pub(crate) fn error_name(code: &ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::InvalidParameter { .. } => "InvalidParameter",
-        ErrorCode::UnknownModel { .. } => "UnknownModel",
-        ErrorCode::Busy { .. } => "Busy",
-        ErrorCode::RateLimited { .. } => "RateLimited",
-        ErrorCode::Cancelled => "Cancelled",
-        ErrorCode::TimedOut => "TimedOut",
-        ErrorCode::WorkerCrashed => "WorkerCrashed",
-        ErrorCode::NotPermitted { .. } => "NotPermitted",
-        ErrorCode::ModelQuarantined => "ModelQuarantined",
-        ErrorCode::ProtocolError { .. } => "ProtocolError",
-        ErrorCode::ShuttingDown => "ShuttingDown",
-        ErrorCode::Internal => "Internal",
-        ErrorCode::ModelUnavailable => "ModelUnavailable",
-    }
-}
-
 /// A valid client: generate after generate on one connection; `Busy` is
 /// counted and honoured (its retry hint, at most 200 ms).
 pub(crate) fn valid_client(socket: PathBuf, stop: Arc<AtomicBool>, tally: Arc<Tally>, index: u32) {
@@ -99,7 +81,7 @@ pub(crate) fn valid_client(socket: PathBuf, stop: Arc<AtomicBool>, tally: Arc<Ta
                 } else {
                     "refused"
                 };
-                tally.add(&format!("generate {kind}: {}", error_name(&code)));
+                tally.add(&format!("generate {kind}: {}", code.name()));
                 if let ErrorCode::Busy { retry_after_ms } = code {
                     std::thread::sleep(Duration::from_millis(u64::from(retry_after_ms.min(200))));
                 }
@@ -136,7 +118,7 @@ pub(crate) fn invalid_client(socket: PathBuf, stop: Arc<AtomicBool>, tally: Arc<
         let request = requests[index % requests.len()].clone();
         index += 1;
         match client.call(&Request::Generate(request)) {
-            Response::Error(code) => tally.add(&format!("invalid: {}", error_name(&code))),
+            Response::Error(code) => tally.add(&format!("invalid: {}", code.name())),
             other => {
                 tally.add(&format!("invalid: accepted?! {other:?}"));
                 tally.bad_streams.fetch_add(1, Ordering::SeqCst);

@@ -101,20 +101,32 @@ impl SigmaSchedule {
     }
 }
 
-pub struct Euler {
-    schedule: SigmaSchedule,
+/// A sampler on a [`SigmaSchedule`] (Euler, Euler ancestral): the schedule
+/// answers everything a [`NoiseSchedule`] is asked but the step.
+pub(crate) trait SigmaStep: Send {
+    fn step(
+        &mut self,
+        schedule: &SigmaSchedule,
+        index: usize,
+        model_output: &Tensor,
+        sample: &Tensor,
+        noise: &mut NoiseFn<'_>,
+    ) -> Result<Tensor, SchedulerError>;
 }
 
-impl Euler {
-    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
-        let karras = config.use_karras_sigmas.unwrap_or(false);
-        Ok(Self {
-            schedule: SigmaSchedule::new(config, steps, karras)?,
-        })
+/// A [`SigmaStep`] sampler with its schedule, as a [`NoiseSchedule`].
+pub struct OnSigmas<S> {
+    schedule: SigmaSchedule,
+    sampler: S,
+}
+
+impl<S> OnSigmas<S> {
+    pub(crate) fn new(schedule: SigmaSchedule, sampler: S) -> Self {
+        Self { schedule, sampler }
     }
 }
 
-impl NoiseSchedule for Euler {
+impl<S: SigmaStep> NoiseSchedule for OnSigmas<S> {
     fn timesteps(&self) -> &[f64] {
         &self.schedule.timesteps
     }
@@ -145,10 +157,37 @@ impl NoiseSchedule for Euler {
         index: usize,
         model_output: &Tensor,
         sample: &Tensor,
+        noise: &mut NoiseFn<'_>,
+    ) -> Result<Tensor, SchedulerError> {
+        self.sampler
+            .step(&self.schedule, index, model_output, sample, noise)
+    }
+}
+
+/// The Euler step: along the derivative `(x - x₀) / σ` to the next σ.
+pub struct Euler;
+
+impl Euler {
+    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<OnSigmas<Self>, SchedulerError> {
+        let karras = config.use_karras_sigmas.unwrap_or(false);
+        Ok(OnSigmas::new(
+            SigmaSchedule::new(config, steps, karras)?,
+            Euler,
+        ))
+    }
+}
+
+impl SigmaStep for Euler {
+    fn step(
+        &mut self,
+        schedule: &SigmaSchedule,
+        index: usize,
+        model_output: &Tensor,
+        sample: &Tensor,
         _noise: &mut NoiseFn<'_>,
     ) -> Result<Tensor, SchedulerError> {
-        let (sigma, next) = self.schedule.pair(index)?;
-        let x0 = self.schedule.x0(model_output, sample, sigma)?;
+        let (sigma, next) = schedule.pair(index)?;
+        let x0 = schedule.x0(model_output, sample, sigma)?;
         let derivative = sample.f_sub(&x0)?.f_div_scalar(sigma)?;
         Ok(sample.f_add(&derivative.f_mul_scalar(next - sigma)?)?)
     }

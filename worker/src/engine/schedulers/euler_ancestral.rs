@@ -6,56 +6,32 @@
 use tch::Tensor;
 
 use super::config::SchedulerConfig;
-use super::euler::SigmaSchedule;
-use super::{NoiseFn, NoiseSchedule, SchedulerError};
+use super::euler::{OnSigmas, SigmaSchedule, SigmaStep};
+use super::{NoiseFn, SchedulerError};
 
-pub struct EulerAncestral {
-    schedule: SigmaSchedule,
-}
+/// The ancestral Euler step.
+pub struct EulerAncestral;
 
 impl EulerAncestral {
-    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
-        Ok(Self {
-            schedule: SigmaSchedule::new(config, steps, false)?,
-        })
+    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<OnSigmas<Self>, SchedulerError> {
+        Ok(OnSigmas::new(
+            SigmaSchedule::new(config, steps, false)?,
+            EulerAncestral,
+        ))
     }
 }
 
-impl NoiseSchedule for EulerAncestral {
-    fn timesteps(&self) -> &[f64] {
-        &self.schedule.timesteps
-    }
-
-    fn sigmas(&self) -> &[f64] {
-        &self.schedule.sigmas
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.schedule.init_noise_sigma
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, index: usize) -> Result<Tensor, SchedulerError> {
-        self.schedule.scale(sample, index)
-    }
-
-    fn add_noise(
-        &self,
-        original: &Tensor,
-        noise: &Tensor,
-        index: usize,
-    ) -> Result<Tensor, SchedulerError> {
-        self.schedule.add_noise(original, noise, index)
-    }
-
+impl SigmaStep for EulerAncestral {
     fn step(
         &mut self,
+        schedule: &SigmaSchedule,
         index: usize,
         model_output: &Tensor,
         sample: &Tensor,
         noise: &mut NoiseFn<'_>,
     ) -> Result<Tensor, SchedulerError> {
-        let (from, to) = self.schedule.pair(index)?;
-        let x0 = self.schedule.x0(model_output, sample, from)?;
+        let (from, to) = schedule.pair(index)?;
+        let x0 = schedule.x0(model_output, sample, from)?;
         let sigma_up = (to * to * (from * from - to * to) / (from * from)).sqrt();
         let sigma_down = (to * to - sigma_up * sigma_up).sqrt();
         let derivative = sample.f_sub(&x0)?.f_div_scalar(from)?;

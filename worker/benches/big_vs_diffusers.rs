@@ -523,7 +523,6 @@ fn run_model(model: &'static BigModel, s: &Settings) -> Option<Measured> {
         need as f64 / f64::from(1u32 << 30),
         available as f64 / f64::from(1u32 << 30),
     );
-    warm_page_cache(&path);
     let mut m = Measured::default();
     let seeds: Vec<u64> = (1..=s.rounds as u64).collect();
     if sequential {
@@ -537,7 +536,7 @@ fn run_model(model: &'static BigModel, s: &Settings) -> Option<Measured> {
         let mut theirs = Diffusers::start(model, &path, s, size, scheduler_name, true);
         // The other side's turn pushes the model's files out of the page
         // cache (both hold the whole model in memory), so each load is
-        // preceded by a read of them, untimed, as before the first.
+        // preceded by a read of them, untimed.
         let ours_turn = |m: &mut Measured, ours: &mut Daemon, seed: Option<u64>| {
             warm_page_cache(&path);
             m.ours_load.push(ours.load());
@@ -580,6 +579,7 @@ fn run_model(model: &'static BigModel, s: &Settings) -> Option<Measured> {
     } else {
         // Diffusers loads first (it is timed in its process); the daemon's
         // worker then starts and loads on the warm page cache as well.
+        warm_page_cache(&path);
         let mut theirs = Diffusers::start(model, &path, s, size, scheduler_name, false);
         let mut ours = Daemon::start(model, &path, s, size, scheduler_name);
         m.ours_load.push(ours.load());

@@ -72,6 +72,8 @@ echo "selinux: weave.pp builds and links"
 se_label() { matchpathcon -m chr_file "$1" | awk '{print $2}'; }
 [[ "$(se_label /dev/null)" != *:xserver_misc_device_t:* ]] || fail "matchpathcon labels /dev/null as a GPU node"
 grep -q '^dev_rw_xserver_misc(weave_worker_t)' "$ROOT/selinux/weave.te" || fail "weave.te no longer grants xserver_misc_device_t"
+# No DRM render nodes: the worker's Landlock view refuses them (docs/SANDBOX.md "GPU").
+! grep -q '^dev_rw_dri(' "$ROOT/selinux/weave.te" || fail "weave.te grants DRM render nodes (dev_rw_dri), which the worker's Landlock view refuses"
 for node in /dev/nvidiactl /dev/nvidia-uvm /dev/nvidia0 /dev/nvidia1 /dev/nvidia7 /dev/nvidia15; do
 	[[ "$(se_label "$node")" == *:xserver_misc_device_t:* ]] ||
 		fail "SELinux labels $node $(se_label "$node"), not xserver_misc_device_t (what weave.te grants)"
